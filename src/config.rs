@@ -1,0 +1,335 @@
+//! The agent's configuration: the TOML file parsed once, at start, into typed
+//! values; the rest of the agent never sees strings from the file.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::config_file::{self, ConfigError};
+
+/// Longest drain window accepted anywhere (config or request): obshell's 24 h
+/// waits look like hangs, so a day is already generous.
+pub const MAX_EXIT_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub server: ServerConfig,
+    pub obproxy: ObproxyConfig,
+    pub state: StateConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// gRPC address.
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct ObproxyConfig {
+    /// Working directory of obproxy (its `etc/`, `log/` live there).
+    pub home: PathBuf,
+    /// Absolute path of the binary (resolved against `home`).
+    pub binary: PathBuf,
+    /// The user's arguments, without the `-o` string (kept in `optstr`).
+    pub args: Vec<String>,
+    /// The single `-o k=v,...` string the user configured, if any.
+    pub optstr: Option<String>,
+    /// SQL listeners the agent binds, holds and hands over.
+    pub listen: Vec<SocketAddr>,
+    pub hot_upgrade_exit_timeout: Duration,
+    pub start_timeout: Duration,
+    pub stop_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: ServerConfig,
+    obproxy: RawObproxy,
+    state: StateConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawObproxy {
+    home: PathBuf,
+    #[serde(default = "default_binary")]
+    binary: PathBuf,
+    #[serde(default)]
+    args: Vec<String>,
+    listen: Vec<SocketAddr>,
+    #[serde(
+        default = "default_exit_timeout",
+        deserialize_with = "config_file::duration"
+    )]
+    hot_upgrade_exit_timeout: Duration,
+    #[serde(
+        default = "default_start_timeout",
+        deserialize_with = "config_file::duration"
+    )]
+    start_timeout: Duration,
+    #[serde(
+        default = "default_stop_timeout",
+        deserialize_with = "config_file::duration"
+    )]
+    stop_timeout: Duration,
+}
+
+fn default_binary() -> PathBuf {
+    PathBuf::from("bin/obproxy")
+}
+fn default_exit_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_start_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_stop_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = config_file::load(path)?;
+        Self::from_raw(path, raw)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = config_file::parse(path, text)?;
+        Self::from_raw(path, raw)
+    }
+
+    fn from_raw(path: &Path, raw: RawConfig) -> Result<Self, ConfigError> {
+        let err = |key: &str, reason: String| ConfigError::new(path, key, reason);
+        // Relative paths are read against the file's own directory, so a
+        // config and its tree can be moved together.
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let base = std::path::absolute(&base).unwrap_or(base);
+        let o = raw.obproxy;
+        let home = base.join(&o.home);
+        let binary = home.join(&o.binary);
+        if o.binary.as_os_str().is_empty() {
+            return Err(err("obproxy.binary", "must not be empty".into()));
+        }
+        if o.listen.is_empty() {
+            return Err(err(
+                "obproxy.listen",
+                "needs at least one address, e.g. [\"0.0.0.0:2883\"]".into(),
+            ));
+        }
+        let v4 = o.listen.iter().filter(|a| a.is_ipv4()).count();
+        let v6 = o.listen.iter().filter(|a| a.is_ipv6()).count();
+        if v4 != 1 || v6 > 1 {
+            return Err(err(
+                "obproxy.listen",
+                format!(
+                    "obproxy inherits exactly one IPv4 listener and at most one IPv6 listener \
+                     (OBPROXY_INHERITED_FD, OBPROXY_INHERITED_IPV6_FD); got {v4} IPv4 and {v6} IPv6"
+                ),
+            ));
+        }
+        if o.hot_upgrade_exit_timeout > MAX_EXIT_TIMEOUT {
+            return Err(err(
+                "obproxy.hot_upgrade_exit_timeout",
+                format!(
+                    "{} is longer than the {} limit",
+                    humantime::format_duration(o.hot_upgrade_exit_timeout),
+                    humantime::format_duration(MAX_EXIT_TIMEOUT)
+                ),
+            ));
+        }
+        for (key, value) in [
+            ("obproxy.start_timeout", o.start_timeout),
+            ("obproxy.stop_timeout", o.stop_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(err(key, "must be longer than zero".into()));
+            }
+        }
+        let (args, optstr) = split_args(&o.args).map_err(|reason| err("obproxy.args", reason))?;
+        let state_dir = base.join(&raw.state.dir);
+        Ok(Self {
+            server: raw.server,
+            obproxy: ObproxyConfig {
+                home,
+                binary,
+                args,
+                optstr,
+                listen: o.listen,
+                hot_upgrade_exit_timeout: o.hot_upgrade_exit_timeout,
+                start_timeout: o.start_timeout,
+                stop_timeout: o.stop_timeout,
+            },
+            state: StateConfig { dir: state_dir },
+        })
+    }
+}
+
+/// Takes the user's `-o` string out of the arguments (obproxy keeps only the
+/// last `-o`, so the agent must merge its own items into that one string) and
+/// refuses flags that would fight the agent.
+fn split_args(args: &[String]) -> Result<(Vec<String>, Option<String>), String> {
+    let mut rest = Vec::new();
+    let mut optstr: Option<String> = None;
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let value = match arg.as_str() {
+            "-o" | "--optstr" => Some(
+                iter.next()
+                    .ok_or_else(|| format!("{arg} needs a value"))?
+                    .clone(),
+            ),
+            a if a.starts_with("--optstr=") => Some(a["--optstr=".len()..].to_string()),
+            a if a.starts_with("-o") && a.len() > 2 => Some(a[2..].to_string()),
+            "-p" | "--listen_port" => {
+                return Err(format!(
+                    "{arg}: the agent holds the SQL listeners; set [obproxy] listen instead"
+                ));
+            }
+            a if a.starts_with("--listen_port=") || (a.starts_with("-p") && a.len() > 2) => {
+                return Err(format!(
+                    "{a}: the agent holds the SQL listeners; set [obproxy] listen instead"
+                ));
+            }
+            "-V" | "--version" | "-R" | "--releaseid" => {
+                return Err(format!("{arg} makes obproxy print and exit; remove it"));
+            }
+            _ => {
+                rest.push(arg.clone());
+                None
+            }
+        };
+        if let Some(value) = value {
+            if optstr.is_some() {
+                return Err(
+                    "more than one -o: obproxy keeps only the last one, so write every item in one -o \"k=v,k=v\""
+                        .into(),
+                );
+            }
+            if optstr_items(&value).any(|(k, _)| k == "hot_upgrade_exit_timeout") {
+                return Err(
+                    "-o hot_upgrade_exit_timeout: set [obproxy] hot_upgrade_exit_timeout instead, so the agent and obproxy agree on the drain window"
+                        .into(),
+                );
+            }
+            optstr = Some(value);
+        }
+    }
+    Ok((rest, optstr))
+}
+
+/// `k=v,k=v` items of an obproxy `-o` string.
+pub fn optstr_items(optstr: &str) -> impl Iterator<Item = (&str, &str)> {
+    optstr
+        .split(',')
+        .filter(|i| !i.trim().is_empty())
+        .map(|i| match i.split_once('=') {
+            Some((k, v)) => (k.trim(), v.trim()),
+            None => (i.trim(), ""),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:2889"
+
+[obproxy]
+home = "/home/admin/obproxy"
+binary = "bin/obproxy"
+args = ["-n", "myapp", "-o", "enable_metadb=false", "-c", "mycluster"]
+listen = ["0.0.0.0:2883", "[::]:2883"]
+hot_upgrade_exit_timeout = "30s"
+start_timeout = "60s"
+stop_timeout = "10s"
+
+[state]
+dir = "/var/lib/odp-agent"
+"#;
+
+    fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::parse(Path::new("/etc/odp-agent.toml"), text)
+    }
+
+    #[test]
+    fn the_documented_example_parses_into_typed_values() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(
+            c.obproxy.binary,
+            PathBuf::from("/home/admin/obproxy/bin/obproxy")
+        );
+        assert_eq!(c.obproxy.optstr.as_deref(), Some("enable_metadb=false"));
+        assert_eq!(c.obproxy.args, ["-n", "myapp", "-c", "mycluster"]);
+        assert_eq!(c.obproxy.hot_upgrade_exit_timeout, Duration::from_secs(30));
+        assert_eq!(c.obproxy.listen.len(), 2);
+    }
+
+    #[test]
+    fn two_optstrs_are_refused_because_obproxy_keeps_only_the_last() {
+        let text = GOOD.replace(r#""-c", "mycluster""#, r#""-o", "a=b""#);
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.key, "obproxy.args");
+        assert!(e.reason.contains("more than one -o"), "{e}");
+    }
+
+    #[test]
+    fn the_drain_window_in_optstr_is_refused() {
+        let text = GOOD.replace("enable_metadb=false", "hot_upgrade_exit_timeout=1000");
+        assert_eq!(parse(&text).unwrap_err().key, "obproxy.args");
+    }
+
+    #[test]
+    fn a_listen_port_flag_is_refused() {
+        let text = GOOD.replace(r#""-n", "myapp""#, r#""-p", "2883""#);
+        assert!(
+            parse(&text)
+                .unwrap_err()
+                .reason
+                .contains("[obproxy] listen")
+        );
+    }
+
+    #[test]
+    fn two_ipv4_listeners_are_refused() {
+        let text = GOOD.replace(r#""[::]:2883""#, r#""127.0.0.1:2884""#);
+        assert_eq!(parse(&text).unwrap_err().key, "obproxy.listen");
+    }
+
+    #[test]
+    fn a_bad_address_names_its_key() {
+        let text = GOOD.replace("127.0.0.1:2889", "localhost");
+        assert_eq!(parse(&text).unwrap_err().key, "server.listen");
+    }
+
+    #[test]
+    fn a_zero_start_timeout_is_refused() {
+        let text = GOOD.replace(r#"start_timeout = "60s""#, r#"start_timeout = "0s""#);
+        assert_eq!(parse(&text).unwrap_err().key, "obproxy.start_timeout");
+    }
+
+    #[test]
+    fn relative_paths_follow_the_file() {
+        let text = GOOD
+            .replace("/home/admin/obproxy", "odp")
+            .replace("/var/lib/odp-agent", "state");
+        let c = AgentConfig::parse(Path::new("/srv/x/agent.toml"), &text).unwrap();
+        assert_eq!(c.obproxy.binary, PathBuf::from("/srv/x/odp/bin/obproxy"));
+        assert_eq!(c.state.dir, PathBuf::from("/srv/x/state"));
+    }
+}

@@ -1,0 +1,123 @@
+//! Loading a daemon's TOML file into typed values, with errors that name the
+//! file, the key and the reason (shared by the agent and the coordinator).
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Deserializer, de::DeserializeOwned};
+
+/// `sysexits.h` EX_CONFIG: what a daemon exits with on a bad configuration.
+pub const EX_CONFIG: i32 = 78;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {key}: {reason}", path.display())]
+pub struct ConfigError {
+    pub path: PathBuf,
+    /// Dotted key path such as `obproxy.start_timeout`; `-` for the whole file.
+    pub key: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(path: &Path, key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Reads and deserializes `path`; unknown keys are refused by the target
+/// types (`deny_unknown_fields`).
+pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(path, "-", format!("cannot read the file: {e}")))?;
+    parse(path, &text)
+}
+
+pub fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
+    let de = toml::Deserializer::parse(text)
+        .map_err(|e| ConfigError::new(path, "-", one_line(&e.to_string())))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." { "-".to_string() } else { key };
+        ConfigError::new(path, key, one_line(&e.into_inner().to_string()))
+    })
+}
+
+/// toml renders errors over several lines with a source excerpt; a log line
+/// and an exit message want one: the reason, then where.
+fn one_line(message: &str) -> String {
+    let location = message
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("TOML parse error at "))
+        .map(|l| format!(" (at {l})"));
+    let is_excerpt = |l: &str| {
+        let t = l.trim_start();
+        t.starts_with('|')
+            || t.split_once(" |")
+                .is_some_and(|(n, _)| n.chars().all(|c| c.is_ascii_digit()))
+    };
+    let reason: Vec<&str> = message
+        .lines()
+        .filter(|l| !l.starts_with("TOML parse error") && !is_excerpt(l) && !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    format!("{}{}", reason.join(" "), location.unwrap_or_default())
+}
+
+/// Durations are written as humans do ("30s", "1m 30s", "250ms").
+pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration {text:?}: {e} (write it like \"30s\" or \"500ms\")"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Sample {
+        section: Section,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Section {
+        #[serde(deserialize_with = "duration")]
+        timeout: Duration,
+    }
+
+    #[test]
+    fn a_bad_duration_names_its_key() {
+        let e =
+            parse::<Sample>(Path::new("x.toml"), "[section]\ntimeout = \"soon\"\n").unwrap_err();
+        assert_eq!(e.key, "section.timeout");
+        assert!(e.reason.contains("soon"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused() {
+        let e = parse::<Sample>(
+            Path::new("x.toml"),
+            "[section]\ntimeout = \"1s\"\ntimeuot = 3\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("timeuot"), "{e}");
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_line() {
+        let e = parse::<Sample>(Path::new("x.toml"), "[section\n").unwrap_err();
+        assert!(e.to_string().starts_with("x.toml: -: "), "{e}");
+        assert!(e.reason.contains("line 1"), "{e}");
+    }
+}

@@ -1,0 +1,99 @@
+//! What `/proc` says about a process: the sockets it holds, its client
+//! connections, its start time. Identity is judged by the listener's socket
+//! inode, never by process name (killing by name caused port clashes).
+use std::{collections::HashSet, fs, io};
+
+/// Inodes of every socket in the process's fd table.
+pub fn socket_inodes(pid: u32) -> io::Result<HashSet<u64>> {
+    let mut inodes = HashSet::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let Ok(target) = fs::read_link(entry?.path()) else {
+            continue; // the fd closed while we looked
+        };
+        if let Some(inode) = target
+            .to_str()
+            .and_then(|t| t.strip_prefix("socket:["))
+            .and_then(|t| t.strip_suffix(']'))
+            .and_then(|t| t.parse().ok())
+        {
+            inodes.insert(inode);
+        }
+    }
+    Ok(inodes)
+}
+
+/// Whether `pid` holds every one of `listener_inodes`.
+pub fn holds_listeners(pid: u32, listener_inodes: &[u64]) -> bool {
+    socket_inodes(pid).is_ok_and(|held| listener_inodes.iter().all(|i| held.contains(i)))
+}
+
+/// Established TCP connections the process holds whose local port is one of
+/// `ports` (the SQL listeners): its open client sessions.
+pub fn client_connections(pid: u32, ports: &[u16]) -> u32 {
+    let Ok(held) = socket_inodes(pid) else {
+        return 0;
+    };
+    let mut count = 0;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = fs::read_to_string(table) else {
+            continue;
+        };
+        count += established_inodes(&text, ports)
+            .filter(|inode| held.contains(inode))
+            .count() as u32;
+    }
+    count
+}
+
+/// Rows of `/proc/net/tcp{,6}`: `sl local rem st ... uid timeout inode`.
+fn established_inodes<'a>(table: &'a str, ports: &'a [u16]) -> impl Iterator<Item = u64> + 'a {
+    table.lines().skip(1).filter_map(move |line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let local_port = cols.get(1)?.rsplit(':').next()?;
+        let port = u16::from_str_radix(local_port, 16).ok()?;
+        // 01 = TCP_ESTABLISHED; 08 = CLOSE_WAIT (the client left, the proxy
+        // has not closed yet) still holds a session.
+        let state = *cols.get(3)?;
+        if !ports.contains(&port) || !(state == "01" || state == "08") {
+            return None;
+        }
+        cols.get(9)?.parse().ok()
+    })
+}
+
+/// The process's start time in clock ticks since boot (`/proc/<pid>/stat`
+/// field 22): with the pid it names one process for the life of the host.
+pub fn start_ticks(pid: u32) -> io::Result<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces and parentheses: the fields
+    // after it start after the last ')'.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| io::Error::other("malformed /proc/<pid>/stat"))?;
+    after
+        .split_whitespace()
+        .nth(19)
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(|| io::Error::other("no start time in /proc/<pid>/stat"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn established_rows_on_the_listener_port_are_counted() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 0100007F:0B43 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 111 1 0 100 0 0 10 0\n\
+   1: 0100007F:0B43 0100007F:D2A0 01 00000000:00000000 00:00000000 00000000     0        0 222 1 0 20 4 30 10 -1\n\
+   2: 0100007F:D2A0 0100007F:0B43 01 00000000:00000000 00:00000000 00000000     0        0 333 1 0 20 4 30 10 -1\n";
+        let inodes: Vec<u64> = established_inodes(table, &[0x0B43]).collect();
+        assert_eq!(inodes, [222]);
+    }
+
+    #[test]
+    fn our_own_start_time_is_readable() {
+        assert!(start_ticks(std::process::id()).unwrap() > 0);
+    }
+}

@@ -1,0 +1,96 @@
+//! Reading obproxy's version from `obproxy -V`, which prints on stderr.
+use std::{path::Path, time::Duration};
+
+use tokio::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VersionError {
+    #[error("cannot run {binary} -V")]
+    Run {
+        binary: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{binary} -V did not answer within {timeout:?}")]
+    Timeout { binary: String, timeout: Duration },
+    #[error("{binary} -V printed no \"(OceanBase x.y.z.w ...)\" line on stderr: {stderr:?}")]
+    Unrecognised { binary: String, stderr: String },
+}
+
+/// Runs `binary -V` in `home` and parses its version.
+pub async fn probe(binary: &Path, home: &Path) -> Result<String, VersionError> {
+    let timeout = Duration::from_secs(10);
+    let name = binary.display().to_string();
+    let output = Command::new(binary)
+        .arg("-V")
+        .current_dir(home)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(timeout, output)
+        .await
+        .map_err(|_| VersionError::Timeout {
+            binary: name.clone(),
+            timeout,
+        })?
+        .map_err(|source| VersionError::Run {
+            binary: name.clone(),
+            source,
+        })?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    parse(&stderr).ok_or_else(|| VersionError::Unrecognised {
+        binary: name,
+        stderr: stderr.chars().take(200).collect(),
+    })
+}
+
+/// The same match obshell makes: `\(OceanBase (\d+\.\d+\.\d+\.\d+) ...\)`.
+/// Three-part versions are accepted too (older builds and stand-ins).
+pub fn parse(text: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let rest = &line[line.find("(OceanBase ")? + "(OceanBase ".len()..];
+        let version: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        let parts = version.split('.').filter(|p| !p.is_empty()).count();
+        (parts >= 3 && !version.ends_with('.')).then_some(version)
+    })
+}
+
+/// Compares dotted versions numerically ("3.2.1" < "3.10.0"; "3.2.1" ==
+/// "3.2.1.0").
+pub fn at_least(version: &str, minimum: &str) -> bool {
+    let nums = |v: &str| -> Vec<u64> { v.split('.').map(|p| p.parse().unwrap_or(0)).collect() };
+    let (mut a, mut b) = (nums(version), nums(minimum));
+    let len = a.len().max(b.len());
+    a.resize(len, 0);
+    b.resize(len, 0);
+    a >= b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_first_line_of_obproxy_v() {
+        let out = "obproxy (OceanBase 4.3.1.0 20240507-17e0ff5)\n\nREVISION: 1-abc\n";
+        assert_eq!(parse(out).as_deref(), Some("4.3.1.0"));
+    }
+
+    #[test]
+    fn garbage_has_no_version() {
+        assert_eq!(parse("usage: obproxy [options]"), None);
+        assert_eq!(parse("(OceanBase 4.)"), None);
+    }
+
+    #[test]
+    fn versions_compare_numerically() {
+        assert!(at_least("3.2.1", "3.2.1"));
+        assert!(at_least("3.10.0", "3.2.1"));
+        assert!(at_least("4.3.1.0", "3.2.1"));
+        assert!(!at_least("3.1.0", "3.2.1"));
+        assert!(!at_least("3.2.0.9", "3.2.1"));
+    }
+}

@@ -1,0 +1,263 @@
+//! Operations: what was asked (start, stop, restart), how far it got, how it
+//! ended; and the log that keeps them, finds them by request id and lets
+//! callers watch them change.
+use std::{
+    collections::{HashMap, VecDeque},
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
+
+use tokio::sync::watch;
+
+/// Finished operations kept for GetOperation and request-id replays.
+const KEEP_FINISHED: usize = 512;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Start,
+    Stop,
+    RestartHot,
+    RestartForce,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Start => "start",
+            Kind::Stop => "stop",
+            Kind::RestartHot => "hot restart",
+            Kind::RestartForce => "force restart",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Queued,
+    Binding,
+    Spawning,
+    WaitingReady,
+    Draining,
+    Stopping,
+    Killing,
+    ClosingListeners,
+    Done,
+}
+
+/// A request for an operation, in domain terms (validated by the service).
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub kind: Kind,
+    pub request_id: Option<String>,
+    /// HOT only: the drain window for this restart.
+    pub exit_timeout: Option<Duration>,
+    /// HOT only: another binary to move onto (absolute).
+    pub binary: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Operation {
+    pub id: String,
+    pub kind: Kind,
+    pub state: State,
+    pub phase: Phase,
+    pub error: Option<String>,
+    pub request_id: Option<String>,
+    pub created_at: SystemTime,
+    pub finished_at: Option<SystemTime>,
+    pub pid: Option<u32>,
+    pub previous_pid: Option<u32>,
+    pub events: Vec<String>,
+}
+
+impl Operation {
+    pub fn is_finished(&self) -> bool {
+        self.state != State::Running
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("operation {id} ({}) is running; one operation at a time", kind.name())]
+    Busy { id: String, kind: Kind },
+    #[error("request_id {request_id:?} was used for operation {id} ({}), not a {}", used.name(), asked.name())]
+    RequestIdReused {
+        request_id: String,
+        id: String,
+        used: Kind,
+        asked: Kind,
+    },
+}
+
+/// What a submission found.
+#[derive(Debug)]
+pub enum Admission {
+    /// A new operation was created and is now the current one.
+    New(watch::Receiver<Operation>),
+    /// The request id was seen before: its operation.
+    Replay(watch::Receiver<Operation>),
+}
+
+#[derive(Default)]
+pub struct Log {
+    ops: HashMap<String, watch::Sender<Operation>>,
+    order: VecDeque<String>,
+    by_request: HashMap<String, String>,
+    current: Option<String>,
+}
+
+impl Log {
+    /// Admits `request` unless another operation is running.
+    pub fn admit(
+        &mut self,
+        request: &Request,
+        previous_pid: Option<u32>,
+    ) -> Result<Admission, LogError> {
+        if let Some(rid) = &request.request_id
+            && let Some(id) = self.by_request.get(rid)
+            && let Some(tx) = self.ops.get(id)
+        {
+            let used = tx.borrow().kind;
+            if used != request.kind {
+                return Err(LogError::RequestIdReused {
+                    request_id: rid.clone(),
+                    id: id.clone(),
+                    used,
+                    asked: request.kind,
+                });
+            }
+            return Ok(Admission::Replay(tx.subscribe()));
+        }
+        if let Some(current) = self.current() {
+            return Err(LogError::Busy {
+                id: current.id,
+                kind: current.kind,
+            });
+        }
+        let id = format!("op-{}", uuid::Uuid::new_v4().simple());
+        let op = Operation {
+            id: id.clone(),
+            kind: request.kind,
+            state: State::Running,
+            phase: Phase::Queued,
+            error: None,
+            request_id: request.request_id.clone(),
+            created_at: SystemTime::now(),
+            finished_at: None,
+            pid: None,
+            previous_pid,
+            events: Vec::new(),
+        };
+        let (tx, rx) = watch::channel(op);
+        self.ops.insert(id.clone(), tx);
+        self.order.push_back(id.clone());
+        if let Some(rid) = &request.request_id {
+            self.by_request.insert(rid.clone(), id.clone());
+        }
+        self.current = Some(id);
+        self.trim();
+        Ok(Admission::New(rx))
+    }
+
+    pub fn has_request(&self, request_id: &str) -> bool {
+        self.by_request.contains_key(request_id)
+    }
+
+    pub fn current(&self) -> Option<Operation> {
+        self.current
+            .as_ref()
+            .and_then(|id| self.ops.get(id))
+            .map(|tx| tx.borrow().clone())
+    }
+
+    pub fn get(&self, id: &str) -> Option<Operation> {
+        self.ops.get(id).map(|tx| tx.borrow().clone())
+    }
+
+    pub fn watch(&self, id: &str) -> Option<watch::Receiver<Operation>> {
+        self.ops.get(id).map(watch::Sender::subscribe)
+    }
+
+    /// Changes an operation and wakes its watchers.
+    pub fn update(&mut self, id: &str, change: impl FnOnce(&mut Operation)) {
+        let Some(tx) = self.ops.get(id) else { return };
+        tx.send_modify(change);
+        if tx.borrow().is_finished() && self.current.as_deref() == Some(id) {
+            self.current = None;
+        }
+    }
+
+    fn trim(&mut self) {
+        while self.order.len() > KEEP_FINISHED {
+            let Some(oldest) = self.order.front().cloned() else {
+                break;
+            };
+            if self.current.as_deref() == Some(oldest.as_str()) {
+                break;
+            }
+            self.order.pop_front();
+            if let Some(tx) = self.ops.remove(&oldest)
+                && let Some(rid) = &tx.borrow().request_id
+            {
+                self.by_request.remove(rid);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(kind: Kind, rid: Option<&str>) -> Request {
+        Request {
+            kind,
+            request_id: rid.map(str::to_string),
+            exit_timeout: None,
+            binary: None,
+        }
+    }
+
+    fn new_id(a: Admission) -> String {
+        match a {
+            Admission::New(rx) => rx.borrow().id.clone(),
+            Admission::Replay(_) => panic!("expected a new operation"),
+        }
+    }
+
+    #[test]
+    fn a_second_operation_is_refused_naming_the_first() {
+        let mut log = Log::default();
+        let id = new_id(log.admit(&req(Kind::Start, None), None).unwrap());
+        let err = log.admit(&req(Kind::Stop, None), None).unwrap_err();
+        assert!(err.to_string().contains(&id), "{err}");
+    }
+
+    #[test]
+    fn a_repeated_request_id_returns_the_same_operation_even_when_finished() {
+        let mut log = Log::default();
+        let id = new_id(log.admit(&req(Kind::Start, Some("r1")), None).unwrap());
+        log.update(&id, |op| op.state = State::Succeeded);
+        match log.admit(&req(Kind::Start, Some("r1")), None).unwrap() {
+            Admission::Replay(rx) => assert_eq!(rx.borrow().id, id),
+            Admission::New(_) => panic!("request id not honoured"),
+        }
+        assert!(log.admit(&req(Kind::Stop, Some("r1")), None).is_err());
+    }
+
+    #[test]
+    fn finishing_frees_the_slot() {
+        let mut log = Log::default();
+        let id = new_id(log.admit(&req(Kind::Start, None), None).unwrap());
+        log.update(&id, |op| op.state = State::Failed);
+        assert!(log.current().is_none());
+        new_id(log.admit(&req(Kind::Stop, None), None).unwrap());
+    }
+}

@@ -1,0 +1,244 @@
+//! The operations themselves, one file each, written as straight-line async
+//! scripts. They own no state: every step is a request to the supervisor.
+mod bring_up;
+mod restart_force;
+mod restart_hot;
+mod start;
+mod stop;
+
+use std::{sync::Arc, time::Duration};
+
+use nix::sys::signal::Signal;
+use tracing::Instrument;
+
+use crate::{
+    config::AgentConfig,
+    obproxy::{pidfd::Exit, version::VersionError},
+    operation::{Kind, Phase, Request},
+    supervisor::{Handle, ListenerInfo, Step, StepError},
+};
+
+/// How long a SIGKILLed process may take to be gone before we call it stuck.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Step(#[from] StepError),
+    #[error(transparent)]
+    Version(#[from] VersionError),
+    #[error("obproxy pid {pid} {exit} before it was ready")]
+    DiedBeforeReady { pid: u32, exit: Exit },
+    #[error("obproxy pid {pid} was not ready within start_timeout {}; killed it", humantime::format_duration(*timeout))]
+    NotReady { pid: u32, timeout: Duration },
+    #[error(
+        "obproxy pid {pid} signalled readiness but does not hold the SQL listener (socket inodes {inodes:?}); killed it"
+    )]
+    NotHoldingListeners { pid: u32, inodes: Vec<u64> },
+    #[error(
+        "obproxy pid {pid} signalled readiness but {addr} does not accept connections; killed it"
+    )]
+    ProbeFailed {
+        pid: u32,
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "obproxy pid {pid} is still alive {} after SIGKILL",
+        humantime::format_duration(KILL_WAIT)
+    )]
+    Unkillable { pid: u32 },
+    #[error("no obproxy is serving; a hot restart needs one")]
+    NotServing,
+    #[error("the agent is shutting down")]
+    Gone,
+}
+
+/// Renders an error with its causes, for the operation's `error` field.
+pub fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// What an operation script holds: its id, the config, and the supervisor.
+pub struct Ctl {
+    sup: Handle,
+    config: Arc<AgentConfig>,
+    id: String,
+    /// The serving pid when the operation was admitted.
+    serving_at_start: Option<u32>,
+}
+
+impl Ctl {
+    pub fn new(sup: Handle, config: Arc<AgentConfig>, id: String, serving: Option<u32>) -> Self {
+        Self {
+            sup,
+            config,
+            id,
+            serving_at_start: serving,
+        }
+    }
+
+    fn progress(&self, phase: Phase, note: impl Into<Option<String>>) {
+        self.sup.notify(Step::Progress {
+            op: self.id.clone(),
+            phase,
+            note: note.into(),
+        });
+    }
+
+    fn set_desired(&self, running: bool) {
+        self.sup.notify(Step::SetDesired(running));
+    }
+
+    async fn bind_listeners(&self) -> Result<ListenerInfo, Error> {
+        Ok(self
+            .sup
+            .step(Step::BindListeners)
+            .await
+            .ok_or(Error::Gone)??)
+    }
+
+    async fn close_listeners(&self) -> Result<(), Error> {
+        self.sup.step(Step::CloseListeners).await.ok_or(Error::Gone)
+    }
+
+    async fn spawn(
+        &self,
+        binary: std::path::PathBuf,
+        version: String,
+        exit_timeout: Duration,
+    ) -> Result<u32, Error> {
+        Ok(self
+            .sup
+            .step(|reply| Step::Spawn {
+                binary,
+                version,
+                exit_timeout,
+                reply,
+            })
+            .await
+            .ok_or(Error::Gone)??)
+    }
+
+    async fn wait_ready(&self, pid: u32) -> Result<Result<(), Exit>, Error> {
+        self.sup
+            .step(|reply| Step::WaitReady { pid, reply })
+            .await
+            .ok_or(Error::Gone)
+    }
+
+    async fn wait_exit(&self, pid: u32) -> Result<Exit, Error> {
+        self.sup
+            .step(|reply| Step::WaitExit { pid, reply })
+            .await
+            .ok_or(Error::Gone)
+    }
+
+    /// Signals a process the supervisor holds; one that already ended is
+    /// not an error (it is what we wanted).
+    async fn signal(&self, pid: u32, signal: Signal) -> Result<(), Error> {
+        match self
+            .sup
+            .step(|reply| Step::Signal { pid, signal, reply })
+            .await
+            .ok_or(Error::Gone)?
+        {
+            Ok(()) | Err(StepError::UnknownPid { .. }) => Ok(()),
+            Err(StepError::Signal { source, .. }) if source.raw_os_error() == Some(libc::ESRCH) => {
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn promote(
+        &self,
+        pid: u32,
+        drain_window: Option<Duration>,
+    ) -> Result<Option<u32>, Error> {
+        self.sup
+            .step(|reply| Step::Promote {
+                pid,
+                drain_window,
+                reply,
+            })
+            .await
+            .ok_or(Error::Gone)
+    }
+
+    /// (serving, draining, starting) pids.
+    async fn processes(&self) -> Result<(Option<u32>, Vec<u32>, Vec<u32>), Error> {
+        self.sup.step(Step::Processes).await.ok_or(Error::Gone)
+    }
+
+    /// SIGKILL and wait until it is gone.
+    async fn kill(&self, pid: u32) -> Result<(), Error> {
+        self.signal(pid, Signal::SIGKILL).await?;
+        match tokio::time::timeout(KILL_WAIT, self.wait_exit(pid)).await {
+            Ok(exit) => exit.map(|_| ()),
+            Err(_) => Err(Error::Unkillable { pid }),
+        }
+    }
+
+    /// Ends every process: `first` (SIGTERM, or SIGKILL at once), then
+    /// SIGKILL for whatever is still alive after `grace`.
+    async fn end_all(&self, pids: &[u32], first: Signal, grace: Duration) -> Result<(), Error> {
+        for &pid in pids {
+            self.signal(pid, first).await?;
+        }
+        let waits = pids.iter().map(|&pid| self.wait_exit(pid));
+        if tokio::time::timeout(grace, futures::future::join_all(waits))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        let (serving, draining, starting) = self.processes().await?;
+        let alive: Vec<u32> = serving
+            .into_iter()
+            .chain(draining)
+            .chain(starting)
+            .filter(|p| pids.contains(p))
+            .collect();
+        if !alive.is_empty() {
+            self.progress(
+                Phase::Killing,
+                format!(
+                    "pids {alive:?} still alive after {}; SIGKILL",
+                    humantime::format_duration(grace)
+                ),
+            );
+        }
+        for pid in alive {
+            self.kill(pid).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs one operation to its end and records the outcome.
+pub async fn run(ctl: Ctl, request: Request) {
+    let span = tracing::info_span!("operation", op_id = %ctl.id, kind = request.kind.name());
+    async move {
+        let result = match request.kind {
+            Kind::Start => start::run(&ctl).await,
+            Kind::Stop => stop::run(&ctl).await,
+            Kind::RestartForce => restart_force::run(&ctl).await,
+            Kind::RestartHot => restart_hot::run(&ctl, &request).await,
+        };
+        ctl.sup.notify(Step::Finish {
+            op: ctl.id.clone(),
+            result: result.map_err(|e| describe(&e)),
+        });
+    }
+    .instrument(span)
+    .await
+}

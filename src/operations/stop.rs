@@ -1,0 +1,34 @@
+//! Stop: SIGTERM, `stop_timeout`, SIGKILL; then close the listeners so load
+//! balancers see the port down.
+use nix::sys::signal::Signal;
+
+use super::{Ctl, Error};
+use crate::operation::Phase;
+
+pub async fn run(ctl: &Ctl) -> Result<Option<u32>, Error> {
+    // Desired state first: an exit seen from now on is no crash.
+    ctl.set_desired(false);
+    let (serving, draining, starting) = ctl.processes().await?;
+    let pids: Vec<u32> = serving
+        .into_iter()
+        .chain(draining)
+        .chain(starting)
+        .collect();
+    if !pids.is_empty() {
+        let grace = ctl.config.obproxy.stop_timeout;
+        ctl.progress(
+            Phase::Stopping,
+            format!(
+                "SIGTERM to pids {pids:?}; SIGKILL after {}",
+                humantime::format_duration(grace)
+            ),
+        );
+        ctl.end_all(&pids, Signal::SIGTERM, grace).await?;
+    }
+    ctl.progress(
+        Phase::ClosingListeners,
+        "closing the SQL listeners".to_string(),
+    );
+    ctl.close_listeners().await?;
+    Ok(None)
+}

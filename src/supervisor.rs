@@ -1,0 +1,749 @@
+//! The process supervisor: the one owner of the listeners, the obproxy
+//! processes and the operation log. The gRPC service, the signal thread, the
+//! exit watchers and the running operation all talk to it through messages,
+//! so no lock guards process state.
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use nix::sys::signal::Signal;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    config::AgentConfig,
+    listeners::{ListenerError, Listeners},
+    obproxy::{
+        launch::{self, LaunchSpec},
+        pidfd::{self, Exit, Pidfd},
+        procfs,
+        spawner::{SpawnError, Spawned, Spawner},
+    },
+    operation::{self, Admission, Kind, LogError, Operation, Phase, Request},
+    operations,
+    signals::ChildSignal,
+};
+
+/// Time a draining obproxy gets beyond its window to close what is left
+/// before the agent SIGKILLs it.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyState {
+    Running,
+    Stopped,
+    Starting,
+    Stopping,
+    Restarting,
+    Upgrading,
+    Unavailable,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub version: String,
+    pub binary: PathBuf,
+    pub started_at: SystemTime,
+    pub cpu_percent: f32,
+    pub memory_bytes: u64,
+    pub open_connections: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub state: ProxyState,
+    pub desired_running: bool,
+    pub serving: Option<ProcessInfo>,
+    pub draining: Vec<(ProcessInfo, SystemTime)>,
+    pub listeners: Vec<(SocketAddr, u64)>,
+    pub restart_count: u32,
+    pub operation: Option<Operation>,
+    pub last_exit: Option<String>,
+    pub notices: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(
+        "a hot restart needs a serving obproxy, and the proxy is {state:?}; use Start or a FORCE restart"
+    )]
+    NotServing { state: ProxyState },
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+}
+
+/// Why a step of an operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    #[error("the SQL listeners are not held")]
+    NoListeners,
+    #[error("pid {pid} is not an obproxy of this agent")]
+    UnknownPid { pid: u32 },
+    #[error("cannot send {signal} to pid {pid}")]
+    Signal {
+        pid: u32,
+        signal: Signal,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+}
+
+/// What an operation learns when the listeners are held.
+#[derive(Debug, Clone)]
+pub struct ListenerInfo {
+    pub probe_addrs: Vec<SocketAddr>,
+    pub inodes: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Starting,
+    Serving,
+    Draining,
+}
+
+struct Process {
+    pidfd: Arc<Pidfd>,
+    role: Role,
+    version: String,
+    binary: PathBuf,
+    started_at: SystemTime,
+    /// Its readiness SIGUSR1 arrived (possibly before anyone waited for it).
+    ready: bool,
+    drain_deadline: Option<SystemTime>,
+    /// The agent signalled it to end, so its exit is no surprise.
+    ending: bool,
+}
+
+enum Msg {
+    Status(oneshot::Sender<Status>),
+    Submit(
+        Request,
+        oneshot::Sender<Result<watch::Receiver<Operation>, SubmitError>>,
+    ),
+    GetOperation(String, oneshot::Sender<Option<Operation>>),
+    WatchOperation(String, oneshot::Sender<Option<watch::Receiver<Operation>>>),
+    Signal(ChildSignal),
+    Exited {
+        pid: u32,
+        exit: Exit,
+    },
+    Spawned {
+        result: Result<Spawned, SpawnError>,
+        binary: PathBuf,
+        version: String,
+        reply: oneshot::Sender<Result<u32, StepError>>,
+    },
+    DrainDeadline {
+        pid: u32,
+    },
+    Step(Step),
+}
+
+/// Requests from the running operation.
+pub enum Step {
+    SetDesired(bool),
+    BindListeners(oneshot::Sender<Result<ListenerInfo, StepError>>),
+    CloseListeners(oneshot::Sender<()>),
+    Spawn {
+        binary: PathBuf,
+        version: String,
+        exit_timeout: Duration,
+        reply: oneshot::Sender<Result<u32, StepError>>,
+    },
+    WaitReady {
+        pid: u32,
+        reply: oneshot::Sender<Result<(), Exit>>,
+    },
+    WaitExit {
+        pid: u32,
+        reply: oneshot::Sender<Exit>,
+    },
+    Signal {
+        pid: u32,
+        signal: Signal,
+        reply: oneshot::Sender<Result<(), StepError>>,
+    },
+    /// Makes `pid` the serving process; the previous one starts draining
+    /// until `drain_window` (plus grace) or, without a window, is returned
+    /// for the caller to end.
+    Promote {
+        pid: u32,
+        drain_window: Option<Duration>,
+        reply: oneshot::Sender<Option<u32>>,
+    },
+    /// Pids the agent holds, by role: (serving, draining, starting).
+    Processes(oneshot::Sender<(Option<u32>, Vec<u32>, Vec<u32>)>),
+    Progress {
+        op: String,
+        phase: Phase,
+        note: Option<String>,
+    },
+    Finish {
+        op: String,
+        result: Result<Option<u32>, String>,
+    },
+}
+
+/// A cheap, cloneable way to talk to the supervisor.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl Handle {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Msg) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).ok()?;
+        rx.await.ok()
+    }
+
+    pub async fn status(&self) -> Option<Status> {
+        self.ask(Msg::Status).await
+    }
+
+    pub async fn submit(
+        &self,
+        request: Request,
+    ) -> Result<watch::Receiver<Operation>, SubmitError> {
+        self.ask(|tx| Msg::Submit(request, tx))
+            .await
+            .unwrap_or(Err(SubmitError::ShuttingDown))
+    }
+
+    pub async fn operation(&self, id: String) -> Option<Operation> {
+        self.ask(|tx| Msg::GetOperation(id, tx)).await.flatten()
+    }
+
+    pub async fn watch_operation(&self, id: String) -> Option<watch::Receiver<Operation>> {
+        self.ask(|tx| Msg::WatchOperation(id, tx)).await.flatten()
+    }
+
+    pub async fn step<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Step) -> Option<T> {
+        self.ask(|tx| Msg::Step(make(tx))).await
+    }
+
+    pub fn notify(&self, step: Step) {
+        let _ = self.tx.send(Msg::Step(step));
+    }
+
+    /// Forwards the signals obproxy sends its parent.
+    pub fn forward_signals(&self, mut rx: mpsc::UnboundedReceiver<ChildSignal>) {
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            while let Some(sig) = rx.recv().await {
+                if tx.send(Msg::Signal(sig)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+pub struct Supervisor {
+    config: Arc<AgentConfig>,
+    tx: mpsc::UnboundedSender<Msg>,
+    rx: mpsc::UnboundedReceiver<Msg>,
+    spawner: Spawner,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    listeners: Listeners,
+    /// Addresses the listeners had, so port 0 stays the same port.
+    last_bound: Vec<SocketAddr>,
+    processes: BTreeMap<u32, Process>,
+    ready_waiters: HashMap<u32, oneshot::Sender<Result<(), Exit>>>,
+    exit_waiters: HashMap<u32, Vec<oneshot::Sender<Exit>>>,
+    log: operation::Log,
+    desired_running: bool,
+    started_count: u32,
+    last_exit: Option<String>,
+    notices: Vec<String>,
+    /// Samples CPU and memory; None where the platform has no support.
+    system: Option<sysinfo::System>,
+}
+
+impl Supervisor {
+    pub fn new(
+        config: Arc<AgentConfig>,
+        spawner: Spawner,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> (Self, Handle) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = Handle { tx: tx.clone() };
+        let sup = Self {
+            config,
+            tx,
+            rx,
+            spawner,
+            tracker,
+            shutdown,
+            listeners: Listeners::default(),
+            last_bound: Vec::new(),
+            processes: BTreeMap::new(),
+            ready_waiters: HashMap::new(),
+            exit_waiters: HashMap::new(),
+            log: operation::Log::default(),
+            desired_running: false,
+            started_count: 0,
+            last_exit: None,
+            notices: Vec::new(),
+            system: sysinfo::System::new().ok(),
+        };
+        (sup, handle)
+    }
+
+    /// Serves messages until shutdown. obproxy processes are left running:
+    /// the agent going away must never take the ODP down.
+    pub async fn run(mut self) {
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                msg = self.rx.recv() => match msg {
+                    Some(msg) => self.handle(msg),
+                    None => break,
+                },
+            }
+        }
+        tracing::info!(pids = ?self.processes.keys().collect::<Vec<_>>(), "supervisor stopped; obproxy left running");
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Msg::Submit(request, reply) => {
+                let _ = reply.send(self.submit(request));
+            }
+            Msg::GetOperation(id, reply) => {
+                let _ = reply.send(self.log.get(&id));
+            }
+            Msg::WatchOperation(id, reply) => {
+                let _ = reply.send(self.log.watch(&id));
+            }
+            Msg::Signal(sig) => self.on_signal(sig),
+            Msg::Exited { pid, exit } => self.on_exit(pid, exit),
+            Msg::Spawned {
+                result,
+                binary,
+                version,
+                reply,
+            } => {
+                let _ = reply.send(self.on_spawned(result, binary, version));
+            }
+            Msg::DrainDeadline { pid } => {
+                if let Some(p) = self.processes.get(&pid) {
+                    tracing::warn!(pid, "drain window over; SIGKILL");
+                    let _ = p.pidfd.signal(Signal::SIGKILL);
+                }
+            }
+            Msg::Step(step) => self.on_step(step),
+        }
+    }
+
+    fn serving_pid(&self) -> Option<u32> {
+        self.processes
+            .iter()
+            .find(|(_, p)| p.role == Role::Serving)
+            .map(|(pid, _)| *pid)
+    }
+
+    fn submit(&mut self, request: Request) -> Result<watch::Receiver<Operation>, SubmitError> {
+        if self.shutdown.is_cancelled() {
+            return Err(SubmitError::ShuttingDown);
+        }
+        let serving = self.serving_pid();
+        // A replayed request id answers with its operation, whatever the
+        // state is now.
+        let replay = request
+            .request_id
+            .as_deref()
+            .is_some_and(|rid| self.log.has_request(rid));
+        if request.kind == Kind::RestartHot && serving.is_none() && !replay {
+            return Err(SubmitError::NotServing {
+                state: self.state(),
+            });
+        }
+        match self.log.admit(&request, serving)? {
+            Admission::Replay(rx) => Ok(rx),
+            Admission::New(rx) => {
+                let op = rx.borrow().clone();
+                tracing::info!(op_id = %op.id, kind = op.kind.name(), request_id = ?op.request_id, "operation admitted");
+                let ctl = operations::Ctl::new(
+                    Handle {
+                        tx: self.tx.clone(),
+                    },
+                    self.config.clone(),
+                    op.id.clone(),
+                    serving,
+                );
+                self.tracker.spawn(operations::run(ctl, request));
+                Ok(rx)
+            }
+        }
+    }
+
+    fn state(&self) -> ProxyState {
+        if let Some(op) = self.log.current() {
+            return match op.kind {
+                Kind::Start => ProxyState::Starting,
+                Kind::Stop => ProxyState::Stopping,
+                Kind::RestartForce => ProxyState::Restarting,
+                Kind::RestartHot => {
+                    let upgrading = self.processes.values().any(|p| {
+                        p.role == Role::Starting && p.binary != self.config.obproxy.binary
+                    });
+                    if upgrading {
+                        ProxyState::Upgrading
+                    } else {
+                        ProxyState::Restarting
+                    }
+                }
+            };
+        }
+        match (self.serving_pid(), self.desired_running) {
+            (Some(_), _) => ProxyState::Running,
+            (None, true) => ProxyState::Unavailable,
+            (None, false) => ProxyState::Stopped,
+        }
+    }
+
+    fn status(&mut self) -> Status {
+        let pids: Vec<sysinfo::Pid> = self
+            .processes
+            .keys()
+            .map(|p| sysinfo::Pid::from_u32(*p))
+            .collect();
+        if let Some(system) = self.system.as_mut() {
+            system.refresh_processes_specifics(
+                sysinfo::ProcessesToUpdate::Some(&pids),
+                true,
+                sysinfo::ProcessRefreshKind::nothing()
+                    .with_cpu()
+                    .with_memory(),
+            );
+        }
+        let ports: Vec<u16> = self.listeners.iter().map(|l| l.bound.port()).collect();
+        let info = |pid: u32, p: &Process| {
+            let usage = self
+                .system
+                .as_ref()
+                .and_then(|s| s.process(sysinfo::Pid::from_u32(pid)));
+            ProcessInfo {
+                pid,
+                version: p.version.clone(),
+                binary: p.binary.clone(),
+                started_at: p.started_at,
+                cpu_percent: usage.map_or(0.0, |u| u.cpu_usage()),
+                memory_bytes: usage.map_or(0, |u| u.memory()),
+                open_connections: procfs::client_connections(pid, &ports),
+            }
+        };
+        let serving = self
+            .processes
+            .iter()
+            .find(|(_, p)| p.role == Role::Serving)
+            .map(|(pid, p)| info(*pid, p));
+        let draining = self
+            .processes
+            .iter()
+            .filter(|(_, p)| p.role == Role::Draining)
+            .map(|(pid, p)| (info(*pid, p), p.drain_deadline.unwrap_or(p.started_at)))
+            .collect();
+        Status {
+            state: self.state(),
+            desired_running: self.desired_running,
+            serving,
+            draining,
+            listeners: self.listeners.iter().map(|l| (l.bound, l.inode)).collect(),
+            restart_count: self.started_count.saturating_sub(1),
+            operation: self.log.current(),
+            last_exit: self.last_exit.clone(),
+            notices: self.notices.clone(),
+        }
+    }
+
+    fn on_signal(&mut self, sig: ChildSignal) {
+        let Some(pid) = sig.pid else { return };
+        let Some(p) = self.processes.get_mut(&pid) else {
+            tracing::debug!(
+                pid,
+                signal = sig.signal,
+                "signal from a process that is not ours"
+            );
+            return;
+        };
+        if sig.signal == libc::SIGUSR1 {
+            tracing::info!(pid, "obproxy signalled readiness");
+            p.ready = true;
+            if let Some(w) = self.ready_waiters.remove(&pid) {
+                let _ = w.send(Ok(()));
+            }
+        } else {
+            // SIGUSR2: obproxy's clean exit; the pidfd reports the exit itself.
+            tracing::info!(pid, "obproxy announced a clean exit");
+        }
+    }
+
+    fn on_spawned(
+        &mut self,
+        result: Result<Spawned, SpawnError>,
+        binary: PathBuf,
+        version: String,
+    ) -> Result<u32, StepError> {
+        let spawned = result?;
+        let pidfd = Arc::new(spawned.pidfd);
+        let pid = pidfd.pid();
+        self.started_count += 1;
+        self.processes.insert(
+            pid,
+            Process {
+                pidfd: pidfd.clone(),
+                role: Role::Starting,
+                version,
+                binary,
+                started_at: spawned.started_at,
+                ready: false,
+                drain_deadline: None,
+                ending: false,
+            },
+        );
+        tracing::info!(pid, "obproxy spawned");
+        let tx = self.tx.clone();
+        let shutdown = self.shutdown.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                res = pidfd.exited() => {
+                    if let Err(e) = res {
+                        tracing::error!(pid, error = %e, "cannot watch obproxy for exit");
+                    }
+                    let exit = pidfd::reap(pid);
+                    let _ = tx.send(Msg::Exited { pid, exit });
+                }
+            }
+        });
+        Ok(pid)
+    }
+
+    fn on_exit(&mut self, pid: u32, exit: Exit) {
+        let Some(p) = self.processes.remove(&pid) else {
+            return;
+        };
+        let expected = p.ending || p.role == Role::Draining;
+        if expected {
+            tracing::info!(pid, %exit, role = ?p.role, "obproxy exited");
+        } else {
+            tracing::warn!(pid, %exit, role = ?p.role, "obproxy exited unexpectedly");
+            self.last_exit = Some(format!("pid {pid} {exit}"));
+        }
+        if let Some(w) = self.ready_waiters.remove(&pid) {
+            let _ = w.send(Err(exit.clone()));
+        }
+        for w in self.exit_waiters.remove(&pid).unwrap_or_default() {
+            let _ = w.send(exit.clone());
+        }
+    }
+
+    fn on_step(&mut self, step: Step) {
+        match step {
+            Step::SetDesired(running) => self.desired_running = running,
+            Step::BindListeners(reply) => {
+                let _ = reply.send(self.bind_listeners());
+            }
+            Step::CloseListeners(reply) => {
+                if !self.listeners.is_empty() {
+                    tracing::info!(addrs = ?self.listeners.bound_addrs(), "closing SQL listeners");
+                }
+                self.listeners = Listeners::default();
+                let _ = reply.send(());
+            }
+            Step::Spawn {
+                binary,
+                version,
+                exit_timeout,
+                reply,
+            } => self.spawn(binary, version, exit_timeout, reply),
+            Step::WaitReady { pid, reply } => match self.processes.get(&pid) {
+                Some(p) if p.ready => {
+                    let _ = reply.send(Ok(()));
+                }
+                Some(_) => {
+                    self.ready_waiters.insert(pid, reply);
+                }
+                None => {
+                    let _ = reply.send(Err(Exit::Unknown));
+                }
+            },
+            Step::WaitExit { pid, reply } => {
+                if self.processes.contains_key(&pid) {
+                    self.exit_waiters.entry(pid).or_default().push(reply);
+                } else {
+                    let _ = reply.send(Exit::Unknown);
+                }
+            }
+            Step::Signal { pid, signal, reply } => {
+                let result = match self.processes.get_mut(&pid) {
+                    None => Err(StepError::UnknownPid { pid }),
+                    Some(p) => {
+                        if matches!(signal, Signal::SIGTERM | Signal::SIGKILL | Signal::SIGINT) {
+                            p.ending = true;
+                        }
+                        p.pidfd.signal(signal).map_err(|source| StepError::Signal {
+                            pid,
+                            signal,
+                            source,
+                        })
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            Step::Promote {
+                pid,
+                drain_window,
+                reply,
+            } => {
+                let _ = reply.send(self.promote(pid, drain_window));
+            }
+            Step::Processes(reply) => {
+                let by = |role| {
+                    self.processes
+                        .iter()
+                        .filter(|(_, p)| p.role == role)
+                        .map(|(pid, _)| *pid)
+                        .collect::<Vec<_>>()
+                };
+                let _ = reply.send((self.serving_pid(), by(Role::Draining), by(Role::Starting)));
+            }
+            Step::Progress { op, phase, note } => {
+                if let Some(n) = &note {
+                    tracing::info!(op_id = %op, ?phase, "{n}");
+                }
+                self.log.update(&op, |o| {
+                    o.phase = phase;
+                    o.events.extend(note);
+                });
+            }
+            Step::Finish { op, result } => {
+                match &result {
+                    Ok(pid) => tracing::info!(op_id = %op, pid = ?pid, "operation succeeded"),
+                    Err(e) => tracing::warn!(op_id = %op, error = %e, "operation failed"),
+                }
+                self.log.update(&op, |o| {
+                    o.finished_at = Some(SystemTime::now());
+                    o.phase = Phase::Done;
+                    match result {
+                        Ok(pid) => {
+                            o.state = operation::State::Succeeded;
+                            o.pid = pid;
+                        }
+                        Err(e) => {
+                            o.state = operation::State::Failed;
+                            o.pid = self
+                                .processes
+                                .iter()
+                                .find(|(_, p)| p.role == Role::Serving)
+                                .map(|(pid, _)| *pid);
+                            o.error = Some(e);
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    fn bind_listeners(&mut self) -> Result<ListenerInfo, StepError> {
+        if self.listeners.is_empty() {
+            self.listeners = Listeners::bind(&self.config.obproxy.listen, &self.last_bound)?;
+            self.last_bound = self.listeners.bound_addrs();
+            tracing::info!(addrs = ?self.last_bound, inodes = ?self.listeners.inodes(), "SQL listeners bound");
+        }
+        Ok(ListenerInfo {
+            probe_addrs: self.listeners.iter().map(|l| l.probe_addr()).collect(),
+            inodes: self.listeners.inodes(),
+        })
+    }
+
+    fn spawn(
+        &mut self,
+        binary: PathBuf,
+        version: String,
+        exit_timeout: Duration,
+        reply: oneshot::Sender<Result<u32, StepError>>,
+    ) {
+        if self.listeners.is_empty() {
+            let _ = reply.send(Err(StepError::NoListeners));
+            return;
+        }
+        let cfg = &self.config.obproxy;
+        let spec = LaunchSpec {
+            binary: binary.clone(),
+            args: launch::args(cfg, exit_timeout),
+            home: cfg.home.clone(),
+            env: self.listeners.inherit_env(),
+            inherit_fds: self.listeners.raw_fds(),
+            output: self.config.state.dir.join("obproxy.out"),
+        };
+        tracing::info!(binary = %binary.display(), args = ?spec.args, env = ?spec.env, "spawning obproxy");
+        let tx = self.tx.clone();
+        self.spawner.spawn(spec, move |result| {
+            let _ = tx.send(Msg::Spawned {
+                result,
+                binary,
+                version,
+                reply,
+            });
+        });
+    }
+
+    fn promote(&mut self, pid: u32, drain_window: Option<Duration>) -> Option<u32> {
+        let previous = self.serving_pid().filter(|&old| old != pid);
+        if let Some(old) = previous
+            && let Some(p) = self.processes.get_mut(&old)
+        {
+            match drain_window {
+                Some(window) => {
+                    let deadline = SystemTime::now() + window + DRAIN_GRACE;
+                    p.role = Role::Draining;
+                    p.drain_deadline = Some(deadline);
+                    let tx = self.tx.clone();
+                    let shutdown = self.shutdown.clone();
+                    self.tracker.spawn(async move {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => {}
+                            _ = tokio::time::sleep(window + DRAIN_GRACE) => {
+                                let _ = tx.send(Msg::DrainDeadline { pid: old });
+                            }
+                        }
+                    });
+                    self.notices = vec![format!(
+                        "pid {pid} started while pid {old} still held obproxy's Prometheus port; \
+                         obproxy then runs without its exporter until a restart that is not HOT"
+                    )];
+                }
+                None => p.role = Role::Draining,
+            }
+        }
+        if let Some(p) = self.processes.get_mut(&pid) {
+            p.role = Role::Serving;
+            if drain_window.is_none() {
+                self.notices.clear();
+            }
+        }
+        previous
+    }
+}
