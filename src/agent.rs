@@ -36,7 +36,9 @@ pub enum Error {
     Serve(#[source] tonic::transport::Error),
 }
 
-pub async fn run(config: AgentConfig) -> Result<(), Error> {
+/// Runs the agent until SIGTERM/SIGINT. With `start_proxy`, obproxy is
+/// started at once (the demo); otherwise it waits to be told.
+pub async fn run(config: AgentConfig, start_proxy: bool) -> Result<(), Error> {
     let config = Arc::new(config);
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -74,7 +76,18 @@ pub async fn run(config: AgentConfig) -> Result<(), Error> {
         .map_err(Error::Reflection)?;
 
     tracing::info!(grpc_addr = %addr, pid = std::process::id(), "odp-agent serving");
-    let service = AgentService::new(handle, config.clone());
+    if start_proxy {
+        let request = crate::operation::Request {
+            kind: crate::operation::Kind::Start,
+            request_id: None,
+            exit_timeout: None,
+            binary: None,
+        };
+        if let Err(e) = handle.submit(request).await {
+            tracing::error!(error = %e, "cannot start obproxy");
+        }
+    }
+    let service = AgentService::new(handle.clone(), config.clone());
     let stop = shutdown.clone();
     let server = tonic::transport::Server::builder()
         .add_service(health_service)

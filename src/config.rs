@@ -99,6 +99,34 @@ fn default_stop_timeout() -> Duration {
 }
 
 impl AgentConfig {
+    /// The embedded default: the agent on loopback (gRPC 2889, SQL 2883)
+    /// with the obproxy stand-in that sits beside the agent's executable.
+    pub fn demo(dir: &Path, standin: &Path) -> Result<Self, ConfigError> {
+        let text = format!(
+            r#"[server]
+listen = "127.0.0.1:2889"
+
+[obproxy]
+home = {home:?}
+binary = {binary:?}
+args = ["-n", "demo", "-c", "democluster"]
+listen = ["127.0.0.1:2883"]
+hot_upgrade_exit_timeout = "30s"
+start_timeout = "60s"
+stop_timeout = "10s"
+
+[state]
+dir = {state:?}
+"#,
+            home = dir.join("odp").display().to_string(),
+            binary = standin.display().to_string(),
+            state = dir.join("state").display().to_string(),
+        );
+        std::fs::create_dir_all(dir.join("odp"))
+            .map_err(|e| ConfigError::new(dir, "obproxy.home", e.to_string()))?;
+        Self::parse(&dir.join("demo.toml"), &text)
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let raw: RawConfig = config_file::load(path)?;
         Self::from_raw(path, raw)

@@ -12,8 +12,12 @@ use odp_agent::{
 #[command(version, about = "Controls the local obproxy (ODP) over gRPC")]
 struct Args {
     /// The agent's TOML configuration.
-    #[arg(long, short)]
-    config: PathBuf,
+    #[arg(long, short, required_unless_present = "demo")]
+    config: Option<PathBuf>,
+    /// Run on the embedded default instead: loopback ports 2889 (gRPC) and
+    /// 2883 (SQL), the obproxy stand-in as obproxy, started at once.
+    #[arg(long, conflicts_with = "config")]
+    demo: bool,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
@@ -21,10 +25,14 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     telemetry::init(args.log_format);
-    let config = match AgentConfig::load(&args.config).and_then(|c| {
+    let loaded = match &args.config {
+        Some(path) => AgentConfig::load(path),
+        None => demo_config(),
+    };
+    let config = match loaded.and_then(|c| {
         std::fs::create_dir_all(&c.state.dir).map_err(|e| {
             ConfigError::new(
-                &args.config,
+                args.config.as_deref().unwrap_or(&c.state.dir),
                 "state.dir",
                 format!("cannot create {}: {e}", c.state.dir.display()),
             )
@@ -44,11 +52,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(odp_agent::agent::run(config)) {
+    match runtime.block_on(odp_agent::agent::run(config, args.demo)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("odp-agent: {}", odp_agent::operations::describe(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+fn demo_config() -> Result<AgentConfig, ConfigError> {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let standin = exe.with_file_name("obproxy-standin");
+    let dir = std::env::temp_dir().join("odp-agent-demo");
+    eprintln!(
+        "odp-agent: demo on the embedded default: gRPC 127.0.0.1:2889, SQL 127.0.0.1:2883, \
+         obproxy = {}, files under {}",
+        standin.display(),
+        dir.display()
+    );
+    AgentConfig::demo(&dir, &standin)
 }

@@ -1,0 +1,317 @@
+//! Test harness: a real `odp-agent` process on loopback with the obproxy
+//! stand-in as its obproxy, and a real gRPC client. Every wait is on an event
+//! (a log line, an operation update, a socket), bounded by a deadline.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    time::Duration,
+};
+
+use odp_agent::proto::agent::{self as pb, agent_client::AgentClient};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use tonic::transport::Channel;
+
+pub const AGENT: &str = env!("CARGO_BIN_EXE_odp-agent");
+pub const STANDIN: &str = env!("CARGO_BIN_EXE_obproxy-standin");
+
+/// Upper bound for anything a test waits on.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+pub struct Options {
+    pub exit_timeout: &'static str,
+    pub start_timeout: &'static str,
+    pub stop_timeout: &'static str,
+    /// Extra `args` for obproxy, e.g. `-o standin_backend=...`.
+    pub args: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            exit_timeout: "10s",
+            start_timeout: "10s",
+            stop_timeout: "5s",
+            args: vec![],
+        }
+    }
+}
+
+/// One agent with its own directory tree, gRPC port and SQL port.
+pub struct Agent {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub grpc: SocketAddr,
+    pub child: Child,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Agent {
+    pub async fn start() -> Self {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(opts: Options) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("odp");
+        std::fs::create_dir_all(home.join("bin")).unwrap();
+        write_wrapper(&home.join("bin/obproxy"), &[]);
+        let args: Vec<String> = ["-n", "testapp", "-c", "testcluster"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(opts.args.iter().cloned())
+            .collect();
+        let config = dir.path().join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[server]
+listen = "127.0.0.1:0"
+
+[obproxy]
+home = "odp"
+binary = "bin/obproxy"
+args = {args:?}
+listen = ["127.0.0.1:0"]
+hot_upgrade_exit_timeout = "{}"
+start_timeout = "{}"
+stop_timeout = "{}"
+
+[state]
+dir = "state"
+"#,
+                opts.exit_timeout, opts.start_timeout, opts.stop_timeout
+            ),
+        )
+        .unwrap();
+        let (child, grpc, log) = spawn_agent(&config);
+        Self {
+            dir,
+            config,
+            grpc,
+            child,
+            log,
+        }
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("odp")
+    }
+
+    /// Makes every obproxy started from now on behave per `env` (stand-in
+    /// knobs such as `ODP_STANDIN_START_DELAY`).
+    pub fn set_standin_env(&self, env: &[(&str, &str)]) {
+        write_env(&self.home().join("bin/obproxy"), env);
+    }
+
+    /// Another obproxy binary under home (for hot upgrades), with its knobs.
+    pub fn add_binary(&self, name: &str, env: &[(&str, &str)]) -> String {
+        let path = self.home().join("bin").join(name);
+        write_wrapper(&path, env);
+        format!("bin/{name}")
+    }
+
+    pub async fn client(&self) -> AgentClient<Channel> {
+        AgentClient::connect(format!("http://{}", self.grpc)).await.unwrap()
+    }
+
+    pub async fn status(&self) -> pb::ProxyStatus {
+        self.client().await.get_status(pb::GetStatusRequest {}).await.unwrap().into_inner()
+    }
+
+    pub async fn start_proxy(&self) -> pb::Operation {
+        let op = self
+            .client()
+            .await
+            .start(pb::StartRequest { request_id: String::new(), wait: true })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(op.state(), pb::OperationState::Succeeded, "start failed: {}\n{}", op.error, self.logs());
+        op
+    }
+
+    pub async fn stop_proxy(&self) -> pb::Operation {
+        self.client()
+            .await
+            .stop(pb::StopRequest { request_id: String::new(), wait: true })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    pub async fn restart(&self, mode: pb::RestartMode, wait: bool) -> Result<pb::Operation, tonic::Status> {
+        self.restart_with(pb::RestartRequest { mode: mode as i32, wait, ..Default::default() }).await
+    }
+
+    pub async fn restart_with(&self, request: pb::RestartRequest) -> Result<pb::Operation, tonic::Status> {
+        self.client().await.restart(request).await.map(|r| r.into_inner())
+    }
+
+    /// The SQL listener address (after the first start).
+    pub async fn sql_addr(&self) -> SocketAddr {
+        self.status().await.listeners[0].address.parse().unwrap()
+    }
+
+    /// Follows an operation until it is finished.
+    pub async fn wait_op(&self, id: &str) -> pb::Operation {
+        self.watch_op_until(id, |op| op.state() != pb::OperationState::Running).await
+    }
+
+    /// Follows an operation's updates until `until` holds (or it finishes).
+    pub async fn watch_op_until(&self, id: &str, until: impl Fn(&pb::Operation) -> bool) -> pb::Operation {
+        let mut stream = self
+            .client()
+            .await
+            .watch_operation(pb::WatchOperationRequest { id: id.to_string() })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut last = None;
+        let watch = async {
+            while let Some(op) = stream.message().await.unwrap() {
+                let done = until(&op) || op.state() != pb::OperationState::Running;
+                last = Some(op);
+                if done {
+                    break;
+                }
+            }
+        };
+        tokio::time::timeout(PATIENCE, watch).await.expect("operation did not get there in time");
+        last.expect("the watch stream ended without an update")
+    }
+
+    pub fn logs(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// SIGTERM to the agent and its exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        signal(self.child.id(), libc::SIGTERM);
+        wait_child(&mut self.child)
+    }
+
+    /// Every process (stand-in) whose working directory is this agent's home.
+    pub fn obproxy_pids(&self) -> Vec<u32> {
+        processes_in(&self.home())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // obproxy outlives the agent by design; tests clean up after it.
+        for pid in self.obproxy_pids() {
+            signal(pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// Starts `odp-agent --config path` and waits for its "serving" log line.
+pub fn spawn_agent(config: &Path) -> (Child, SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let mut child = Command::new(AGENT)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("grpc_addr=").nth(1) {
+                let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let addr = rx.recv_timeout(PATIENCE).unwrap_or_else(|_| {
+        panic!("agent did not start serving:\n{}", log.lock().unwrap().join("\n"))
+    });
+    (child, addr.parse().unwrap(), log)
+}
+
+fn write_wrapper(path: &Path, env: &[(&str, &str)]) {
+    // The wrapper sources `<binary>.env` at every start, so a test can change
+    // how the next obproxy behaves; `exec` keeps the pid and the parent.
+    std::fs::write(
+        path,
+        format!("#!/bin/sh\n[ -f \"$0.env\" ] && . \"$0.env\"\nexec {STANDIN} \"$@\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    write_env(path, env);
+}
+
+fn write_env(binary: &Path, env: &[(&str, &str)]) {
+    let text: String = env.iter().map(|(k, v)| format!("export {k}='{v}'\n")).collect();
+    std::fs::write(format!("{}.env", binary.display()), text).unwrap();
+}
+
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) with a pid and a signal number.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+pub fn alive(pid: u32) -> bool {
+    // A zombie still has /proc/<pid>; its state letter is Z.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// Waits for the child to exit: poll(2) on its pidfd, which turns readable
+/// when the process ends.
+pub fn wait_child(child: &mut Child) -> std::process::ExitStatus {
+    // SAFETY: pidfd_open(pid, 0) returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as i32, 0) } as i32;
+    if fd >= 0 {
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd; then we close the fd we own.
+        let ready = unsafe { libc::poll(&mut pfd, 1, PATIENCE.as_millis() as i32) };
+        unsafe { libc::close(fd) };
+        assert!(ready > 0, "process {} did not exit", child.id());
+    }
+    child.wait().unwrap()
+}
+
+pub fn processes_in(dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir))
+        .filter(|pid| alive(*pid))
+        .collect()
+}
+
+/// One request/response through the proxy (the stand-in echoes without a
+/// backend).
+pub async fn echo(stream: &mut TcpStream, message: &[u8]) -> std::io::Result<()> {
+    stream.write_all(message).await?;
+    let mut buf = vec![0; message.len()];
+    tokio::time::timeout(PATIENCE, stream.read_exact(&mut buf))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    assert_eq!(buf, message);
+    Ok(())
+}
+
+/// Connects and proves the connection is served.
+pub async fn round_trip(addr: SocketAddr) -> std::io::Result<()> {
+    let mut stream = TcpStream::connect(addr).await?;
+    echo(&mut stream, b"ping").await
+}
