@@ -68,10 +68,12 @@ pub async fn run(config: AgentConfig, start_proxy: bool) -> Result<(), Error> {
     health.set_serving::<AgentServer<AgentService>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(Error::Reflection)?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(Error::Reflection)?;
 
@@ -98,7 +100,15 @@ pub async fn run(config: AgentConfig, start_proxy: bool) -> Result<(), Error> {
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             async move { stop.cancelled().await },
         );
-    let result = server.await.map_err(Error::Serve);
+    // Graceful, but bounded: a client that keeps its connection open must not
+    // keep the agent from exiting.
+    let result = tokio::select! {
+        r = server => r.map_err(Error::Serve),
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+            tracing::warn!("gRPC connections still open after the grace period; closing them");
+            Ok(())
+        }
+    };
     shutdown.cancel();
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())

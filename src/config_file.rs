@@ -97,6 +97,12 @@ mod tests {
     }
 
     #[test]
+    fn a_good_duration_is_typed() {
+        let s = parse::<Sample>(Path::new("x.toml"), "[section]\ntimeout = \"1m 30s\"\n").unwrap();
+        assert_eq!(s.section.timeout, Duration::from_secs(90));
+    }
+
+    #[test]
     fn a_bad_duration_names_its_key() {
         let e =
             parse::<Sample>(Path::new("x.toml"), "[section]\ntimeout = \"soon\"\n").unwrap_err();

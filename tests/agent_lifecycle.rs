@@ -47,12 +47,20 @@ async fn stop_ends_obproxy_and_closes_the_port() {
 
 #[tokio::test]
 async fn stop_kills_an_obproxy_that_ignores_sigterm_after_stop_timeout() {
-    let agent = Agent::start_with(Options { stop_timeout: "1s", ..Default::default() }).await;
+    let agent = Agent::start_with(Options {
+        stop_timeout: "1s",
+        ..Default::default()
+    })
+    .await;
     agent.set_standin_env(&[("ODP_STANDIN_IGNORE_SIGNALS", "true")]);
     let pid = agent.start_proxy().await.pid;
     let op = agent.stop_proxy().await;
     assert_eq!(op.state(), pb::OperationState::Succeeded, "{}", op.error);
-    assert!(op.events.iter().any(|e| e.contains("SIGKILL")), "{:?}", op.events);
+    assert!(
+        op.events.iter().any(|e| e.contains("SIGKILL")),
+        "{:?}",
+        op.events
+    );
     assert!(!alive(pid));
 }
 
@@ -68,11 +76,25 @@ async fn force_restart_queues_new_connections_until_the_new_process_serves() {
     let waiting = agent
         .watch_op_until(&op.id, |op| op.phase() == pb::OperationPhase::WaitingReady)
         .await;
-    assert_eq!(waiting.phase(), pb::OperationPhase::WaitingReady, "{waiting:?}");
-    assert!(!alive(old), "the old process must be gone before the new one is ready");
-    round_trip(addr).await.expect("a connection made during the restart was not served");
+    assert_eq!(
+        waiting.phase(),
+        pb::OperationPhase::WaitingReady,
+        "{waiting:?}"
+    );
+    assert!(
+        !alive(old),
+        "the old process must be gone before the new one is ready"
+    );
+    round_trip(addr)
+        .await
+        .expect("a connection made during the restart was not served");
     let done = agent.wait_op(&op.id).await;
-    assert_eq!(done.state(), pb::OperationState::Succeeded, "{}", done.error);
+    assert_eq!(
+        done.state(),
+        pb::OperationState::Succeeded,
+        "{}",
+        done.error
+    );
     assert_ne!(done.pid, old);
     let status = agent.status().await;
     assert_eq!(status.pid, done.pid);
@@ -86,7 +108,10 @@ async fn a_start_that_dies_fails_with_the_reason_and_is_not_running() {
     let op = agent
         .client()
         .await
-        .start(pb::StartRequest { request_id: String::new(), wait: true })
+        .start(pb::StartRequest {
+            request_id: String::new(),
+            wait: true,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -100,19 +125,33 @@ async fn a_start_that_dies_fails_with_the_reason_and_is_not_running() {
 
 #[tokio::test]
 async fn a_start_not_ready_in_time_is_killed_and_fails() {
-    let agent = Agent::start_with(Options { start_timeout: "1s", ..Default::default() }).await;
+    let agent = Agent::start_with(Options {
+        start_timeout: "1s",
+        ..Default::default()
+    })
+    .await;
     agent.set_standin_env(&[("ODP_STANDIN_NO_READY", "true")]);
     let op = agent
         .client()
         .await
-        .start(pb::StartRequest { request_id: String::new(), wait: true })
+        .start(pb::StartRequest {
+            request_id: String::new(),
+            wait: true,
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(op.state(), pb::OperationState::Failed);
-    assert!(op.error.contains("not ready within start_timeout 1s"), "{}", op.error);
+    assert!(
+        op.error.contains("not ready within start_timeout 1s"),
+        "{}",
+        op.error
+    );
     assert_ne!(agent.status().await.state(), pb::ProxyState::Running);
-    assert!(agent.obproxy_pids().is_empty(), "the unready process must be killed");
+    assert!(
+        agent.obproxy_pids().is_empty(),
+        "the unready process must be killed"
+    );
 }
 
 #[tokio::test]
@@ -121,38 +160,59 @@ async fn a_second_operation_is_refused_naming_the_running_one() {
     agent.set_standin_env(&[("ODP_STANDIN_START_DELAY", "2s")]);
     let mut client = agent.client().await;
     let start = client
-        .start(pb::StartRequest { request_id: String::new(), wait: false })
+        .start(pb::StartRequest {
+            request_id: String::new(),
+            wait: false,
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(start.state(), pb::OperationState::Running);
     assert_eq!(agent.status().await.state(), pb::ProxyState::Starting);
     let err = client
-        .stop(pb::StopRequest { request_id: String::new(), wait: false })
+        .stop(pb::StopRequest {
+            request_id: String::new(),
+            wait: false,
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     assert!(err.message().contains(&start.id), "{}", err.message());
-    assert_eq!(agent.wait_op(&start.id).await.state(), pb::OperationState::Succeeded);
+    assert_eq!(
+        agent.wait_op(&start.id).await.state(),
+        pb::OperationState::Succeeded
+    );
 }
 
 #[tokio::test]
 async fn a_repeated_request_id_returns_the_same_operation() {
     let agent = Agent::start().await;
     let mut client = agent.client().await;
-    let request = pb::StartRequest { request_id: "deploy-42".into(), wait: true };
+    let request = pb::StartRequest {
+        request_id: "deploy-42".into(),
+        wait: true,
+    };
     let first = client.start(request.clone()).await.unwrap().into_inner();
     let again = client.start(request).await.unwrap().into_inner();
     assert_eq!(first.id, again.id);
     assert_eq!(again.pid, first.pid);
-    assert_eq!(agent.status().await.restart_count, 0, "the repeat started nothing");
+    assert_eq!(
+        agent.status().await.restart_count,
+        0,
+        "the repeat started nothing"
+    );
     let other = client
-        .stop(pb::StopRequest { request_id: "deploy-42".into(), wait: false })
+        .stop(pb::StopRequest {
+            request_id: "deploy-42".into(),
+            wait: false,
+        })
         .await
         .unwrap_err();
     assert_eq!(other.code(), tonic::Code::AlreadyExists);
     let got = client
-        .get_operation(pb::GetOperationRequest { id: first.id.clone() })
+        .get_operation(pb::GetOperationRequest {
+            id: first.id.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -165,29 +225,56 @@ async fn bad_arguments_are_invalid_and_name_the_field() {
     agent.start_proxy().await;
     let pid = agent.status().await.pid;
     let bad = [
-        (pb::RestartRequest { mode: 0, ..Default::default() }, "mode"),
-        (pb::RestartRequest { mode: 9, ..Default::default() }, "mode"),
+        (
+            pb::RestartRequest {
+                mode: 0,
+                ..Default::default()
+            },
+            "mode",
+        ),
+        (
+            pb::RestartRequest {
+                mode: 9,
+                ..Default::default()
+            },
+            "mode",
+        ),
         (
             pb::RestartRequest {
                 mode: pb::RestartMode::Hot as i32,
-                exit_timeout: Some(prost_types::Duration { seconds: -5, nanos: 0 }),
+                exit_timeout: Some(prost_types::Duration {
+                    seconds: -5,
+                    nanos: 0,
+                }),
                 ..Default::default()
             },
             "exit_timeout",
         ),
         (
-            pb::RestartRequest { mode: pb::RestartMode::Hot as i32, binary: "bin/nope".into(), ..Default::default() },
+            pb::RestartRequest {
+                mode: pb::RestartMode::Hot as i32,
+                binary: "bin/nope".into(),
+                ..Default::default()
+            },
             "binary",
         ),
         (
-            pb::RestartRequest { mode: pb::RestartMode::Force as i32, request_id: "has space".into(), ..Default::default() },
+            pb::RestartRequest {
+                mode: pb::RestartMode::Force as i32,
+                request_id: "has space".into(),
+                ..Default::default()
+            },
             "request_id",
         ),
     ];
     for (request, field) in bad {
         let err = agent.restart_with(request).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
-        assert!(err.message().starts_with(field), "{field}: {}", err.message());
+        assert!(
+            err.message().starts_with(field),
+            "{field}: {}",
+            err.message()
+        );
     }
     let err = agent
         .client()
@@ -208,7 +295,10 @@ async fn the_agent_survives_sigusr1_and_sigusr2() {
     signal(agent.child.id(), libc::SIGUSR1);
     signal(agent.child.id(), libc::SIGUSR2);
     // A stop makes obproxy exit cleanly, which sends SIGUSR2 to us.
-    assert_eq!(agent.stop_proxy().await.state(), pb::OperationState::Succeeded);
+    assert_eq!(
+        agent.stop_proxy().await.state(),
+        pb::OperationState::Succeeded
+    );
     assert_eq!(agent.status().await.state(), pb::ProxyState::Stopped);
 }
 
@@ -220,5 +310,7 @@ async fn the_agent_exits_on_sigterm_and_leaves_obproxy_serving() {
     let status = agent.terminate();
     assert!(status.success(), "{status:?}\n{}", agent.logs());
     assert!(alive(pid));
-    round_trip(addr).await.expect("obproxy must keep serving without the agent");
+    round_trip(addr)
+        .await
+        .expect("obproxy must keep serving without the agent");
 }

