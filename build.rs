@@ -5,7 +5,10 @@ use std::{env, fs, path::PathBuf};
 
 use prost::Message;
 
-const PROTOS: &[&str] = &["odp/agent/v1/agent.proto"];
+const PROTOS: &[&str] = &[
+    "odp/agent/v1/agent.proto",
+    "odp/coordinator/v1/coordinator.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {

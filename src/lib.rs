@@ -17,6 +17,8 @@ pub mod agent;
 pub mod agent_service;
 pub mod config;
 pub mod config_file;
+pub mod coordinator;
+pub mod grpc_server;
 pub mod listeners;
 pub mod obproxy;
 pub mod operation;

@@ -3,6 +3,8 @@
 //! (a log line, an operation update, a socket), bounded by a deadline.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,

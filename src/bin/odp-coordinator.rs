@@ -1,0 +1,48 @@
+//! `odp-coordinator --config FILE`: cluster-wide operations across agents.
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+use odp_agent::{
+    config_file::EX_CONFIG,
+    coordinator::config::CoordinatorConfig,
+    telemetry::{self, LogFormat},
+};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Runs Stop All / Start All / Restart All across ODP agents"
+)]
+struct Args {
+    /// The coordinator's TOML configuration.
+    #[arg(long, short)]
+    config: PathBuf,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    telemetry::init(args.log_format);
+    let config = match CoordinatorConfig::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("odp-coordinator: bad configuration: {e}");
+            return ExitCode::from(EX_CONFIG as u8);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("odp-coordinator: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(odp_agent::coordinator::daemon::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("odp-coordinator: {}", odp_agent::operations::describe(&e));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Talking to the agents: one lazily connected channel per agent, status with
+//! a deadline (an unreachable agent is an answer, never a hang), and
+//! operations followed to their end.
+use std::{collections::HashMap, sync::Mutex, time::Duration};
+
+use tonic::transport::{Channel, Endpoint};
+
+use super::config::AgentTimeouts;
+use crate::proto::agent::{self as pb, agent_client::AgentClient};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("agent {agent} is unreachable: {message}")]
+    Unreachable { agent: String, message: String },
+    #[error("agent {agent} did not answer within {}", humantime::format_duration(*timeout))]
+    Timeout { agent: String, timeout: Duration },
+    #[error("agent {agent} refused: {}: {}", status.code(), status.message())]
+    Refused {
+        agent: String,
+        status: tonic::Status,
+    },
+}
+
+impl AgentError {
+    fn from_status(agent: &str, status: tonic::Status) -> Self {
+        match status.code() {
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
+                AgentError::Unreachable {
+                    agent: agent.to_string(),
+                    message: status.message().to_string(),
+                }
+            }
+            tonic::Code::DeadlineExceeded => AgentError::Unreachable {
+                agent: agent.to_string(),
+                message: "deadline exceeded".into(),
+            },
+            _ => AgentError::Refused {
+                agent: agent.to_string(),
+                status,
+            },
+        }
+    }
+
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            AgentError::Unreachable { .. } | AgentError::Timeout { .. }
+        )
+    }
+}
+
+/// What a subtask asks an agent to do.
+#[derive(Debug, Clone, Copy)]
+pub enum Command {
+    Start,
+    Stop,
+    Restart {
+        mode: pb::RestartMode,
+        exit_timeout: Option<Duration>,
+    },
+}
+
+pub struct AgentPool {
+    timeouts: AgentTimeouts,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl AgentPool {
+    pub fn new(timeouts: AgentTimeouts) -> Self {
+        Self {
+            timeouts,
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn client(&self, agent: &str) -> Result<AgentClient<Channel>, AgentError> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ch) = channels.get(agent) {
+            return Ok(AgentClient::new(ch.clone()));
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{agent}"))
+            .map_err(|e| AgentError::Unreachable {
+                agent: agent.to_string(),
+                message: e.to_string(),
+            })?
+            .connect_timeout(self.timeouts.connect_timeout)
+            .tcp_nodelay(true);
+        let ch = endpoint.connect_lazy();
+        channels.insert(agent.to_string(), ch.clone());
+        Ok(AgentClient::new(ch))
+    }
+
+    /// The agent's status, or why it could not be had within the deadline.
+    pub async fn status(&self, agent: &str) -> Result<pb::ProxyStatus, AgentError> {
+        let mut client = self.client(agent)?;
+        let timeout = self.timeouts.status_timeout;
+        match tokio::time::timeout(timeout, client.get_status(pb::GetStatusRequest {})).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(status)) => Err(AgentError::from_status(agent, status)),
+            Err(_) => Err(AgentError::Timeout {
+                agent: agent.to_string(),
+                timeout,
+            }),
+        }
+    }
+
+    /// Every agent's status, asked in parallel; the slowest bounds the call.
+    pub async fn statuses(&self, agents: &[String]) -> Vec<Result<pb::ProxyStatus, AgentError>> {
+        futures::future::join_all(agents.iter().map(|a| self.status(a))).await
+    }
+
+    /// Submits `command` with `request_id` (a repeat returns the agent's
+    /// existing operation) and reports the operation as it starts.
+    pub async fn submit(
+        &self,
+        agent: &str,
+        command: Command,
+        request_id: &str,
+    ) -> Result<pb::Operation, AgentError> {
+        let mut client = self.client(agent)?;
+        let request_id = request_id.to_string();
+        let call = async {
+            match command {
+                Command::Start => {
+                    client
+                        .start(pb::StartRequest {
+                            request_id,
+                            wait: false,
+                        })
+                        .await
+                }
+                Command::Stop => {
+                    client
+                        .stop(pb::StopRequest {
+                            request_id,
+                            wait: false,
+                        })
+                        .await
+                }
+                Command::Restart { mode, exit_timeout } => {
+                    client
+                        .restart(pb::RestartRequest {
+                            mode: mode as i32,
+                            exit_timeout: exit_timeout.map(|d| prost_types::Duration {
+                                seconds: d.as_secs() as i64,
+                                nanos: d.subsec_nanos() as i32,
+                            }),
+                            request_id,
+                            wait: false,
+                            binary: String::new(),
+                        })
+                        .await
+                }
+            }
+        };
+        let timeout = self.timeouts.status_timeout;
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(status)) => Err(AgentError::from_status(agent, status)),
+            Err(_) => Err(AgentError::Timeout {
+                agent: agent.to_string(),
+                timeout,
+            }),
+        }
+    }
+
+    /// Follows an operation until it finishes, calling `progress` on each
+    /// update; bounded by the operation timeout.
+    pub async fn follow(
+        &self,
+        agent: &str,
+        id: &str,
+        mut progress: impl FnMut(&pb::Operation),
+    ) -> Result<pb::Operation, AgentError> {
+        let mut client = self.client(agent)?;
+        let timeout = self.timeouts.operation_timeout;
+        let follow = async {
+            let mut stream = client
+                .watch_operation(pb::WatchOperationRequest { id: id.to_string() })
+                .await
+                .map_err(|s| AgentError::from_status(agent, s))?
+                .into_inner();
+            let mut last = None;
+            while let Some(op) = stream
+                .message()
+                .await
+                .map_err(|s| AgentError::from_status(agent, s))?
+            {
+                progress(&op);
+                let done = op.state() != pb::OperationState::Running;
+                last = Some(op);
+                if done {
+                    break;
+                }
+            }
+            match last {
+                Some(op) if op.state() != pb::OperationState::Running => Ok(op),
+                _ => Err(AgentError::Unreachable {
+                    agent: agent.to_string(),
+                    message: format!("the watch of operation {id} ended before it finished"),
+                }),
+            }
+        };
+        tokio::time::timeout(timeout, follow)
+            .await
+            .unwrap_or_else(|_| {
+                Err(AgentError::Timeout {
+                    agent: agent.to_string(),
+                    timeout,
+                })
+            })
+    }
+}

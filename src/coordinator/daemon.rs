@@ -1,0 +1,77 @@
+//! The coordinator daemon: opens the task store, resumes unfinished tasks,
+//! serves gRPC with reflection and health until SIGTERM or SIGINT.
+use std::sync::Arc;
+
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use super::{
+    agents::AgentPool,
+    config::CoordinatorConfig,
+    service::CoordinatorService,
+    store::{Store, StoreError},
+    tasks::Tasks,
+};
+use crate::{
+    grpc_server::{self, SHUTDOWN_GRACE, ServeError},
+    proto::coordinator::coordinator_server::CoordinatorServer,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error("cannot install signal handlers")]
+    Signals(#[source] std::io::Error),
+}
+
+pub async fn run(config: CoordinatorConfig) -> Result<(), Error> {
+    let config = Arc::new(config);
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let store = Arc::new(Store::open(&config.store_path)?);
+    let pool = Arc::new(AgentPool::new(config.agents));
+    let tasks = Tasks::new(
+        config.clone(),
+        store,
+        pool,
+        tracker.clone(),
+        shutdown.clone(),
+    );
+
+    let stop = shutdown.clone();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(Error::Signals)?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutting down; running tasks resume at the next start");
+        stop.cancel();
+    });
+
+    let (listener, addr) = grpc_server::bind(config.listen).await?;
+    let resumed = tasks.resume_all()?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<CoordinatorServer<CoordinatorService>>()
+        .await;
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(CoordinatorServer::new(CoordinatorService::new(tasks)));
+    let router = grpc_server::with_reflection(router)?;
+    tracing::info!(grpc_addr = %addr, pid = std::process::id(), resumed, "odp-coordinator serving");
+    let result = grpc_server::serve(router, listener, shutdown.clone()).await;
+    shutdown.cancel();
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("tasks still running at shutdown; leaving them");
+    }
+    tracing::info!("odp-coordinator stopped");
+    Ok(result?)
+}

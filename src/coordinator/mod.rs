@@ -1,0 +1,17 @@
+//! The coordinator: cluster-wide Stop All, Start All and Restart All across
+//! the agents, run as persistent tasks.
+//!
+//! [`config`] (clusters and agents), [`agents`] (clients with deadlines),
+//! [`rules`] (the console's preconditions), [`task`] (the task model),
+//! [`store`] (SQLite persistence), [`runner`] (one task's batches),
+//! [`tasks`] (create, resume, cancel, retry), [`service`] (gRPC
+//! translation), [`daemon`] (wiring).
+pub mod agents;
+pub mod config;
+pub mod daemon;
+pub mod rules;
+pub mod runner;
+pub mod service;
+pub mod store;
+pub mod task;
+pub mod tasks;

@@ -1,0 +1,321 @@
+//! Runs one task: batch by batch, each ODP's operation followed to its end
+//! and through the health gate, the failure budget checked between batches,
+//! every change written to the store before it is shown.
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use futures::{StreamExt, stream::FuturesUnordered};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::{
+    agents::{AgentPool, Command},
+    store::Store,
+    task::{Kind, Mode, State, SubtaskState, Task},
+};
+use crate::{operations::describe, proto::agent as pb};
+
+/// How long an ODP may take to report the intended state after its
+/// operation succeeded (the health gate), and how often it is asked.
+const GATE_TIMEOUT: Duration = Duration::from_secs(10);
+const GATE_INTERVAL: Duration = Duration::from_millis(250);
+
+pub struct Runner {
+    pub task: Task,
+    pub store: Arc<Store>,
+    pub pool: Arc<AgentPool>,
+    pub tx: watch::Sender<Task>,
+    /// CancelTask: no further batch.
+    pub cancel: CancellationToken,
+    /// The coordinator stopping: leave the task as it is, to resume later.
+    pub shutdown: CancellationToken,
+}
+
+struct Outcome {
+    state: SubtaskState,
+    error: Option<String>,
+    pid: Option<u32>,
+    proxy_state: i32,
+}
+
+impl Runner {
+    fn publish(&mut self) {
+        if let Err(e) = self.store.save(&self.task) {
+            tracing::error!(task_id = %self.task.id, error = %describe(&e), "cannot write the task");
+        }
+        self.tx.send_replace(self.task.clone());
+    }
+
+    fn command(&self) -> Command {
+        match (self.task.kind, self.task.mode) {
+            (Kind::StopAll, _) => Command::Stop,
+            (Kind::StartAll, _) => Command::Start,
+            (Kind::RestartAll, mode) => Command::Restart {
+                mode: if mode == Some(Mode::Force) {
+                    pb::RestartMode::Force
+                } else {
+                    pb::RestartMode::Hot
+                },
+                exit_timeout: self.task.exit_timeout,
+            },
+        }
+    }
+
+    fn expected(&self) -> pb::ProxyState {
+        match self.task.kind {
+            Kind::StopAll => pb::ProxyState::Stopped,
+            _ => pb::ProxyState::Running,
+        }
+    }
+
+    fn mark_remaining(&mut self, state: SubtaskState, why: &str) {
+        for s in &mut self.task.subtasks {
+            if s.state == SubtaskState::Pending {
+                s.state = state;
+                s.last_error = Some(why.to_string());
+                s.finished_at = Some(SystemTime::now());
+            }
+        }
+    }
+
+    pub async fn run(mut self) {
+        let span =
+            tracing::info_span!("task", task_id = %self.task.id, cluster = %self.task.cluster);
+        async move {
+            tracing::info!(
+                kind = self.task.kind.name(),
+                batches = self.task.batches,
+                "task running"
+            );
+            let mut ran_a_batch = false;
+            for batch in 1..=self.task.batches {
+                if self.shutdown.is_cancelled() {
+                    return;
+                }
+                if self.cancel.is_cancelled() {
+                    break;
+                }
+                let failures = self.task.failures();
+                if failures > self.task.rollout.max_failures as usize {
+                    let why = format!(
+                        "failure budget exceeded: {failures} ODP(s) failed, max_failures is {}",
+                        self.task.rollout.max_failures
+                    );
+                    self.mark_remaining(SubtaskState::Skipped, &why);
+                    self.task.error = Some(why);
+                    break;
+                }
+                let todo: Vec<usize> = self
+                    .task
+                    .subtasks
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| {
+                        s.batch == batch
+                            && matches!(s.state, SubtaskState::Pending | SubtaskState::Running)
+                    })
+                    .map(|(i, _)| i)
+                    .collect();
+                if todo.is_empty() {
+                    continue;
+                }
+                if ran_a_batch && !self.task.rollout.pause.is_zero() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.task.rollout.pause) => {}
+                        _ = self.cancel.cancelled() => break,
+                        _ = self.shutdown.cancelled() => return,
+                    }
+                }
+                self.task.current_batch = batch;
+                if !self.run_batch(&todo).await {
+                    return; // shutting down: the store keeps the task running
+                }
+                ran_a_batch = true;
+            }
+            if self.cancel.is_cancelled() {
+                self.task.cancel_requested = true;
+                self.mark_remaining(SubtaskState::Cancelled, "the task was cancelled");
+            }
+            self.finish();
+            tracing::info!(state = ?self.task.state, error = ?self.task.error, "task finished");
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn finish(&mut self) {
+        let subs = &self.task.subtasks;
+        let failed: Vec<String> = subs
+            .iter()
+            .filter(|s| s.state.is_failure())
+            .map(|s| {
+                format!(
+                    "{}: {}",
+                    s.agent,
+                    s.last_error.as_deref().unwrap_or("failed")
+                )
+            })
+            .collect();
+        let skipped = subs
+            .iter()
+            .filter(|s| s.state == SubtaskState::Skipped)
+            .count();
+        let cancelled = subs.iter().any(|s| s.state == SubtaskState::Cancelled);
+        self.task.state = if !failed.is_empty() || skipped > 0 {
+            State::Failed
+        } else if cancelled {
+            State::Cancelled
+        } else {
+            State::Succeeded
+        };
+        if !failed.is_empty() {
+            let summary = format!(
+                "{} of {} ODPs failed: {}",
+                failed.len(),
+                subs.len(),
+                failed.join("; ")
+            );
+            self.task.error = Some(match self.task.error.take() {
+                Some(budget) => format!("{budget}; {summary}"),
+                None => summary,
+            });
+        } else if cancelled && self.task.error.is_none() {
+            self.task.error = Some("cancelled before every ODP was done".into());
+        }
+        self.task.finished_at = Some(SystemTime::now());
+        self.publish();
+    }
+
+    /// Runs one batch to its end; false if the coordinator is shutting down.
+    async fn run_batch(&mut self, todo: &[usize]) -> bool {
+        let now = SystemTime::now();
+        for &i in todo {
+            let s = &mut self.task.subtasks[i];
+            if s.state == SubtaskState::Pending {
+                s.attempts += 1;
+                s.started_at = Some(now);
+                s.finished_at = None;
+            }
+            s.state = SubtaskState::Running;
+        }
+        // Written down before any RPC of this batch is sent.
+        self.publish();
+        let command = self.command();
+        let expected = self.expected();
+        let (op_tx, mut op_rx) = mpsc::unbounded_channel::<(usize, String)>();
+        let mut running: FuturesUnordered<_> = todo
+            .iter()
+            .map(|&i| {
+                let pool = self.pool.clone();
+                let agent = self.task.subtasks[i].agent.clone();
+                let request_id = self.task.request_id_for(i);
+                let op_tx = op_tx.clone();
+                async move {
+                    let outcome = subtask(&pool, &agent, command, &request_id, expected, |id| {
+                        let _ = op_tx.send((i, id));
+                    })
+                    .await;
+                    (i, outcome)
+                }
+            })
+            .collect();
+        drop(op_tx);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return false,
+                Some((i, op_id)) = op_rx.recv() => {
+                    self.task.subtasks[i].operation_id = Some(op_id);
+                    self.publish();
+                }
+                next = running.next() => match next {
+                    Some((i, outcome)) => {
+                        let s = &mut self.task.subtasks[i];
+                        s.state = outcome.state;
+                        s.last_error = outcome.error;
+                        s.pid = outcome.pid;
+                        s.proxy_state = outcome.proxy_state;
+                        s.finished_at = Some(SystemTime::now());
+                        tracing::info!(odp = %s.agent, state = ?s.state, error = ?s.last_error, "subtask done");
+                        self.publish();
+                    }
+                    None => break,
+                },
+            }
+        }
+        true
+    }
+}
+
+/// One ODP: submit (idempotent by request id), follow, then the health gate.
+async fn subtask(
+    pool: &AgentPool,
+    agent: &str,
+    command: Command,
+    request_id: &str,
+    expected: pb::ProxyState,
+    on_operation: impl Fn(String),
+) -> Outcome {
+    let fail = |e: &super::agents::AgentError| Outcome {
+        state: if e.is_unreachable() {
+            SubtaskState::Unreachable
+        } else {
+            SubtaskState::Failed
+        },
+        error: Some(describe(e)),
+        pid: None,
+        proxy_state: pb::ProxyState::Unavailable as i32,
+    };
+    let op = match pool.submit(agent, command, request_id).await {
+        Ok(op) => op,
+        Err(e) => return fail(&e),
+    };
+    on_operation(op.id.clone());
+    let op = if op.state() == pb::OperationState::Running {
+        match pool.follow(agent, &op.id, |_| {}).await {
+            Ok(op) => op,
+            Err(e) => return fail(&e),
+        }
+    } else {
+        op
+    };
+    if op.state() == pb::OperationState::Failed {
+        return Outcome {
+            state: SubtaskState::Failed,
+            error: Some(op.error),
+            pid: (op.pid != 0).then_some(op.pid),
+            proxy_state: 0,
+        };
+    }
+    // Health gate: done only when the agent reports the intended state.
+    let deadline = tokio::time::Instant::now() + GATE_TIMEOUT;
+    loop {
+        match pool.status(agent).await {
+            Ok(s) if s.state() == expected => {
+                return Outcome {
+                    state: SubtaskState::Succeeded,
+                    error: None,
+                    pid: (s.pid != 0).then_some(s.pid),
+                    proxy_state: s.state,
+                };
+            }
+            Ok(s) if tokio::time::Instant::now() >= deadline => {
+                return Outcome {
+                    state: SubtaskState::Failed,
+                    error: Some(format!(
+                        "health gate: the ODP is {} after operation {}, not {}",
+                        s.state().as_str_name(),
+                        op.id,
+                        expected.as_str_name()
+                    )),
+                    pid: (s.pid != 0).then_some(s.pid),
+                    proxy_state: s.state,
+                };
+            }
+            Ok(_) => tokio::time::sleep(GATE_INTERVAL).await,
+            Err(e) => return fail(&e),
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! The task manager: creates tasks (after the console's rules), runs each in
+//! its own runner, resumes unfinished ones at start, and answers get, list,
+//! watch, cancel and retry.
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::sync::watch;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use super::{
+    agents::AgentPool,
+    config::CoordinatorConfig,
+    rules::{self, Odp},
+    runner::Runner,
+    store::{Store, StoreError},
+    task::{Kind, Mode, Rollout, State, SubtaskState, Task},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error("cluster: no cluster named {0:?}")]
+    UnknownCluster(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("id: no task {0:?}")]
+    NotFound(String),
+    #[error("task {id} is already {state:?}")]
+    Finished { id: String, state: State },
+    #[error("task {id} is still running; cancel it or wait for it")]
+    StillRunning { id: String },
+    #[error("task {id} succeeded: nothing to retry")]
+    NothingToRetry { id: String },
+    #[error("request_id {request_id:?} was used for task {id} ({}), not {}", used.name(), asked.name())]
+    RequestIdReused {
+        request_id: String,
+        id: String,
+        used: Kind,
+        asked: Kind,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A cluster operation as asked for (validated by the service).
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub cluster: String,
+    pub kind: Kind,
+    pub mode: Option<Mode>,
+    pub rollout: Rollout,
+    pub exit_timeout: Option<Duration>,
+    pub request_id: Option<String>,
+}
+
+struct Live {
+    rx: watch::Receiver<Task>,
+    cancel: CancellationToken,
+}
+
+pub struct Tasks {
+    config: Arc<CoordinatorConfig>,
+    store: Arc<Store>,
+    pool: Arc<AgentPool>,
+    live: Mutex<HashMap<String, Live>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Tasks {
+    pub fn new(
+        config: Arc<CoordinatorConfig>,
+        store: Arc<Store>,
+        pool: Arc<AgentPool>,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            store,
+            pool,
+            live: Mutex::new(HashMap::new()),
+            tracker,
+            shutdown,
+        })
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Picks up the tasks that were running when the coordinator stopped.
+    /// Their running subtasks are asked again with the same request ids, so
+    /// the agents answer with the operations they already ran.
+    pub fn resume_all(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let unfinished = self.store.unfinished()?;
+        let n = unfinished.len();
+        for task in unfinished {
+            tracing::info!(task_id = %task.id, "resuming task");
+            self.launch(task);
+        }
+        Ok(n)
+    }
+
+    pub async fn create(self: &Arc<Self>, new: NewTask) -> Result<Task, TaskError> {
+        let cluster = self
+            .config
+            .cluster(&new.cluster)
+            .ok_or_else(|| TaskError::UnknownCluster(new.cluster.clone()))?;
+        if let Some(rid) = &new.request_id
+            && let Some(existing) = self.store.by_request_id(rid)?
+        {
+            if existing.kind != new.kind {
+                return Err(TaskError::RequestIdReused {
+                    request_id: rid.clone(),
+                    id: existing.id,
+                    used: existing.kind,
+                    asked: new.kind,
+                });
+            }
+            return Ok(self.snapshot(&existing.id)?.unwrap_or(existing));
+        }
+        let statuses = self.pool.statuses(&cluster.agents).await;
+        let odps: Vec<Odp> = cluster
+            .agents
+            .iter()
+            .zip(&statuses)
+            .map(|(agent, s)| Odp {
+                agent,
+                status: s.as_ref().ok(),
+            })
+            .collect();
+        rules::check(new.kind, new.mode, &odps).map_err(TaskError::Refused)?;
+        let task = Task::new(
+            &cluster.name,
+            &cluster.agents,
+            new.kind,
+            new.mode,
+            new.rollout,
+            new.exit_timeout,
+            new.request_id,
+        );
+        // Written down before any RPC is sent.
+        self.store.save(&task)?;
+        tracing::info!(task_id = %task.id, cluster = %task.cluster, kind = task.kind.name(), "task created");
+        self.launch(task.clone());
+        Ok(task)
+    }
+
+    fn launch(self: &Arc<Self>, task: Task) {
+        let (tx, rx) = watch::channel(task.clone());
+        let cancel = CancellationToken::new();
+        let id = task.id.clone();
+        self.live().insert(
+            id.clone(),
+            Live {
+                rx,
+                cancel: cancel.clone(),
+            },
+        );
+        let runner = Runner {
+            task,
+            store: self.store.clone(),
+            pool: self.pool.clone(),
+            tx,
+            cancel,
+            shutdown: self.shutdown.clone(),
+        };
+        let me = self.clone();
+        self.tracker.spawn(async move {
+            runner.run().await;
+            me.live().remove(&id);
+        });
+    }
+
+    fn snapshot(&self, id: &str) -> Result<Option<Task>, StoreError> {
+        if let Some(live) = self.live().get(id) {
+            return Ok(Some(live.rx.borrow().clone()));
+        }
+        self.store.get(id)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Task, TaskError> {
+        self.snapshot(id)?
+            .ok_or_else(|| TaskError::NotFound(id.to_string()))
+    }
+
+    pub fn list(&self, cluster: Option<&str>, limit: u32) -> Result<Vec<Task>, TaskError> {
+        Ok(self.store.list(cluster, limit)?)
+    }
+
+    /// A receiver for a running task, or the final state of a finished one.
+    pub fn watch(&self, id: &str) -> Result<watch::Receiver<Task>, TaskError> {
+        if let Some(live) = self.live().get(id) {
+            return Ok(live.rx.clone());
+        }
+        let task = self.get(id)?;
+        // A finished task: a channel holding its final state, sender gone.
+        let (_, rx) = watch::channel(task);
+        Ok(rx)
+    }
+
+    pub fn cancel(&self, id: &str) -> Result<Task, TaskError> {
+        if let Some(live) = self.live().get(id) {
+            live.cancel.cancel();
+            let mut task = live.rx.borrow().clone();
+            task.cancel_requested = true;
+            tracing::info!(task_id = %id, "task cancel requested");
+            return Ok(task);
+        }
+        let task = self.get(id)?;
+        Err(TaskError::Finished {
+            id: task.id,
+            state: task.state,
+        })
+    }
+
+    /// Runs again every subtask that did not succeed, with new request ids.
+    pub fn retry(self: &Arc<Self>, id: &str) -> Result<Task, TaskError> {
+        if self.live().contains_key(id) {
+            return Err(TaskError::StillRunning { id: id.to_string() });
+        }
+        let mut task = self.get(id)?;
+        if task.state == State::Succeeded {
+            return Err(TaskError::NothingToRetry { id: task.id });
+        }
+        for s in &mut task.subtasks {
+            if s.state != SubtaskState::Succeeded {
+                s.state = SubtaskState::Pending;
+                s.generation += 1;
+            }
+        }
+        task.state = State::Running;
+        task.finished_at = None;
+        task.error = None;
+        task.cancel_requested = false;
+        task.current_batch = 0;
+        self.store.save(&task)?;
+        tracing::info!(task_id = %task.id, "task retried");
+        self.launch(task.clone());
+        Ok(task)
+    }
+
+    pub async fn cluster_status(
+        &self,
+        name: &str,
+    ) -> Result<
+        Vec<(
+            String,
+            Result<crate::proto::agent::ProxyStatus, super::agents::AgentError>,
+        )>,
+        TaskError,
+    > {
+        let cluster = self
+            .config
+            .cluster(name)
+            .ok_or_else(|| TaskError::UnknownCluster(name.to_string()))?;
+        let statuses = self.pool.statuses(&cluster.agents).await;
+        Ok(cluster.agents.iter().cloned().zip(statuses).collect())
+    }
+
+    pub fn clusters(&self) -> &[super::config::Cluster] {
+        &self.config.clusters
+    }
+}
