@@ -265,6 +265,11 @@ pub struct Supervisor {
     last_bound: Vec<SocketAddr>,
     processes: BTreeMap<u32, Process>,
     ready_waiters: HashMap<u32, oneshot::Sender<Result<(), Exit>>>,
+    /// Spawns sent to the spawner thread and not registered yet.
+    spawns_in_flight: u32,
+    /// Readiness signals that overtook their process's registration: a fast
+    /// child can signal before the spawner thread has reported its pid.
+    early_ready: Vec<u32>,
     exit_waiters: HashMap<u32, Vec<oneshot::Sender<Exit>>>,
     log: operation::Log,
     desired_running: bool,
@@ -295,6 +300,8 @@ impl Supervisor {
             last_bound: Vec::new(),
             processes: BTreeMap::new(),
             ready_waiters: HashMap::new(),
+            spawns_in_flight: 0,
+            early_ready: Vec::new(),
             exit_waiters: HashMap::new(),
             log: operation::Log::default(),
             desired_running: false,
@@ -438,6 +445,7 @@ impl Supervisor {
             );
         }
         let ports: Vec<u16> = self.listeners.iter().map(|l| l.bound.port()).collect();
+        let sessions = procfs::sessions_on(&ports);
         let info = |pid: u32, p: &Process| {
             let usage = self
                 .system
@@ -450,7 +458,7 @@ impl Supervisor {
                 started_at: p.started_at,
                 cpu_percent: usage.map_or(0.0, |u| u.cpu_usage()),
                 memory_bytes: usage.map_or(0, |u| u.memory()),
-                open_connections: procfs::client_connections(pid, &ports),
+                open_connections: procfs::client_connections(pid, &sessions),
             }
         };
         let serving = self
@@ -505,9 +513,12 @@ impl Supervisor {
         binary: PathBuf,
         version: String,
     ) -> Result<u32, StepError> {
+        self.spawns_in_flight = self.spawns_in_flight.saturating_sub(1);
+        let early = std::mem::take(&mut self.early_ready);
         let spawned = result?;
         let pidfd = Arc::new(spawned.pidfd);
         let pid = pidfd.pid();
+        let ready = early.contains(&pid);
         self.started_count += 1;
         self.processes.insert(
             pid,
@@ -517,7 +528,7 @@ impl Supervisor {
                 version,
                 binary,
                 started_at: spawned.started_at,
-                ready: false,
+                ready,
                 drain_deadline: None,
                 ending: false,
             },
@@ -699,6 +710,7 @@ impl Supervisor {
             output: self.config.state.dir.join("obproxy.out"),
         };
         tracing::info!(binary = %binary.display(), args = ?spec.args, env = ?spec.env, "spawning obproxy");
+        self.spawns_in_flight += 1;
         let tx = self.tx.clone();
         self.spawner.spawn(spec, move |result| {
             let _ = tx.send(Msg::Spawned {

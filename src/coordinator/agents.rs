@@ -153,7 +153,7 @@ impl AgentPool {
                 }
             }
         };
-        let timeout = self.timeouts.status_timeout;
+        let timeout = self.timeouts.request_timeout;
         match tokio::time::timeout(timeout, call).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
             Ok(Err(status)) => Err(AgentError::from_status(agent, status)),

@@ -38,6 +38,13 @@ pub struct AgentTimeouts {
     /// One GetStatus call: past it the agent shows as UNAVAILABLE.
     #[serde(default = "status_timeout", deserialize_with = "config_file::duration")]
     pub status_timeout: Duration,
+    /// Submitting an operation (the agent answers at once; this is slack for
+    /// a loaded host).
+    #[serde(
+        default = "request_timeout",
+        deserialize_with = "config_file::duration"
+    )]
+    pub request_timeout: Duration,
     /// One agent operation (start, stop, restart with its drain) end to end.
     #[serde(
         default = "operation_timeout",
@@ -51,6 +58,7 @@ impl Default for AgentTimeouts {
         Self {
             connect_timeout: connect_timeout(),
             status_timeout: status_timeout(),
+            request_timeout: request_timeout(),
             operation_timeout: operation_timeout(),
         }
     }
@@ -61,6 +69,9 @@ fn connect_timeout() -> Duration {
 }
 fn status_timeout() -> Duration {
     Duration::from_secs(3)
+}
+fn request_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 fn operation_timeout() -> Duration {
     Duration::from_secs(15 * 60)
@@ -186,6 +197,7 @@ impl CoordinatorConfig {
         for (key, d) in [
             ("agents.connect_timeout", raw.agents.connect_timeout),
             ("agents.status_timeout", raw.agents.status_timeout),
+            ("agents.request_timeout", raw.agents.request_timeout),
             ("agents.operation_timeout", raw.agents.operation_timeout),
         ] {
             if d.is_zero() {

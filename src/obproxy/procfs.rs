@@ -27,37 +27,48 @@ pub fn holds_listeners(pid: u32, listener_inodes: &[u64]) -> bool {
     socket_inodes(pid).is_ok_and(|held| listener_inodes.iter().all(|i| held.contains(i)))
 }
 
-/// Established TCP connections the process holds whose local port is one of
-/// `ports` (the SQL listeners): its open client sessions.
-pub fn client_connections(pid: u32, ports: &[u16]) -> u32 {
-    let Ok(held) = socket_inodes(pid) else {
-        return 0;
-    };
-    let mut count = 0;
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = fs::read_to_string(table) else {
-            continue;
-        };
-        count += established_inodes(&text, ports)
-            .filter(|inode| held.contains(inode))
-            .count() as u32;
+/// Inodes of the established TCP sockets whose local port is one of `ports`
+/// (the SQL listeners): every client session on this host's ODP. Read once
+/// per status and matched against each process's fds.
+pub fn sessions_on(ports: &[u16]) -> HashSet<u64> {
+    let mut inodes = HashSet::new();
+    if ports.is_empty() {
+        return inodes;
     }
-    count
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        if let Ok(text) = fs::read_to_string(table) {
+            inodes.extend(established_inodes(&text, ports));
+        }
+    }
+    inodes
+}
+
+/// How many of `sessions` the process holds: its open client connections.
+pub fn client_connections(pid: u32, sessions: &HashSet<u64>) -> u32 {
+    if sessions.is_empty() {
+        return 0;
+    }
+    socket_inodes(pid).map_or(0, |held| held.intersection(sessions).count() as u32)
 }
 
 /// Rows of `/proc/net/tcp{,6}`: `sl local rem st ... uid timeout inode`.
+/// A busy host has tens of thousands of rows (TIME_WAIT mostly), so rows on
+/// other ports are dropped after reading two columns.
 fn established_inodes<'a>(table: &'a str, ports: &'a [u16]) -> impl Iterator<Item = u64> + 'a {
     table.lines().skip(1).filter_map(move |line| {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        let local_port = cols.get(1)?.rsplit(':').next()?;
-        let port = u16::from_str_radix(local_port, 16).ok()?;
-        // 01 = TCP_ESTABLISHED; 08 = CLOSE_WAIT (the client left, the proxy
-        // has not closed yet) still holds a session.
-        let state = *cols.get(3)?;
-        if !ports.contains(&port) || !(state == "01" || state == "08") {
+        let mut cols = line.split_ascii_whitespace();
+        let local = cols.nth(1)?;
+        let port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+        if !ports.contains(&port) {
             return None;
         }
-        cols.get(9)?.parse().ok()
+        // 01 = ESTABLISHED; 08 = CLOSE_WAIT (the client left, the proxy has
+        // not closed yet) still holds a session.
+        let state = cols.nth(1)?;
+        if state != "01" && state != "08" {
+            return None;
+        }
+        cols.nth(5)?.parse().ok()
     })
 }
 

@@ -52,7 +52,7 @@ listen = "127.0.0.1:0"
 [store]
 path = "tasks.db"
 [agents]
-status_timeout = "2s"
+status_timeout = "3s"
 [[clusters]]
 name = "{CLUSTER}"
 agents = {addrs:?}
