@@ -37,6 +37,11 @@ pub async fn run(config: AgentConfig, start_proxy: bool) -> Result<(), Error> {
     // Handlers first: a child's SIGUSR1 must never meet the default action.
     let (child_tx, child_rx) = mpsc::unbounded_channel();
     signals::listen(child_tx, shutdown.clone()).map_err(Error::Signals)?;
+    // Processes that lose their parent (an obproxy's own children) come to
+    // us and are reaped, instead of lingering as zombies.
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::warn!(error = %e, "cannot become child subreaper");
+    }
     let spawner = Spawner::start().map_err(Error::Spawner)?;
 
     let (supervisor, handle) =

@@ -172,7 +172,9 @@ fn shutting_down() -> Status {
 
 fn submit_status(e: SubmitError) -> Status {
     match &e {
-        SubmitError::Log(operation::LogError::Busy { .. }) | SubmitError::NotServing { .. } => {
+        SubmitError::Log(operation::LogError::Busy { .. })
+        | SubmitError::NotServing { .. }
+        | SubmitError::ListenersLost { .. } => {
             Status::failed_precondition(e.to_string())
         }
         SubmitError::Log(operation::LogError::RequestIdReused { .. }) => {
@@ -266,6 +268,7 @@ pub fn operation_pb(op: &operation::Operation) -> pb::Operation {
             Kind::Stop => pb::OperationKind::Stop,
             Kind::RestartHot => pb::OperationKind::RestartHot,
             Kind::RestartForce => pb::OperationKind::RestartForce,
+            Kind::Respawn => pb::OperationKind::Respawn,
         } as i32,
         state: match op.state {
             operation::State::Running => pb::OperationState::Running,

@@ -13,6 +13,7 @@
 //!   that drive it step by step.
 //! - [`agent_service`] translates gRPC to supervisor calls; [`agent`] wires
 //!   the daemon; [`proto`] holds the generated code.
+pub mod adoption;
 pub mod agent;
 pub mod agent_service;
 pub mod config;
@@ -25,5 +26,6 @@ pub mod operation;
 pub mod operations;
 pub mod proto;
 pub mod signals;
+pub mod state_file;
 pub mod supervisor;
 pub mod telemetry;

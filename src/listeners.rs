@@ -13,6 +13,8 @@ const BACKLOG: i32 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
+    #[error("fd {fd} is not a listening TCP socket")]
+    NotAListener { fd: RawFd },
     #[error("cannot bind SQL listener {addr}")]
     Bind {
         addr: SocketAddr,
@@ -71,6 +73,36 @@ impl Listeners {
                 target.set_port(prev.port());
             }
             held.push(bind_one(addr, target)?);
+        }
+        Ok(Self { held })
+    }
+
+    /// Listeners taken back from a running obproxy (pidfd_getfd), in
+    /// configured order; each must be a listening TCP socket.
+    pub fn adopt(configured: &[SocketAddr], fds: Vec<OwnedFd>) -> Result<Self, ListenerError> {
+        let mut held = Vec::with_capacity(fds.len());
+        for (i, fd) in fds.into_iter().enumerate() {
+            let sock = socket2::SockRef::from(&fd);
+            let bound = sock
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .ok_or(ListenerError::NotAListener { fd: fd.as_raw_fd() })?;
+            if !sock.is_listener().unwrap_or(false) {
+                return Err(ListenerError::NotAListener { fd: fd.as_raw_fd() });
+            }
+            let inode = nix::sys::stat::fstat(&fd)
+                .map_err(|e| ListenerError::Bind {
+                    addr: bound,
+                    source: e.into(),
+                })?
+                .st_ino;
+            held.push(Listener {
+                configured: configured.get(i).copied().unwrap_or(bound),
+                bound,
+                inode,
+                fd,
+            });
         }
         Ok(Self { held })
     }

@@ -18,6 +18,8 @@ pub enum Kind {
     Stop,
     RestartHot,
     RestartForce,
+    /// The agent's own start after obproxy died while it should run.
+    Respawn,
 }
 
 impl Kind {
@@ -27,6 +29,7 @@ impl Kind {
             Kind::Stop => "stop",
             Kind::RestartHot => "hot restart",
             Kind::RestartForce => "force restart",
+            Kind::Respawn => "respawn",
         }
     }
 }

@@ -2,6 +2,9 @@
 //! processes and the operation log. The gRPC service, the signal thread, the
 //! exit watchers and the running operation all talk to it through messages,
 //! so no lock guards process state.
+mod recovery;
+mod respawn;
+
 use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
@@ -26,6 +29,7 @@ use crate::{
     operation::{self, Admission, Kind, LogError, Operation, Phase, Request},
     operations,
     signals::ChildSignal,
+    state_file::{self, AgentState, RecordedListener, RecordedProcess},
 };
 
 /// Time a draining obproxy gets beyond its window to close what is left
@@ -75,6 +79,8 @@ pub enum SubmitError {
         "a hot restart needs a serving obproxy, and the proxy is {state:?}; use Start or a FORCE restart"
     )]
     NotServing { state: ProxyState },
+    #[error("HOT restart refused: {reason}")]
+    ListenersLost { reason: String },
     #[error("the agent is shutting down")]
     ShuttingDown,
 }
@@ -108,16 +114,14 @@ pub struct ListenerInfo {
     pub inodes: Vec<u64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Starting,
-    Serving,
-    Draining,
-}
+use state_file::Role;
 
 struct Process {
     pidfd: Arc<Pidfd>,
     role: Role,
+    /// Identity for re-adoption: start time, and the executable once ready.
+    start_ticks: u64,
+    exe: Option<PathBuf>,
     version: String,
     binary: PathBuf,
     started_at: SystemTime,
@@ -150,6 +154,10 @@ enum Msg {
     DrainDeadline {
         pid: u32,
     },
+    /// Time to start obproxy again after it died (crash respawn).
+    Respawn,
+    /// A child changed state: reap orphans re-parented to us.
+    Sweep,
     Step(Step),
 }
 
@@ -276,6 +284,10 @@ pub struct Supervisor {
     started_count: u32,
     last_exit: Option<String>,
     notices: Vec<String>,
+    /// Why the listeners are not held while obproxy runs (they could not be
+    /// taken back after an agent restart): HOT restart is refused meanwhile.
+    listener_problem: Option<String>,
+    respawn: respawn::Backoff,
     /// Samples CPU and memory; None where the platform has no support.
     system: Option<sysinfo::System>,
 }
@@ -308,6 +320,8 @@ impl Supervisor {
             started_count: 0,
             last_exit: None,
             notices: Vec::new(),
+            listener_problem: None,
+            respawn: respawn::Backoff::default(),
             system: sysinfo::System::new().ok(),
         };
         (sup, handle)
@@ -316,6 +330,8 @@ impl Supervisor {
     /// Serves messages until shutdown. obproxy processes are left running:
     /// the agent going away must never take the ODP down.
     pub async fn run(mut self) {
+        self.recover();
+        self.watch_children();
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
@@ -358,6 +374,8 @@ impl Supervisor {
                     let _ = p.pidfd.signal(Signal::SIGKILL);
                 }
             }
+            Msg::Respawn => self.on_respawn(),
+            Msg::Sweep => self.reap_orphans(),
             Msg::Step(step) => self.on_step(step),
         }
     }
@@ -385,6 +403,14 @@ impl Supervisor {
                 state: self.state(),
             });
         }
+        if request.kind == Kind::RestartHot
+            && !replay
+            && let Some(problem) = &self.listener_problem
+        {
+            return Err(SubmitError::ListenersLost {
+                reason: problem.clone(),
+            });
+        }
         match self.log.admit(&request, serving)? {
             Admission::Replay(rx) => Ok(rx),
             Admission::New(rx) => {
@@ -410,6 +436,8 @@ impl Supervisor {
                 Kind::Start => ProxyState::Starting,
                 Kind::Stop => ProxyState::Stopping,
                 Kind::RestartForce => ProxyState::Restarting,
+                // Down while it should run: the respawn is the cure, not the state.
+                Kind::Respawn => ProxyState::Unavailable,
                 Kind::RestartHot => {
                     let upgrading = self.processes.values().any(|p| {
                         p.role == Role::Starting && p.binary != self.config.obproxy.binary
@@ -481,7 +509,12 @@ impl Supervisor {
             restart_count: self.started_count.saturating_sub(1),
             operation: self.log.current(),
             last_exit: self.last_exit.clone(),
-            notices: self.notices.clone(),
+            notices: self
+                .notices
+                .iter()
+                .cloned()
+                .chain(self.listener_problem.clone())
+                .collect(),
         }
     }
 
@@ -498,6 +531,9 @@ impl Supervisor {
         if sig.signal == libc::SIGUSR1 {
             tracing::info!(pid, "obproxy signalled readiness");
             p.ready = true;
+            // By now it has exec'd its final binary: record it for identity.
+            p.exe = procfs::exe(pid).ok();
+            self.persist();
             if let Some(w) = self.ready_waiters.remove(&pid) {
                 let _ = w.send(Ok(()));
             }
@@ -525,6 +561,8 @@ impl Supervisor {
             Process {
                 pidfd: pidfd.clone(),
                 role: Role::Starting,
+                start_ticks: procfs::start_ticks(pid).unwrap_or(0),
+                exe: None,
                 version,
                 binary,
                 started_at: spawned.started_at,
@@ -534,6 +572,17 @@ impl Supervisor {
             },
         );
         tracing::info!(pid, "obproxy spawned");
+        // Recorded before anything else happens to it, so an agent killed
+        // from here on finds it again.
+        self.persist();
+        self.watch_exit(pidfd);
+        Ok(pid)
+    }
+
+    /// Reports the process's exit to the supervisor (also for processes
+    /// adopted from a previous agent, which are not our children).
+    fn watch_exit(&self, pidfd: Arc<Pidfd>) {
+        let pid = pidfd.pid();
         let tx = self.tx.clone();
         let shutdown = self.shutdown.clone();
         self.tracker.spawn(async move {
@@ -548,7 +597,57 @@ impl Supervisor {
                 }
             }
         });
-        Ok(pid)
+    }
+
+    /// SIGKILLs `pid` at `deadline` unless it has exited by then.
+    fn schedule_drain_deadline(&self, pid: u32, deadline: SystemTime) {
+        let wait = deadline.duration_since(SystemTime::now()).unwrap_or_default();
+        let tx = self.tx.clone();
+        let shutdown = self.shutdown.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(wait) => {
+                    let _ = tx.send(Msg::DrainDeadline { pid });
+                }
+            }
+        });
+    }
+
+    /// Writes the state file; a failure is logged, not fatal (the agent keeps
+    /// serving, it only loses its memory across a restart).
+    fn persist(&self) {
+        let state = AgentState {
+            desired_running: self.desired_running,
+            listeners: self
+                .listeners
+                .iter()
+                .map(|l| RecordedListener {
+                    bound: l.bound,
+                    inode: l.inode,
+                })
+                .collect(),
+            last_bound: self.last_bound.clone(),
+            processes: self
+                .processes
+                .iter()
+                .map(|(&pid, p)| RecordedProcess {
+                    pid,
+                    start_ticks: p.start_ticks,
+                    exe: p.exe.clone(),
+                    binary: p.binary.clone(),
+                    version: p.version.clone(),
+                    role: p.role,
+                    started_at: state_file::to_epoch(p.started_at),
+                    drain_deadline: p.drain_deadline.map(state_file::to_epoch),
+                })
+                .collect(),
+            started_count: self.started_count,
+            last_exit: self.last_exit.clone(),
+        };
+        if let Err(e) = state_file::save(&self.config.state.dir, &state) {
+            tracing::error!(error = %operations::describe(&e), "cannot record the agent's state");
+        }
     }
 
     fn on_exit(&mut self, pid: u32, exit: Exit) {
@@ -561,6 +660,10 @@ impl Supervisor {
         } else {
             tracing::warn!(pid, %exit, role = ?p.role, "obproxy exited unexpectedly");
             self.last_exit = Some(format!("pid {pid} {exit}"));
+            if p.role == Role::Serving {
+                self.respawn
+                    .crashed(p.started_at.elapsed().unwrap_or_default());
+            }
         }
         if let Some(w) = self.ready_waiters.remove(&pid) {
             let _ = w.send(Err(exit.clone()));
@@ -568,11 +671,16 @@ impl Supervisor {
         for w in self.exit_waiters.remove(&pid).unwrap_or_default() {
             let _ = w.send(exit.clone());
         }
+        self.persist();
+        self.maybe_schedule_respawn();
     }
 
     fn on_step(&mut self, step: Step) {
         match step {
-            Step::SetDesired(running) => self.desired_running = running,
+            Step::SetDesired(running) => {
+                self.desired_running = running;
+                self.persist();
+            }
             Step::BindListeners(reply) => {
                 let _ = reply.send(self.bind_listeners());
             }
@@ -581,6 +689,8 @@ impl Supervisor {
                     tracing::info!(addrs = ?self.listeners.bound_addrs(), "closing SQL listeners");
                 }
                 self.listeners = Listeners::default();
+                self.listener_problem = None;
+                self.persist();
                 let _ = reply.send(());
             }
             Step::Spawn {
@@ -673,6 +783,7 @@ impl Supervisor {
                         }
                     }
                 });
+                self.maybe_schedule_respawn();
             }
         }
     }
@@ -681,7 +792,9 @@ impl Supervisor {
         if self.listeners.is_empty() {
             self.listeners = Listeners::bind(&self.config.obproxy.listen, &self.last_bound)?;
             self.last_bound = self.listeners.bound_addrs();
+            self.listener_problem = None;
             tracing::info!(addrs = ?self.last_bound, inodes = ?self.listeners.inodes(), "SQL listeners bound");
+            self.persist();
         }
         Ok(ListenerInfo {
             probe_addrs: self.listeners.iter().map(|l| l.probe_addr()).collect(),
@@ -724,31 +837,19 @@ impl Supervisor {
 
     fn promote(&mut self, pid: u32, drain_window: Option<Duration>) -> Option<u32> {
         let previous = self.serving_pid().filter(|&old| old != pid);
+        let deadline = drain_window.map(|w| SystemTime::now() + w + DRAIN_GRACE);
         if let Some(old) = previous
             && let Some(p) = self.processes.get_mut(&old)
         {
-            match drain_window {
-                Some(window) => {
-                    let deadline = SystemTime::now() + window + DRAIN_GRACE;
-                    p.role = Role::Draining;
-                    p.drain_deadline = Some(deadline);
-                    let tx = self.tx.clone();
-                    let shutdown = self.shutdown.clone();
-                    self.tracker.spawn(async move {
-                        tokio::select! {
-                            _ = shutdown.cancelled() => {}
-                            _ = tokio::time::sleep(window + DRAIN_GRACE) => {
-                                let _ = tx.send(Msg::DrainDeadline { pid: old });
-                            }
-                        }
-                    });
-                    self.notices = vec![format!(
-                        "pid {pid} started while pid {old} still held obproxy's Prometheus port; \
-                         obproxy then runs without its exporter until a restart that is not HOT"
-                    )];
-                }
-                None => p.role = Role::Draining,
-            }
+            p.role = Role::Draining;
+            p.drain_deadline = deadline;
+        }
+        if let (Some(old), Some(deadline)) = (previous, deadline) {
+            self.schedule_drain_deadline(old, deadline);
+            self.notices = vec![format!(
+                "pid {pid} started while pid {old} still held obproxy's Prometheus port; \
+                 obproxy then runs without its exporter until a restart that is not HOT"
+            )];
         }
         if let Some(p) = self.processes.get_mut(&pid) {
             p.role = Role::Serving;
@@ -756,6 +857,7 @@ impl Supervisor {
                 self.notices.clear();
             }
         }
+        self.persist();
         previous
     }
 }

@@ -56,6 +56,19 @@ impl Pidfd {
         }
     }
 
+    /// Duplicates the process's fd `target` into ours (pidfd_getfd, Linux
+    /// 5.6+): how listener sockets are taken back from a running obproxy.
+    /// The new fd is close-on-exec.
+    pub fn get_fd(&self, target: i32) -> io::Result<OwnedFd> {
+        // SAFETY: a valid pidfd, a target fd number, no flags.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, self.fd.as_raw_fd(), target, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a new fd the kernel just gave us.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
     /// Resolves once the process has terminated (a pidfd polls readable then).
     pub async fn exited(&self) -> io::Result<()> {
         let dup = self.fd.try_clone()?;

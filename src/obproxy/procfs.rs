@@ -22,6 +22,54 @@ pub fn socket_inodes(pid: u32) -> io::Result<HashSet<u64>> {
     Ok(inodes)
 }
 
+/// The fd number under which `pid` holds the socket `inode`.
+pub fn fd_of_socket(pid: u32, inode: u64) -> Option<i32> {
+    let want = format!("socket:[{inode}]");
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|e| fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == want.as_str()))
+        .and_then(|e| e.file_name().to_str()?.parse().ok())
+}
+
+/// The executable the process runs.
+pub fn exe(pid: u32) -> io::Result<std::path::PathBuf> {
+    fs::read_link(format!("/proc/{pid}/exe"))
+}
+
+/// Every pid on the host.
+pub fn pids() -> Vec<u32> {
+    fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Zombie children of `parent` outside `pgid` (orphans re-parented to us).
+pub fn zombie_children(parent: u32, not_in_pgid: u32) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let f: Vec<&str> = rest.split_whitespace().take(4).collect();
+            // state, ppid, pgrp
+            f.len() == 4
+                && f[0] == "Z"
+                && f[1].parse() == Ok(parent)
+                && f[2].parse::<u32>().is_ok_and(|g| g != not_in_pgid)
+        })
+        .collect()
+}
+
 /// Whether `pid` holds every one of `listener_inodes`.
 pub fn holds_listeners(pid: u32, listener_inodes: &[u64]) -> bool {
     socket_inodes(pid).is_ok_and(|held| listener_inodes.iter().all(|i| held.contains(i)))

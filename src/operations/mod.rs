@@ -2,6 +2,7 @@
 //! scripts. They own no state: every step is a request to the supervisor.
 mod bring_up;
 mod restart_force;
+mod respawn;
 mod restart_hot;
 mod start;
 mod stop;
@@ -233,6 +234,7 @@ pub async fn run(ctl: Ctl, request: Request) {
             Kind::Stop => stop::run(&ctl).await,
             Kind::RestartForce => restart_force::run(&ctl).await,
             Kind::RestartHot => restart_hot::run(&ctl, &request).await,
+            Kind::Respawn => respawn::run(&ctl).await,
         };
         ctl.sup.notify(Step::Finish {
             op: ctl.id.clone(),

@@ -233,6 +233,11 @@ dir = "state"
         last.expect("the watch stream ended without an update")
     }
 
+    /// What obproxy (the stand-in) printed, for failure messages.
+    pub fn obproxy_output(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("state/obproxy.out")).unwrap_or_default()
+    }
+
     pub fn logs(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }

@@ -1,0 +1,165 @@
+//! The agent's state on disk: what it means obproxy to be (running or
+//! stopped), the listeners it holds, and every obproxy it owns with the facts
+//! that identify it. Written atomically (temp file, fsync, rename) at every
+//! change, so an agent that is killed finds it all again.
+use std::{
+    io::Write,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+
+const FILE: &str = "agent-state.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateFileError {
+    #[error("cannot write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid state file")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Starting,
+    Serving,
+    Draining,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordedProcess {
+    pub pid: u32,
+    /// `/proc/<pid>/stat` start time: with the pid, one process per boot.
+    pub start_ticks: u64,
+    /// `/proc/<pid>/exe` once it was ready (None before).
+    pub exe: Option<PathBuf>,
+    /// The binary the agent launched (a wrapper may exec another).
+    pub binary: PathBuf,
+    pub version: String,
+    pub role: Role,
+    /// Seconds since the epoch.
+    pub started_at: f64,
+    pub drain_deadline: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordedListener {
+    pub bound: SocketAddr,
+    pub inode: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentState {
+    pub desired_running: bool,
+    pub listeners: Vec<RecordedListener>,
+    /// Where the listeners were last bound (a port 0 keeps its port).
+    #[serde(default)]
+    pub last_bound: Vec<SocketAddr>,
+    pub processes: Vec<RecordedProcess>,
+    /// obproxy processes started so far (restarts = this minus one).
+    pub started_count: u32,
+    pub last_exit: Option<String>,
+}
+
+pub fn to_epoch(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+}
+
+pub fn from_epoch(secs: f64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs_f64(secs.max(0.0))
+}
+
+pub fn path(dir: &Path) -> PathBuf {
+    dir.join(FILE)
+}
+
+/// The state a previous agent left, if any.
+pub fn load(dir: &Path) -> Result<Option<AgentState>, StateFileError> {
+    let path = path(dir);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(StateFileError::Read { path, source }),
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|source| StateFileError::Corrupt { path, source })
+}
+
+/// Replaces the state file so that a reader sees either the old or the new
+/// state, never half of one, even across a power loss.
+pub fn save(dir: &Path, state: &AgentState) -> Result<(), StateFileError> {
+    let path = path(dir);
+    let tmp = dir.join(format!("{FILE}.tmp"));
+    let err = |source| StateFileError::Write {
+        path: path.clone(),
+        source,
+    };
+    let body = serde_json::to_vec_pretty(state).map_err(|e| err(std::io::Error::other(e)))?;
+    let mut f = std::fs::File::create(&tmp).map_err(err)?;
+    f.write_all(&body).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, &path).map_err(err)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_a_missing_file_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load(dir.path()).unwrap(), None);
+        let state = AgentState {
+            desired_running: true,
+            listeners: vec![RecordedListener {
+                bound: "127.0.0.1:2883".parse().unwrap(),
+                inode: 42,
+            }],
+            processes: vec![RecordedProcess {
+                pid: 7,
+                start_ticks: 99,
+                exe: Some("/bin/obproxy".into()),
+                binary: "/bin/obproxy".into(),
+                version: "4.3.1.0".into(),
+                role: Role::Draining,
+                started_at: 1.5,
+                drain_deadline: Some(31.5),
+            }],
+            last_bound: vec![],
+            started_count: 3,
+            last_exit: None,
+        };
+        save(dir.path(), &state).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Some(state));
+    }
+
+    #[test]
+    fn a_corrupt_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(path(dir.path()), "{not json").unwrap();
+        let e = load(dir.path()).unwrap_err();
+        assert!(e.to_string().contains(FILE), "{e}");
+    }
+}

@@ -1,0 +1,184 @@
+//! What the supervisor does when an agent starts on a host where a previous
+//! agent ran: re-adopt the obproxy processes it recorded (never signalling a
+//! pid whose identity is not confirmed), take the listeners back from them,
+//! finish what was interrupted, and reap orphans re-parented to us.
+use std::{sync::Arc, time::SystemTime};
+
+use nix::sys::signal::Signal;
+
+use super::{Msg, Process, Role, Supervisor};
+use crate::{
+    adoption,
+    listeners::Listeners,
+    obproxy::{pidfd::Pidfd, procfs},
+    operations::describe,
+    state_file,
+};
+
+impl Supervisor {
+    pub(super) fn recover(&mut self) {
+        let dir = self.config.state.dir.clone();
+        let state = match state_file::load(&dir) {
+            Ok(Some(state)) => state,
+            Ok(None) => return,
+            Err(e) => {
+                // Keep the evidence, start with no memory rather than not at all.
+                let path = state_file::path(&dir);
+                let _ = std::fs::rename(&path, path.with_extension("json.corrupt"));
+                tracing::error!(error = %describe(&e), "ignoring the state file");
+                return;
+            }
+        };
+        self.desired_running = state.desired_running;
+        self.started_count = state.started_count;
+        self.last_exit = state.last_exit.clone();
+        self.last_bound = if state.listeners.is_empty() {
+            state.last_bound.clone()
+        } else {
+            state.listeners.iter().map(|l| l.bound).collect()
+        };
+        let inodes: Vec<u64> = state.listeners.iter().map(|l| l.inode).collect();
+        let now = SystemTime::now();
+        let mut holders: Vec<(Role, Arc<Pidfd>)> = Vec::new();
+        for rec in &state.processes {
+            let pidfd = match adoption::confirm(rec, &inodes) {
+                Ok(pidfd) => Arc::new(pidfd),
+                Err(e) => {
+                    tracing::warn!(pid = rec.pid, reason = %e, "not adopting the recorded obproxy; it will not be signalled");
+                    continue;
+                }
+            };
+            let pid = rec.pid;
+            let mut process = Process {
+                pidfd: pidfd.clone(),
+                role: rec.role,
+                start_ticks: rec.start_ticks,
+                exe: rec.exe.clone(),
+                version: rec.version.clone(),
+                binary: rec.binary.clone(),
+                started_at: state_file::from_epoch(rec.started_at),
+                ready: rec.exe.is_some(),
+                drain_deadline: rec.drain_deadline.map(state_file::from_epoch),
+                ending: false,
+            };
+            match rec.role {
+                Role::Starting => {
+                    // Its start (or hot restart) was interrupted with the
+                    // agent: roll it back; the old process never stopped.
+                    tracing::warn!(pid, "killing an obproxy whose start was interrupted when the agent stopped");
+                    process.ending = true;
+                    let _ = pidfd.signal(Signal::SIGKILL);
+                }
+                Role::Draining => match process.drain_deadline {
+                    Some(deadline) if deadline > now => {
+                        tracing::info!(pid, "re-adopted a draining obproxy; it keeps its deadline");
+                        self.schedule_drain_deadline(pid, deadline);
+                    }
+                    _ => {
+                        tracing::warn!(pid, "re-adopted a draining obproxy past its deadline; SIGKILL");
+                        let _ = pidfd.signal(Signal::SIGKILL);
+                    }
+                },
+                Role::Serving => tracing::info!(pid, "re-adopted the serving obproxy"),
+            }
+            if rec.role != Role::Starting {
+                holders.push((rec.role, pidfd.clone()));
+            }
+            self.processes.insert(pid, process);
+            self.watch_exit(pidfd);
+        }
+        self.kill_strays(&inodes);
+        // The listeners come back from a process that still holds them,
+        // preferably the serving one.
+        holders.sort_by_key(|(role, _)| *role != Role::Serving);
+        if let Some((_, pidfd)) = holders.first()
+            && !state.listeners.is_empty()
+        {
+            let taken = adoption::take_listeners(pidfd, &state.listeners)
+                .map_err(|e| describe(&e))
+                .and_then(|fds| {
+                    Listeners::adopt(&self.config.obproxy.listen, fds).map_err(|e| describe(&e))
+                });
+            match taken {
+                Ok(listeners) => {
+                    tracing::info!(pid = pidfd.pid(), addrs = ?listeners.bound_addrs(), "took the SQL listeners back");
+                    self.listeners = listeners;
+                }
+                Err(e) => {
+                    tracing::error!(pid = pidfd.pid(), error = %e, "cannot take the SQL listeners back");
+                    self.listener_problem = Some(format!(
+                        "the SQL listeners could not be taken back from pid {}: {e}; \
+                         HOT restart is refused until a FORCE restart (or Stop and Start) binds them again",
+                        pidfd.pid()
+                    ));
+                }
+            }
+        }
+        self.persist();
+        self.maybe_schedule_respawn();
+    }
+
+    /// A process holding our listener socket that we did not record is an
+    /// obproxy started in the instant before the agent died: it would serve
+    /// beside the adopted one, so it goes (only if it runs in the obproxy home).
+    fn kill_strays(&mut self, inodes: &[u64]) {
+        if inodes.is_empty() {
+            return;
+        }
+        let home = &self.config.obproxy.home;
+        let me = std::process::id();
+        for pid in procfs::pids() {
+            if pid == me || self.processes.contains_key(&pid) || !procfs::holds_listeners(pid, inodes) {
+                continue;
+            }
+            let in_home = std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| &cwd == home);
+            if !in_home {
+                continue;
+            }
+            if let Ok(pidfd) = Pidfd::open(pid)
+                && procfs::holds_listeners(pid, inodes)
+            {
+                tracing::warn!(pid, "killing an unrecorded obproxy that holds our listener");
+                let _ = pidfd.signal(Signal::SIGKILL);
+            }
+        }
+    }
+
+    /// Orphans re-parented to us (we are the child subreaper) are reaped on
+    /// SIGCHLD.
+    pub(super) fn watch_children(&self) {
+        let tx = self.tx.clone();
+        let shutdown = self.shutdown.clone();
+        let Ok(mut sigchld) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) else {
+            tracing::warn!("cannot watch SIGCHLD; orphans are not reaped");
+            return;
+        };
+        self.tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    r = sigchld.recv() => {
+                        if r.is_none() || tx.send(Msg::Sweep).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    pub(super) fn reap_orphans(&mut self) {
+        let me = std::process::id();
+        // Our own short-lived children (version probes) share our process
+        // group and are reaped by whoever started them; obproxy processes are
+        // reaped by their exit watchers.
+        let pgid = nix::unistd::getpgrp().as_raw() as u32;
+        for pid in procfs::zombie_children(me, pgid) {
+            if self.processes.contains_key(&pid) {
+                continue;
+            }
+            let exit = crate::obproxy::pidfd::reap(pid);
+            tracing::info!(pid, %exit, "reaped an orphan");
+        }
+    }
+}
