@@ -1,42 +1,95 @@
-//! Client connections: the accept loops, forwarding each connection to the backend (or echoing it), and the count of open connections a drain waits on.
+//! Client connections: the accept loops, forwarding each connection to the backend (or echoing it), and the census of open connections a drain shrinks and waits on.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
+use crate::drain::Allowance;
 use crate::listener::Listeners;
-use crate::options::Backend;
+use crate::options::{Backend, Window};
+use crate::session;
 
-/// The open client connections, and the switch that cuts them all when a window ends.
+/// The open client connections, what a drain allows of them, and the switch that cuts
+/// them all when a window ends.
 #[derive(Clone)]
 pub struct Connections(Arc<Inner>);
 
 struct Inner {
-    open: watch::Sender<usize>,
+    census: watch::Sender<Census>,
+    drain: watch::Sender<DrainState>,
     cut: watch::Sender<bool>,
+    /// Sessions cut at the window end while not at a transaction boundary.
+    cut_mid_transaction: AtomicUsize,
+    /// Sessions the window end found at a boundary after all.
+    cut_at_boundary: AtomicUsize,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Census {
+    open: usize,
+    /// Of `open`, those that have decided to leave at a boundary and are closing: they no
+    /// longer count against the allowance, so two sessions never leave for one place.
+    leaving: usize,
+}
+
+impl Census {
+    fn staying(&self) -> usize {
+        self.open - self.leaving
+    }
+}
+
+/// What sessions watch during a drain: the allowance once it begins, and a beat that makes
+/// idle sessions at a boundary look again as the allowance shrinks.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DrainState {
+    allowance: Option<Allowance>,
+    beat: u64,
+}
+
+/// A session's leave at a boundary, for its log line.
+#[derive(Debug, Clone, Copy)]
+pub struct Leave {
+    /// Sessions staying open after this one.
+    pub open: usize,
+    pub allowed: usize,
 }
 
 impl Connections {
     pub fn new() -> Self {
         Connections(Arc::new(Inner {
-            open: watch::channel(0).0,
+            census: watch::channel(Census::default()).0,
+            drain: watch::channel(DrainState::default()).0,
             cut: watch::channel(false).0,
+            cut_mid_transaction: AtomicUsize::new(0),
+            cut_at_boundary: AtomicUsize::new(0),
         }))
     }
 
-    pub fn open(&self) -> usize {
-        *self.0.open.borrow()
+    /// Starts (or, for a shortened drain, restarts) the shrinking allowance from the
+    /// sessions open now. Returns that count.
+    pub fn begin_drain(&self, window: Window) -> usize {
+        let initial = self.0.census.borrow().staying();
+        let allowance = Allowance::new(Instant::now(), initial, window);
+        self.0.drain.send_modify(|d| d.allowance = Some(allowance));
+        initial
+    }
+
+    /// Asks the sessions idle at a boundary to look at the allowance again.
+    pub fn beat(&self) {
+        self.0.drain.send_modify(|d| d.beat += 1);
     }
 
     /// Resolves once no client connection is left.
     pub async fn all_closed(&self) {
-        let mut open = self.0.open.subscribe();
+        let mut census = self.0.census.subscribe();
         // The sender lives in `self`, so the channel cannot close while we wait.
-        let _ = open.wait_for(|n| *n == 0).await;
+        let _ = census.wait_for(|c| c.open == 0).await;
     }
 
     /// Closes every open connection; each one's task drops its sockets at once.
@@ -44,19 +97,94 @@ impl Connections {
         self.0.cut.send_replace(true);
     }
 
+    /// (cut mid-transaction, found at a boundary) at the window end.
+    pub fn cut_report(&self) -> (usize, usize) {
+        (
+            self.0.cut_mid_transaction.load(Ordering::Relaxed),
+            self.0.cut_at_boundary.load(Ordering::Relaxed),
+        )
+    }
+
     fn track(&self) -> Tracked {
-        self.0.open.send_modify(|n| *n += 1);
-        Tracked(self.clone())
+        self.0.census.send_modify(|c| c.open += 1);
+        Tracked {
+            connections: self.clone(),
+            leaving: false,
+        }
     }
 }
 
-/// One open connection in the count, from accept until both its sockets are dropped.
-struct Tracked(Connections);
+/// One open connection in the census, from accept until both its sockets are dropped.
+pub struct Tracked {
+    connections: Connections,
+    leaving: bool,
+}
+
+impl Tracked {
+    pub fn draining(&self) -> bool {
+        self.connections.0.drain.borrow().allowance.is_some()
+    }
+
+    pub fn drain_watch(&self) -> watch::Receiver<DrainState> {
+        self.connections.0.drain.subscribe()
+    }
+
+    pub fn cut_switch(&self) -> watch::Receiver<bool> {
+        self.connections.0.cut.subscribe()
+    }
+
+    /// Claims a leave for a session at a boundary if the drain allows fewer sessions than
+    /// are staying now. Checked and counted under one lock, so that of several sessions
+    /// asking at once only as many leave as the allowance says.
+    pub fn try_leave(&mut self) -> Option<Leave> {
+        let allowance = self.connections.0.drain.borrow().allowance?;
+        let allowed = allowance.allowed_at(Instant::now());
+        let mut leave = None;
+        self.connections.0.census.send_if_modified(|c| {
+            if self.leaving || c.staying() <= allowed {
+                return false;
+            }
+            c.leaving += 1;
+            leave = Some(Leave {
+                open: c.staying(),
+                allowed,
+            });
+            true
+        });
+        self.leaving |= leave.is_some();
+        leave
+    }
+
+    /// Counts a session the window end cut.
+    pub fn record_cut(&self, at_boundary: bool) {
+        let counter = if at_boundary {
+            &self.connections.0.cut_at_boundary
+        } else {
+            &self.connections.0.cut_mid_transaction
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        self.0.0.open.send_modify(|n| *n -= 1);
+        let leaving = usize::from(self.leaving);
+        self.connections.0.census.send_modify(|c| {
+            c.open -= 1;
+            c.leaving -= leaving;
+        });
     }
+}
+
+/// How accepted connections are served.
+#[derive(Clone)]
+pub struct Service {
+    /// Where connections are forwarded; `None` echoes.
+    pub backend: Option<Arc<Backend>>,
+    /// During a drain, also close sessions that sit idle at a boundary (as obproxy's
+    /// documentation describes), not only those completing a response (as its source
+    /// does, `standin_strict`).
+    pub close_idle: bool,
 }
 
 /// The running accept loops. Stopping them stops `accept()` only: the listening sockets stay
@@ -76,17 +204,16 @@ impl Acceptors {
 
     pub fn start(
         listeners: &Listeners,
-        backend: Option<Backend>,
+        service: Service,
         connections: &Connections,
     ) -> anyhow::Result<Self> {
         let mut acceptors = Self::none();
-        let backend = backend.map(Arc::new);
         for socket in listeners.serving() {
             let listener = socket.accept_handle()?;
             acceptors.loops.push(tokio::spawn(accept_loop(
                 listener,
                 acceptors.stop.subscribe(),
-                backend.clone(),
+                service.clone(),
                 connections.clone(),
             )));
         }
@@ -105,7 +232,7 @@ impl Acceptors {
 async fn accept_loop(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
-    backend: Option<Arc<Backend>>,
+    service: Service,
     connections: Connections,
 ) {
     loop {
@@ -116,7 +243,7 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((client, _)) => {
                     let tracked = connections.track();
-                    tokio::spawn(serve(client, backend.clone(), tracked));
+                    tokio::spawn(serve(client, service.clone(), tracked));
                 }
                 Err(e) => {
                     // Typically EMFILE: back off briefly rather than spin on the same error.
@@ -129,20 +256,31 @@ async fn accept_loop(
     // `listener` wraps a duplicate descriptor: dropping it here leaves the shared socket open.
 }
 
-/// Serves one client until it closes, its backend closes, or every connection is cut.
-async fn serve(client: TcpStream, backend: Option<Arc<Backend>>, tracked: Tracked) {
-    let mut cut = tracked.0.0.cut.subscribe();
-    let work = async {
-        match backend {
-            None => echo(client).await,
-            Some(backend) => forward(client, &backend).await,
+/// Serves one client until it closes, its backend closes, it leaves at a boundary during a
+/// drain, or every connection is cut.
+async fn serve(client: TcpStream, service: Service, tracked: Tracked) {
+    let mut cut = tracked.cut_switch();
+    let Some(backend) = service.backend else {
+        tokio::select! {
+            _ = echo(client) => {}
+            // An echo knows nothing of transactions: it counts as cut mid-way.
+            _ = raised(&mut cut) => tracked.record_cut(false),
         }
+        return;
     };
-    tokio::select! {
-        _ = work => {}
-        _ = raised(&mut cut) => {}
+    let server = tokio::select! {
+        server = TcpStream::connect(&backend.addrs[..]) => server,
+        _ = raised(&mut cut) => return tracked.record_cut(false),
+    };
+    match server {
+        Ok(server) => session::relay(client, server, tracked, service.close_idle).await,
+        // The client is closed by dropping it: nothing else could serve it.
+        Err(e) => event!(
+            "backend connect failed",
+            "backend={} error={e}",
+            backend.name
+        ),
     }
-    drop(tracked);
 }
 
 async fn echo(mut client: TcpStream) {
@@ -153,24 +291,8 @@ async fn echo(mut client: TcpStream) {
     }
 }
 
-async fn forward(mut client: TcpStream, backend: &Backend) {
-    let mut server = match TcpStream::connect(&backend.addrs[..]).await {
-        Ok(server) => server,
-        Err(e) => {
-            // The client is closed by dropping it: nothing else could serve it.
-            event!(
-                "backend connect failed",
-                "backend={} error={e}",
-                backend.name
-            );
-            return;
-        }
-    };
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-}
-
 /// Resolves once the switch is on (or its sender is gone, which only happens at exit).
-async fn raised(switch: &mut watch::Receiver<bool>) {
+pub async fn raised(switch: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns must not live across an await.
     let _ = switch.wait_for(|on| *on).await.map(|_| ());
 }

@@ -1,8 +1,10 @@
 //! obproxy stand-in: a small fake obproxy for tests and demos that keeps obproxy's process contract (flags, inherited listeners, readiness and exit signals to the parent, SIGUSR1 drain, SIGTERM quick exit) and forwards or echoes TCP.
 //!
 //! Layout: `options` reads the command line and test knobs; `listener` owns the SQL listeners
-//! (inherited or bound); `forward` accepts and serves connections; `drain` owns stopping;
-//! `parent` the signals exchanged with the parent; `exporter` the optional `-l` port.
+//! (inherited or bound); `forward` accepts and serves connections and keeps their census;
+//! `session` relays one forwarded session and `mysql` follows its protocol, so that a drain
+//! (`drain`, which owns stopping) closes sessions only at transaction boundaries; `parent`
+//! the signals exchanged with the parent; `exporter` the optional `-l` port.
 //! Logs are one plain `obproxy-standin: <event> pid=<pid> key=value...` line per event on stderr.
 
 /// Writes one log line. Defined before the modules so they can all use it.
@@ -16,13 +18,15 @@ mod drain;
 mod exporter;
 mod forward;
 mod listener;
+mod mysql;
 mod options;
 mod parent;
+mod session;
 
 use nix::sys::signal::Signal;
 
 use crate::drain::{Stop, StopSignals, Windows};
-use crate::forward::{Acceptors, Connections};
+use crate::forward::{Acceptors, Connections, Service};
 use crate::listener::Listeners;
 use crate::options::{Action, Config};
 
@@ -108,8 +112,11 @@ async fn run(config: Config, inherited: Option<Listeners>) -> i32 {
         Some(listeners) => listeners,
         None => Listeners::bind(config.listen_port).unwrap_or_else(|e| fail(e)),
     };
-    let acceptors = Acceptors::start(&listeners, knobs.backend.clone(), &connections)
-        .unwrap_or_else(|e| fail(e));
+    let service = Service {
+        backend: knobs.backend.clone().map(std::sync::Arc::new),
+        close_idle: !knobs.strict,
+    };
+    let acceptors = Acceptors::start(&listeners, service, &connections).unwrap_or_else(|e| fail(e));
     let prometheus = match config.prometheus_port.map(exporter::start) {
         None => "none".to_owned(),
         Some(None) => "failed".to_owned(),

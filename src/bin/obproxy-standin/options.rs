@@ -59,7 +59,8 @@ pub struct Knobs {
     /// `standin_backend`: where connections are forwarded; `None` echoes.
     pub backend: Option<Backend>,
     /// `standin_strict`: follow obproxy's source where it is narrower than the documented
-    /// contract (readiness only on inherited listeners, no SIGUSR2 after SIGTERM/SIGINT).
+    /// contract (readiness only on inherited listeners, no SIGUSR2 after SIGTERM/SIGINT, a
+    /// drain closes a session only as it completes a response, never while it sits idle).
     pub strict: bool,
 }
 
@@ -134,7 +135,7 @@ stand-in knobs (-o item, or environment variable):
   standin_no_ready         ODP_STANDIN_NO_READY        serve, never signal readiness
   standin_ignore_signals   ODP_STANDIN_IGNORE_SIGNALS  ignore SIGTERM/SIGINT/SIGUSR1
   standin_backend          ODP_STANDIN_BACKEND         HOST:PORT to forward to (else echo)
-  standin_strict           ODP_STANDIN_STRICT          obproxy-source signal rules";
+  standin_strict           ODP_STANDIN_STRICT          obproxy-source signal and drain rules";
 
 pub fn release_id() -> &'static str {
     DEFAULT_RELEASE_ID

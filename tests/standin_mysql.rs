@@ -1,0 +1,403 @@
+//! The stand-in's MySQL-aware drain against a real MariaDB: after SIGUSR1 an idle session
+//! leaves as soon as the shrinking allowance asks for it, a session inside a transaction
+//! keeps working until it commits and leaves then, and what is still inside a transaction at
+//! the window end is cut and rolled back by the server.
+//!
+//! Needs `mariadbd` and `mariadb-install-db` (Debian: `apt-get install -y mariadb-server`).
+//! Without them these tests fail, unless `ODP_TEST_SKIP_MARIADB=1` asks to skip them.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Once, mpsc};
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::*;
+use mysql_async::{Conn, OptsBuilder};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::watch;
+
+const STANDIN: &str = env!("CARGO_BIN_EXE_obproxy-standin");
+/// Upper bound for anything a test waits on.
+const PATIENCE: Duration = Duration::from_secs(30);
+const SKIP: &str = "ODP_TEST_SKIP_MARIADB";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_leave_at_transaction_boundaries_as_the_allowance_shrinks() {
+    let Some(db) = MariaDb::start() else { return };
+    let mut admin = db.connect().await;
+    admin
+        .query_drop("CREATE TABLE boundary (k VARCHAR(32) PRIMARY KEY) ENGINE=InnoDB")
+        .await
+        .unwrap();
+    // Three sessions over six seconds: the allowance is 3, then 2 from 2 s, 1 from 4 s.
+    let window = Duration::from_secs(6);
+    let standin = Standin::start(db.port, "hot_upgrade_exit_timeout=6s").await;
+    let mut idle = connect(standin.port).await;
+    let mut committing = connect(standin.port).await;
+    let mut lingering = connect(standin.port).await;
+
+    idle.query_drop("SELECT 1").await.unwrap();
+    committing.query_drop("BEGIN").await.unwrap();
+    committing
+        .exec_drop("INSERT INTO boundary VALUES (?)", ("committed",))
+        .await
+        .unwrap();
+    // A text row that starts with an empty string reads, byte for byte, like an OK packet
+    // without IN_TRANS: the stand-in must not take it for the end of the transaction.
+    let row: Option<(String, Option<String>)> =
+        committing.query_first("SELECT '', NULL").await.unwrap();
+    assert_eq!(row, Some((String::new(), None)));
+    lingering.query_drop("BEGIN").await.unwrap();
+    lingering
+        .query_drop("INSERT INTO boundary VALUES ('lingering')")
+        .await
+        .unwrap();
+
+    let began = Instant::now();
+    standin.drain();
+    let begun = standin.wait_for("drain begun", 1).await;
+    assert!(begun.contains("open_connections=3"), "{begun}");
+
+    let first = standin.wait_for("session closed at boundary", 1).await;
+    assert!(
+        began.elapsed() < window / 2,
+        "the idle session should leave once the allowance drops, at 2 s, not {:?}",
+        began.elapsed()
+    );
+    assert!(first.contains("open=2 allowed=2"), "{first}");
+    assert!(
+        idle.query_drop("SELECT 1").await.is_err(),
+        "the idle session is closed"
+    );
+
+    // Still inside its transaction, and over the allowance: it keeps working (binary
+    // protocol too) and is closed only once it has committed.
+    let key: Option<(String,)> = committing
+        .exec_first("SELECT k FROM boundary WHERE k = ?", ("committed",))
+        .await
+        .unwrap();
+    assert_eq!(key, Some(("committed".to_owned(),)));
+    committing.query_drop("COMMIT").await.unwrap();
+    let second = standin.wait_for("session closed at boundary", 2).await;
+    assert!(
+        began.elapsed() < window,
+        "the committed session should leave before the window end, not at {:?}",
+        began.elapsed()
+    );
+    assert!(second.contains("open=1 allowed=1"), "{second}");
+    assert!(committing.query_drop("SELECT 1").await.is_err());
+
+    // The window end cuts the session that never left its transaction.
+    let finished = standin.wait_for("drain finished", 1).await;
+    assert!(began.elapsed() >= window);
+    assert!(
+        finished.contains("reason=window cut=1 closed_at_boundary=0"),
+        "{finished}"
+    );
+    assert!(lingering.query_drop("SELECT 1").await.is_err());
+    assert_rolled_back(&mut admin, "boundary", "lingering").await;
+    let keys: Vec<String> = admin
+        .query("SELECT k FROM boundary ORDER BY k")
+        .await
+        .unwrap();
+    assert_eq!(keys, ["committed", "lingering"]);
+    standin.wait_for("exit", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_open_at_a_short_window_end_is_cut_and_rolled_back() {
+    let Some(db) = MariaDb::start() else { return };
+    let mut admin = db.connect().await;
+    admin
+        .query_drop("CREATE TABLE cut (k VARCHAR(32) PRIMARY KEY) ENGINE=InnoDB")
+        .await
+        .unwrap();
+    let standin = Standin::start(db.port, "hot_upgrade_exit_timeout=1s").await;
+    let mut session = connect(standin.port).await;
+    session.query_drop("BEGIN").await.unwrap();
+    session
+        .query_drop("INSERT INTO cut VALUES ('cut')")
+        .await
+        .unwrap();
+
+    standin.drain();
+    let cut = standin.wait_for("session cut", 1).await;
+    assert!(cut.contains("state=in-transaction"), "{cut}");
+    let finished = standin.wait_for("drain finished", 1).await;
+    assert!(
+        finished.contains("reason=window cut=1 closed_at_boundary=0"),
+        "{finished}"
+    );
+    assert!(session.query_drop("COMMIT").await.is_err());
+    assert_rolled_back(&mut admin, "cut", "cut").await;
+    let rows: Vec<String> = admin.query("SELECT k FROM cut").await.unwrap();
+    assert_eq!(rows, ["cut"], "only the row inserted after the rollback");
+}
+
+/// `standin_strict` follows obproxy's source, which looks at the allowance only when a
+/// transaction completes: an idle session stays until the window end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_mode_closes_sessions_only_as_they_complete_a_response() {
+    let Some(db) = MariaDb::start() else { return };
+    let standin = Standin::start(db.port, "hot_upgrade_exit_timeout=4s,standin_strict=true").await;
+    let mut idle = connect(standin.port).await;
+    let mut busy = connect(standin.port).await;
+    idle.query_drop("SELECT 1").await.unwrap();
+
+    // In flight across 2 s, where the allowance drops from 2 to 1.
+    let sleeping =
+        tokio::spawn(async move { busy.query_drop("SELECT SLEEP(3)").await.map(|()| busy) });
+    standin.drain();
+    let mut busy = sleeping
+        .await
+        .unwrap()
+        .expect("the statement in flight completes");
+    let left = standin.wait_for("session closed at boundary", 1).await;
+    assert!(left.contains("open=1 allowed=1"), "{left}");
+    assert!(busy.query_drop("SELECT 1").await.is_err());
+
+    let finished = standin.wait_for("drain finished", 1).await;
+    assert!(
+        finished.contains("reason=window cut=0 closed_at_boundary=1"),
+        "the idle session stays to the window end: {finished}"
+    );
+    assert!(idle.query_drop("SELECT 1").await.is_err());
+}
+
+/// Proves the server rolled back a cut transaction that inserted `key` into `table`:
+/// inserting the same key waits for that transaction's row lock and then succeeds, which it
+/// could not if the row had been committed or the transaction were still open.
+async fn assert_rolled_back(admin: &mut Conn, table: &str, key: &str) {
+    admin
+        .query_drop("SET SESSION innodb_lock_wait_timeout = 30")
+        .await
+        .unwrap();
+    admin
+        .exec_drop(format!("INSERT INTO {table} VALUES (?)"), (key,))
+        .await
+        .unwrap_or_else(|e| panic!("the cut transaction's row {key:?} is still there: {e}"));
+}
+
+async fn connect(port: u16) -> Conn {
+    let opts = OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(port)
+        .user(Some("odp"))
+        .pass(Some("odp"))
+        .db_name(Some("odp"))
+        // Otherwise the client switches to the server's Unix socket, around the stand-in.
+        .prefer_socket(false);
+    Conn::new(opts).await.unwrap()
+}
+
+/// A MariaDB server of its own on loopback, in a temporary data directory, killed on drop.
+struct MariaDb {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl MariaDb {
+    /// `None` only when MariaDB is not installed and `ODP_TEST_SKIP_MARIADB=1`.
+    fn start() -> Option<Self> {
+        let (Some(install_db), Some(mariadbd)) = (find("mariadb-install-db"), find("mariadbd"))
+        else {
+            if std::env::var(SKIP).as_deref() == Ok("1") {
+                eprintln!("skipped: MariaDB is not installed and {SKIP}=1");
+                return None;
+            }
+            panic!(
+                "MariaDB is not installed (no mariadbd / mariadb-install-db): install it with \
+                 `apt-get install -y mariadb-server mariadb-client`, or set {SKIP}=1 to skip"
+            );
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        // mariadbd refuses to run as root unless told to; elsewhere --user only warns.
+        let user: &[&str] = if nix::unistd::geteuid().is_root() {
+            &["--user=root"]
+        } else {
+            &[]
+        };
+        let installed = Command::new(install_db)
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+            .args(user)
+            .output()
+            .unwrap();
+        assert!(
+            installed.status.success(),
+            "mariadb-install-db failed: {}{}",
+            String::from_utf8_lossy(&installed.stdout),
+            String::from_utf8_lossy(&installed.stderr)
+        );
+        let init = dir.path().join("init.sql");
+        std::fs::write(
+            &init,
+            "CREATE USER IF NOT EXISTS 'odp'@'127.0.0.1' IDENTIFIED BY 'odp';\n\
+             GRANT ALL ON *.* TO 'odp'@'127.0.0.1';\n\
+             CREATE DATABASE IF NOT EXISTS odp;\n",
+        )
+        .unwrap();
+        let port = free_port();
+        let mut child = Command::new(mariadbd)
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!(
+                "--socket={}",
+                dir.path().join("mysqld.sock").display()
+            ))
+            .arg(format!(
+                "--pid-file={}",
+                dir.path().join("mariadbd.pid").display()
+            ))
+            .arg(format!("--port={port}"))
+            .args([
+                "--bind-address=127.0.0.1",
+                "--skip-name-resolve",
+                "--skip-log-bin",
+                "--innodb-buffer-pool-size=32M",
+            ])
+            .arg(format!("--init-file={}", init.display()))
+            .args(user)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // mariadbd logs to stderr; it is read to the end so the pipe never fills.
+        let stderr = child.stderr.take().unwrap();
+        let (lines, log) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
+        let deadline = Instant::now() + PATIENCE;
+        let mut seen = Vec::new();
+        loop {
+            match log.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.contains("ready for connections") => break,
+                Ok(line) => seen.push(line),
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("mariadbd did not become ready:\n{}", seen.join("\n"));
+                }
+            }
+        }
+        Some(MariaDb {
+            child,
+            port,
+            _dir: dir,
+        })
+    }
+
+    /// A session straight to the server, not through the stand-in.
+    async fn connect(&self) -> Conn {
+        connect(self.port).await
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        // SIGKILL: its data directory is thrown away anyway.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn find(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        // mariadbd lives in sbin, which a non-root PATH often lacks.
+        .chain(["/usr/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The stand-in started fresh (`-p`, `-N`) in front of MariaDB, with this test as its
+/// parent, and its log lines as they come.
+struct Standin {
+    child: tokio::process::Child,
+    port: u16,
+    log: watch::Receiver<Vec<String>>,
+}
+
+impl Standin {
+    async fn start(backend_port: u16, optstr: &str) -> Self {
+        handle_child_signals();
+        let port = free_port();
+        let mut child = tokio::process::Command::new(STANDIN)
+            .args(["-p", &port.to_string(), "-N", "-o"])
+            .arg(format!("standin_backend=127.0.0.1:{backend_port},{optstr}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (lines, log) = watch::channel(Vec::new());
+        tokio::spawn(async move {
+            let mut stderr = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = stderr.next_line().await {
+                eprintln!("{line}");
+                lines.send_modify(|l| l.push(line));
+            }
+        });
+        let standin = Standin { child, port, log };
+        standin.wait_for("ready", 1).await;
+        standin
+    }
+
+    /// SIGUSR1: the graceful drain.
+    fn drain(&self) {
+        let pid = Pid::from_raw(self.child.id().unwrap() as i32);
+        kill(pid, Signal::SIGUSR1).unwrap();
+    }
+
+    /// The `count`-th log line of `event`, once it has come.
+    async fn wait_for(&self, event: &str, count: usize) -> String {
+        let prefix = format!("obproxy-standin: {event} ");
+        let matching = |lines: &Vec<String>| {
+            lines
+                .iter()
+                .filter(|l| l.starts_with(&prefix))
+                .nth(count - 1)
+                .cloned()
+        };
+        let mut log = self.log.clone();
+        match tokio::time::timeout(PATIENCE, log.wait_for(|l| matching(l).is_some())).await {
+            Ok(Ok(lines)) => matching(&lines).unwrap(),
+            _ => panic!(
+                "no {count}x {event:?} from the stand-in within {PATIENCE:?}; its log:\n{}",
+                self.log.borrow().join("\n")
+            ),
+        }
+    }
+}
+
+/// Like obproxy, the stand-in tells its parent it is ready (SIGUSR1) and that it exited
+/// (SIGUSR2); their default action would kill this test process.
+fn handle_child_signals() {
+    static HANDLED: Once = Once::new();
+    HANDLED.call_once(|| {
+        for signal in [signal_hook::consts::SIGUSR1, signal_hook::consts::SIGUSR2] {
+            signal_hook::flag::register(signal, Arc::new(AtomicBool::new(false))).unwrap();
+        }
+    });
+}
