@@ -521,11 +521,14 @@ impl Supervisor {
     fn on_signal(&mut self, sig: ChildSignal) {
         let Some(pid) = sig.pid else { return };
         let Some(p) = self.processes.get_mut(&pid) else {
-            tracing::debug!(
-                pid,
-                signal = sig.signal,
-                "signal from a process that is not ours"
-            );
+            if sig.signal == libc::SIGUSR1 && self.spawns_in_flight > 0 {
+                // A fast child can signal before the spawner thread has
+                // reported its pid; keep it for the registration.
+                tracing::debug!(pid, "readiness signal before the spawn was registered");
+                self.early_ready.push(pid);
+            } else {
+                tracing::debug!(pid, signal = sig.signal, "signal from a process that is not ours");
+            }
             return;
         };
         if sig.signal == libc::SIGUSR1 {

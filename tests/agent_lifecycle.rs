@@ -314,3 +314,31 @@ async fn the_agent_exits_on_sigterm_and_leaves_obproxy_serving() {
         .await
         .expect("obproxy must keep serving without the agent");
 }
+
+/// A stand-in is ready within a millisecond or two, often before the spawner
+/// thread has reported its pid: the readiness signal must not be lost then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_restarts_in_parallel_never_lose_a_readiness_signal() {
+    let mut agents = Vec::new();
+    for _ in 0..3 {
+        agents.push(tokio::spawn(async {
+            let agent = Agent::start().await;
+            agent.start_proxy().await;
+            for _ in 0..25 {
+                let op = agent.restart(pb::RestartMode::Force, true).await.unwrap();
+                assert_eq!(
+                    op.state(),
+                    pb::OperationState::Succeeded,
+                    "{}\n{}\n{}",
+                    op.error,
+                    agent.logs(),
+                    agent.obproxy_output()
+                );
+            }
+            assert_eq!(agent.status().await.restart_count, 25);
+        }));
+    }
+    for a in agents {
+        a.await.unwrap();
+    }
+}

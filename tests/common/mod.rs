@@ -248,6 +248,32 @@ dir = "state"
         wait_child(&mut self.child)
     }
 
+    /// kill -9 the agent (obproxy keeps running), then start it again on
+    /// the same configuration and state directory.
+    pub fn kill9_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, grpc, log) = spawn_agent(&self.config);
+        self.child = child;
+        self.grpc = grpc;
+        self.log = log;
+    }
+
+    /// Waits until the status satisfies `until`, asking at short intervals
+    /// (the agent has no status stream), bounded by PATIENCE.
+    pub async fn wait_status(&self, until: impl Fn(&pb::ProxyStatus) -> bool) -> pb::ProxyStatus {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tick.tick().await;
+            let status = self.status().await;
+            if until(&status) {
+                return status;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "status never got there: {status:?}\n{}", self.logs());
+        }
+    }
+
     /// Every process (stand-in) whose working directory is this agent's home.
     pub fn obproxy_pids(&self) -> Vec<u32> {
         processes_in(&self.home())
@@ -372,6 +398,50 @@ pub async fn echo(stream: &mut TcpStream, message: &[u8]) -> std::io::Result<()>
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
     assert_eq!(buf, message);
     Ok(())
+}
+
+/// A client load running beside a test: a fresh connection per request,
+/// counting what failed and how.
+pub struct Load {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<LoadReport>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct LoadReport {
+    pub ok: u64,
+    pub refused: u64,
+    pub failed: u64,
+    pub errors: Vec<String>,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr) -> Self {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut report = LoadReport::default();
+            while !token.is_cancelled() {
+                match round_trip(addr).await {
+                    Ok(()) => report.ok += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => report.refused += 1,
+                    Err(e) => {
+                        report.failed += 1;
+                        if report.errors.len() < 5 {
+                            report.errors.push(e.to_string());
+                        }
+                    }
+                }
+            }
+            report
+        });
+        Self { stop, task }
+    }
+
+    pub async fn finish(self) -> LoadReport {
+        self.stop.cancel();
+        self.task.await.unwrap()
+    }
 }
 
 /// Connects and proves the connection is served.
