@@ -61,7 +61,9 @@ pub fn confirm(rec: &RecordedProcess, listener_inodes: &[u64]) -> Result<Pidfd, 
 pub enum TakeError {
     #[error("pid {pid} holds no socket with inode {inode}")]
     Missing { pid: u32, inode: u64 },
-    #[error("pidfd_getfd of fd {fd} in pid {pid} failed (Linux 5.6+ and ptrace permission are needed)")]
+    #[error(
+        "pidfd_getfd of fd {fd} in pid {pid} failed (Linux 5.6+ and ptrace permission are needed)"
+    )]
     GetFd {
         pid: u32,
         fd: i32,
@@ -71,12 +73,18 @@ pub enum TakeError {
 }
 
 /// Our own copies of the recorded listener sockets, from the process.
-pub fn take_listeners(pidfd: &Pidfd, recorded: &[RecordedListener]) -> Result<Vec<OwnedFd>, TakeError> {
+pub fn take_listeners(
+    pidfd: &Pidfd,
+    recorded: &[RecordedListener],
+) -> Result<Vec<OwnedFd>, TakeError> {
     let pid = pidfd.pid();
     recorded
         .iter()
         .map(|l| {
-            let fd = procfs::fd_of_socket(pid, l.inode).ok_or(TakeError::Missing { pid, inode: l.inode })?;
+            let fd = procfs::fd_of_socket(pid, l.inode).ok_or(TakeError::Missing {
+                pid,
+                inode: l.inode,
+            })?;
             pidfd
                 .get_fd(fd)
                 .map_err(|source| TakeError::GetFd { pid, fd, source })
@@ -128,7 +136,10 @@ mod tests {
 
     #[test]
     fn a_process_without_the_listener_is_rejected() {
-        assert!(matches!(confirm(&me(), &[1]), Err(Rejected::NoListener { .. })));
+        assert!(matches!(
+            confirm(&me(), &[1]),
+            Err(Rejected::NoListener { .. })
+        ));
     }
 
     #[test]

@@ -174,9 +174,7 @@ fn submit_status(e: SubmitError) -> Status {
     match &e {
         SubmitError::Log(operation::LogError::Busy { .. })
         | SubmitError::NotServing { .. }
-        | SubmitError::ListenersLost { .. } => {
-            Status::failed_precondition(e.to_string())
-        }
+        | SubmitError::ListenersLost { .. } => Status::failed_precondition(e.to_string()),
         SubmitError::Log(operation::LogError::RequestIdReused { .. }) => {
             Status::already_exists(e.to_string())
         }

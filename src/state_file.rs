@@ -79,7 +79,9 @@ pub struct AgentState {
 }
 
 pub fn to_epoch(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }
 
 pub fn from_epoch(secs: f64) -> SystemTime {

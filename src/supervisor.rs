@@ -527,7 +527,11 @@ impl Supervisor {
                 tracing::debug!(pid, "readiness signal before the spawn was registered");
                 self.early_ready.push(pid);
             } else {
-                tracing::debug!(pid, signal = sig.signal, "signal from a process that is not ours");
+                tracing::debug!(
+                    pid,
+                    signal = sig.signal,
+                    "signal from a process that is not ours"
+                );
             }
             return;
         };
@@ -604,7 +608,9 @@ impl Supervisor {
 
     /// SIGKILLs `pid` at `deadline` unless it has exited by then.
     fn schedule_drain_deadline(&self, pid: u32, deadline: SystemTime) {
-        let wait = deadline.duration_since(SystemTime::now()).unwrap_or_default();
+        let wait = deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
         let tx = self.tx.clone();
         let shutdown = self.shutdown.clone();
         self.tracker.spawn(async move {

@@ -1,8 +1,8 @@
 //! The operations themselves, one file each, written as straight-line async
 //! scripts. They own no state: every step is a request to the supervisor.
 mod bring_up;
-mod restart_force;
 mod respawn;
+mod restart_force;
 mod restart_hot;
 mod start;
 mod stop;

@@ -65,7 +65,10 @@ impl Supervisor {
                 Role::Starting => {
                     // Its start (or hot restart) was interrupted with the
                     // agent: roll it back; the old process never stopped.
-                    tracing::warn!(pid, "killing an obproxy whose start was interrupted when the agent stopped");
+                    tracing::warn!(
+                        pid,
+                        "killing an obproxy whose start was interrupted when the agent stopped"
+                    );
                     process.ending = true;
                     let _ = pidfd.signal(Signal::SIGKILL);
                 }
@@ -75,7 +78,10 @@ impl Supervisor {
                         self.schedule_drain_deadline(pid, deadline);
                     }
                     _ => {
-                        tracing::warn!(pid, "re-adopted a draining obproxy past its deadline; SIGKILL");
+                        tracing::warn!(
+                            pid,
+                            "re-adopted a draining obproxy past its deadline; SIGKILL"
+                        );
                         let _ = pidfd.signal(Signal::SIGKILL);
                     }
                 },
@@ -128,10 +134,14 @@ impl Supervisor {
         let home = &self.config.obproxy.home;
         let me = std::process::id();
         for pid in procfs::pids() {
-            if pid == me || self.processes.contains_key(&pid) || !procfs::holds_listeners(pid, inodes) {
+            if pid == me
+                || self.processes.contains_key(&pid)
+                || !procfs::holds_listeners(pid, inodes)
+            {
                 continue;
             }
-            let in_home = std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| &cwd == home);
+            let in_home =
+                std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| &cwd == home);
             if !in_home {
                 continue;
             }
@@ -149,7 +159,8 @@ impl Supervisor {
     pub(super) fn watch_children(&self) {
         let tx = self.tx.clone();
         let shutdown = self.shutdown.clone();
-        let Ok(mut sigchld) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) else {
+        let Ok(mut sigchld) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
+        else {
             tracing::warn!("cannot watch SIGCHLD; orphans are not reaped");
             return;
         };

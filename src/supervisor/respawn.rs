@@ -27,9 +27,7 @@ impl Backoff {
 
     /// The wait before the next attempt: 1 s, 2 s, 4 s, ... up to 30 s.
     pub fn next_delay(&mut self) -> Duration {
-        let delay = FIRST
-            .saturating_mul(1u32 << self.failures.min(16))
-            .min(CAP);
+        let delay = FIRST.saturating_mul(1u32 << self.failures.min(16)).min(CAP);
         self.failures += 1;
         delay
     }

@@ -270,7 +270,11 @@ dir = "state"
             if until(&status) {
                 return status;
             }
-            assert!(tokio::time::Instant::now() < deadline, "status never got there: {status:?}\n{}", self.logs());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "status never got there: {status:?}\n{}",
+                self.logs()
+            );
         }
     }
 
@@ -424,7 +428,9 @@ impl Load {
             while !token.is_cancelled() {
                 match round_trip(addr).await {
                     Ok(()) => report.ok += 1,
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => report.refused += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        report.refused += 1
+                    }
                     Err(e) => {
                         report.failed += 1;
                         if report.errors.len() < 5 {
