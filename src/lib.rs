@@ -25,6 +25,7 @@ pub mod obproxy;
 pub mod operation;
 pub mod operations;
 pub mod proto;
+pub mod security;
 pub mod signals;
 pub mod state_file;
 pub mod supervisor;
