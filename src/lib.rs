@@ -13,6 +13,10 @@
 //!   that drive it step by step.
 //! - [`agent_service`] translates gRPC to supervisor calls; [`agent`] wires
 //!   the daemon; [`proto`] holds the generated code.
+//! - [`coordinator`] runs cluster-wide operations across agents.
+//! - [`systemd`] is what systemd is told (ready, stopping, watchdog);
+//!   [`metrics`] owns the Prometheus registries and the `/metrics` endpoint;
+//!   [`telemetry`] sets up the logs.
 pub mod agent;
 pub mod agent_service;
 pub mod config;
@@ -20,10 +24,12 @@ pub mod config_file;
 pub mod coordinator;
 pub mod grpc_server;
 pub mod listeners;
+pub mod metrics;
 pub mod obproxy;
 pub mod operation;
 pub mod operations;
 pub mod proto;
 pub mod signals;
 pub mod supervisor;
+pub mod systemd;
 pub mod telemetry;

@@ -7,7 +7,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use nix::sys::signal::Signal;
@@ -17,6 +17,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     config::AgentConfig,
     listeners::{ListenerError, Listeners},
+    metrics::agent::AgentMetrics,
     obproxy::{
         launch::{self, LaunchSpec},
         pidfd::{self, Exit, Pidfd},
@@ -126,6 +127,8 @@ struct Process {
     drain_deadline: Option<SystemTime>,
     /// The agent signalled it to end, so its exit is no surprise.
     ending: bool,
+    /// When it was handed over to drain: its exit times the drain (metrics).
+    drain_started: Option<Instant>,
 }
 
 enum Msg {
@@ -278,6 +281,8 @@ pub struct Supervisor {
     notices: Vec<String>,
     /// Samples CPU and memory; None where the platform has no support.
     system: Option<sysinfo::System>,
+    /// Counts what only the supervisor sees end: operations and drains.
+    metrics: Arc<AgentMetrics>,
 }
 
 impl Supervisor {
@@ -286,6 +291,7 @@ impl Supervisor {
         spawner: Spawner,
         tracker: TaskTracker,
         shutdown: CancellationToken,
+        metrics: Arc<AgentMetrics>,
     ) -> (Self, Handle) {
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = Handle { tx: tx.clone() };
@@ -309,6 +315,7 @@ impl Supervisor {
             last_exit: None,
             notices: Vec::new(),
             system: sysinfo::System::new().ok(),
+            metrics,
         };
         (sup, handle)
     }
@@ -329,6 +336,11 @@ impl Supervisor {
     }
 
     fn handle(&mut self, msg: Msg) {
+        // What happens while an operation runs is logged as part of it.
+        let _op = self
+            .log
+            .current_id()
+            .map(|id| tracing::info_span!("operation", op_id = %id).entered());
         match msg {
             Msg::Status(reply) => {
                 let _ = reply.send(self.status());
@@ -531,6 +543,7 @@ impl Supervisor {
                 ready,
                 drain_deadline: None,
                 ending: false,
+                drain_started: None,
             },
         );
         tracing::info!(pid, "obproxy spawned");
@@ -555,6 +568,9 @@ impl Supervisor {
         let Some(p) = self.processes.remove(&pid) else {
             return;
         };
+        if let Some(started) = p.drain_started {
+            self.metrics.drain_finished(started.elapsed());
+        }
         let expected = p.ending || p.role == Role::Draining;
         if expected {
             tracing::info!(pid, %exit, role = ?p.role, "obproxy exited");
@@ -655,6 +671,7 @@ impl Supervisor {
                     Err(e) => tracing::warn!(op_id = %op, error = %e, "operation failed"),
                 }
                 self.log.update(&op, |o| {
+                    self.metrics.operation_finished(o.kind, result.is_ok());
                     o.finished_at = Some(SystemTime::now());
                     o.phase = Phase::Done;
                     match result {
@@ -732,6 +749,7 @@ impl Supervisor {
                     let deadline = SystemTime::now() + window + DRAIN_GRACE;
                     p.role = Role::Draining;
                     p.drain_deadline = Some(deadline);
+                    p.drain_started = Some(Instant::now());
                     let tx = self.tx.clone();
                     let shutdown = self.shutdown.clone();
                     self.tracker.spawn(async move {
