@@ -1,6 +1,7 @@
-//! The agent daemon: wires the signal thread, the spawner, the supervisor and
-//! the gRPC server (with reflection and health), and runs until SIGTERM or
-//! SIGINT. Its shutdown leaves obproxy serving.
+//! The agent daemon: wires the signal thread, the spawner, the supervisor,
+//! the gRPC server (with reflection and health), the optional metrics
+//! endpoint and what systemd is told, and runs until SIGTERM or SIGINT. Its
+//! shutdown leaves obproxy serving.
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -10,11 +11,13 @@ use crate::{
     agent_service::AgentService,
     config::AgentConfig,
     grpc_server::{self, SHUTDOWN_GRACE, ServeError},
+    metrics::{self, MetricsError, agent::AgentMetrics},
     obproxy::spawner::Spawner,
     operation::{Kind, Request},
     proto::agent::agent_server::AgentServer,
     signals,
     supervisor::Supervisor,
+    systemd,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +28,8 @@ pub enum Error {
     Spawner(#[source] std::io::Error),
     #[error(transparent)]
     Serve(#[from] ServeError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 /// Runs the agent until SIGTERM/SIGINT. With `start_proxy`, obproxy is
@@ -44,8 +49,14 @@ pub async fn run(config: AgentConfig, start_proxy: bool) -> Result<(), Error> {
     }
     let spawner = Spawner::start().map_err(Error::Spawner)?;
 
-    let (supervisor, handle) =
-        Supervisor::new(config.clone(), spawner, tracker.clone(), shutdown.clone());
+    let metrics = Arc::new(AgentMetrics::new());
+    let (supervisor, handle) = Supervisor::new(
+        config.clone(),
+        spawner,
+        tracker.clone(),
+        shutdown.clone(),
+        metrics.clone(),
+    );
     handle.forward_signals(child_rx);
     tracker.spawn(supervisor.run());
 
@@ -60,7 +71,23 @@ pub async fn run(config: AgentConfig, start_proxy: bool) -> Result<(), Error> {
         )));
     let router = grpc_server::with_reflection(router)?;
 
+    if let Some(listen) = config.metrics {
+        let endpoint = metrics::Endpoint::bind(listen).await?;
+        tracing::info!(metrics_addr = %endpoint.addr, "metrics endpoint serving");
+        let router = metrics.router(handle.clone());
+        tracker.spawn(endpoint.serve(router, shutdown.clone()));
+    }
+
     tracing::info!(grpc_addr = %addr, pid = std::process::id(), "odp-agent serving");
+    // The gRPC listener is bound, so connections from here on are served.
+    systemd::ready();
+    // Watchdog pings earned by a round trip through the supervisor: a
+    // wedged supervisor stops them and systemd restarts the agent.
+    let probe = handle.clone();
+    tracker.spawn(systemd::run(shutdown.clone(), move || {
+        let probe = probe.clone();
+        async move { probe.status().await.is_some() }
+    }));
     if start_proxy {
         let request = Request {
             kind: Kind::Start,

@@ -11,6 +11,7 @@ use std::{
 use futures::Stream;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::{
     config::{AgentConfig, MAX_EXIT_TIMEOUT},
@@ -38,9 +39,14 @@ impl AgentService {
         wait: bool,
     ) -> Result<Response<pb::Operation>, Status> {
         let span = tracing::info_span!("rpc", kind = request.kind.name(), request_id = ?request.request_id);
-        let _guard = span.enter();
-        let mut rx = self.sup.submit(request).await.map_err(submit_status)?;
-        drop(_guard);
+        // Instrumented, not entered: an entered span held across an await
+        // would leak into whatever else runs on this thread meanwhile.
+        let mut rx = self
+            .sup
+            .submit(request)
+            .instrument(span)
+            .await
+            .map_err(submit_status)?;
         if wait {
             let _ = rx.wait_for(operation::Operation::is_finished).await;
         }

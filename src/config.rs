@@ -8,7 +8,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::config_file::{self, ConfigError};
+use crate::config_file::{self, ConfigError, MetricsSection};
 
 /// Longest drain window accepted anywhere (config or request): obshell's 24 h
 /// waits look like hangs, so a day is already generous.
@@ -19,6 +19,8 @@ pub struct AgentConfig {
     pub server: ServerConfig,
     pub obproxy: ObproxyConfig,
     pub state: StateConfig,
+    /// Where `GET /metrics` listens; None: no metrics endpoint.
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -57,6 +59,8 @@ struct RawConfig {
     server: ServerConfig,
     obproxy: RawObproxy,
     state: StateConfig,
+    #[serde(default)]
+    metrics: Option<MetricsSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,6 +147,8 @@ dir = {state:?}
         // config and its tree can be moved together.
         let base = path
             .parent()
+            // "agent.toml" has the parent "": the current directory.
+            .filter(|dir| !dir.as_os_str().is_empty())
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
         let base = std::path::absolute(&base).unwrap_or(base);
@@ -202,6 +208,7 @@ dir = {state:?}
                 stop_timeout: o.stop_timeout,
             },
             state: StateConfig { dir: state_dir },
+            metrics: raw.metrics.map(|m| m.listen),
         })
     }
 }
@@ -349,6 +356,32 @@ dir = "/var/lib/odp-agent"
     fn a_zero_start_timeout_is_refused() {
         let text = GOOD.replace(r#"start_timeout = "60s""#, r#"start_timeout = "0s""#);
         assert_eq!(parse(&text).unwrap_err().key, "obproxy.start_timeout");
+    }
+
+    #[test]
+    fn metrics_are_off_unless_configured() {
+        assert_eq!(parse(GOOD).unwrap().metrics, None);
+        let text = format!("{GOOD}\n[metrics]\nlisten = \"127.0.0.1:9091\"\n");
+        assert_eq!(
+            parse(&text).unwrap().metrics,
+            Some("127.0.0.1:9091".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn a_bad_metrics_address_names_its_key() {
+        let text = format!("{GOOD}\n[metrics]\nlisten = \"localhost\"\n");
+        assert_eq!(parse(&text).unwrap_err().key, "metrics.listen");
+        let text = format!("{GOOD}\n[metrics]\nlisten = \"127.0.0.1:9091\"\nport = 9091\n");
+        let e = parse(&text).unwrap_err();
+        assert!(e.to_string().contains("port"), "{e}");
+    }
+
+    #[test]
+    fn a_bare_file_name_reads_paths_against_the_current_directory() {
+        let text = GOOD.replace("/home/admin/obproxy", "odp");
+        let c = AgentConfig::parse(Path::new("agent.toml"), &text).unwrap();
+        assert!(c.obproxy.binary.is_absolute(), "{:?}", c.obproxy.binary);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Loading a daemon's TOML file into typed values, with errors that name the
 //! file, the key and the reason (shared by the agent and the coordinator).
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -67,6 +68,14 @@ fn one_line(message: &str) -> String {
         .map(str::trim)
         .collect();
     format!("{}{}", reason.join(" "), location.unwrap_or_default())
+}
+
+/// The optional `[metrics]` section both daemons share: where the Prometheus
+/// endpoint listens. Without the section there is no endpoint.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    pub listen: SocketAddr,
 }
 
 /// Durations are written as humans do ("30s", "1m 30s", "250ms").

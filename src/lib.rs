@@ -13,6 +13,13 @@
 //!   that drive it step by step.
 //! - [`agent_service`] translates gRPC to supervisor calls; [`agent`] wires
 //!   the daemon; [`proto`] holds the generated code.
+//! - [`state_file`] is what the agent remembers on disk; [`adoption`]
+//!   re-adopts the obproxy processes a previous agent left running.
+//! - [`coordinator`] runs cluster-wide operations across agents.
+//! - [`security`] is TLS, callers' roles and the audit log.
+//! - [`systemd`] is what systemd is told (ready, stopping, watchdog);
+//!   [`metrics`] owns the Prometheus registries and the `/metrics` endpoint;
+//!   [`telemetry`] sets up the logs.
 pub mod adoption;
 pub mod agent;
 pub mod agent_service;
@@ -21,6 +28,7 @@ pub mod config_file;
 pub mod coordinator;
 pub mod grpc_server;
 pub mod listeners;
+pub mod metrics;
 pub mod obproxy;
 pub mod operation;
 pub mod operations;
@@ -29,4 +37,5 @@ pub mod security;
 pub mod signals;
 pub mod state_file;
 pub mod supervisor;
+pub mod systemd;
 pub mod telemetry;

@@ -173,6 +173,11 @@ impl Log {
         self.by_request.contains_key(request_id)
     }
 
+    /// The running operation's id, without copying the operation.
+    pub fn current_id(&self) -> Option<&str> {
+        self.current.as_deref()
+    }
+
     pub fn current(&self) -> Option<Operation> {
         self.current
             .as_ref()

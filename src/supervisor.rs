@@ -10,7 +10,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use nix::sys::signal::Signal;
@@ -20,6 +20,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     config::AgentConfig,
     listeners::{ListenerError, Listeners},
+    metrics::agent::AgentMetrics,
     obproxy::{
         launch::{self, LaunchSpec},
         pidfd::{self, Exit, Pidfd},
@@ -130,6 +131,8 @@ struct Process {
     drain_deadline: Option<SystemTime>,
     /// The agent signalled it to end, so its exit is no surprise.
     ending: bool,
+    /// When it was handed over to drain: its exit times the drain (metrics).
+    drain_started: Option<Instant>,
 }
 
 enum Msg {
@@ -290,6 +293,8 @@ pub struct Supervisor {
     respawn: respawn::Backoff,
     /// Samples CPU and memory; None where the platform has no support.
     system: Option<sysinfo::System>,
+    /// Counts what only the supervisor sees end: operations and drains.
+    metrics: Arc<AgentMetrics>,
 }
 
 impl Supervisor {
@@ -298,6 +303,7 @@ impl Supervisor {
         spawner: Spawner,
         tracker: TaskTracker,
         shutdown: CancellationToken,
+        metrics: Arc<AgentMetrics>,
     ) -> (Self, Handle) {
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = Handle { tx: tx.clone() };
@@ -323,6 +329,7 @@ impl Supervisor {
             listener_problem: None,
             respawn: respawn::Backoff::default(),
             system: sysinfo::System::new().ok(),
+            metrics,
         };
         (sup, handle)
     }
@@ -345,6 +352,11 @@ impl Supervisor {
     }
 
     fn handle(&mut self, msg: Msg) {
+        // What happens while an operation runs is logged as part of it.
+        let _op = self
+            .log
+            .current_id()
+            .map(|id| tracing::info_span!("operation", op_id = %id).entered());
         match msg {
             Msg::Status(reply) => {
                 let _ = reply.send(self.status());
@@ -576,6 +588,7 @@ impl Supervisor {
                 ready,
                 drain_deadline: None,
                 ending: false,
+                drain_started: None,
             },
         );
         tracing::info!(pid, "obproxy spawned");
@@ -663,6 +676,9 @@ impl Supervisor {
         let Some(p) = self.processes.remove(&pid) else {
             return;
         };
+        if let Some(started) = p.drain_started {
+            self.metrics.drain_finished(started.elapsed());
+        }
         let expected = p.ending || p.role == Role::Draining;
         if expected {
             tracing::info!(pid, %exit, role = ?p.role, "obproxy exited");
@@ -774,6 +790,7 @@ impl Supervisor {
                     Err(e) => tracing::warn!(op_id = %op, error = %e, "operation failed"),
                 }
                 self.log.update(&op, |o| {
+                    self.metrics.operation_finished(o.kind, result.is_ok());
                     o.finished_at = Some(SystemTime::now());
                     o.phase = Phase::Done;
                     match result {
@@ -852,6 +869,7 @@ impl Supervisor {
         {
             p.role = Role::Draining;
             p.drain_deadline = deadline;
+            p.drain_started = deadline.map(|_| Instant::now());
         }
         if let (Some(old), Some(deadline)) = (previous, deadline) {
             self.schedule_drain_deadline(old, deadline);

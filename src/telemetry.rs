@@ -1,5 +1,9 @@
 //! Logging: structured `tracing` events to stderr, human-readable by default
 //! or JSON lines for collectors. `RUST_LOG` refines the level.
+//!
+//! Context lives in spans (an operation's `op_id`, a task's `task_id`), so
+//! JSON lines carry the innermost span (`span`) and every enclosing one
+//! (`spans`): a collector finds all lines of one operation by its id.
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -15,6 +19,10 @@ pub fn init(format: LogFormat) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.with_ansi(false).init(),
-        LogFormat::Json => builder.json().with_current_span(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
     }
 }

@@ -45,6 +45,13 @@ fn an_unknown_key_exits_78_naming_it() {
 }
 
 #[test]
+fn a_bad_metrics_address_exits_78_naming_the_key() {
+    let (code, stderr) = run_with(&format!("{GOOD}[metrics]\nlisten = \"nowhere\"\n"));
+    assert_eq!(code, 78);
+    assert!(stderr.contains("metrics.listen"), "{stderr}");
+}
+
+#[test]
 fn a_missing_section_exits_78() {
     let (code, stderr) = run_with("[server]\nlisten = \"127.0.0.1:0\"\n");
     assert_eq!(code, 78);

@@ -9,7 +9,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::config_file::{self, ConfigError};
+use crate::config_file::{self, ConfigError, MetricsSection};
 
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
@@ -17,6 +17,8 @@ pub struct CoordinatorConfig {
     pub store_path: PathBuf,
     pub agents: AgentTimeouts,
     pub clusters: Vec<Cluster>,
+    /// Where `GET /metrics` listens; None: no metrics endpoint.
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +88,8 @@ struct Raw {
     agents: AgentTimeouts,
     #[serde(default)]
     clusters: Vec<RawCluster>,
+    #[serde(default)]
+    metrics: Option<MetricsSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,6 +148,8 @@ impl CoordinatorConfig {
     fn from_raw(path: &Path, raw: Raw) -> Result<Self, ConfigError> {
         let base = path
             .parent()
+            // "agent.toml" has the parent "": the current directory.
+            .filter(|dir| !dir.as_os_str().is_empty())
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
         let base = std::path::absolute(&base).unwrap_or(base);
@@ -209,6 +215,7 @@ impl CoordinatorConfig {
             store_path: base.join(raw.store.path),
             agents: raw.agents,
             clusters,
+            metrics: raw.metrics.map(|m| m.listen),
         })
     }
 
@@ -252,6 +259,18 @@ agents = ["10.0.0.1:2889", "10.0.0.2:2889", "odp-3.example:2889"]
     fn an_agent_without_port_is_refused() {
         let e = parse(&GOOD.replace("odp-3.example:2889", "odp-3")).unwrap_err();
         assert!(e.reason.contains("host:port"), "{e}");
+    }
+
+    #[test]
+    fn the_metrics_endpoint_is_optional_and_typed() {
+        assert_eq!(parse(GOOD).unwrap().metrics, None);
+        let text = format!("{GOOD}[metrics]\nlisten = \"127.0.0.1:9092\"\n");
+        assert_eq!(
+            parse(&text).unwrap().metrics,
+            Some("127.0.0.1:9092".parse().unwrap())
+        );
+        let e = parse(&format!("{GOOD}[metrics]\nlisten = \"nowhere\"\n")).unwrap_err();
+        assert_eq!(e.key, "metrics.listen");
     }
 
     #[test]

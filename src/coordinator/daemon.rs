@@ -1,5 +1,6 @@
 //! The coordinator daemon: opens the task store, resumes unfinished tasks,
-//! serves gRPC with reflection and health until SIGTERM or SIGINT.
+//! serves gRPC with reflection and health (and the optional metrics
+//! endpoint) until SIGTERM or SIGINT, and tells systemd how it is doing.
 use std::sync::Arc;
 
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -13,7 +14,9 @@ use super::{
 };
 use crate::{
     grpc_server::{self, SHUTDOWN_GRACE, ServeError},
+    metrics::{self, MetricsError, coordinator::CoordinatorMetrics},
     proto::coordinator::coordinator_server::CoordinatorServer,
+    systemd,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +27,8 @@ pub enum Error {
     Serve(#[from] ServeError),
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 pub async fn run(config: CoordinatorConfig) -> Result<(), Error> {
@@ -32,12 +37,14 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), Error> {
     let tracker = TaskTracker::new();
     let store = Arc::new(Store::open(&config.store_path)?);
     let pool = Arc::new(AgentPool::new(config.agents));
+    let metrics = Arc::new(CoordinatorMetrics::new());
     let tasks = Tasks::new(
         config.clone(),
-        store,
+        store.clone(),
         pool,
         tracker.clone(),
         shutdown.clone(),
+        metrics.clone(),
     );
 
     let stop = shutdown.clone();
@@ -60,9 +67,29 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), Error> {
         .await;
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(CoordinatorServer::new(CoordinatorService::new(tasks)));
+        .add_service(CoordinatorServer::new(CoordinatorService::new(
+            tasks,
+            metrics.clone(),
+        )));
     let router = grpc_server::with_reflection(router)?;
+    if let Some(listen) = config.metrics {
+        let endpoint = metrics::Endpoint::bind(listen).await?;
+        tracing::info!(metrics_addr = %endpoint.addr, "metrics endpoint serving");
+        tracker.spawn(endpoint.serve(metrics.router(), shutdown.clone()));
+    }
     tracing::info!(grpc_addr = %addr, pid = std::process::id(), resumed, "odp-coordinator serving");
+    // The gRPC listener is bound, so connections from here on are served.
+    systemd::ready();
+    // Watchdog pings earned by a cheap read of the task store (on a blocking
+    // thread: a wedged store must stall the probe, not the runtime).
+    tracker.spawn(systemd::run(shutdown.clone(), move || {
+        let store = store.clone();
+        async move {
+            tokio::task::spawn_blocking(move || store.list(None, 1).is_ok())
+                .await
+                .unwrap_or(false)
+        }
+    }));
     let result = grpc_server::serve(router, listener, shutdown.clone()).await;
     shutdown.cancel();
     tracker.close();

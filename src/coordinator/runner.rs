@@ -16,7 +16,7 @@ use super::{
     store::Store,
     task::{Kind, Mode, State, SubtaskState, Task},
 };
-use crate::{operations::describe, proto::agent as pb};
+use crate::{metrics::coordinator::CoordinatorMetrics, operations::describe, proto::agent as pb};
 
 /// How long an ODP may take to report the intended state after its
 /// operation succeeded (the health gate), and how often it is asked.
@@ -32,6 +32,7 @@ pub struct Runner {
     pub cancel: CancellationToken,
     /// The coordinator stopping: leave the task as it is, to resume later.
     pub shutdown: CancellationToken,
+    pub metrics: Arc<CoordinatorMetrics>,
 }
 
 struct Outcome {
@@ -75,6 +76,7 @@ impl Runner {
         for s in &mut self.task.subtasks {
             if s.state == SubtaskState::Pending {
                 s.state = state;
+                self.metrics.subtask_finished(state);
                 s.last_error = Some(why.to_string());
                 s.finished_at = Some(SystemTime::now());
             }
@@ -85,6 +87,7 @@ impl Runner {
         let span =
             tracing::info_span!("task", task_id = %self.task.id, cluster = %self.task.cluster);
         async move {
+            let running = self.metrics.task_running();
             tracing::info!(
                 kind = self.task.kind.name(),
                 batches = self.task.batches,
@@ -139,6 +142,7 @@ impl Runner {
                 self.task.cancel_requested = true;
                 self.mark_remaining(SubtaskState::Cancelled, "the task was cancelled");
             }
+            drop(running); // before finish() shows the final state
             self.finish();
             tracing::info!(state = ?self.task.state, error = ?self.task.error, "task finished");
         }
@@ -186,6 +190,7 @@ impl Runner {
             self.task.error = Some("cancelled before every ODP was done".into());
         }
         self.task.finished_at = Some(SystemTime::now());
+        self.metrics.task_finished(self.task.kind, self.task.state);
         self.publish();
     }
 
@@ -234,6 +239,7 @@ impl Runner {
                     Some((i, outcome)) => {
                         let s = &mut self.task.subtasks[i];
                         s.state = outcome.state;
+                        self.metrics.subtask_finished(s.state);
                         s.last_error = outcome.error;
                         s.pid = outcome.pid;
                         s.proxy_state = outcome.proxy_state;

@@ -13,6 +13,7 @@ use super::{
 };
 use crate::{
     config::MAX_EXIT_TIMEOUT,
+    metrics::coordinator::CoordinatorMetrics,
     operations::describe,
     proto::{agent as apb, coordinator as pb},
 };
@@ -22,11 +23,12 @@ const MAX_PAUSE: Duration = Duration::from_secs(24 * 3600);
 
 pub struct CoordinatorService {
     tasks: Arc<Tasks>,
+    metrics: Arc<CoordinatorMetrics>,
 }
 
 impl CoordinatorService {
-    pub fn new(tasks: Arc<Tasks>) -> Self {
-        Self { tasks }
+    pub fn new(tasks: Arc<Tasks>, metrics: Arc<CoordinatorMetrics>) -> Self {
+        Self { tasks, metrics }
     }
 }
 
@@ -147,6 +149,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::GetClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
+        self.metrics.cluster_status_requested();
         let name = cluster(&request.into_inner().cluster)?;
         let statuses = self
             .tasks

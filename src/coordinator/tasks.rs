@@ -10,6 +10,8 @@ use std::{
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+use crate::metrics::coordinator::CoordinatorMetrics;
+
 use super::{
     agents::AgentPool,
     config::CoordinatorConfig,
@@ -67,6 +69,7 @@ pub struct Tasks {
     live: Mutex<HashMap<String, Live>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    metrics: Arc<CoordinatorMetrics>,
 }
 
 impl Tasks {
@@ -76,6 +79,7 @@ impl Tasks {
         pool: Arc<AgentPool>,
         tracker: TaskTracker,
         shutdown: CancellationToken,
+        metrics: Arc<CoordinatorMetrics>,
     ) -> Arc<Self> {
         Arc::new(Self {
             config,
@@ -84,6 +88,7 @@ impl Tasks {
             live: Mutex::new(HashMap::new()),
             tracker,
             shutdown,
+            metrics,
         })
     }
 
@@ -167,6 +172,7 @@ impl Tasks {
             tx,
             cancel,
             shutdown: self.shutdown.clone(),
+            metrics: self.metrics.clone(),
         };
         let me = self.clone();
         self.tracker.spawn(async move {

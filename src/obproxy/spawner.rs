@@ -96,15 +96,27 @@ fn spawn(spec: &LaunchSpec) -> Result<Spawned, SpawnError> {
     cmd.args(&spec.args)
         .current_dir(&spec.home)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        // systemd's notify socket and watchdog are the agent's, not obproxy's.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_PID")
+        .env_remove("WATCHDOG_USEC")
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
         // Its own process group: a Ctrl-C meant for an agent run by hand
         // must not reach obproxy, which outlives the agent by design.
         .process_group(0);
-    // SAFETY: only async-signal-safe fcntl calls between fork and exec.
+    // SAFETY: only async-signal-safe fcntl and prctl calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
+            // The unit grants the agent CAP_SYS_PTRACE as an ambient
+            // capability (to take listeners back from a running obproxy);
+            // obproxy must not inherit it. Fails only on kernels without
+            // ambient capabilities, which then have nothing to clear.
+            // The kernel reads the variadic arguments as unsigned longs.
+            let (clear, zero): (libc::c_ulong, libc::c_ulong) =
+                (libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0);
+            libc::prctl(libc::PR_CAP_AMBIENT, clear, zero, zero, zero);
             for &fd in &fds {
                 // Clear FD_CLOEXEC on exactly the handed-over listeners; the
                 // flag is per fd table, so the agent's copies keep theirs.

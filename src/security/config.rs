@@ -74,7 +74,10 @@ pub fn check(
             ));
         }
         if t.name.is_empty() || t.name.len() > 64 {
-            return Err((format!("auth.tokens[{i}].name"), "1 to 64 characters".into()));
+            return Err((
+                format!("auth.tokens[{i}].name"),
+                "1 to 64 characters".into(),
+            ));
         }
     }
     for (i, c) in auth.certificates.iter().enumerate() {
@@ -88,7 +91,8 @@ pub fn check(
     if !auth.certificates.is_empty() && tls.and_then(|t| t.client_ca.as_ref()).is_none() {
         return Err((
             "auth.certificates".into(),
-            "certificate roles need [tls] client_ca, so clients present verified certificates".into(),
+            "certificate roles need [tls] client_ca, so clients present verified certificates"
+                .into(),
         ));
     }
     let credentials = tls.is_some() || !auth.tokens.is_empty();
@@ -128,11 +132,30 @@ mod tests {
 
     #[test]
     fn the_network_without_credentials_is_refused_with_a_fix() {
-        let (key, reason) = check(&"0.0.0.0:2889".parse().unwrap(), None, &AuthConfig::default()).unwrap_err();
+        let (key, reason) = check(
+            &"0.0.0.0:2889".parse().unwrap(),
+            None,
+            &AuthConfig::default(),
+        )
+        .unwrap_err();
         assert_eq!(key, "server.listen");
         assert!(reason.contains("127.0.0.1"), "{reason}");
-        assert!(check(&"127.0.0.1:2889".parse().unwrap(), None, &AuthConfig::default()).is_ok());
-        assert!(check(&"0.0.0.0:2889".parse().unwrap(), None, &token(Role::Operator)).is_ok());
+        assert!(
+            check(
+                &"127.0.0.1:2889".parse().unwrap(),
+                None,
+                &AuthConfig::default()
+            )
+            .is_ok()
+        );
+        assert!(
+            check(
+                &"0.0.0.0:2889".parse().unwrap(),
+                None,
+                &token(Role::Operator)
+            )
+            .is_ok()
+        );
     }
 
     #[test]

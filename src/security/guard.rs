@@ -59,7 +59,14 @@ impl Guard {
         Ok(caller)
     }
 
-    fn audit_denied(&self, caller: Option<&Caller>, rpc: &str, target: &str, request_id: &str, e: &Status) {
+    fn audit_denied(
+        &self,
+        caller: Option<&Caller>,
+        rpc: &str,
+        target: &str,
+        request_id: &str,
+        e: &Status,
+    ) {
         if let Some(audit) = &self.audit {
             audit.record(&Entry {
                 caller: caller.map_or("unknown", |c| c.identity.as_str()),
@@ -73,7 +80,14 @@ impl Guard {
     }
 
     /// Audits the outcome of an admitted mutating call.
-    pub fn record<T>(&self, caller: &Caller, rpc: &str, target: &str, request_id: &str, result: &Result<T, Status>) {
+    pub fn record<T>(
+        &self,
+        caller: &Caller,
+        rpc: &str,
+        target: &str,
+        request_id: &str,
+        result: &Result<T, Status>,
+    ) {
         if let Some(audit) = &self.audit {
             audit.record(&Entry {
                 caller: &caller.identity,

@@ -69,12 +69,17 @@ impl Policy {
                 .to_str()
                 .ok()
                 .and_then(|v| v.strip_prefix("Bearer "))
-                .ok_or_else(|| Status::unauthenticated("authorization: expected \"Bearer <token>\""))?;
+                .ok_or_else(|| {
+                    Status::unauthenticated("authorization: expected \"Bearer <token>\"")
+                })?;
             let hash: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
             // Compare every rule in full, so timing says nothing of a match.
             let mut found = None;
             for (want, name, role) in &self.tokens {
-                let diff = want.iter().zip(hash.iter()).fold(0u8, |d, (a, b)| d | (a ^ b));
+                let diff = want
+                    .iter()
+                    .zip(hash.iter())
+                    .fold(0u8, |d, (a, b)| d | (a ^ b));
                 if diff == 0 {
                     found = Some((name, *role));
                 }
@@ -84,7 +89,9 @@ impl Policy {
                     identity: format!("token:{name}"),
                     role,
                 }),
-                None => Err(Status::unauthenticated("authorization: unknown bearer token")),
+                None => Err(Status::unauthenticated(
+                    "authorization: unknown bearer token",
+                )),
             };
         }
         if let Some(certs) = request.peer_certs()
@@ -159,7 +166,9 @@ fn cert_names(der: &[u8]) -> Vec<(NameKind, String)> {
         for name in &san.value.general_names {
             match name {
                 x509_parser::extensions::GeneralName::DNSName(n)
-                | x509_parser::extensions::GeneralName::URI(n) => names.push((NameKind::San, n.to_string())),
+                | x509_parser::extensions::GeneralName::URI(n) => {
+                    names.push((NameKind::San, n.to_string()))
+                }
                 _ => {}
             }
         }
@@ -207,7 +216,10 @@ mod tests {
     #[test]
     fn tokens_map_to_their_roles() {
         let p = policy();
-        assert_eq!(p.identify(&with_token("look")).unwrap().role, Role::ReadOnly);
+        assert_eq!(
+            p.identify(&with_token("look")).unwrap().role,
+            Role::ReadOnly
+        );
         let oncall = p.identify(&with_token("act")).unwrap();
         assert_eq!(oncall.identity, "token:oncall");
         assert_eq!(oncall.role, Role::Operator);
@@ -216,8 +228,14 @@ mod tests {
     #[test]
     fn a_wrong_token_or_none_is_unauthenticated() {
         let p = policy();
-        assert_eq!(p.identify(&with_token("guess")).unwrap_err().code(), tonic::Code::Unauthenticated);
-        assert_eq!(p.identify(&Request::new(())).unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            p.identify(&with_token("guess")).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            p.identify(&Request::new(())).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
     }
 
     #[test]
@@ -232,6 +250,9 @@ mod tests {
     #[test]
     fn without_credentials_configured_local_callers_operate() {
         let open = Policy::new(&AuthConfig::default(), false);
-        assert_eq!(open.identify(&Request::new(())).unwrap().role, Role::Operator);
+        assert_eq!(
+            open.identify(&Request::new(())).unwrap().role,
+            Role::Operator
+        );
     }
 }

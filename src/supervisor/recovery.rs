@@ -59,6 +59,8 @@ impl Supervisor {
                 started_at: state_file::from_epoch(rec.started_at),
                 ready: rec.exe.is_some(),
                 drain_deadline: rec.drain_deadline.map(state_file::from_epoch),
+                // The drain's start was not recorded; its duration goes unmeasured.
+                drain_started: None,
                 ending: false,
             };
             match rec.role {

@@ -1,17 +1,16 @@
 //! A local cluster for tests: several real agents (each with its stand-in)
 //! and a real `odp-coordinator` on loopback.
 use std::{
-    io::{BufRead, BufReader},
     net::SocketAddr,
     path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex, mpsc},
+    sync::Arc,
 };
 
 use odp_agent::proto::coordinator::{self as pb, coordinator_client::CoordinatorClient};
 use tonic::transport::Channel;
 
-use super::{Agent, Options, PATIENCE};
+use super::{Agent, Log, Options, PATIENCE, log_field, spawn_logged};
 
 pub const COORDINATOR: &str = env!("CARGO_BIN_EXE_odp-coordinator");
 pub const ODPCTL: &str = env!("CARGO_BIN_EXE_odpctl");
@@ -23,7 +22,7 @@ pub struct Cluster {
     pub config: PathBuf,
     pub coordinator: Child,
     pub addr: SocketAddr,
-    pub log: Arc<Mutex<Vec<String>>>,
+    pub log: Arc<Log>,
 }
 
 impl Cluster {
@@ -37,6 +36,12 @@ impl Cluster {
 
     /// A coordinator over `agents` plus `extra` addresses (e.g. a dead one).
     pub fn with_agents(agents: Vec<Agent>, extra: &[String]) -> Self {
+        Self::with_config(agents, extra, "")
+    }
+
+    /// As [`Cluster::with_agents`], with `more` TOML appended to the
+    /// coordinator's configuration (e.g. a `[metrics]` section).
+    pub fn with_config(agents: Vec<Agent>, extra: &[String], more: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("coordinator.toml");
         let addrs: Vec<String> = agents
@@ -56,7 +61,7 @@ status_timeout = "3s"
 [[clusters]]
 name = "{CLUSTER}"
 agents = {addrs:?}
-"#
+{more}"#
             ),
         )
         .unwrap();
@@ -121,6 +126,15 @@ agents = {addrs:?}
         self.log.lock().unwrap().join("\n")
     }
 
+    /// The coordinator's metrics endpoint, from its startup log.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        let log = self.log.lock().unwrap();
+        let addr = log.iter().find_map(|line| log_field(line, "metrics_addr"));
+        addr.unwrap_or_else(|| panic!("no metrics_addr in the log:\n{}", log.join("\n")))
+            .parse()
+            .unwrap()
+    }
+
     pub fn odpctl(&self, args: &[&str]) -> std::process::Output {
         Command::new(ODPCTL)
             .arg("--coordinator")
@@ -139,33 +153,8 @@ impl Drop for Cluster {
     }
 }
 
-fn spawn_coordinator(config: &std::path::Path) -> (Child, SocketAddr, Arc<Mutex<Vec<String>>>) {
-    let mut child = Command::new(COORDINATOR)
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("grpc_addr=").nth(1) {
-                let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
-            }
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let addr = rx.recv_timeout(PATIENCE).unwrap_or_else(|_| {
-        panic!(
-            "coordinator did not start serving:\n{}",
-            log.lock().unwrap().join("\n")
-        )
-    });
-    (child, addr.parse().unwrap(), log)
+fn spawn_coordinator(config: &std::path::Path) -> (Child, SocketAddr, Arc<Log>) {
+    let mut command = Command::new(COORDINATOR);
+    command.arg("--config").arg(config).env("RUST_LOG", "info");
+    spawn_logged(command, "coordinator")
 }

@@ -11,8 +11,8 @@ use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex, mpsc},
-    time::Duration,
+    sync::{Arc, Condvar, LockResult, Mutex, MutexGuard, mpsc},
+    time::{Duration, Instant},
 };
 
 use odp_agent::proto::agent::{self as pb, agent_client::AgentClient};
@@ -34,6 +34,8 @@ pub struct Options {
     pub stop_timeout: &'static str,
     /// Extra `args` for obproxy, e.g. `-o standin_backend=...`.
     pub args: Vec<String>,
+    /// Serve `/metrics` on a free loopback port (see [`Agent::metrics_addr`]).
+    pub metrics: bool,
 }
 
 impl Default for Options {
@@ -43,6 +45,7 @@ impl Default for Options {
             start_timeout: "10s",
             stop_timeout: "5s",
             args: vec![],
+            metrics: false,
         }
     }
 }
@@ -53,7 +56,7 @@ pub struct Agent {
     pub config: PathBuf,
     pub grpc: SocketAddr,
     pub child: Child,
-    pub log: Arc<Mutex<Vec<String>>>,
+    pub log: Arc<Log>,
 }
 
 impl Agent {
@@ -62,6 +65,12 @@ impl Agent {
     }
 
     pub async fn start_with(opts: Options) -> Self {
+        Self::start_customized(opts, agent_command).await
+    }
+
+    /// As [`Agent::start_with`], with the command that runs the agent made by
+    /// `command` from the config path (an environment, a wrapper, flags).
+    pub async fn start_customized(opts: Options, command: impl FnOnce(&Path) -> Command) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let home = dir.path().join("odp");
         std::fs::create_dir_all(home.join("bin")).unwrap();
@@ -89,12 +98,19 @@ stop_timeout = "{}"
 
 [state]
 dir = "state"
-"#,
-                opts.exit_timeout, opts.start_timeout, opts.stop_timeout
+{}"#,
+                opts.exit_timeout,
+                opts.start_timeout,
+                opts.stop_timeout,
+                if opts.metrics {
+                    "\n[metrics]\nlisten = \"127.0.0.1:0\"\n"
+                } else {
+                    ""
+                }
             ),
         )
         .unwrap();
-        let (child, grpc, log) = spawn_agent(&config);
+        let (child, grpc, log) = spawn_logged(command(&config), "agent");
         Self {
             dir,
             config,
@@ -242,6 +258,16 @@ dir = "state"
         self.log.lock().unwrap().join("\n")
     }
 
+    /// The metrics endpoint's address, from the agent's startup log (the
+    /// line comes before the one [`spawn_logged`] waits for).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        let log = self.log.lock().unwrap();
+        let addr = log.iter().find_map(|line| log_field(line, "metrics_addr"));
+        addr.unwrap_or_else(|| panic!("no metrics_addr in the log:\n{}", log.join("\n")))
+            .parse()
+            .unwrap()
+    }
+
     /// SIGTERM to the agent and its exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         signal(self.child.id(), libc::SIGTERM);
@@ -296,35 +322,147 @@ impl Drop for Agent {
 }
 
 /// Starts `odp-agent --config path` and waits for its "serving" log line.
-pub fn spawn_agent(config: &Path) -> (Child, SocketAddr, Arc<Mutex<Vec<String>>>) {
-    let mut child = Command::new(AGENT)
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "info")
+pub fn spawn_agent(config: &Path) -> (Child, SocketAddr, Arc<Log>) {
+    spawn_logged(agent_command(config), "agent")
+}
+
+/// `odp-agent --config path` at log level info.
+pub fn agent_command(config: &Path) -> Command {
+    let mut command = Command::new(AGENT);
+    command.arg("--config").arg(config).env("RUST_LOG", "info");
+    command
+}
+
+/// Runs a daemon's `command` with its stderr collected line by line, and
+/// waits for the line that carries its `grpc_addr`.
+pub fn spawn_logged(mut command: Command, what: &str) -> (Child, SocketAddr, Arc<Log>) {
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let log = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::new(Log::default());
     let (tx, rx) = mpsc::channel();
     let stderr = child.stderr.take().unwrap();
     let sink = log.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("grpc_addr=").nth(1) {
-                let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
+            let addr = log_field(&line, "grpc_addr");
+            // Logged before it is announced: whoever wakes up on the
+            // address finds every earlier line (metrics_addr) in the log.
+            sink.push(line);
+            if let Some(addr) = addr {
+                let _ = tx.send(addr);
             }
-            sink.lock().unwrap().push(line);
         }
     });
     let addr = rx.recv_timeout(PATIENCE).unwrap_or_else(|_| {
         panic!(
-            "agent did not start serving:\n{}",
+            "{what} did not start serving:\n{}",
             log.lock().unwrap().join("\n")
         )
     });
     (child, addr.parse().unwrap(), log)
+}
+
+/// A daemon's stderr, line by line, with a way to wait for a line.
+#[derive(Default)]
+pub struct Log {
+    lines: Mutex<Vec<String>>,
+    grew: Condvar,
+}
+
+impl Log {
+    pub fn lock(&self) -> LockResult<MutexGuard<'_, Vec<String>>> {
+        self.lines.lock()
+    }
+
+    fn push(&self, line: String) {
+        self.lines.lock().unwrap().push(line);
+        self.grew.notify_all();
+    }
+
+    /// Waits (up to [`PATIENCE`]) for a line that `matches`, and returns it.
+    pub fn wait_for(&self, matches: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        let mut lines = self.lines.lock().unwrap();
+        loop {
+            if let Some(line) = lines.iter().find(|l| matches(l)) {
+                return line.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no such log line in time:\n{}",
+                lines.join("\n")
+            );
+            lines = self.grew.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+}
+
+/// A field of a log line, text (`key=value`) or JSON (`"key":"value"`).
+pub fn log_field(line: &str, key: &str) -> Option<String> {
+    if let Some(rest) = line.split(&format!("{key}=")).nth(1) {
+        return rest.split_whitespace().next().map(str::to_string);
+    }
+    let rest = line.split(&format!("\"{key}\":\"")).nth(1)?;
+    rest.split('"').next().map(str::to_string)
+}
+
+/// `GET path` over plain HTTP/1.1: the status code and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        std::io::Result::Ok(response)
+    };
+    let response = tokio::time::timeout(PATIENCE, exchange)
+        .await
+        .expect("no HTTP response in time")
+        .expect("HTTP exchange failed");
+    let response = String::from_utf8(response).expect("a text response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status line");
+    // A small text body is sent whole or chunked; join the chunks.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        unchunk(body)
+    } else {
+        body.to_string()
+    };
+    (code, body)
+}
+
+fn unchunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// The value of one sample in a Prometheus text body, by its exact name and
+/// labels as written (`odp_proxy_up`, `odp_proxy_state{state="running"}`).
+pub fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 fn write_wrapper(path: &Path, env: &[(&str, &str)]) {

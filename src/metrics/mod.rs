@@ -1,0 +1,66 @@
+//! The Prometheus endpoint (`GET /metrics`) both daemons can serve, off
+//! unless `[metrics] listen` is set. [`agent`] and [`coordinator`] own their
+//! registries; this module binds, serves and encodes.
+pub mod agent;
+pub mod coordinator;
+
+use std::net::SocketAddr;
+
+use axum::{
+    Router,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+/// What `prometheus_client` encodes (Prometheus reads it natively).
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("cannot listen for metrics on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A bound metrics listener: bound before the daemon reports ready, so the
+/// endpoint answers as soon as systemd says the daemon is up.
+pub struct Endpoint {
+    listener: tokio::net::TcpListener,
+    pub addr: SocketAddr,
+}
+
+impl Endpoint {
+    pub async fn bind(addr: SocketAddr) -> Result<Self, MetricsError> {
+        let err = |source| MetricsError::Listen { addr, source };
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(err)?;
+        let addr = listener.local_addr().map_err(err)?;
+        Ok(Self { listener, addr })
+    }
+
+    /// Serves `router` until `shutdown`. A failure is logged, not returned:
+    /// losing the metrics must not take the daemon down.
+    pub async fn serve(self, router: Router, shutdown: CancellationToken) {
+        let addr = self.addr;
+        let served = axum::serve(self.listener, router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(metrics_addr = %addr, %error, "metrics endpoint failed");
+        }
+    }
+}
+
+/// A scrape's answer: the registry in the text format.
+fn encode(registry: &Registry) -> Response {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, registry) {
+        Ok(()) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
+        // Only a formatter error, which writing to a String never raises.
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
