@@ -35,6 +35,7 @@ pub mod operations;
 pub mod proto;
 pub mod security;
 pub mod signals;
+pub mod sim;
 pub mod state_file;
 pub mod supervisor;
 pub mod systemd;

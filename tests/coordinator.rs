@@ -568,3 +568,34 @@ async fn a_repeated_request_id_returns_the_same_task() {
         .into_inner();
     assert_eq!(list.tasks.len(), 1);
 }
+
+#[tokio::test]
+async fn a_hundred_simulated_odps_roll_in_ten_batches() {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let addrs = odp_agent::sim::serve_many(100, "4.3.1.0", Duration::from_millis(20), stop.clone())
+        .await
+        .unwrap();
+    let names: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    let cluster = Cluster::with_agents(vec![], &names);
+    let status = cluster
+        .client()
+        .await
+        .get_cluster_status(pb::GetClusterStatusRequest { cluster: CLUSTER.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.odps.len(), 100);
+    assert!(status.odps.iter().all(|o| o.state() == apb::ProxyState::Running));
+    let task = cluster
+        .client()
+        .await
+        .restart_all(pb::RestartAllRequest { batch_percent: 10, ..restart_all(apb::RestartMode::Hot, 0) })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(task.batches, 10);
+    let done = cluster.wait_task(&task.id).await;
+    assert_eq!(done.state(), pb::TaskState::Succeeded, "{}", done.error);
+    assert!(done.subtasks.iter().all(|s| s.attempts == 1));
+    stop.cancel();
+}
