@@ -28,6 +28,7 @@ pub mod config_file;
 pub mod coordinator;
 pub mod grpc_server;
 pub mod listeners;
+pub mod local_cluster;
 pub mod metrics;
 pub mod obproxy;
 pub mod operation;
