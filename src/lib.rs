@@ -13,11 +13,14 @@
 //!   that drive it step by step.
 //! - [`agent_service`] translates gRPC to supervisor calls; [`agent`] wires
 //!   the daemon; [`proto`] holds the generated code.
+//! - [`loadgen`] is client load against an ODP's SQL port, counted by outcome
+//!   (refused, reset, cut), for the load tests and `odp-bench`.
 pub mod agent;
 pub mod agent_service;
 pub mod config;
 pub mod config_file;
 pub mod listeners;
+pub mod loadgen;
 pub mod obproxy;
 pub mod operation;
 pub mod operations;
