@@ -20,6 +20,10 @@
 //! - [`systemd`] is what systemd is told (ready, stopping, watchdog);
 //!   [`metrics`] owns the Prometheus registries and the `/metrics` endpoint;
 //!   [`telemetry`] sets up the logs.
+//! - [`loadgen`] is client load against an ODP's SQL port, counted by outcome
+//!   (refused, reset, cut), for the load tests and `odp-bench`;
+//!   [`local_cluster`] runs agents, stand-ins and a coordinator on loopback
+//!   for the demo and benchmarks; [`sim`] is a simulated agent for scale.
 pub mod adoption;
 pub mod agent;
 pub mod agent_service;
@@ -28,6 +32,7 @@ pub mod config_file;
 pub mod coordinator;
 pub mod grpc_server;
 pub mod listeners;
+pub mod loadgen;
 pub mod local_cluster;
 pub mod metrics;
 pub mod obproxy;

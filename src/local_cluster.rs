@@ -79,7 +79,12 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClusterError + '_ {
 
 /// Spawns `binary --config config`, logging to `log`, and waits for its
 /// `grpc_addr=` line.
-fn spawn(binary: &Path, config: &Path, log: &Path, env: &[(&str, String)]) -> Result<Daemon, ClusterError> {
+fn spawn(
+    binary: &Path,
+    config: &Path,
+    log: &Path,
+    env: &[(&str, String)],
+) -> Result<Daemon, ClusterError> {
     let mut child = Command::new(binary)
         .arg("--config")
         .arg(config)
@@ -109,17 +114,28 @@ fn spawn(binary: &Path, config: &Path, log: &Path, env: &[(&str, String)]) -> Re
         .ok()
         .and_then(|a| a.parse().ok())
         .ok_or_else(no_start)?;
-    Ok(Daemon { child, addr, log: log.to_path_buf() })
+    Ok(Daemon {
+        child,
+        addr,
+        log: log.to_path_buf(),
+    })
 }
 
 impl LocalCluster {
     pub fn start(opts: &Options) -> Result<Self, ClusterError> {
         let bin = |name: &str| {
             let p = opts.bin_dir.join(name);
-            if p.exists() { Ok(p) } else { Err(ClusterError::Missing(p)) }
+            if p.exists() {
+                Ok(p)
+            } else {
+                Err(ClusterError::Missing(p))
+            }
         };
-        let (agent_bin, coordinator_bin, standin) =
-            (bin("odp-agent")?, bin("odp-coordinator")?, bin("obproxy-standin")?);
+        let (agent_bin, coordinator_bin, standin) = (
+            bin("odp-agent")?,
+            bin("odp-coordinator")?,
+            bin("obproxy-standin")?,
+        );
         let dir = tempfile::Builder::new()
             .prefix("odp-cluster-")
             .tempdir()
@@ -165,8 +181,18 @@ dir = "agent-{i}"
             "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"tasks.db\"\n[[clusters]]\nname = \"{name}\"\nagents = {addrs:?}\n"
         );
         std::fs::write(&config, text).map_err(io_err(&config))?;
-        let coordinator = spawn(&coordinator_bin, &config, &dir.path().join("coordinator.log"), &[])?;
-        Ok(Self { name, dir, agents, coordinator })
+        let coordinator = spawn(
+            &coordinator_bin,
+            &config,
+            &dir.path().join("coordinator.log"),
+            &[],
+        )?;
+        Ok(Self {
+            name,
+            dir,
+            agents,
+            coordinator,
+        })
     }
 
     /// Processes running in this cluster's directory (the stand-ins).
@@ -174,7 +200,8 @@ dir = "agent-{i}"
         crate::obproxy::procfs::pids()
             .into_iter()
             .filter(|pid| {
-                std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(self.dir.path()))
+                std::fs::read_link(format!("/proc/{pid}/cwd"))
+                    .is_ok_and(|cwd| cwd.starts_with(self.dir.path()))
             })
             .collect()
     }
@@ -184,7 +211,11 @@ impl Drop for LocalCluster {
     /// The daemons get SIGTERM; obproxy outlives its agent by design, so the
     /// stand-ins are ended here explicitly.
     fn drop(&mut self) {
-        for d in self.agents.iter_mut().chain(std::iter::once(&mut self.coordinator)) {
+        for d in self
+            .agents
+            .iter_mut()
+            .chain(std::iter::once(&mut self.coordinator))
+        {
             let _ = d.child.kill();
             let _ = d.child.wait();
         }

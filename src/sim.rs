@@ -50,9 +50,18 @@ impl SimAgent {
     }
 
     /// Runs an operation in the background; repeats of a request id return it.
-    fn submit(&self, kind: pb::OperationKind, request_id: String, ends_running: bool) -> pb::Operation {
+    fn submit(
+        &self,
+        kind: pb::OperationKind,
+        request_id: String,
+        ends_running: bool,
+    ) -> pb::Operation {
         let mut st = self.state();
-        if let Some((_, rx)) = st.ops.iter().find(|(rid, _)| !rid.is_empty() && *rid == request_id) {
+        if let Some((_, rx)) = st
+            .ops
+            .iter()
+            .find(|(rid, _)| !rid.is_empty() && *rid == request_id)
+        {
             return rx.borrow().clone();
         }
         let op = pb::Operation {
@@ -67,7 +76,11 @@ impl SimAgent {
         let (tx, rx) = watch::channel(op.clone());
         st.ops.push((request_id, rx));
         let me = self.clone();
-        let delay = if kind == pb::OperationKind::Stop { Duration::ZERO } else { self.op_time };
+        let delay = if kind == pb::OperationKind::Stop {
+            Duration::ZERO
+        } else {
+            self.op_time
+        };
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let pid = {
@@ -93,12 +106,23 @@ impl SimAgent {
 
 #[tonic::async_trait]
 impl pb::agent_server::Agent for SimAgent {
-    async fn get_status(&self, _r: Request<pb::GetStatusRequest>) -> Result<Response<pb::ProxyStatus>, Status> {
+    async fn get_status(
+        &self,
+        _r: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::ProxyStatus>, Status> {
         let st = self.state();
         Ok(Response::new(pb::ProxyStatus {
-            state: if st.running { pb::ProxyState::Running } else { pb::ProxyState::Stopped } as i32,
+            state: if st.running {
+                pb::ProxyState::Running
+            } else {
+                pb::ProxyState::Stopped
+            } as i32,
             pid: st.pid,
-            version: if st.running { self.version.clone() } else { String::new() },
+            version: if st.running {
+                self.version.clone()
+            } else {
+                String::new()
+            },
             restart_count: st.restarts,
             desired_running: st.running,
             ..Default::default()
@@ -106,14 +130,25 @@ impl pb::agent_server::Agent for SimAgent {
     }
 
     async fn start(&self, r: Request<pb::StartRequest>) -> Result<Response<pb::Operation>, Status> {
-        Ok(Response::new(self.submit(pb::OperationKind::Start, r.into_inner().request_id, true)))
+        Ok(Response::new(self.submit(
+            pb::OperationKind::Start,
+            r.into_inner().request_id,
+            true,
+        )))
     }
 
     async fn stop(&self, r: Request<pb::StopRequest>) -> Result<Response<pb::Operation>, Status> {
-        Ok(Response::new(self.submit(pb::OperationKind::Stop, r.into_inner().request_id, false)))
+        Ok(Response::new(self.submit(
+            pb::OperationKind::Stop,
+            r.into_inner().request_id,
+            false,
+        )))
     }
 
-    async fn restart(&self, r: Request<pb::RestartRequest>) -> Result<Response<pb::Operation>, Status> {
+    async fn restart(
+        &self,
+        r: Request<pb::RestartRequest>,
+    ) -> Result<Response<pb::Operation>, Status> {
         let r = r.into_inner();
         let kind = if r.mode == pb::RestartMode::Force as i32 {
             pb::OperationKind::RestartForce
@@ -123,7 +158,10 @@ impl pb::agent_server::Agent for SimAgent {
         Ok(Response::new(self.submit(kind, r.request_id, true)))
     }
 
-    async fn get_operation(&self, r: Request<pb::GetOperationRequest>) -> Result<Response<pb::Operation>, Status> {
+    async fn get_operation(
+        &self,
+        r: Request<pb::GetOperationRequest>,
+    ) -> Result<Response<pb::Operation>, Status> {
         let id = r.into_inner().id;
         let st = self.state();
         st.ops

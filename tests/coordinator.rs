@@ -580,16 +580,26 @@ async fn a_hundred_simulated_odps_roll_in_ten_batches() {
     let status = cluster
         .client()
         .await
-        .get_cluster_status(pb::GetClusterStatusRequest { cluster: CLUSTER.into() })
+        .get_cluster_status(pb::GetClusterStatusRequest {
+            cluster: CLUSTER.into(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(status.odps.len(), 100);
-    assert!(status.odps.iter().all(|o| o.state() == apb::ProxyState::Running));
+    assert!(
+        status
+            .odps
+            .iter()
+            .all(|o| o.state() == apb::ProxyState::Running)
+    );
     let task = cluster
         .client()
         .await
-        .restart_all(pb::RestartAllRequest { batch_percent: 10, ..restart_all(apb::RestartMode::Hot, 0) })
+        .restart_all(pb::RestartAllRequest {
+            batch_percent: 10,
+            ..restart_all(apb::RestartMode::Hot, 0)
+        })
         .await
         .unwrap()
         .into_inner();

@@ -1,0 +1,856 @@
+//! Client load against an ODP's SQL address, counted by outcome: what a restart costs the clients.
+//!
+//! Two kinds of worker run at once:
+//! - **clients** open a fresh TCP connection per request (connect, send, read the whole echo,
+//!   close), like short-lived application connections; they see refused connections when the
+//!   port is closed and resets when the process that accepted them dies.
+//! - **sessions** keep one connection and do request/response on it in a loop, like a
+//!   connection pool; every `session_requests` requests (a "transaction" boundary) they close
+//!   and reopen it, which is what lets a draining obproxy finish within its window. A session
+//!   whose connection is closed under it counts one *cut*, reconnects and goes on.
+//!
+//! Each request carries the worker and a sequence number, and the reply must be the same bytes:
+//! the target must echo (the obproxy stand-in without a backend, or forwarding to
+//! [`EchoBackend`]). The load only ever targets loopback addresses and is bounded by a
+//! [`CancellationToken`], an optional duration and an optional request cap.
+use std::{
+    io,
+    net::{Ipv4Addr, SocketAddr},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::Notify,
+    task::JoinSet,
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+/// Error samples kept in a report, enough to see what went wrong without flooding it.
+const KEEP_SAMPLES: usize = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "load target {0} is not a loopback address; the load generator only targets this machine"
+    )]
+    NotLoopback(SocketAddr),
+    #[error("payload of {0} bytes is too small for the request header (at least 32)")]
+    PayloadTooSmall(usize),
+}
+
+/// What load to generate, and when to stop.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    /// The SQL address (loopback only).
+    pub target: SocketAddr,
+    /// Workers opening a fresh connection per request.
+    pub clients: usize,
+    /// Long-lived sessions.
+    pub sessions: usize,
+    /// A session reconnects after this many requests; `None` keeps one connection for ever
+    /// (until it is cut).
+    pub session_requests: Option<u64>,
+    /// Bytes per request (and per reply).
+    pub payload: usize,
+    /// Think time between two requests of one worker; zero runs flat out.
+    pub pause: Duration,
+    /// Pause after a failed request, so a closed port is not hammered in a tight loop (which
+    /// would measure the loop's speed, not the outage, and starve the processes under test).
+    pub failure_pause: Duration,
+    /// Bound on one request, connect included; beyond it the request counts as failed.
+    pub request_timeout: Duration,
+    /// Stop by itself after this long.
+    pub duration: Option<Duration>,
+    /// Stop once this many requests have been started.
+    pub max_requests: Option<u64>,
+}
+
+impl LoadConfig {
+    /// A modest default load against `target`.
+    pub fn new(target: SocketAddr) -> Self {
+        Self {
+            target,
+            clients: 8,
+            sessions: 4,
+            session_requests: Some(50),
+            payload: 64,
+            pause: Duration::from_millis(1),
+            failure_pause: Duration::from_millis(10),
+            request_timeout: Duration::from_secs(10),
+            duration: None,
+            max_requests: None,
+        }
+    }
+}
+
+/// Latency percentiles of the successful requests of one worker kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Latency {
+    pub count: u64,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+}
+
+impl Latency {
+    fn of(mut micros: Vec<u32>) -> Self {
+        if micros.is_empty() {
+            return Self::default();
+        }
+        micros.sort_unstable();
+        let at = |q: f64| {
+            let i = ((micros.len() as f64 * q).ceil() as usize).clamp(1, micros.len()) - 1;
+            Duration::from_micros(micros[i].into())
+        };
+        Self {
+            count: micros.len() as u64,
+            p50: at(0.50),
+            p99: at(0.99),
+            max: Duration::from_micros((*micros.last().unwrap_or(&0)).into()),
+        }
+    }
+}
+
+/// One failure, as seen by the client, for diagnosis.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// Since the load started.
+    pub at: Duration,
+    pub outcome: Outcome,
+    pub worker: String,
+    pub detail: String,
+}
+
+/// How one request (or one session connection) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// ECONNREFUSED on connect: nobody listened.
+    Refused,
+    /// ECONNRESET, EPIPE, or EOF before the whole reply, on a fresh connection.
+    Reset,
+    /// A timeout, a wrong reply, anything else.
+    Failed,
+    /// A session's connection closed under it (reset or EOF) during a request.
+    Cut,
+}
+
+/// What the load saw, by outcome.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub elapsed: Duration,
+    /// Requests answered with the right echo (both kinds).
+    pub ok: u64,
+    pub refused: u64,
+    pub reset: u64,
+    pub failed: u64,
+    /// Session connections closed by the other side; the request in flight is counted here,
+    /// not as a reset, since the session reconnects and carries on.
+    pub cut_sessions: u64,
+    /// Fresh-connection requests: connect + request + reply.
+    pub fresh: Latency,
+    /// Session requests: request + reply on an open connection.
+    pub session: Latency,
+    /// The first few failures.
+    pub samples: Vec<Sample>,
+}
+
+impl Report {
+    /// Requests that did not get their echo, refused connections aside.
+    pub fn failed_requests(&self) -> u64 {
+        self.reset + self.failed
+    }
+
+    /// Nothing refused, reset, failed or cut.
+    pub fn is_clean(&self) -> bool {
+        self.refused == 0 && self.reset == 0 && self.failed == 0 && self.cut_sessions == 0
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{:.1}s: ok={} refused={} reset={} failed={} cut_sessions={}",
+            self.elapsed.as_secs_f64(),
+            self.ok,
+            self.refused,
+            self.reset,
+            self.failed,
+            self.cut_sessions
+        )?;
+        for (name, l) in [("fresh", self.fresh), ("session", self.session)] {
+            writeln!(
+                f,
+                "  {name:<8} requests={} p50={:?} p99={:?} max={:?}",
+                l.count, l.p50, l.p99, l.max
+            )?;
+        }
+        for s in &self.samples {
+            writeln!(
+                f,
+                "  at {:.3}s {} {:?}: {}",
+                s.at.as_secs_f64(),
+                s.worker,
+                s.outcome,
+                s.detail
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The running counters, shared by the workers and readable while the load runs.
+#[derive(Debug, Default)]
+struct Counters {
+    ok: AtomicU64,
+    refused: AtomicU64,
+    reset: AtomicU64,
+    failed: AtomicU64,
+    cut: AtomicU64,
+    started: AtomicU64,
+    /// Woken at every successful request, for [`Load::wait_for_ok`].
+    progress: Notify,
+}
+
+/// A snapshot of the counters while the load runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub ok: u64,
+    pub refused: u64,
+    pub reset: u64,
+    pub failed: u64,
+    pub cut_sessions: u64,
+}
+
+/// A load in progress; [`Load::stop`] ends it and returns its report.
+pub struct Load {
+    stop: CancellationToken,
+    counters: Arc<Counters>,
+    workers: JoinSet<WorkerLog>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    started: Instant,
+}
+
+impl Load {
+    /// Starts the workers. They run until `stop` is cancelled, the duration ends or the
+    /// request cap is reached, whichever comes first.
+    pub fn start(config: LoadConfig, stop: CancellationToken) -> Result<Self, LoadError> {
+        if !config.target.ip().is_loopback() {
+            return Err(LoadError::NotLoopback(config.target));
+        }
+        if config.payload < 32 {
+            return Err(LoadError::PayloadTooSmall(config.payload));
+        }
+        // A child token, so the duration ending does not cancel the caller's token.
+        let stop = stop.child_token();
+        let counters = Arc::new(Counters::default());
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let started = Instant::now();
+        let mut workers = JoinSet::new();
+        let config = Arc::new(config);
+        if let Some(duration) = config.duration {
+            let stop = stop.clone();
+            workers.spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = tokio::time::sleep(duration) => stop.cancel(),
+                }
+                WorkerLog::default()
+            });
+        }
+        for i in 0..config.clients {
+            let w = Worker::new(
+                format!("client-{i}"),
+                &config,
+                &counters,
+                &samples,
+                &stop,
+                started,
+            );
+            workers.spawn(w.run_fresh());
+        }
+        for i in 0..config.sessions {
+            let w = Worker::new(
+                format!("session-{i}"),
+                &config,
+                &counters,
+                &samples,
+                &stop,
+                started,
+            );
+            workers.spawn(w.run_session());
+        }
+        Ok(Self {
+            stop,
+            counters,
+            workers,
+            samples,
+            started,
+        })
+    }
+
+    pub fn progress(&self) -> Progress {
+        let c = &self.counters;
+        Progress {
+            ok: c.ok.load(Ordering::Relaxed),
+            refused: c.refused.load(Ordering::Relaxed),
+            reset: c.reset.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            cut_sessions: c.cut.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Resolves once at least `n` requests in all have succeeded, or the load has stopped.
+    pub async fn wait_for_ok(&self, n: u64) {
+        loop {
+            // Registered before the check, so a success in between is not missed.
+            let woken = self.counters.progress.notified();
+            if self.counters.ok.load(Ordering::Relaxed) >= n || self.stop.is_cancelled() {
+                return;
+            }
+            tokio::select! {
+                _ = woken => {}
+                _ = self.stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// Whether the load ended by itself (duration or request cap).
+    pub fn is_stopped(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
+    /// Resolves once the load has ended by itself (duration or request cap) or was stopped.
+    pub async fn stopped(&self) {
+        self.stop.cancelled().await
+    }
+
+    /// Stops the workers, lets each finish the request in flight (bounded by the request
+    /// timeout), and returns what they saw.
+    pub async fn stop(mut self) -> Report {
+        self.stop.cancel();
+        let mut fresh = Vec::new();
+        let mut session = Vec::new();
+        while let Some(done) = self.workers.join_next().await {
+            // A worker only ends by returning its log; a panic is a bug to surface.
+            let log = done.expect("load worker panicked");
+            fresh.extend(log.fresh);
+            session.extend(log.session);
+        }
+        let p = self.progress();
+        let samples = std::mem::take(&mut *self.samples.lock().unwrap_or_else(|e| e.into_inner()));
+        Report {
+            elapsed: self.started.elapsed(),
+            ok: p.ok,
+            refused: p.refused,
+            reset: p.reset,
+            failed: p.failed,
+            cut_sessions: p.cut_sessions,
+            fresh: Latency::of(fresh),
+            session: Latency::of(session),
+            samples,
+        }
+    }
+}
+
+/// Latencies (µs) of one worker's successful requests, merged at the end so the hot path
+/// shares nothing but counters.
+#[derive(Default)]
+struct WorkerLog {
+    fresh: Vec<u32>,
+    session: Vec<u32>,
+}
+
+struct Worker {
+    name: String,
+    config: Arc<LoadConfig>,
+    counters: Arc<Counters>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    stop: CancellationToken,
+    started: Instant,
+    seq: u64,
+    log: WorkerLog,
+}
+
+/// Why one exchange did not succeed.
+#[derive(Debug)]
+enum ExchangeError {
+    Io(io::Error),
+    TimedOut,
+    WrongReply { sent: String, got: String },
+}
+
+impl std::fmt::Display for ExchangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExchangeError::Io(e) => write!(f, "{} ({:?})", e, e.kind()),
+            ExchangeError::TimedOut => f.write_str("timed out"),
+            ExchangeError::WrongReply { sent, got } => {
+                write!(f, "wrong reply: sent {sent:?}, got {got:?}")
+            }
+        }
+    }
+}
+
+impl From<io::Error> for ExchangeError {
+    fn from(e: io::Error) -> Self {
+        ExchangeError::Io(e)
+    }
+}
+
+impl ExchangeError {
+    /// Refused, reset-like (the connection went away) or anything else.
+    fn outcome(&self) -> Outcome {
+        match self {
+            ExchangeError::Io(e) => match e.kind() {
+                io::ErrorKind::ConnectionRefused => Outcome::Refused,
+                io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof => Outcome::Reset,
+                _ => Outcome::Failed,
+            },
+            ExchangeError::TimedOut | ExchangeError::WrongReply { .. } => Outcome::Failed,
+        }
+    }
+}
+
+impl Worker {
+    fn new(
+        name: String,
+        config: &Arc<LoadConfig>,
+        counters: &Arc<Counters>,
+        samples: &Arc<Mutex<Vec<Sample>>>,
+        stop: &CancellationToken,
+        started: Instant,
+    ) -> Self {
+        Self {
+            name,
+            config: config.clone(),
+            counters: counters.clone(),
+            samples: samples.clone(),
+            stop: stop.clone(),
+            started,
+            seq: 0,
+            log: WorkerLog::default(),
+        }
+    }
+
+    /// Takes a request slot, or says the load is over.
+    fn next_request(&mut self) -> bool {
+        if self.stop.is_cancelled() {
+            return false;
+        }
+        let started = self.counters.started.fetch_add(1, Ordering::Relaxed);
+        if self.config.max_requests.is_some_and(|cap| started >= cap) {
+            self.stop.cancel();
+            return false;
+        }
+        self.seq += 1;
+        true
+    }
+
+    /// Sleeps `d` unless the load stops first.
+    async fn pause(&self, d: Duration) {
+        if d.is_zero() {
+            return;
+        }
+        tokio::select! {
+            _ = self.stop.cancelled() => {}
+            _ = tokio::time::sleep(d) => {}
+        }
+    }
+
+    fn count(&self, outcome: Outcome, detail: impl FnOnce() -> String) {
+        let c = &self.counters;
+        let counter = match outcome {
+            Outcome::Ok => {
+                c.ok.fetch_add(1, Ordering::Relaxed);
+                c.progress.notify_waiters();
+                return;
+            }
+            Outcome::Refused => &c.refused,
+            Outcome::Reset => &c.reset,
+            Outcome::Failed => &c.failed,
+            Outcome::Cut => &c.cut,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        if samples.len() < KEEP_SAMPLES {
+            samples.push(Sample {
+                at: self.started.elapsed(),
+                outcome,
+                worker: self.name.clone(),
+                detail: detail(),
+            });
+        }
+    }
+
+    /// Connect, one request, close; again and again.
+    async fn run_fresh(mut self) -> WorkerLog {
+        while self.next_request() {
+            let began = Instant::now();
+            let result = tokio::time::timeout(self.config.request_timeout, async {
+                let mut stream = TcpStream::connect(self.config.target).await?;
+                stream.set_nodelay(true)?;
+                exchange(&mut stream, &self.name, self.seq, self.config.payload).await
+            })
+            .await
+            .unwrap_or(Err(ExchangeError::TimedOut));
+            match result {
+                Ok(()) => {
+                    self.log.fresh.push(micros(began.elapsed()));
+                    self.count(Outcome::Ok, String::new);
+                    self.pause(self.config.pause).await;
+                }
+                Err(e) => {
+                    self.count(e.outcome(), || format!("request {}: {e}", self.seq));
+                    self.pause(self.config.failure_pause).await;
+                }
+            }
+        }
+        self.log
+    }
+
+    /// One connection for many requests, reopened every `session_requests` and whenever it is
+    /// cut.
+    async fn run_session(mut self) -> WorkerLog {
+        let mut conn: Option<(TcpStream, u64)> = None;
+        while self.next_request() {
+            if conn.is_none() {
+                let connect = tokio::time::timeout(
+                    self.config.request_timeout,
+                    TcpStream::connect(self.config.target),
+                )
+                .await
+                .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()));
+                match connect.and_then(|s| s.set_nodelay(true).map(|()| s)) {
+                    Ok(stream) => conn = Some((stream, 0)),
+                    Err(e) => {
+                        let e = ExchangeError::Io(e);
+                        // Resets at connect (rare) count with the other connect failures.
+                        let outcome = match e.outcome() {
+                            Outcome::Refused => Outcome::Refused,
+                            _ => Outcome::Failed,
+                        };
+                        self.count(outcome, || format!("connect: {e}"));
+                        self.pause(self.config.failure_pause).await;
+                        continue;
+                    }
+                }
+            }
+            let Some((stream, used)) = conn.as_mut() else {
+                continue;
+            };
+            let began = Instant::now();
+            let result = tokio::time::timeout(
+                self.config.request_timeout,
+                exchange(stream, &self.name, self.seq, self.config.payload),
+            )
+            .await
+            .unwrap_or(Err(ExchangeError::TimedOut));
+            match result {
+                Ok(()) => {
+                    self.log.session.push(micros(began.elapsed()));
+                    self.count(Outcome::Ok, String::new);
+                    *used += 1;
+                    if self.config.session_requests.is_some_and(|k| *used >= k) {
+                        // The transaction boundary: close and reconnect.
+                        conn = None;
+                    }
+                    self.pause(self.config.pause).await;
+                }
+                Err(e) => {
+                    let outcome = match e.outcome() {
+                        Outcome::Reset => Outcome::Cut,
+                        other => other,
+                    };
+                    let n = *used;
+                    self.count(outcome, || {
+                        format!("request {} after {n} on this connection: {e}", self.seq)
+                    });
+                    conn = None;
+                    self.pause(self.config.failure_pause).await;
+                }
+            }
+        }
+        self.log
+    }
+}
+
+fn micros(d: Duration) -> u32 {
+    d.as_micros().try_into().unwrap_or(u32::MAX)
+}
+
+/// The request for (`worker`, `seq`): a readable header padded to `size` bytes.
+fn request(worker: &str, seq: u64, size: usize) -> Vec<u8> {
+    let mut body = format!("REQ {worker} {seq} ").into_bytes();
+    body.resize(size.max(body.len()), b'.');
+    body.truncate(size);
+    *body.last_mut().expect("payload is at least 32 bytes") = b'\n';
+    body
+}
+
+/// Sends one request and reads back exactly as many bytes, which must be the same.
+async fn exchange(
+    stream: &mut TcpStream,
+    worker: &str,
+    seq: u64,
+    size: usize,
+) -> Result<(), ExchangeError> {
+    let sent = request(worker, seq, size);
+    stream.write_all(&sent).await?;
+    let mut got = vec![0; sent.len()];
+    // read_exact reports a close before the whole reply as UnexpectedEof.
+    stream.read_exact(&mut got).await?;
+    if got != sent {
+        return Err(ExchangeError::WrongReply {
+            sent: String::from_utf8_lossy(&sent).into_owned(),
+            got: String::from_utf8_lossy(&got).into_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// A TCP echo server on 127.0.0.1 (any free port), the "database" behind the stand-in:
+/// `-o standin_backend=ADDR` makes the stand-in forward every client to it.
+pub struct EchoBackend {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl EchoBackend {
+    pub async fn start() -> io::Result<Self> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        tasks.spawn(accept_loop(listener, stop.clone(), tasks.clone()));
+        Ok(Self { addr, stop, tasks })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, closes every connection, and waits for its tasks to end.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+impl Drop for EchoBackend {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, stop: CancellationToken, tasks: TaskTracker) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let stop = stop.clone();
+                    tasks.spawn(async move {
+                        tokio::select! {
+                            _ = stop.cancelled() => {}
+                            _ = echo(stream) => {}
+                        }
+                    });
+                }
+                // EMFILE and the like: back off rather than spin on the same error.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            },
+        }
+    }
+}
+
+async fn echo(mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let (mut from, mut to) = stream.split();
+    if tokio::io::copy(&mut from, &mut to).await.is_ok() {
+        // Pass the half-close on, so the proxy in front sees the end of the stream.
+        let _ = to.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quick(target: SocketAddr) -> LoadConfig {
+        LoadConfig {
+            clients: 2,
+            sessions: 2,
+            session_requests: Some(5),
+            pause: Duration::ZERO,
+            failure_pause: Duration::ZERO,
+            request_timeout: Duration::from_secs(5),
+            ..LoadConfig::new(target)
+        }
+    }
+
+    #[tokio::test]
+    async fn an_echo_backend_answers_every_request_and_the_cap_stops_the_load() {
+        let backend = EchoBackend::start().await.unwrap();
+        let config = LoadConfig {
+            max_requests: Some(400),
+            ..quick(backend.addr())
+        };
+        let report = stop_when_capped(Load::start(config, CancellationToken::new()).unwrap()).await;
+        assert!(report.is_clean(), "{report}");
+        assert_eq!(report.ok, 400, "{report}");
+        assert_eq!(report.fresh.count + report.session.count, 400);
+        assert!(report.fresh.count > 0 && report.session.count > 0);
+        assert!(report.fresh.p50 <= report.fresh.p99 && report.fresh.p99 <= report.fresh.max);
+        backend.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_counts_refused_connections_and_nothing_else() {
+        // Bound, then closed: nothing listens on this port any more.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let config = LoadConfig {
+            max_requests: Some(50),
+            ..quick(addr)
+        };
+        let report = stop_when_capped(Load::start(config, CancellationToken::new()).unwrap()).await;
+        assert_eq!(report.ok, 0, "{report}");
+        assert_eq!(report.refused, 50, "{report}");
+        assert_eq!(report.reset + report.failed + report.cut_sessions, 0);
+        assert!(!report.samples.is_empty());
+    }
+
+    /// A server that accepts and closes every connection at once, after reading the request.
+    async fn slammer() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buf = [0u8; 8];
+                let _ = s.read(&mut buf).await;
+            }
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_mid_request_is_a_reset_or_for_a_session_a_cut() {
+        let (addr, server) = slammer().await;
+        let clients_only = LoadConfig {
+            sessions: 0,
+            max_requests: Some(20),
+            ..quick(addr)
+        };
+        let load = Load::start(clients_only, CancellationToken::new()).unwrap();
+        let report = stop_when_capped(load).await;
+        assert_eq!(report.reset, 20, "{report}");
+        assert_eq!(
+            report.ok + report.refused + report.failed + report.cut_sessions,
+            0
+        );
+
+        let sessions_only = LoadConfig {
+            clients: 0,
+            max_requests: Some(20),
+            ..quick(addr)
+        };
+        let load = Load::start(sessions_only, CancellationToken::new()).unwrap();
+        let report = stop_when_capped(load).await;
+        assert_eq!(report.cut_sessions, 20, "{report}");
+        assert_eq!(report.ok + report.refused + report.failed + report.reset, 0);
+        server.abort();
+    }
+
+    async fn stop_when_capped(load: Load) -> Report {
+        tokio::time::timeout(Duration::from_secs(30), load.stopped())
+            .await
+            .expect("the cap did not end the load");
+        load.stop().await
+    }
+
+    #[tokio::test]
+    async fn a_wrong_reply_is_a_failure_and_a_silent_server_a_timeout() {
+        // Answers every request with the same wrong bytes.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64];
+                    while s.read_exact(&mut buf).await.is_ok() {
+                        if s.write_all(&[b'x'; 64]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let config = LoadConfig {
+            max_requests: Some(10),
+            ..quick(addr)
+        };
+        let report = stop_when_capped(Load::start(config, CancellationToken::new()).unwrap()).await;
+        assert_eq!(report.failed, 10, "{report}");
+        assert!(report.samples[0].detail.contains("wrong reply"), "{report}");
+        server.abort();
+
+        // Accepts (the kernel does) but never answers.
+        let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let config = LoadConfig {
+            clients: 1,
+            sessions: 0,
+            request_timeout: Duration::from_millis(100),
+            max_requests: Some(2),
+            ..quick(silent.local_addr().unwrap())
+        };
+        let report = stop_when_capped(Load::start(config, CancellationToken::new()).unwrap()).await;
+        assert_eq!(report.failed, 2, "{report}");
+        assert!(report.samples[0].detail.contains("timed out"), "{report}");
+    }
+
+    #[test]
+    fn only_loopback_is_a_target() {
+        let far: SocketAddr = "10.0.0.1:2883".parse().unwrap();
+        let err = Load::start(LoadConfig::new(far), CancellationToken::new()).err();
+        assert!(matches!(err, Some(LoadError::NotLoopback(_))));
+    }
+
+    #[test]
+    fn a_request_is_its_size_and_names_worker_and_sequence() {
+        let r = request("client-3", 42, 64);
+        assert_eq!(r.len(), 64);
+        assert!(r.starts_with(b"REQ client-3 42 "));
+        assert_eq!(r.last(), Some(&b'\n'));
+    }
+
+    #[test]
+    fn percentiles_pick_the_nearest_rank() {
+        let l = Latency::of((1..=100).collect());
+        assert_eq!(l.count, 100);
+        assert_eq!(l.p50, Duration::from_micros(50));
+        assert_eq!(l.p99, Duration::from_micros(99));
+        assert_eq!(l.max, Duration::from_micros(100));
+        assert_eq!(Latency::of(vec![]), Latency::default());
+    }
+}
