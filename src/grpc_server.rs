@@ -47,6 +47,19 @@ pub async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAd
     Ok((listener, bound))
 }
 
+/// Accepted connections with Nagle off: a small gRPC response must not wait
+/// for the client's delayed ACK (about 40 ms a call otherwise).
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|stream| {
+            let _ = stream.set_nodelay(true);
+        })
+    })
+}
+
 /// Serves until `shutdown`; then lets in-flight calls finish for at most
 /// [`SHUTDOWN_GRACE`], so a client that keeps its connection open cannot keep
 /// the daemon from exiting.
@@ -56,10 +69,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let stop = shutdown.clone();
-    let server = router.serve_with_incoming_shutdown(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
-        async move { stop.cancelled().await },
-    );
+    let server = router
+        .serve_with_incoming_shutdown(incoming(listener), async move { stop.cancelled().await });
     tokio::select! {
         r = server => r.map_err(ServeError::Serve),
         _ = async { shutdown.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {

@@ -121,6 +121,25 @@ fn spawn(
     })
 }
 
+/// A coordinator over `agents` (cluster `name`) with its files in `dir`.
+pub fn spawn_coordinator(
+    bin_dir: &Path,
+    dir: &Path,
+    name: &str,
+    agents: &[String],
+) -> Result<Daemon, ClusterError> {
+    let binary = bin_dir.join("odp-coordinator");
+    if !binary.exists() {
+        return Err(ClusterError::Missing(binary));
+    }
+    let config = dir.join("coordinator.toml");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"tasks.db\"\n[[clusters]]\nname = \"{name}\"\nagents = {agents:?}\n"
+    );
+    std::fs::write(&config, text).map_err(io_err(&config))?;
+    spawn(&binary, &config, &dir.join("coordinator.log"), &[])
+}
+
 impl LocalCluster {
     pub fn start(opts: &Options) -> Result<Self, ClusterError> {
         let bin = |name: &str| {

@@ -219,10 +219,9 @@ pub async fn serve_many(
         tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(AgentServer::new(sim))
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    async move { stop.cancelled().await },
-                )
+                .serve_with_incoming_shutdown(crate::grpc_server::incoming(listener), async move {
+                    stop.cancelled().await
+                })
                 .await;
         });
     }

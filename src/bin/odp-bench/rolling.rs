@@ -1,0 +1,173 @@
+//! `odp-bench rolling`: a rolling HOT Restart All of a cluster of real agents
+//! (each with the obproxy stand-in) in batches, against the ideal: batches x
+//! the time one ODP's hot restart takes on its own.
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use odp_agent::{
+    local_cluster::{LocalCluster, Options},
+    proto::{
+        agent::{self as apb, agent_client::AgentClient},
+        coordinator::{self as pb, coordinator_client::CoordinatorClient},
+    },
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// ODPs in the cluster (real agents and stand-ins).
+    #[arg(long, default_value_t = 30)]
+    odps: usize,
+    /// Batch sizes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "5,10")]
+    batches: Vec<u32>,
+    /// The obproxy start-up time the stand-in simulates.
+    #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
+    start_delay: Duration,
+    /// Single-ODP restarts timed for the ideal.
+    #[arg(long, default_value_t = 5)]
+    samples: usize,
+}
+
+async fn watch(
+    client: &mut CoordinatorClient<tonic::transport::Channel>,
+    id: &str,
+) -> anyhow::Result<pb::Task> {
+    let mut stream = client
+        .watch_task(pb::WatchTaskRequest { id: id.into() })
+        .await?
+        .into_inner();
+    let mut last = None;
+    while let Some(t) = stream.message().await? {
+        last = Some(t);
+    }
+    last.context("no task update")
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let mut opts = Options::beside_me(args.odps);
+    opts.start_delay = Some(args.start_delay);
+    opts.exit_timeout = Duration::from_secs(5);
+    let cluster = LocalCluster::start(&opts)?;
+    let mut coord =
+        CoordinatorClient::connect(format!("http://{}", cluster.coordinator.addr)).await?;
+    let started = coord
+        .start_all(pb::StartAllRequest {
+            cluster: cluster.name.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let started = watch(&mut coord, &started.id).await?;
+    anyhow::ensure!(
+        started.state() == pb::TaskState::Succeeded,
+        "Start All: {}",
+        started.error
+    );
+
+    // One ODP restarted on its own: what a batch costs at best.
+    let mut agent = AgentClient::connect(format!("http://{}", cluster.agents[0].addr)).await?;
+    let mut single = Vec::new();
+    for _ in 0..args.samples {
+        let t = Instant::now();
+        let op = agent
+            .restart(apb::RestartRequest {
+                mode: apb::RestartMode::Hot as i32,
+                wait: true,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        anyhow::ensure!(op.state() == apb::OperationState::Succeeded, "{}", op.error);
+        single.push(t.elapsed());
+    }
+    single.sort();
+    let one = single[single.len() / 2];
+    println!(
+        "rolling HOT Restart All of {} real agents + stand-ins (start-up {} ms); one ODP alone: {:.0} ms (median of {})",
+        args.odps,
+        args.start_delay.as_millis(),
+        one.as_secs_f64() * 1e3,
+        args.samples
+    );
+    println!(
+        "| batch size | batches | took | ideal (batches x one ODP) | over ideal | slowest ODP per batch (mean) | between batches (mean) |\n|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for &batch in &args.batches {
+        let t = Instant::now();
+        let task = coord
+            .restart_all(pb::RestartAllRequest {
+                cluster: cluster.name.clone(),
+                mode: apb::RestartMode::Hot as i32,
+                batch_size: batch,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let done = watch(&mut coord, &task.id).await?;
+        let took = t.elapsed();
+        anyhow::ensure!(
+            done.state() == pb::TaskState::Succeeded,
+            "Restart All: {}",
+            done.error
+        );
+        let ideal = one * done.batches;
+        let (slowest, gap) = batch_times(&done);
+        println!(
+            "| {batch} | {} | {:.2} s | {:.2} s | {:+.0}% | {:.0} ms | {:.0} ms |",
+            done.batches,
+            took.as_secs_f64(),
+            ideal.as_secs_f64(),
+            (took.as_secs_f64() / ideal.as_secs_f64() - 1.0) * 100.0,
+            slowest.as_secs_f64() * 1e3,
+            gap.as_secs_f64() * 1e3,
+        );
+    }
+    let stopped = coord
+        .stop_all(pb::StopAllRequest {
+            cluster: cluster.name.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    watch(&mut coord, &stopped.id).await?;
+    Ok(())
+}
+
+fn secs(t: &Option<prost_types::Timestamp>) -> f64 {
+    t.as_ref()
+        .map_or(0.0, |t| t.seconds as f64 + t.nanos as f64 / 1e9)
+}
+
+/// From the subtasks' own timestamps: the mean of each batch's slowest ODP
+/// (what the ODPs cost, contention included) and the mean gap from one
+/// batch's last finish to the next batch's first start (what coordinating
+/// costs).
+fn batch_times(task: &pb::Task) -> (Duration, Duration) {
+    let mut slowest = Vec::new();
+    let mut bounds = Vec::new();
+    for b in 1..=task.batches {
+        let subs: Vec<_> = task.subtasks.iter().filter(|s| s.batch == b).collect();
+        let start = subs
+            .iter()
+            .map(|s| secs(&s.started_at))
+            .fold(f64::MAX, f64::min);
+        let end = subs
+            .iter()
+            .map(|s| secs(&s.finished_at))
+            .fold(0.0, f64::max);
+        slowest.push(end - start);
+        bounds.push((start, end));
+    }
+    let gaps: Vec<f64> = bounds.windows(2).map(|w| w[1].0 - w[0].1).collect();
+    let mean = |v: &[f64]| {
+        if v.is_empty() {
+            0.0
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
+    };
+    (
+        Duration::from_secs_f64(mean(&slowest).max(0.0)),
+        Duration::from_secs_f64(mean(&gaps).max(0.0)),
+    )
+}
