@@ -128,7 +128,8 @@ impl Log {
             && let Some(tx) = self.ops.get(id)
         {
             let used = tx.borrow().kind;
-            if used != request.kind {
+            let joined_respawn = used == Kind::Respawn && request.kind == Kind::Start;
+            if used != request.kind && !joined_respawn {
                 return Err(LogError::RequestIdReused {
                     request_id: rid.clone(),
                     id: id.clone(),
@@ -139,6 +140,20 @@ impl Log {
             return Ok(Admission::Replay(tx.subscribe()));
         }
         if let Some(current) = self.current() {
+            // A Start while the agent is already starting obproxy again after
+            // a crash asks for exactly that: it joins the respawn.
+            if request.kind == Kind::Start && current.kind == Kind::Respawn {
+                if let Some(rid) = &request.request_id {
+                    self.by_request.insert(rid.clone(), current.id.clone());
+                }
+                return self
+                    .watch(&current.id)
+                    .map(Admission::Replay)
+                    .ok_or(LogError::Busy {
+                        id: current.id,
+                        kind: current.kind,
+                    });
+            }
             return Err(LogError::Busy {
                 id: current.id,
                 kind: current.kind,
@@ -258,6 +273,19 @@ mod tests {
             Admission::New(_) => panic!("request id not honoured"),
         }
         assert!(log.admit(&req(Kind::Stop, Some("r1")), None).is_err());
+    }
+
+    #[test]
+    fn a_start_during_a_respawn_joins_it() {
+        let mut log = Log::default();
+        let id = new_id(log.admit(&req(Kind::Respawn, None), None).unwrap());
+        for _ in 0..2 {
+            match log.admit(&req(Kind::Start, Some("s1")), None).unwrap() {
+                Admission::Replay(rx) => assert_eq!(rx.borrow().id, id),
+                Admission::New(_) => panic!("a second operation next to the respawn"),
+            }
+        }
+        assert!(log.admit(&req(Kind::Stop, None), None).is_err());
     }
 
     #[test]

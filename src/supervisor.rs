@@ -704,6 +704,9 @@ impl Supervisor {
         match step {
             Step::SetDesired(running) => {
                 self.desired_running = running;
+                if !running {
+                    self.respawn.settled();
+                }
                 self.persist();
             }
             Step::BindListeners(reply) => {
@@ -880,6 +883,7 @@ impl Supervisor {
         }
         if let Some(p) = self.processes.get_mut(&pid) {
             p.role = Role::Serving;
+            self.respawn.settled();
             if drain_window.is_none() {
                 self.notices.clear();
             }

@@ -4,5 +4,6 @@
 pub mod launch;
 pub mod pidfd;
 pub mod procfs;
+pub mod sock_diag;
 pub mod spawner;
 pub mod version;

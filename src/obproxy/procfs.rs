@@ -79,10 +79,14 @@ pub fn holds_listeners(pid: u32, listener_inodes: &[u64]) -> bool {
 /// (the SQL listeners): every client session on this host's ODP. Read once
 /// per status and matched against each process's fds.
 pub fn sessions_on(ports: &[u16]) -> HashSet<u64> {
-    let mut inodes = HashSet::new();
     if ports.is_empty() {
+        return HashSet::new();
+    }
+    // The kernel filters by state for us; the tables are the fallback.
+    if let Ok(inodes) = super::sock_diag::sessions_on(ports) {
         return inodes;
     }
+    let mut inodes = HashSet::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         if let Ok(text) = fs::read_to_string(table) {
             inodes.extend(established_inodes(&text, ports));

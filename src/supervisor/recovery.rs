@@ -122,6 +122,10 @@ impl Supervisor {
                 }
             }
         }
+        if self.desired_running && self.serving_pid().is_none() {
+            tracing::warn!("obproxy should run but none serves: it died while the agent was away");
+            self.respawn.found_dead();
+        }
         self.persist();
         self.maybe_schedule_respawn();
     }

@@ -16,13 +16,28 @@ pub struct Backoff {
     failures: u32,
     /// A Msg::Respawn is on its way.
     pending: bool,
+    /// obproxy crashed (or was found dead) while it should run, and no
+    /// process has served since. A Start that fails is not a crash: it is
+    /// reported to whoever asked, not retried behind their back.
+    wanted: bool,
 }
 
 impl Backoff {
     pub fn crashed(&mut self, uptime: Duration) {
+        self.wanted = true;
         if uptime >= STABLE {
             self.failures = 0;
         }
+    }
+
+    /// Found dead at start (it died while the agent was away).
+    pub fn found_dead(&mut self) {
+        self.wanted = true;
+    }
+
+    /// A process serves again, or obproxy is no longer meant to run.
+    pub fn settled(&mut self) {
+        self.wanted = false;
     }
 
     /// The wait before the next attempt: 1 s, 2 s, 4 s, ... up to 30 s.
@@ -38,7 +53,8 @@ impl Supervisor {
     /// else is being done about it. A deliberate Stop clears the desire
     /// first, so it is never undone.
     pub(super) fn maybe_schedule_respawn(&mut self) {
-        if !self.desired_running
+        if !self.respawn.wanted
+            || !self.desired_running
             || self.serving_pid().is_some()
             || self.log.current().is_some()
             || self.respawn.pending
@@ -61,7 +77,11 @@ impl Supervisor {
 
     pub(super) fn on_respawn(&mut self) {
         self.respawn.pending = false;
-        if !self.desired_running || self.serving_pid().is_some() || self.log.current().is_some() {
+        if !self.respawn.wanted
+            || !self.desired_running
+            || self.serving_pid().is_some()
+            || self.log.current().is_some()
+        {
             return;
         }
         let request = Request {
@@ -79,6 +99,16 @@ impl Supervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_crash_makes_a_respawn_wanted() {
+        let mut b = Backoff::default();
+        assert!(!b.wanted);
+        b.crashed(Duration::from_secs(1));
+        assert!(b.wanted);
+        b.settled();
+        assert!(!b.wanted);
+    }
 
     #[test]
     fn backoff_doubles_to_a_cap_and_a_stable_run_resets_it() {
