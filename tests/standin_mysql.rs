@@ -6,24 +6,21 @@
 //! Needs `mariadbd` and `mariadb-install-db` (Debian: `apt-get install -y mariadb-server`).
 //! Without them these tests fail, unless `ODP_TEST_SKIP_MARIADB=1` asks to skip them.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Stdio;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Once, mpsc};
+use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
+use common::mariadb::{MariaDb, connect, free_port};
+use common::{PATIENCE, STANDIN};
+use mysql_async::Conn;
 use mysql_async::prelude::*;
-use mysql_async::{Conn, OptsBuilder};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::watch;
-
-const STANDIN: &str = env!("CARGO_BIN_EXE_obproxy-standin");
-/// Upper bound for anything a test waits on.
-const PATIENCE: Duration = Duration::from_secs(30);
-const SKIP: &str = "ODP_TEST_SKIP_MARIADB";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_leave_at_transaction_boundaries_as_the_allowance_shrinks() {
@@ -180,153 +177,6 @@ async fn assert_rolled_back(admin: &mut Conn, table: &str, key: &str) {
         .exec_drop(format!("INSERT INTO {table} VALUES (?)"), (key,))
         .await
         .unwrap_or_else(|e| panic!("the cut transaction's row {key:?} is still there: {e}"));
-}
-
-async fn connect(port: u16) -> Conn {
-    let opts = OptsBuilder::default()
-        .ip_or_hostname("127.0.0.1")
-        .tcp_port(port)
-        .user(Some("odp"))
-        .pass(Some("odp"))
-        .db_name(Some("odp"))
-        // Otherwise the client switches to the server's Unix socket, around the stand-in.
-        .prefer_socket(false);
-    Conn::new(opts).await.unwrap()
-}
-
-/// A MariaDB server of its own on loopback, in a temporary data directory, killed on drop.
-struct MariaDb {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl MariaDb {
-    /// `None` only when MariaDB is not installed and `ODP_TEST_SKIP_MARIADB=1`.
-    fn start() -> Option<Self> {
-        let (Some(install_db), Some(mariadbd)) = (find("mariadb-install-db"), find("mariadbd"))
-        else {
-            if std::env::var(SKIP).as_deref() == Ok("1") {
-                eprintln!("skipped: MariaDB is not installed and {SKIP}=1");
-                return None;
-            }
-            panic!(
-                "MariaDB is not installed (no mariadbd / mariadb-install-db): install it with \
-                 `apt-get install -y mariadb-server mariadb-client`, or set {SKIP}=1 to skip"
-            );
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        // mariadbd refuses to run as root unless told to; elsewhere --user only warns.
-        let user: &[&str] = if nix::unistd::geteuid().is_root() {
-            &["--user=root"]
-        } else {
-            &[]
-        };
-        let installed = Command::new(install_db)
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", data.display()))
-            .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
-            .args(user)
-            .output()
-            .unwrap();
-        assert!(
-            installed.status.success(),
-            "mariadb-install-db failed: {}{}",
-            String::from_utf8_lossy(&installed.stdout),
-            String::from_utf8_lossy(&installed.stderr)
-        );
-        let init = dir.path().join("init.sql");
-        std::fs::write(
-            &init,
-            "CREATE USER IF NOT EXISTS 'odp'@'127.0.0.1' IDENTIFIED BY 'odp';\n\
-             GRANT ALL ON *.* TO 'odp'@'127.0.0.1';\n\
-             CREATE DATABASE IF NOT EXISTS odp;\n",
-        )
-        .unwrap();
-        let port = free_port();
-        let mut child = Command::new(mariadbd)
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", data.display()))
-            .arg(format!(
-                "--socket={}",
-                dir.path().join("mysqld.sock").display()
-            ))
-            .arg(format!(
-                "--pid-file={}",
-                dir.path().join("mariadbd.pid").display()
-            ))
-            .arg(format!("--port={port}"))
-            .args([
-                "--bind-address=127.0.0.1",
-                "--skip-name-resolve",
-                "--skip-log-bin",
-                "--innodb-buffer-pool-size=32M",
-            ])
-            .arg(format!("--init-file={}", init.display()))
-            .args(user)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // mariadbd logs to stderr; it is read to the end so the pipe never fills.
-        let stderr = child.stderr.take().unwrap();
-        let (lines, log) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = lines.send(line);
-            }
-        });
-        let deadline = Instant::now() + PATIENCE;
-        let mut seen = Vec::new();
-        loop {
-            match log.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) if line.contains("ready for connections") => break,
-                Ok(line) => seen.push(line),
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("mariadbd did not become ready:\n{}", seen.join("\n"));
-                }
-            }
-        }
-        Some(MariaDb {
-            child,
-            port,
-            _dir: dir,
-        })
-    }
-
-    /// A session straight to the server, not through the stand-in.
-    async fn connect(&self) -> Conn {
-        connect(self.port).await
-    }
-}
-
-impl Drop for MariaDb {
-    fn drop(&mut self) {
-        // SIGKILL: its data directory is thrown away anyway.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn find(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        // mariadbd lives in sbin, which a non-root PATH often lacks.
-        .chain(["/usr/sbin", "/usr/local/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The stand-in started fresh (`-p`, `-N`) in front of MariaDB, with this test as its

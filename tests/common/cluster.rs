@@ -27,9 +27,14 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start(n: usize) -> Self {
+        Self::start_with(n, Options::default()).await
+    }
+
+    /// `n` agents, each configured by `opts`.
+    pub async fn start_with(n: usize, opts: Options) -> Self {
         let mut agents = Vec::new();
         for _ in 0..n {
-            agents.push(Agent::start_with(Options::default()).await);
+            agents.push(Agent::start_with(opts.clone()).await);
         }
         Self::with_agents(agents, &[])
     }

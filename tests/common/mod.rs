@@ -4,6 +4,9 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod mariadb;
+pub mod sysbench;
+pub mod txn_load;
 
 use std::{
     io::{BufRead, BufReader},
@@ -28,6 +31,7 @@ pub const STANDIN: &str = env!("CARGO_BIN_EXE_obproxy-standin");
 /// Upper bound for anything a test waits on.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
+#[derive(Clone)]
 pub struct Options {
     pub exit_timeout: &'static str,
     pub start_timeout: &'static str,
