@@ -13,8 +13,24 @@ use crate::{
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Whether a TCP connect is a fair second opinion on readiness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// Nobody else holds the listener: a connect proves the new process accepts.
+    Tcp,
+    /// The old process shares the listener (a hot restart): a connect could
+    /// be accepted by either, proves nothing about the new one, and would add
+    /// a spurious session to the old one's drain. The socket-inode check stays.
+    ListenerOnly,
+}
+
 /// Returns the pid of a ready obproxy that is not serving yet.
-pub async fn bring_up(ctl: &Ctl, binary: PathBuf, exit_timeout: Duration) -> Result<u32, Error> {
+pub async fn bring_up(
+    ctl: &Ctl,
+    binary: PathBuf,
+    exit_timeout: Duration,
+    probe: Probe,
+) -> Result<u32, Error> {
     let cfg = &ctl.config.obproxy;
     ctl.progress(Phase::Binding, None);
     let listeners = ctl.bind_listeners().await?;
@@ -42,7 +58,8 @@ pub async fn bring_up(ctl: &Ctl, binary: PathBuf, exit_timeout: Duration) -> Res
             });
         }
     }
-    if let Err(e) = second_opinion(pid, &listeners.inodes, &listeners.probe_addrs).await {
+    let addrs = if probe == Probe::Tcp { &listeners.probe_addrs[..] } else { &[] };
+    if let Err(e) = second_opinion(pid, &listeners.inodes, addrs).await {
         ctl.kill(pid).await?;
         return Err(e);
     }

@@ -4,7 +4,7 @@
 //! that fails is killed and the old one never noticed anything.
 use nix::sys::signal::Signal;
 
-use super::{Ctl, Error, bring_up::bring_up};
+use super::{Ctl, Error, bring_up::{Probe, bring_up}};
 use crate::{operation::Phase, operation::Request, supervisor::DRAIN_GRACE};
 
 pub async fn run(ctl: &Ctl, request: &Request) -> Result<Option<u32>, Error> {
@@ -12,7 +12,7 @@ pub async fn run(ctl: &Ctl, request: &Request) -> Result<Option<u32>, Error> {
     let old = ctl.serving_at_start.ok_or(Error::NotServing)?;
     let window = request.exit_timeout.unwrap_or(cfg.hot_upgrade_exit_timeout);
     let binary = request.binary.clone().unwrap_or_else(|| cfg.binary.clone());
-    let new = bring_up(ctl, binary, window).await?;
+    let new = bring_up(ctl, binary, window, Probe::ListenerOnly).await?;
     // The new process serves from here on; the supervisor holds the old one's
     // drain deadline (window + grace) and SIGKILLs it there.
     ctl.promote(new, Some(window)).await?;
