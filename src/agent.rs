@@ -1,7 +1,7 @@
 //! The agent daemon: wires the signal thread, the spawner, the supervisor,
-//! the gRPC server (with reflection and health), the optional metrics
-//! endpoint and what systemd is told, and runs until SIGTERM or SIGINT. Its
-//! shutdown leaves obproxy serving.
+//! the gRPC server (with TLS, the callers' guard, reflection and health), the
+//! optional metrics endpoint and what systemd is told, and runs until
+//! SIGTERM or SIGINT. Its shutdown leaves obproxy serving.
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -15,6 +15,7 @@ use crate::{
     obproxy::spawner::Spawner,
     operation::{Kind, Request},
     proto::agent::agent_server::AgentServer,
+    security::audit::AuditError,
     signals,
     supervisor::Supervisor,
     systemd,
@@ -30,12 +31,29 @@ pub enum Error {
     Serve(#[from] ServeError),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+impl Error {
+    /// Whether the configuration is at fault (an unreadable certificate or
+    /// audit log): exit with EX_CONFIG, so systemd does not restart in a loop.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            Error::Audit(_) | Error::Serve(ServeError::Tls { .. } | ServeError::TlsFiles(_))
+        )
+    }
 }
 
 /// Runs the agent until SIGTERM/SIGINT. With `start_proxy`, obproxy is
 /// started at once (the demo); otherwise it waits to be told.
 pub async fn run(config: AgentConfig, start_proxy: bool) -> Result<(), Error> {
     let config = Arc::new(config);
+    // Before anything starts: a daemon that cannot audit or serve TLS as
+    // configured must not run at all.
+    let guard = config.security.guard()?;
+    let mut server = grpc_server::builder(config.security.tls.as_ref())?;
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
 
@@ -63,12 +81,9 @@ pub async fn run(config: AgentConfig, start_proxy: bool) -> Result<(), Error> {
     let (listener, addr) = grpc_server::bind(config.server.listen).await?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AgentServer<AgentService>>().await;
-    let router = tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(AgentServer::new(AgentService::new(
-            handle.clone(),
-            config.clone(),
-        )));
+    let service = AgentServer::new(AgentService::new(handle.clone(), config.clone(), guard))
+        .max_decoding_message_size(config.server.max_message_bytes);
+    let router = server.add_service(health_service).add_service(service);
     let router = grpc_server::with_reflection(router)?;
 
     if let Some(listen) = config.metrics {
@@ -78,7 +93,13 @@ pub async fn run(config: AgentConfig, start_proxy: bool) -> Result<(), Error> {
         tracker.spawn(endpoint.serve(router, shutdown.clone()));
     }
 
-    tracing::info!(grpc_addr = %addr, pid = std::process::id(), "odp-agent serving");
+    tracing::info!(
+        grpc_addr = %addr,
+        pid = std::process::id(),
+        tls = config.security.tls.is_some(),
+        audit = %config.security.audit_path.display(),
+        "odp-agent serving"
+    );
     // The gRPC listener is bound, so connections from here on are served.
     systemd::ready();
     // Watchdog pings earned by a round trip through the supervisor: a

@@ -1,8 +1,10 @@
-//! The `odp.agent.v1.Agent` gRPC service: it validates and translates
-//! requests into supervisor calls and domain results back into proto. No
+//! The `odp.agent.v1.Agent` gRPC service: it admits the caller (the guard),
+//! validates and translates requests into supervisor calls ([`requests`]),
+//! audits every mutating call, and maps domain results back into proto. No
 //! decisions are made here.
+pub mod requests;
+
 use std::{
-    path::PathBuf,
     pin::Pin,
     sync::Arc,
     time::{Duration, SystemTime},
@@ -14,44 +16,93 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::{
-    config::{AgentConfig, MAX_EXIT_TIMEOUT},
+    config::AgentConfig,
     operation::{self, Kind, Phase},
     proto::agent as pb,
+    security::guard::Guard,
     supervisor::{self, Handle, ProxyState, SubmitError},
 };
 
-const MAX_REQUEST_ID: usize = 128;
-const MAX_OPERATION_ID: usize = 64;
+/// What the audit log names as the target of an agent's calls: its own ODP.
+const TARGET: &str = "local";
 
 pub struct AgentService {
     sup: Handle,
     config: Arc<AgentConfig>,
+    guard: Guard,
 }
 
+/// A mutating request: its RPC name and what the audit log and the
+/// operation need from it.
+trait Mutation {
+    const RPC: &'static str;
+    fn request_id(&self) -> &str;
+    fn wait(&self) -> bool;
+}
+
+macro_rules! mutation {
+    ($t:ty, $rpc:literal) => {
+        impl Mutation for $t {
+            const RPC: &'static str = $rpc;
+            fn request_id(&self) -> &str {
+                &self.request_id
+            }
+            fn wait(&self) -> bool {
+                self.wait
+            }
+        }
+    };
+}
+mutation!(pb::StartRequest, "Start");
+mutation!(pb::StopRequest, "Stop");
+mutation!(pb::RestartRequest, "Restart");
+
 impl AgentService {
-    pub fn new(sup: Handle, config: Arc<AgentConfig>) -> Self {
-        Self { sup, config }
+    pub fn new(sup: Handle, config: Arc<AgentConfig>, guard: Guard) -> Self {
+        Self { sup, config, guard }
+    }
+
+    /// Admits the caller (authentication before validation: an unknown
+    /// caller learns nothing about its arguments), validates, submits,
+    /// audits the outcome, then waits if asked. The audit line is written
+    /// once the agent has decided and before any wait, so a caller that
+    /// hangs up while waiting cannot leave its call unrecorded.
+    async fn mutate<T: Mutation>(
+        &self,
+        request: Request<T>,
+        validate: impl FnOnce(&T) -> Result<operation::Request, Status>,
+    ) -> Result<Response<pb::Operation>, Status> {
+        let request_id = request.get_ref().request_id().to_string();
+        let caller = self.guard.write(&request, T::RPC, TARGET, &request_id)?;
+        let r = request.into_inner();
+        let submitted = match validate(&r) {
+            Ok(op) => self.submit(op).await,
+            Err(e) => Err(e),
+        };
+        let id = submitted.as_ref().map(|rx| rx.borrow().id.clone());
+        let outcome = id.as_ref().map(String::as_str).map_err(|e| *e);
+        self.guard
+            .record(&caller, T::RPC, TARGET, &request_id, outcome);
+        let mut rx = submitted?;
+        if r.wait() {
+            let _ = rx.wait_for(operation::Operation::is_finished).await;
+        }
+        let op = rx.borrow().clone();
+        Ok(Response::new(operation_pb(&op)))
     }
 
     async fn submit(
         &self,
         request: operation::Request,
-        wait: bool,
-    ) -> Result<Response<pb::Operation>, Status> {
+    ) -> Result<watch::Receiver<operation::Operation>, Status> {
         let span = tracing::info_span!("rpc", kind = request.kind.name(), request_id = ?request.request_id);
         // Instrumented, not entered: an entered span held across an await
         // would leak into whatever else runs on this thread meanwhile.
-        let mut rx = self
-            .sup
+        self.sup
             .submit(request)
             .instrument(span)
             .await
-            .map_err(submit_status)?;
-        if wait {
-            let _ = rx.wait_for(operation::Operation::is_finished).await;
-        }
-        let op = rx.borrow().clone();
-        Ok(Response::new(operation_pb(&op)))
+            .map_err(submit_status)
     }
 }
 
@@ -59,8 +110,9 @@ impl AgentService {
 impl pb::agent_server::Agent for AgentService {
     async fn get_status(
         &self,
-        _request: Request<pb::GetStatusRequest>,
+        request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::ProxyStatus>, Status> {
+        self.guard.read(&request, "GetStatus")?;
         let status = self.sup.status().await.ok_or_else(shutting_down)?;
         Ok(Response::new(status_pb(&status)))
     }
@@ -69,68 +121,30 @@ impl pb::agent_server::Agent for AgentService {
         &self,
         request: Request<pb::StartRequest>,
     ) -> Result<Response<pb::Operation>, Status> {
-        let r = request.into_inner();
-        let request = operation::Request {
-            kind: Kind::Start,
-            request_id: request_id(&r.request_id)?,
-            exit_timeout: None,
-            binary: None,
-        };
-        self.submit(request, r.wait).await
+        self.mutate(request, requests::start).await
     }
 
     async fn stop(
         &self,
         request: Request<pb::StopRequest>,
     ) -> Result<Response<pb::Operation>, Status> {
-        let r = request.into_inner();
-        let request = operation::Request {
-            kind: Kind::Stop,
-            request_id: request_id(&r.request_id)?,
-            exit_timeout: None,
-            binary: None,
-        };
-        self.submit(request, r.wait).await
+        self.mutate(request, requests::stop).await
     }
 
     async fn restart(
         &self,
         request: Request<pb::RestartRequest>,
     ) -> Result<Response<pb::Operation>, Status> {
-        let r = request.into_inner();
-        let kind = match pb::RestartMode::try_from(r.mode) {
-            Ok(pb::RestartMode::Hot) => Kind::RestartHot,
-            Ok(pb::RestartMode::Force) => Kind::RestartForce,
-            _ => {
-                return Err(Status::invalid_argument(format!(
-                    "mode: {} is not RESTART_MODE_HOT (1) or RESTART_MODE_FORCE (2)",
-                    r.mode
-                )));
-            }
-        };
-        let exit_timeout = r.exit_timeout.map(exit_timeout).transpose()?;
-        let binary = (!r.binary.is_empty())
-            .then(|| binary(&self.config, &r.binary))
-            .transpose()?;
-        if kind == Kind::RestartForce && (exit_timeout.is_some() || binary.is_some()) {
-            return Err(Status::invalid_argument(
-                "exit_timeout, binary: only a RESTART_MODE_HOT restart drains or changes binary",
-            ));
-        }
-        let request = operation::Request {
-            kind,
-            request_id: request_id(&r.request_id)?,
-            exit_timeout,
-            binary,
-        };
-        self.submit(request, r.wait).await
+        self.mutate(request, |r| requests::restart(r, &self.config.obproxy))
+            .await
     }
 
     async fn get_operation(
         &self,
         request: Request<pb::GetOperationRequest>,
     ) -> Result<Response<pb::Operation>, Status> {
-        let id = operation_id(&request.into_inner().id)?;
+        self.guard.read(&request, "GetOperation")?;
+        let id = requests::operation_id(&request.into_inner().id)?;
         let op = self
             .sup
             .operation(id.clone())
@@ -145,7 +159,8 @@ impl pb::agent_server::Agent for AgentService {
         &self,
         request: Request<pb::WatchOperationRequest>,
     ) -> Result<Response<Self::WatchOperationStream>, Status> {
-        let id = operation_id(&request.into_inner().id)?;
+        self.guard.read(&request, "WatchOperation")?;
+        let id = requests::operation_id(&request.into_inner().id)?;
         let rx = self
             .sup
             .watch_operation(id.clone())
@@ -186,71 +201,6 @@ fn submit_status(e: SubmitError) -> Status {
         }
         SubmitError::ShuttingDown => Status::unavailable(e.to_string()),
     }
-}
-
-fn request_id(raw: &str) -> Result<Option<String>, Status> {
-    if raw.is_empty() {
-        return Ok(None);
-    }
-    if raw.len() > MAX_REQUEST_ID {
-        return Err(Status::invalid_argument(format!(
-            "request_id: {} bytes, at most {MAX_REQUEST_ID}",
-            raw.len()
-        )));
-    }
-    if !raw.chars().all(|c| c.is_ascii_graphic()) {
-        return Err(Status::invalid_argument(
-            "request_id: only printable ASCII without spaces",
-        ));
-    }
-    Ok(Some(raw.to_string()))
-}
-
-fn operation_id(raw: &str) -> Result<String, Status> {
-    if raw.is_empty() {
-        return Err(Status::invalid_argument("id: required"));
-    }
-    if raw.len() > MAX_OPERATION_ID || !raw.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-        return Err(Status::invalid_argument(format!(
-            "id: {raw:?} is not an operation id"
-        )));
-    }
-    Ok(raw.to_string())
-}
-
-fn exit_timeout(d: prost_types::Duration) -> Result<Duration, Status> {
-    if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
-        return Err(Status::invalid_argument(format!(
-            "exit_timeout: {}s {}ns is negative or malformed",
-            d.seconds, d.nanos
-        )));
-    }
-    let d = Duration::new(d.seconds as u64, d.nanos as u32);
-    if d > MAX_EXIT_TIMEOUT {
-        return Err(Status::invalid_argument(format!(
-            "exit_timeout: {} is longer than the {} limit",
-            humantime::format_duration(d),
-            humantime::format_duration(MAX_EXIT_TIMEOUT)
-        )));
-    }
-    Ok(d)
-}
-
-fn binary(config: &AgentConfig, raw: &str) -> Result<PathBuf, Status> {
-    use std::os::unix::fs::PermissionsExt;
-    if raw.len() > 4096 || raw.contains('\0') {
-        return Err(Status::invalid_argument("binary: not a usable path"));
-    }
-    let path = config.obproxy.home.join(raw);
-    let meta = std::fs::metadata(&path)
-        .map_err(|e| Status::invalid_argument(format!("binary: {}: {e}", path.display())))?;
-    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
-        return Err(Status::invalid_argument(format!(
-            "binary: {} is not an executable file",
-            path.display()
-        )));
-    }
-    Ok(path)
 }
 
 fn timestamp(t: SystemTime) -> prost_types::Timestamp {
@@ -352,46 +302,5 @@ fn status_pb(s: &supervisor::Status) -> pb::ProxyStatus {
         desired_running: s.desired_running,
         last_exit: s.last_exit.clone().unwrap_or_default(),
         notices: s.notices.clone(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_negative_exit_timeout_names_the_field() {
-        let e = exit_timeout(prost_types::Duration {
-            seconds: -1,
-            nanos: 0,
-        })
-        .unwrap_err();
-        assert_eq!(e.code(), tonic::Code::InvalidArgument);
-        assert!(e.message().starts_with("exit_timeout:"));
-    }
-
-    #[test]
-    fn an_absurd_exit_timeout_is_refused() {
-        let e = exit_timeout(prost_types::Duration {
-            seconds: 10 * 86400,
-            nanos: 0,
-        })
-        .unwrap_err();
-        assert!(e.message().contains("limit"));
-    }
-
-    #[test]
-    fn zero_exit_timeout_means_cut_now() {
-        assert_eq!(
-            exit_timeout(prost_types::Duration::default()).unwrap(),
-            Duration::ZERO
-        );
-    }
-
-    #[test]
-    fn request_ids_with_spaces_are_refused() {
-        assert!(request_id("a b").is_err());
-        assert_eq!(request_id("").unwrap(), None);
-        assert!(request_id(&"x".repeat(200)).is_err());
     }
 }

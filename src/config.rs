@@ -8,7 +8,10 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::config_file::{self, ConfigError, MetricsSection};
+use crate::{
+    config_file::{self, ConfigError, MetricsSection},
+    security::config::{AuditConfig, AuthConfig, Security, TlsConfig},
+};
 
 /// Longest drain window accepted anywhere (config or request): obshell's 24 h
 /// waits look like hangs, so a day is already generous.
@@ -21,6 +24,8 @@ pub struct AgentConfig {
     pub state: StateConfig,
     /// Where `GET /metrics` listens; None: no metrics endpoint.
     pub metrics: Option<SocketAddr>,
+    /// TLS, callers' roles and the audit log (`[tls]`, `[auth]`, `[audit]`).
+    pub security: Security,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -28,6 +33,10 @@ pub struct AgentConfig {
 pub struct ServerConfig {
     /// gRPC address.
     pub listen: SocketAddr,
+    /// Largest request message accepted; a bigger one is refused before it
+    /// is read, so no caller can make the agent buffer much.
+    #[serde(default = "config_file::default_max_message_bytes")]
+    pub max_message_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -45,6 +54,10 @@ pub struct ObproxyConfig {
     pub hot_upgrade_exit_timeout: Duration,
     pub start_timeout: Duration,
     pub stop_timeout: Duration,
+    /// The only directory a hot upgrade may take its binary from (a
+    /// `RestartRequest.binary` must resolve inside it), so a caller cannot
+    /// make the agent run an arbitrary program.
+    pub upgrade_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -61,6 +74,12 @@ struct RawConfig {
     state: StateConfig,
     #[serde(default)]
     metrics: Option<MetricsSection>,
+    #[serde(default)]
+    tls: Option<TlsConfig>,
+    #[serde(default)]
+    auth: AuthConfig,
+    #[serde(default)]
+    audit: AuditConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +106,9 @@ struct RawObproxy {
         deserialize_with = "config_file::duration"
     )]
     stop_timeout: Duration,
+    /// Relative to home, or absolute; default: the binary's directory.
+    #[serde(default)]
+    upgrade_dir: Option<PathBuf>,
 }
 
 fn default_binary() -> PathBuf {
@@ -143,15 +165,7 @@ dir = {state:?}
 
     fn from_raw(path: &Path, raw: RawConfig) -> Result<Self, ConfigError> {
         let err = |key: &str, reason: String| ConfigError::new(path, key, reason);
-        // Relative paths are read against the file's own directory, so a
-        // config and its tree can be moved together.
-        let base = path
-            .parent()
-            // "agent.toml" has the parent "": the current directory.
-            .filter(|dir| !dir.as_os_str().is_empty())
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
-        let base = std::path::absolute(&base).unwrap_or(base);
+        let base = config_file::base_dir(path);
         let o = raw.obproxy;
         let home = base.join(&o.home);
         let binary = home.join(&o.binary);
@@ -194,7 +208,26 @@ dir = {state:?}
             }
         }
         let (args, optstr) = split_args(&o.args).map_err(|reason| err("obproxy.args", reason))?;
+        let upgrade_dir = match &o.upgrade_dir {
+            Some(dir) if dir.as_os_str().is_empty() => {
+                return Err(err("obproxy.upgrade_dir", "must not be empty".into()));
+            }
+            Some(dir) => home.join(dir),
+            None => binary
+                .parent()
+                .map_or_else(|| home.clone(), Path::to_path_buf),
+        };
         let state_dir = base.join(&raw.state.dir);
+        config_file::check_max_message_bytes(path, raw.server.max_message_bytes)?;
+        let security = Security::resolve(
+            path,
+            &base,
+            &raw.server.listen,
+            raw.tls,
+            raw.auth,
+            raw.audit,
+            state_dir.join("audit.log"),
+        )?;
         Ok(Self {
             server: raw.server,
             obproxy: ObproxyConfig {
@@ -206,9 +239,11 @@ dir = {state:?}
                 hot_upgrade_exit_timeout: o.hot_upgrade_exit_timeout,
                 start_timeout: o.start_timeout,
                 stop_timeout: o.stop_timeout,
+                upgrade_dir,
             },
             state: StateConfig { dir: state_dir },
             metrics: raw.metrics.map(|m| m.listen),
+            security,
         })
     }
 }
@@ -392,5 +427,99 @@ dir = "/var/lib/odp-agent"
         let c = AgentConfig::parse(Path::new("/srv/x/agent.toml"), &text).unwrap();
         assert_eq!(c.obproxy.binary, PathBuf::from("/srv/x/odp/bin/obproxy"));
         assert_eq!(c.state.dir, PathBuf::from("/srv/x/state"));
+    }
+
+    #[test]
+    fn security_sections_resolve_paths_against_the_file() {
+        let text = format!(
+            "{GOOD}
+[tls]
+cert = \"tls/agent.pem\"
+key = \"tls/agent.key\"
+client_ca = \"/etc/pki/ca.pem\"
+
+[[auth.certificates]]
+subject_cn = \"odp-coordinator\"
+role = \"OBPROXY_MANAGER\"
+
+[audit]
+path = \"log/audit.log\"
+"
+        )
+        .replace("127.0.0.1:2889", "0.0.0.0:2889");
+        let c = AgentConfig::parse(Path::new("/srv/x/agent.toml"), &text).unwrap();
+        let tls = c.security.tls.unwrap();
+        assert_eq!(tls.cert, PathBuf::from("/srv/x/tls/agent.pem"));
+        assert_eq!(tls.client_ca, Some(PathBuf::from("/etc/pki/ca.pem")));
+        assert_eq!(c.security.audit_path, PathBuf::from("/srv/x/log/audit.log"));
+    }
+
+    #[test]
+    fn the_audit_log_defaults_to_the_state_directory() {
+        assert_eq!(
+            parse(GOOD).unwrap().security.audit_path,
+            PathBuf::from("/var/lib/odp-agent/audit.log")
+        );
+    }
+
+    #[test]
+    fn the_network_without_tls_is_refused_naming_the_listen_key() {
+        let e = parse(&GOOD.replace("127.0.0.1:2889", "0.0.0.0:2889")).unwrap_err();
+        assert_eq!(e.key, "server.listen");
+        assert!(e.reason.contains("127.0.0.1"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_security_key_is_refused() {
+        let e = parse(&format!("{GOOD}\n[auth]\nusers = []\n")).unwrap_err();
+        assert!(e.to_string().contains("users"), "{e}");
+        let e = parse(&format!(
+            "{GOOD}\n[[auth.tokens]]\nname = \"ops\"\nsha256 = \"not-a-hash\"\nrole = \"OBPROXY_MANAGER\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "auth.tokens[0].sha256");
+        let e = parse(&format!(
+            "{GOOD}\n[[auth.tokens]]\nname = \"ops\"\nsha256 = \"{}\"\nrole = \"ROOT\"\n",
+            "a".repeat(64)
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "auth.tokens[0].role");
+    }
+
+    #[test]
+    fn the_upgrade_dir_defaults_to_the_binary_directory() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(
+            c.obproxy.upgrade_dir,
+            PathBuf::from("/home/admin/obproxy/bin")
+        );
+        let text = GOOD.replace(
+            "stop_timeout = \"10s\"",
+            "stop_timeout = \"10s\"\nupgrade_dir = \"releases\"",
+        );
+        assert_eq!(
+            parse(&text).unwrap().obproxy.upgrade_dir,
+            PathBuf::from("/home/admin/obproxy/releases")
+        );
+    }
+
+    #[test]
+    fn max_message_bytes_is_bounded() {
+        assert_eq!(
+            parse(GOOD).unwrap().server.max_message_bytes,
+            config_file::DEFAULT_MAX_MESSAGE_BYTES
+        );
+        for bad in ["0", "100", "1000000000000"] {
+            let text = GOOD.replace(
+                "listen = \"127.0.0.1:2889\"",
+                &format!("listen = \"127.0.0.1:2889\"\nmax_message_bytes = {bad}"),
+            );
+            assert_eq!(parse(&text).unwrap_err().key, "server.max_message_bytes");
+        }
+        let text = GOOD.replace(
+            "listen = \"127.0.0.1:2889\"",
+            "listen = \"127.0.0.1:2889\"\nmax_message_bytes = -1",
+        );
+        assert_eq!(parse(&text).unwrap_err().key, "server.max_message_bytes");
     }
 }

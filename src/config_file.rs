@@ -43,7 +43,13 @@ pub fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigEr
         .map_err(|e| ConfigError::new(path, "-", one_line(&e.to_string())))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
-        let key = if key == "." { "-".to_string() } else { key };
+        // The whole file ("."), or a key whose name is empty (`'' = 1`, found
+        // by the fuzzer): nothing to name, so the whole file.
+        let key = if key == "." || key.is_empty() {
+            "-".to_string()
+        } else {
+            key
+        };
         ConfigError::new(path, key, one_line(&e.into_inner().to_string()))
     })
 }
@@ -76,6 +82,45 @@ fn one_line(message: &str) -> String {
 #[serde(deny_unknown_fields)]
 pub struct MetricsSection {
     pub listen: SocketAddr,
+}
+
+/// `[server] max_message_bytes` when unset: far above any real request (the
+/// largest is a few hundred bytes) and far below what would hurt the host.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 20;
+/// Bounds of `[server] max_message_bytes`: below 1 KiB a legitimate request
+/// may not fit; above 64 MiB one caller could make the daemon buffer a lot.
+pub const MESSAGE_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=(64 << 20);
+
+pub fn default_max_message_bytes() -> usize {
+    DEFAULT_MAX_MESSAGE_BYTES
+}
+
+/// Checks `[server] max_message_bytes` against [`MESSAGE_BYTES_RANGE`].
+pub fn check_max_message_bytes(path: &Path, value: usize) -> Result<usize, ConfigError> {
+    if MESSAGE_BYTES_RANGE.contains(&value) {
+        return Ok(value);
+    }
+    Err(ConfigError::new(
+        path,
+        "server.max_message_bytes",
+        format!(
+            "{value} is outside {}..={} (default {DEFAULT_MAX_MESSAGE_BYTES})",
+            MESSAGE_BYTES_RANGE.start(),
+            MESSAGE_BYTES_RANGE.end()
+        ),
+    ))
+}
+
+/// The directory relative paths in `path` are read against: the file's own,
+/// so a configuration and its tree can be moved together.
+pub fn base_dir(path: &Path) -> PathBuf {
+    let base = path
+        .parent()
+        // "agent.toml" has the parent "": the current directory.
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    std::path::absolute(&base).unwrap_or(base)
 }
 
 /// Durations are written as humans do ("30s", "1m 30s", "250ms").
@@ -127,6 +172,13 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("timeuot"), "{e}");
+    }
+
+    #[test]
+    fn a_key_with_an_empty_name_is_blamed_on_the_whole_file() {
+        let e = parse::<Sample>(Path::new("x.toml"), "'' = '  i'\n").unwrap_err();
+        assert_eq!(e.key, "-");
+        assert!(e.reason.contains("unknown field"), "{e}");
     }
 
     #[test]

@@ -16,7 +16,9 @@
 //! - [`state_file`] is what the agent remembers on disk; [`adoption`]
 //!   re-adopts the obproxy processes a previous agent left running.
 //! - [`coordinator`] runs cluster-wide operations across agents.
-//! - [`security`] is TLS, callers' roles and the audit log.
+//! - [`security`] is TLS, callers' roles and the audit log;
+//!   [`hostile_input`] is what no input may do to the daemons (run by the
+//!   fuzzers).
 //! - [`systemd`] is what systemd is told (ready, stopping, watchdog);
 //!   [`metrics`] owns the Prometheus registries and the `/metrics` endpoint;
 //!   [`telemetry`] sets up the logs.
@@ -31,6 +33,7 @@ pub mod config;
 pub mod config_file;
 pub mod coordinator;
 pub mod grpc_server;
+pub mod hostile_input;
 pub mod listeners;
 pub mod loadgen;
 pub mod local_cluster;

@@ -54,6 +54,13 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(odp_agent::agent::run(config, args.demo)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is_config() => {
+            eprintln!(
+                "odp-agent: bad configuration: {}",
+                odp_agent::operations::describe(&e)
+            );
+            ExitCode::from(EX_CONFIG as u8)
+        }
         Err(e) => {
             eprintln!("odp-agent: {}", odp_agent::operations::describe(&e));
             ExitCode::FAILURE

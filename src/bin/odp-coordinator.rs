@@ -40,6 +40,13 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(odp_agent::coordinator::daemon::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is_config() => {
+            eprintln!(
+                "odp-coordinator: bad configuration: {}",
+                odp_agent::operations::describe(&e)
+            );
+            ExitCode::from(EX_CONFIG as u8)
+        }
         Err(e) => {
             eprintln!("odp-coordinator: {}", odp_agent::operations::describe(&e));
             ExitCode::FAILURE

@@ -1,6 +1,7 @@
 //! `odpctl`: the operator's CLI for the coordinator (cluster operations and
-//! tasks) and for single agents.
-use std::{collections::HashMap, process::ExitCode, time::Duration};
+//! tasks) and for single agents, over TLS with a client certificate and/or a
+//! bearer token when the daemon asks for them.
+use std::{collections::HashMap, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -10,7 +11,18 @@ use odp_agent::proto::{
     coordinator::{self as pb, coordinator_client::CoordinatorClient},
 };
 use serde_json::{Value, json};
-use tonic::transport::Channel;
+use tonic::{
+    metadata::{AsciiMetadataValue, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+
+/// Where a bearer token comes from: the environment only, never a flag, so
+/// it stays out of shell history and `ps`.
+const TOKEN_ENV: &str = "ODPCTL_TOKEN";
+
+/// A connection to a daemon, every call carrying the token if there is one.
+type Conn = InterceptedService<Channel, BearerToken>;
 
 #[derive(Parser)]
 #[command(
@@ -29,8 +41,63 @@ struct Cli {
     /// `table` for people, `json` for scripts.
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(subcommand)]
     command: Top,
+}
+
+/// TLS to the daemon (https). A bearer token, if the daemon wants one, is
+/// read from the ODPCTL_TOKEN environment variable.
+#[derive(Args)]
+struct TlsArgs {
+    /// PEM CA that signed the daemon's certificate; turns TLS on.
+    #[arg(long, global = true, env = "ODPCTL_CACERT")]
+    cacert: Option<PathBuf>,
+    /// PEM client certificate (mutual TLS), with --key.
+    #[arg(long, global = true, env = "ODPCTL_CERT", requires_all = ["key", "cacert"])]
+    cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, global = true, env = "ODPCTL_KEY", requires_all = ["cert", "cacert"])]
+    key: Option<PathBuf>,
+    /// The name to verify in the daemon's certificate, if not the host of
+    /// the address.
+    #[arg(long, global = true, requires = "cacert")]
+    tls_domain: Option<String>,
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+struct BearerToken(Option<AsciiMetadataValue>);
+
+impl BearerToken {
+    fn from_env() -> Result<Self> {
+        let Some(token) = std::env::var_os(TOKEN_ENV) else {
+            return Ok(Self(None));
+        };
+        let token = token
+            .into_string()
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+            .with_context(|| format!("{TOKEN_ENV} is empty or not UTF-8"))?;
+        let value: AsciiMetadataValue = MetadataValue::try_from(format!("Bearer {}", token.trim()))
+            .with_context(|| format!("{TOKEN_ENV} is not a printable ASCII token"))?;
+        Ok(Self(Some(value)))
+    }
+}
+
+impl Interceptor for BearerToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -171,14 +238,29 @@ fn main() -> ExitCode {
     }
 }
 
-async fn channel(addr: &str) -> Result<Channel> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+/// Connects to `addr`, over TLS if `--cacert` is given.
+async fn connect(addr: &str, tls: &TlsArgs) -> Result<Conn> {
+    let scheme = if tls.cacert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
         .with_context(|| format!("bad address {addr:?}"))?
         .connect_timeout(Duration::from_secs(5));
-    endpoint
+    if let Some(ca) = &tls.cacert {
+        let config = odp_agent::security::tls::client(
+            ca,
+            tls.cert.as_deref().zip(tls.key.as_deref()),
+            tls.tls_domain.as_deref(),
+        )?;
+        endpoint = endpoint.tls_config(config).context("TLS settings")?;
+    }
+    let channel = endpoint
         .connect()
         .await
-        .with_context(|| format!("cannot connect to {addr}"))
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    Ok(InterceptedService::new(channel, BearerToken::from_env()?))
 }
 
 fn rpc_error(status: tonic::Status) -> anyhow::Error {
@@ -220,7 +302,7 @@ async fn run(cli: Cli) -> Result<bool> {
     let json_out = cli.output == Output::Json;
     match cli.command {
         Top::Cluster(cmd) => {
-            let mut c = CoordinatorClient::new(channel(&cli.coordinator).await?);
+            let mut c = CoordinatorClient::new(connect(&cli.coordinator, &cli.tls).await?);
             match cmd {
                 ClusterCmd::List => {
                     let r = c
@@ -318,7 +400,7 @@ async fn run(cli: Cli) -> Result<bool> {
             }
         }
         Top::Task(cmd) => {
-            let mut c = CoordinatorClient::new(channel(&cli.coordinator).await?);
+            let mut c = CoordinatorClient::new(connect(&cli.coordinator, &cli.tls).await?);
             match cmd {
                 TaskCmd::List { cluster, limit } => {
                     let r = c
@@ -387,14 +469,14 @@ async fn run(cli: Cli) -> Result<bool> {
                 }
             }
         }
-        Top::Agent(cmd) => agent(cmd, json_out).await,
+        Top::Agent(cmd) => agent(cmd, &cli.tls, json_out).await,
     }
 }
 
 /// Follows a task with a live progress display per ODP (unless detached or
 /// JSON), then prints it; true when it succeeded.
 async fn follow(
-    c: &mut CoordinatorClient<Channel>,
+    c: &mut CoordinatorClient<Conn>,
     task: pb::Task,
     detach: bool,
     json_out: bool,
@@ -649,12 +731,12 @@ fn print_cluster(s: &pb::ClusterStatus) {
     }
 }
 
-async fn agent(cmd: AgentCmd, json_out: bool) -> Result<bool> {
+async fn agent(cmd: AgentCmd, tls: &TlsArgs, json_out: bool) -> Result<bool> {
     let addr = match &cmd {
         AgentCmd::Status(a) | AgentCmd::Start(a) | AgentCmd::Stop(a) => a.addr.clone(),
         AgentCmd::Restart { addr, .. } => addr.addr.clone(),
     };
-    let mut c = AgentClient::new(channel(&addr).await?);
+    let mut c = AgentClient::new(connect(&addr, tls).await?);
     let op = match cmd {
         AgentCmd::Status(_) => {
             let s = c

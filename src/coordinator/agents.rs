@@ -1,12 +1,24 @@
-//! Talking to the agents: one lazily connected channel per agent, status with
-//! a deadline (an unreachable agent is an answer, never a hang), and
-//! operations followed to their end.
+//! Talking to the agents: one lazily connected channel per agent (over TLS,
+//! presenting the coordinator's client certificate, when `[agents.tls]` is
+//! set), status with a deadline (an unreachable agent is an answer, never a
+//! hang), and operations followed to their end.
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::config::AgentTimeouts;
-use crate::proto::agent::{self as pb, agent_client::AgentClient};
+use crate::{
+    proto::agent::{self as pb, agent_client::AgentClient},
+    security::{
+        config::ClientTlsConfig as TlsSection,
+        tls::{self, TlsFileError},
+    },
+};
+
+/// The pool's TLS settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot load [agents.tls]")]
+pub struct PoolError(#[from] TlsFileError);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -62,15 +74,28 @@ pub enum Command {
 
 pub struct AgentPool {
     timeouts: AgentTimeouts,
+    /// Read once at start: the CA, the client certificate and the name to
+    /// verify; None: plain gRPC.
+    tls: Option<ClientTlsConfig>,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
 impl AgentPool {
-    pub fn new(timeouts: AgentTimeouts) -> Self {
-        Self {
+    pub fn new(timeouts: AgentTimeouts, tls: Option<&TlsSection>) -> Result<Self, PoolError> {
+        let tls = tls
+            .map(|t| {
+                tls::client(
+                    &t.ca,
+                    t.cert.as_deref().zip(t.key.as_deref()),
+                    t.domain.as_deref(),
+                )
+            })
+            .transpose()?;
+        Ok(Self {
             timeouts,
+            tls,
             channels: Mutex::new(HashMap::new()),
-        }
+        })
     }
 
     fn client(&self, agent: &str) -> Result<AgentClient<Channel>, AgentError> {
@@ -78,13 +103,18 @@ impl AgentPool {
         if let Some(ch) = channels.get(agent) {
             return Ok(AgentClient::new(ch.clone()));
         }
-        let endpoint = Endpoint::from_shared(format!("http://{agent}"))
-            .map_err(|e| AgentError::Unreachable {
-                agent: agent.to_string(),
-                message: e.to_string(),
-            })?
+        let unusable = |e: tonic::transport::Error| AgentError::Unreachable {
+            agent: agent.to_string(),
+            message: e.to_string(),
+        };
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{agent}"))
+            .map_err(unusable)?
             .connect_timeout(self.timeouts.connect_timeout)
             .tcp_nodelay(true);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(unusable)?;
+        }
         let ch = endpoint.connect_lazy();
         channels.insert(agent.to_string(), ch.clone());
         Ok(AgentClient::new(ch))

@@ -9,13 +9,23 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::config_file::{self, ConfigError, MetricsSection};
+use crate::{
+    config_file::{self, ConfigError, MetricsSection},
+    security::config::{AuditConfig, AuthConfig, ClientTlsConfig, Security, TlsConfig},
+};
 
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
     pub listen: SocketAddr,
+    /// Largest request message accepted (`[server] max_message_bytes`).
+    pub max_message_bytes: usize,
     pub store_path: PathBuf,
     pub agents: AgentTimeouts,
+    /// `[agents.tls]`: TLS (and the coordinator's client certificate) for
+    /// the connections to the agents; None: plain gRPC.
+    pub agent_tls: Option<ClientTlsConfig>,
+    /// TLS, callers' roles and the audit log (`[tls]`, `[auth]`, `[audit]`).
+    pub security: Security,
     pub clusters: Vec<Cluster>,
     /// Where `GET /metrics` listens; None: no metrics endpoint.
     pub metrics: Option<SocketAddr>,
@@ -28,31 +38,55 @@ pub struct Cluster {
     pub agents: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Copy)]
 pub struct AgentTimeouts {
     /// Connecting to an agent.
+    pub connect_timeout: Duration,
+    /// One GetStatus call: past it the agent shows as UNAVAILABLE.
+    pub status_timeout: Duration,
+    /// Submitting an operation (the agent answers at once; this is slack for
+    /// a loaded host).
+    pub request_timeout: Duration,
+    /// One agent operation (start, stop, restart with its drain) end to end.
+    pub operation_timeout: Duration,
+}
+
+/// The `[agents]` section as written: the timeouts and `[agents.tls]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgents {
     #[serde(
         default = "connect_timeout",
         deserialize_with = "config_file::duration"
     )]
-    pub connect_timeout: Duration,
-    /// One GetStatus call: past it the agent shows as UNAVAILABLE.
+    connect_timeout: Duration,
     #[serde(default = "status_timeout", deserialize_with = "config_file::duration")]
-    pub status_timeout: Duration,
-    /// Submitting an operation (the agent answers at once; this is slack for
-    /// a loaded host).
+    status_timeout: Duration,
     #[serde(
         default = "request_timeout",
         deserialize_with = "config_file::duration"
     )]
-    pub request_timeout: Duration,
-    /// One agent operation (start, stop, restart with its drain) end to end.
+    request_timeout: Duration,
     #[serde(
         default = "operation_timeout",
         deserialize_with = "config_file::duration"
     )]
-    pub operation_timeout: Duration,
+    operation_timeout: Duration,
+    #[serde(default)]
+    tls: Option<ClientTlsConfig>,
+}
+
+impl Default for RawAgents {
+    fn default() -> Self {
+        let t = AgentTimeouts::default();
+        Self {
+            connect_timeout: t.connect_timeout,
+            status_timeout: t.status_timeout,
+            request_timeout: t.request_timeout,
+            operation_timeout: t.operation_timeout,
+            tls: None,
+        }
+    }
 }
 
 impl Default for AgentTimeouts {
@@ -85,17 +119,25 @@ struct Raw {
     server: RawServer,
     store: RawStore,
     #[serde(default)]
-    agents: AgentTimeouts,
+    agents: RawAgents,
     #[serde(default)]
     clusters: Vec<RawCluster>,
     #[serde(default)]
     metrics: Option<MetricsSection>,
+    #[serde(default)]
+    tls: Option<TlsConfig>,
+    #[serde(default)]
+    auth: AuthConfig,
+    #[serde(default)]
+    audit: AuditConfig,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawServer {
     listen: SocketAddr,
+    #[serde(default = "config_file::default_max_message_bytes")]
+    max_message_bytes: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,13 +188,7 @@ impl CoordinatorConfig {
     }
 
     fn from_raw(path: &Path, raw: Raw) -> Result<Self, ConfigError> {
-        let base = path
-            .parent()
-            // "agent.toml" has the parent "": the current directory.
-            .filter(|dir| !dir.as_os_str().is_empty())
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
-        let base = std::path::absolute(&base).unwrap_or(base);
+        let base = config_file::base_dir(path);
         let mut names = HashSet::new();
         let mut clusters = Vec::new();
         for (i, c) in raw.clusters.into_iter().enumerate() {
@@ -210,12 +246,39 @@ impl CoordinatorConfig {
                 return Err(ConfigError::new(path, key, "must be longer than zero"));
             }
         }
+        let max_message_bytes =
+            config_file::check_max_message_bytes(path, raw.server.max_message_bytes)?;
+        if raw.store.path.as_os_str().is_empty() {
+            return Err(ConfigError::new(path, "store.path", "must not be empty"));
+        }
+        let store_path = base.join(raw.store.path);
+        // The audit log lives next to the task store, in the state the
+        // coordinator already owns.
+        let default_audit = store_path.with_file_name("audit.log");
+        let security = Security::resolve(
+            path,
+            &base,
+            &raw.server.listen,
+            raw.tls,
+            raw.auth,
+            raw.audit,
+            default_audit,
+        )?;
+        let agent_tls = raw.agents.tls.map(|t| t.resolve(path, &base)).transpose()?;
         Ok(Self {
             listen: raw.server.listen,
-            store_path: base.join(raw.store.path),
-            agents: raw.agents,
+            max_message_bytes,
+            store_path,
+            agents: AgentTimeouts {
+                connect_timeout: raw.agents.connect_timeout,
+                status_timeout: raw.agents.status_timeout,
+                request_timeout: raw.agents.request_timeout,
+                operation_timeout: raw.agents.operation_timeout,
+            },
+            agent_tls,
             clusters,
             metrics: raw.metrics.map(|m| m.listen),
+            security,
         })
     }
 
@@ -277,5 +340,40 @@ agents = ["10.0.0.1:2889", "10.0.0.2:2889", "odp-3.example:2889"]
     fn a_bad_cluster_name_is_refused() {
         let e = parse(&GOOD.replace("\"prod\"", "\"prod cluster\"")).unwrap_err();
         assert_eq!(e.key, "clusters[0].name");
+    }
+
+    #[test]
+    fn the_audit_log_sits_next_to_the_store() {
+        assert_eq!(
+            parse(GOOD).unwrap().security.audit_path,
+            PathBuf::from("/var/lib/odp-coordinator/audit.log")
+        );
+    }
+
+    #[test]
+    fn agents_tls_is_optional_and_resolved() {
+        assert!(parse(GOOD).unwrap().agent_tls.is_none());
+        let text = format!(
+            "{GOOD}[agents.tls]\nca = \"pki/ca.pem\"\ncert = \"pki/c.pem\"\nkey = \"pki/c.key\"\ndomain = \"odp.example\"\n"
+        );
+        let tls = parse(&text).unwrap().agent_tls.unwrap();
+        assert_eq!(tls.ca, PathBuf::from("/etc/pki/ca.pem"));
+        assert_eq!(tls.domain.as_deref(), Some("odp.example"));
+        let e = parse(&format!(
+            "{GOOD}[agents.tls]\nca = \"ca.pem\"\ncert = \"c.pem\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "agents.tls");
+        let e = parse(&format!(
+            "{GOOD}[agents.tls]\nca = \"ca.pem\"\nverify = false\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("verify"), "{e}");
+    }
+
+    #[test]
+    fn the_network_without_tls_is_refused() {
+        let e = parse(&GOOD.replace("127.0.0.1:2890", "0.0.0.0:2890")).unwrap_err();
+        assert_eq!(e.key, "server.listen");
     }
 }

@@ -1,12 +1,13 @@
 //! The coordinator daemon: opens the task store, resumes unfinished tasks,
-//! serves gRPC with reflection and health (and the optional metrics
-//! endpoint) until SIGTERM or SIGINT, and tells systemd how it is doing.
+//! serves gRPC (with TLS, the callers' guard, reflection and health, and the
+//! optional metrics endpoint) until SIGTERM or SIGINT, and tells systemd how
+//! it is doing.
 use std::sync::Arc;
 
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
-    agents::AgentPool,
+    agents::{AgentPool, PoolError},
     config::CoordinatorConfig,
     service::CoordinatorService,
     store::{Store, StoreError},
@@ -16,6 +17,7 @@ use crate::{
     grpc_server::{self, SHUTDOWN_GRACE, ServeError},
     metrics::{self, MetricsError, coordinator::CoordinatorMetrics},
     proto::coordinator::coordinator_server::CoordinatorServer,
+    security::audit::AuditError,
     systemd,
 };
 
@@ -29,14 +31,35 @@ pub enum Error {
     Signals(#[source] std::io::Error),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error(transparent)]
+    Agents(#[from] PoolError),
+}
+
+impl Error {
+    /// Whether the configuration is at fault (an unreadable certificate or
+    /// audit log): exit with EX_CONFIG, so systemd does not restart in a loop.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            Error::Audit(_)
+                | Error::Agents(_)
+                | Error::Serve(ServeError::Tls { .. } | ServeError::TlsFiles(_))
+        )
+    }
 }
 
 pub async fn run(config: CoordinatorConfig) -> Result<(), Error> {
     let config = Arc::new(config);
+    // Before anything starts: a daemon that cannot audit or speak TLS as
+    // configured must not run at all.
+    let guard = config.security.guard()?;
+    let mut server = grpc_server::builder(config.security.tls.as_ref())?;
+    let pool = Arc::new(AgentPool::new(config.agents, config.agent_tls.as_ref())?);
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let store = Arc::new(Store::open(&config.store_path)?);
-    let pool = Arc::new(AgentPool::new(config.agents));
     let metrics = Arc::new(CoordinatorMetrics::new());
     let tasks = Tasks::new(
         config.clone(),
@@ -65,19 +88,24 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), Error> {
     health
         .set_serving::<CoordinatorServer<CoordinatorService>>()
         .await;
-    let router = tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(CoordinatorServer::new(CoordinatorService::new(
-            tasks,
-            metrics.clone(),
-        )));
+    let service = CoordinatorServer::new(CoordinatorService::new(tasks, metrics.clone(), guard))
+        .max_decoding_message_size(config.max_message_bytes);
+    let router = server.add_service(health_service).add_service(service);
     let router = grpc_server::with_reflection(router)?;
     if let Some(listen) = config.metrics {
         let endpoint = metrics::Endpoint::bind(listen).await?;
         tracing::info!(metrics_addr = %endpoint.addr, "metrics endpoint serving");
         tracker.spawn(endpoint.serve(metrics.router(), shutdown.clone()));
     }
-    tracing::info!(grpc_addr = %addr, pid = std::process::id(), resumed, "odp-coordinator serving");
+    tracing::info!(
+        grpc_addr = %addr,
+        pid = std::process::id(),
+        resumed,
+        tls = config.security.tls.is_some(),
+        agents_tls = config.agent_tls.is_some(),
+        audit = %config.security.audit_path.display(),
+        "odp-coordinator serving"
+    );
     // The gRPC listener is bound, so connections from here on are served.
     systemd::ready();
     // Watchdog pings earned by a cheap read of the task store (on a blocking

@@ -1,5 +1,8 @@
-//! The `odp.coordinator.v1.Coordinator` gRPC service: validation and
-//! translation only; the task manager decides.
+//! The `odp.coordinator.v1.Coordinator` gRPC service: it admits the caller
+//! (the guard), validates ([`requests`]) and translates; the task manager
+//! decides. Every mutating call is audited.
+pub mod requests;
+
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures::Stream;
@@ -7,30 +10,90 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use super::{
-    config::valid_name,
-    task::{self, Kind, Mode, Rollout, SubtaskState},
-    tasks::{NewTask, TaskError, Tasks},
+    task::{self, Kind, Mode, SubtaskState},
+    tasks::{TaskError, Tasks},
 };
 use crate::{
-    config::MAX_EXIT_TIMEOUT,
     metrics::coordinator::CoordinatorMetrics,
     operations::describe,
     proto::{agent as apb, coordinator as pb},
+    security::guard::Guard,
 };
-
-const MAX_REQUEST_ID: usize = 128;
-const MAX_PAUSE: Duration = Duration::from_secs(24 * 3600);
 
 pub struct CoordinatorService {
     tasks: Arc<Tasks>,
     metrics: Arc<CoordinatorMetrics>,
+    guard: Guard,
 }
 
 impl CoordinatorService {
-    pub fn new(tasks: Arc<Tasks>, metrics: Arc<CoordinatorMetrics>) -> Self {
-        Self { tasks, metrics }
+    pub fn new(tasks: Arc<Tasks>, metrics: Arc<CoordinatorMetrics>, guard: Guard) -> Self {
+        Self {
+            tasks,
+            metrics,
+            guard,
+        }
+    }
+
+    /// Admits the caller (before any validation: an unknown caller learns
+    /// nothing about its arguments), runs `call`, and audits the outcome
+    /// before answering.
+    async fn mutate<T: Mutation>(
+        &self,
+        request: Request<T>,
+        call: impl AsyncFnOnce(&T) -> Result<task::Task, Status>,
+    ) -> Result<Response<pb::Task>, Status> {
+        let (target, request_id) = {
+            let r = request.get_ref();
+            (r.target().to_string(), r.request_id().to_string())
+        };
+        let caller = self.guard.write(&request, T::RPC, &target, &request_id)?;
+        let result = call(request.get_ref()).await;
+        let id = result.as_ref().map(|t| t.id.as_str());
+        self.guard.record(&caller, T::RPC, &target, &request_id, id);
+        result.map(|t| Response::new(task_pb(&t)))
     }
 }
+
+/// A mutating request: its RPC name, what it acts on (a cluster or a task)
+/// and its request id, for the audit log.
+trait Mutation {
+    const RPC: &'static str;
+    fn target(&self) -> &str;
+    fn request_id(&self) -> &str {
+        ""
+    }
+}
+
+macro_rules! cluster_mutation {
+    ($t:ty, $rpc:literal) => {
+        impl Mutation for $t {
+            const RPC: &'static str = $rpc;
+            fn target(&self) -> &str {
+                &self.cluster
+            }
+            fn request_id(&self) -> &str {
+                &self.request_id
+            }
+        }
+    };
+}
+cluster_mutation!(pb::StopAllRequest, "StopAll");
+cluster_mutation!(pb::StartAllRequest, "StartAll");
+cluster_mutation!(pb::RestartAllRequest, "RestartAll");
+
+macro_rules! task_mutation {
+    ($t:ty, $rpc:literal) => {
+        impl Mutation for $t {
+            const RPC: &'static str = $rpc;
+            fn target(&self) -> &str {
+                &self.id
+            }
+        }
+    };
+}
+task_mutation!(pb::CancelTaskRequest, "CancelTask");
+task_mutation!(pb::RetryTaskRequest, "RetryTask");
 
 fn task_status(e: TaskError) -> Status {
     let message = describe(&e);
@@ -45,94 +108,13 @@ fn task_status(e: TaskError) -> Status {
     }
 }
 
-fn cluster(raw: &str) -> Result<String, Status> {
-    if !valid_name(raw) {
-        return Err(Status::invalid_argument(format!(
-            "cluster: {raw:?} is not a cluster name (1 to 64 of A-Z a-z 0-9 - _ .)"
-        )));
-    }
-    Ok(raw.to_string())
-}
-
-fn request_id(raw: &str) -> Result<Option<String>, Status> {
-    if raw.is_empty() {
-        return Ok(None);
-    }
-    if raw.len() > MAX_REQUEST_ID || !raw.chars().all(|c| c.is_ascii_graphic()) {
-        return Err(Status::invalid_argument(format!(
-            "request_id: at most {MAX_REQUEST_ID} printable ASCII characters without spaces"
-        )));
-    }
-    Ok(Some(raw.to_string()))
-}
-
-fn task_id(raw: &str) -> Result<String, Status> {
-    if raw.is_empty()
-        || raw.len() > 64
-        || !raw.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-    {
-        return Err(Status::invalid_argument(format!(
-            "id: {raw:?} is not a task id"
-        )));
-    }
-    Ok(raw.to_string())
-}
-
-fn duration(
-    field: &str,
-    d: Option<prost_types::Duration>,
-    max: Duration,
-) -> Result<Option<Duration>, Status> {
-    let Some(d) = d else { return Ok(None) };
-    if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
-        return Err(Status::invalid_argument(format!(
-            "{field}: must not be negative"
-        )));
-    }
-    let d = Duration::new(d.seconds as u64, d.nanos as u32);
-    if d > max {
-        return Err(Status::invalid_argument(format!(
-            "{field}: {} is longer than the {} limit",
-            humantime::format_duration(d),
-            humantime::format_duration(max)
-        )));
-    }
-    Ok(Some(d))
-}
-
-fn rollout(
-    batch_size: u32,
-    batch_percent: u32,
-    max_failures: u32,
-    pause: Option<prost_types::Duration>,
-) -> Result<Rollout, Status> {
-    if batch_size > 0 && batch_percent > 0 {
-        return Err(Status::invalid_argument(
-            "batch_size, batch_percent: give one or the other",
-        ));
-    }
-    if batch_percent > 100 {
-        return Err(Status::invalid_argument(format!(
-            "batch_percent: {batch_percent} is over 100"
-        )));
-    }
-    if batch_size > 100_000 {
-        return Err(Status::invalid_argument("batch_size: absurdly large"));
-    }
-    Ok(Rollout {
-        batch_size: (batch_size > 0).then_some(batch_size),
-        batch_percent: (batch_percent > 0).then_some(batch_percent),
-        max_failures,
-        pause: duration("pause", pause, MAX_PAUSE)?.unwrap_or_default(),
-    })
-}
-
 #[tonic::async_trait]
 impl pb::coordinator_server::Coordinator for CoordinatorService {
     async fn list_clusters(
         &self,
-        _request: Request<pb::ListClustersRequest>,
+        request: Request<pb::ListClustersRequest>,
     ) -> Result<Response<pb::ListClustersResponse>, Status> {
+        self.guard.read(&request, "ListClusters")?;
         let clusters = self
             .tasks
             .clusters()
@@ -149,8 +131,9 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::GetClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
+        self.guard.read(&request, "GetClusterStatus")?;
         self.metrics.cluster_status_requested();
-        let name = cluster(&request.into_inner().cluster)?;
+        let name = requests::cluster(&request.into_inner().cluster)?;
         let statuses = self
             .tasks
             .cluster_status(&name)
@@ -187,74 +170,36 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::StopAllRequest>,
     ) -> Result<Response<pb::Task>, Status> {
-        let r = request.into_inner();
-        let new = NewTask {
-            cluster: cluster(&r.cluster)?,
-            kind: Kind::StopAll,
-            mode: None,
-            rollout: rollout(r.batch_size, r.batch_percent, r.max_failures, r.pause)?,
-            exit_timeout: None,
-            request_id: request_id(&r.request_id)?,
-        };
-        let task = self.tasks.create(new).await.map_err(task_status)?;
-        Ok(Response::new(task_pb(&task)))
+        self.mutate(request, async |r| self.create(requests::stop_all(r)?).await)
+            .await
     }
 
     async fn start_all(
         &self,
         request: Request<pb::StartAllRequest>,
     ) -> Result<Response<pb::Task>, Status> {
-        let r = request.into_inner();
-        let new = NewTask {
-            cluster: cluster(&r.cluster)?,
-            kind: Kind::StartAll,
-            mode: None,
-            rollout: rollout(r.batch_size, r.batch_percent, r.max_failures, r.pause)?,
-            exit_timeout: None,
-            request_id: request_id(&r.request_id)?,
-        };
-        let task = self.tasks.create(new).await.map_err(task_status)?;
-        Ok(Response::new(task_pb(&task)))
+        self.mutate(request, async |r| {
+            self.create(requests::start_all(r)?).await
+        })
+        .await
     }
 
     async fn restart_all(
         &self,
         request: Request<pb::RestartAllRequest>,
     ) -> Result<Response<pb::Task>, Status> {
-        let r = request.into_inner();
-        let mode = match apb::RestartMode::try_from(r.mode) {
-            Ok(apb::RestartMode::Hot) => Mode::Hot,
-            Ok(apb::RestartMode::Force) => Mode::Force,
-            _ => {
-                return Err(Status::invalid_argument(format!(
-                    "mode: {} is not RESTART_MODE_HOT (1) or RESTART_MODE_FORCE (2)",
-                    r.mode
-                )));
-            }
-        };
-        let exit_timeout = duration("exit_timeout", r.exit_timeout, MAX_EXIT_TIMEOUT)?;
-        if mode == Mode::Force && exit_timeout.is_some() {
-            return Err(Status::invalid_argument(
-                "exit_timeout: only a RESTART_MODE_HOT restart drains",
-            ));
-        }
-        let new = NewTask {
-            cluster: cluster(&r.cluster)?,
-            kind: Kind::RestartAll,
-            mode: Some(mode),
-            rollout: rollout(r.batch_size, r.batch_percent, r.max_failures, r.pause)?,
-            exit_timeout,
-            request_id: request_id(&r.request_id)?,
-        };
-        let task = self.tasks.create(new).await.map_err(task_status)?;
-        Ok(Response::new(task_pb(&task)))
+        self.mutate(request, async |r| {
+            self.create(requests::restart_all(r)?).await
+        })
+        .await
     }
 
     async fn get_task(
         &self,
         request: Request<pb::GetTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
-        let id = task_id(&request.into_inner().id)?;
+        self.guard.read(&request, "GetTask")?;
+        let id = requests::task_id(&request.into_inner().id)?;
         let task = self.tasks.get(&id).map_err(task_status)?;
         Ok(Response::new(task_pb(&task)))
     }
@@ -263,17 +208,8 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
-        let r = request.into_inner();
-        let cluster = if r.cluster.is_empty() {
-            None
-        } else {
-            Some(cluster(&r.cluster)?)
-        };
-        let limit = match r.limit {
-            0 => 50,
-            n if n > 1000 => return Err(Status::invalid_argument("limit: at most 1000")),
-            n => n,
-        };
+        self.guard.read(&request, "ListTasks")?;
+        let (cluster, limit) = requests::list_tasks(request.get_ref())?;
         let tasks = self
             .tasks
             .list(cluster.as_deref(), limit)
@@ -289,7 +225,8 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::WatchTaskRequest>,
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
-        let id = task_id(&request.into_inner().id)?;
+        self.guard.read(&request, "WatchTask")?;
+        let id = requests::task_id(&request.into_inner().id)?;
         let rx = self.tasks.watch(&id).map_err(task_status)?;
         Ok(Response::new(Box::pin(task_stream(rx))))
     }
@@ -298,18 +235,30 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::CancelTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
-        let id = task_id(&request.into_inner().id)?;
-        let task = self.tasks.cancel(&id).map_err(task_status)?;
-        Ok(Response::new(task_pb(&task)))
+        self.mutate(request, async |r| {
+            self.tasks
+                .cancel(&requests::task_id(&r.id)?)
+                .map_err(task_status)
+        })
+        .await
     }
 
     async fn retry_task(
         &self,
         request: Request<pb::RetryTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
-        let id = task_id(&request.into_inner().id)?;
-        let task = self.tasks.retry(&id).map_err(task_status)?;
-        Ok(Response::new(task_pb(&task)))
+        self.mutate(request, async |r| {
+            self.tasks
+                .retry(&requests::task_id(&r.id)?)
+                .map_err(task_status)
+        })
+        .await
+    }
+}
+
+impl CoordinatorService {
+    async fn create(&self, new: super::tasks::NewTask) -> Result<task::Task, Status> {
+        self.tasks.create(new).await.map_err(task_status)
     }
 }
 

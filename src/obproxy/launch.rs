@@ -48,6 +48,7 @@ mod tests {
             hot_upgrade_exit_timeout: Duration::from_secs(30),
             start_timeout: Duration::from_secs(60),
             stop_timeout: Duration::from_secs(10),
+            upgrade_dir: "/h/bin".into(),
         }
     }
 

@@ -58,7 +58,11 @@ pub async fn bring_up(
             });
         }
     }
-    let addrs = if probe == Probe::Tcp { &listeners.probe_addrs[..] } else { &[] };
+    let addrs = if probe == Probe::Tcp {
+        &listeners.probe_addrs[..]
+    } else {
+        &[]
+    };
     if let Err(e) = second_opinion(pid, &listeners.inodes, addrs).await {
         ctl.kill(pid).await?;
         return Err(e);

@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use super::{Ctl, Error, bring_up::{Probe, bring_up}};
+use super::{
+    Ctl, Error,
+    bring_up::{Probe, bring_up},
+};
 use crate::operation::Phase;
 
 pub async fn run(ctl: &Ctl) -> Result<Option<u32>, Error> {
@@ -21,7 +24,13 @@ pub async fn run(ctl: &Ctl) -> Result<Option<u32>, Error> {
             .await?;
     }
     let cfg = &ctl.config.obproxy;
-    let pid = bring_up(ctl, cfg.binary.clone(), cfg.hot_upgrade_exit_timeout, Probe::Tcp).await?;
+    let pid = bring_up(
+        ctl,
+        cfg.binary.clone(),
+        cfg.hot_upgrade_exit_timeout,
+        Probe::Tcp,
+    )
+    .await?;
     ctl.promote(pid, None).await?;
     Ok(Some(pid))
 }

@@ -4,7 +4,10 @@
 //! that fails is killed and the old one never noticed anything.
 use nix::sys::signal::Signal;
 
-use super::{Ctl, Error, bring_up::{Probe, bring_up}};
+use super::{
+    Ctl, Error,
+    bring_up::{Probe, bring_up},
+};
 use crate::{operation::Phase, operation::Request, supervisor::DRAIN_GRACE};
 
 pub async fn run(ctl: &Ctl, request: &Request) -> Result<Option<u32>, Error> {

@@ -1,5 +1,8 @@
 //! Start: bind (or reuse) the listeners, spawn obproxy, wait for readiness.
-use super::{Ctl, Error, bring_up::{Probe, bring_up}};
+use super::{
+    Ctl, Error,
+    bring_up::{Probe, bring_up},
+};
 use crate::operation::Phase;
 
 pub async fn run(ctl: &Ctl) -> Result<Option<u32>, Error> {
@@ -9,7 +12,13 @@ pub async fn run(ctl: &Ctl) -> Result<Option<u32>, Error> {
         return Ok(Some(pid));
     }
     let cfg = &ctl.config.obproxy;
-    let pid = bring_up(ctl, cfg.binary.clone(), cfg.hot_upgrade_exit_timeout, Probe::Tcp).await?;
+    let pid = bring_up(
+        ctl,
+        cfg.binary.clone(),
+        cfg.hot_upgrade_exit_timeout,
+        Probe::Tcp,
+    )
+    .await?;
     ctl.promote(pid, None).await?;
     Ok(Some(pid))
 }

@@ -2,6 +2,7 @@
 //! time, caller, role, RPC, target, request id and outcome, appended and
 //! flushed to disk before the call answers.
 use std::{
+    borrow::Cow,
     fs::{File, OpenOptions},
     io::Write,
     path::{Path, PathBuf},
@@ -33,6 +34,24 @@ pub struct Entry<'a> {
     pub request_id: &'a str,
     /// `ok`, `denied: ...` or `error: CODE: ...`.
     pub outcome: String,
+    /// The operation or task the call started or acted on, when it did.
+    pub id: Option<&'a str>,
+}
+
+/// Longest text kept from a caller-supplied field: the fields are written
+/// before they are validated (a refused call is audited too), and a hostile
+/// caller must not grow the log by a megabyte a call.
+const MAX_FIELD: usize = 256;
+
+fn bounded(text: &str) -> Cow<'_, str> {
+    if text.len() <= MAX_FIELD {
+        return Cow::Borrowed(text);
+    }
+    let mut end = MAX_FIELD;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}...({} bytes)", &text[..end], text.len()))
 }
 
 impl AuditLog {
@@ -63,12 +82,13 @@ impl AuditLog {
     pub fn record(&self, e: &Entry<'_>) {
         let line = json!({
             "time": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            "caller": e.caller,
+            "caller": bounded(e.caller),
             "role": e.role,
             "rpc": e.rpc,
-            "target": e.target,
-            "request_id": e.request_id,
-            "outcome": e.outcome,
+            "target": bounded(e.target),
+            "request_id": bounded(e.request_id),
+            "outcome": bounded(&e.outcome),
+            "id": e.id,
         });
         let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
         let written = writeln!(file, "{line}").and_then(|()| file.sync_data());
@@ -95,6 +115,7 @@ mod tests {
                 target: "local",
                 request_id: "r1",
                 outcome: outcome.into(),
+                id: None,
             });
         }
         let text = std::fs::read_to_string(&path).unwrap();
@@ -105,5 +126,26 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[1]["outcome"], "denied: nope");
         assert_eq!(lines[0]["rpc"], "Restart");
+    }
+
+    #[test]
+    fn a_huge_caller_supplied_field_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(&path).unwrap();
+        let huge = "é".repeat(100_000);
+        log.record(&Entry {
+            caller: "anonymous",
+            role: "-",
+            rpc: "StopAll",
+            target: &huge,
+            request_id: &huge,
+            outcome: "error: InvalidArgument".into(),
+            id: None,
+        });
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.len() < 2 * 1024, "{} bytes", text.len());
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert!(line["target"].as_str().unwrap().ends_with("(200000 bytes)"));
     }
 }

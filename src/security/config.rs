@@ -1,9 +1,19 @@
-//! The security sections both daemons share, parsed into typed values.
-use std::{net::SocketAddr, path::PathBuf};
+//! The security sections both daemons share (`[tls]`, `[auth]`, `[audit]`,
+//! and the coordinator's `[agents.tls]`), parsed into typed values, with
+//! relative paths resolved and the safe-default rule checked at load.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use serde::Deserialize;
 
-use super::roles::Role;
+use super::{
+    audit::{AuditError, AuditLog},
+    guard::Guard,
+    roles::{Policy, Role},
+};
+use crate::config_file::ConfigError;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,6 +68,133 @@ pub struct AuditConfig {
     pub path: Option<PathBuf>,
 }
 
+/// `[agents.tls]` of the coordinator: how it reaches agents that serve TLS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTlsConfig {
+    /// PEM CA that signed the agents' certificates.
+    pub ca: PathBuf,
+    /// PEM client certificate presented to the agents (with `key`); agents
+    /// with `[tls] client_ca` require one.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The name to verify in every agent's certificate, when it is not the
+    /// host of the agent's address (an IP address is verified as an IP SAN).
+    pub domain: Option<String>,
+}
+
+/// One daemon's security settings, resolved: absolute paths, checked.
+#[derive(Debug, Clone)]
+pub struct Security {
+    pub tls: Option<TlsConfig>,
+    pub auth: AuthConfig,
+    pub audit_path: PathBuf,
+}
+
+impl Security {
+    /// Resolves the sections of the file `path` (relative paths against
+    /// `base`) and checks them with the listen address; `default_audit` is
+    /// where the audit log goes unless `[audit] path` says otherwise.
+    pub fn resolve(
+        path: &Path,
+        base: &Path,
+        listen: &SocketAddr,
+        tls: Option<TlsConfig>,
+        auth: AuthConfig,
+        audit: AuditConfig,
+        default_audit: PathBuf,
+    ) -> Result<Self, ConfigError> {
+        let tls = tls
+            .map(|t| {
+                Ok::<_, ConfigError>(TlsConfig {
+                    cert: resolve_file(path, base, "tls.cert", &t.cert)?,
+                    key: resolve_file(path, base, "tls.key", &t.key)?,
+                    client_ca: t
+                        .client_ca
+                        .map(|ca| resolve_file(path, base, "tls.client_ca", &ca))
+                        .transpose()?,
+                    client_cert_optional: t.client_cert_optional,
+                })
+            })
+            .transpose()?;
+        if tls
+            .as_ref()
+            .is_some_and(|t| t.client_cert_optional && t.client_ca.is_none())
+        {
+            return Err(ConfigError::new(
+                path,
+                "tls.client_cert_optional",
+                "only means something with client_ca",
+            ));
+        }
+        check(listen, tls.as_ref(), &auth)
+            .map_err(|(key, reason)| ConfigError::new(path, key, reason))?;
+        let audit_path = match audit.path {
+            Some(p) => resolve_file(path, base, "audit.path", &p)?,
+            None => default_audit,
+        };
+        Ok(Self {
+            tls,
+            auth,
+            audit_path,
+        })
+    }
+
+    /// The guard the services call: the role policy and the opened audit log.
+    pub fn guard(&self) -> Result<Guard, AuditError> {
+        let audit = AuditLog::open(&self.audit_path)?;
+        Ok(Guard::new(
+            Policy::new(&self.auth, self.tls.is_some()),
+            Some(audit),
+        ))
+    }
+}
+
+impl ClientTlsConfig {
+    /// Resolves relative paths against `base` and checks that `cert` and
+    /// `key` come together.
+    pub fn resolve(self, path: &Path, base: &Path) -> Result<Self, ConfigError> {
+        let file = |key: &str, p: Option<PathBuf>| {
+            p.map(|p| resolve_file(path, base, key, &p)).transpose()
+        };
+        let resolved = Self {
+            ca: resolve_file(path, base, "agents.tls.ca", &self.ca)?,
+            cert: file("agents.tls.cert", self.cert)?,
+            key: file("agents.tls.key", self.key)?,
+            domain: self.domain,
+        };
+        if resolved.cert.is_some() != resolved.key.is_some() {
+            return Err(ConfigError::new(
+                path,
+                "agents.tls",
+                "give both cert and key (the client certificate and its private key), or neither",
+            ));
+        }
+        if let Some(domain) = &resolved.domain {
+            let plain = !domain.is_empty()
+                && domain.len() <= 253
+                && domain
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'));
+            if !plain {
+                return Err(ConfigError::new(
+                    path,
+                    "agents.tls.domain",
+                    format!("{domain:?} is not a DNS name"),
+                ));
+            }
+        }
+        Ok(resolved)
+    }
+}
+
+fn resolve_file(path: &Path, base: &Path, key: &str, file: &Path) -> Result<PathBuf, ConfigError> {
+    if file.as_os_str().is_empty() {
+        return Err(ConfigError::new(path, key, "must not be empty"));
+    }
+    Ok(base.join(file))
+}
+
 /// Validates the security settings together with the listen address:
 /// returns `(key, reason)` for a configuration error.
 pub fn check(
@@ -87,6 +224,13 @@ pub fn check(
                 "give exactly one of subject_cn or san".into(),
             ));
         }
+        let name = c.subject_cn.as_deref().or(c.san.as_deref()).unwrap_or("");
+        if name.is_empty() || name.len() > 255 {
+            return Err((
+                format!("auth.certificates[{i}]"),
+                "the subject_cn or san to match: 1 to 255 characters".into(),
+            ));
+        }
     }
     if !auth.certificates.is_empty() && tls.and_then(|t| t.client_ca.as_ref()).is_none() {
         return Err((
@@ -95,14 +239,21 @@ pub fn check(
                 .into(),
         ));
     }
-    let credentials = tls.is_some() || !auth.tokens.is_empty();
-    if !listen.ip().is_loopback() && !credentials {
+    // The product's rule: TLS on any address other than loopback. Bearer
+    // tokens alone are not enough there: they would cross the network in
+    // clear text, for anyone on the path to replay.
+    if !listen.ip().is_loopback() && tls.is_none() {
+        let reason = if auth.tokens.is_empty() {
+            "neither [tls] nor [[auth.tokens]] is configured, so anyone could stop the ODP"
+        } else {
+            "bearer tokens without [tls] would cross the network in clear text"
+        };
         return Err((
             "server.listen".into(),
             format!(
-                "{listen} is reachable from the network, and neither [tls] nor [[auth.tokens]] is \
-                 configured, so anyone could stop the ODP: configure TLS with client_ca (mutual TLS) \
-                 and/or bearer tokens, or listen on 127.0.0.1"
+                "{listen} is reachable from the network and {reason}: configure [tls] cert and key \
+                 with client_ca (mutual TLS) and [[auth.certificates]] or [[auth.tokens]] roles, \
+                 or listen on 127.0.0.1"
             ),
         ));
     }
@@ -148,10 +299,25 @@ mod tests {
             )
             .is_ok()
         );
+        // Tokens alone would travel in clear text.
+        let (key, reason) = check(
+            &"0.0.0.0:2889".parse().unwrap(),
+            None,
+            &token(Role::Operator),
+        )
+        .unwrap_err();
+        assert_eq!(key, "server.listen");
+        assert!(reason.contains("clear text"), "{reason}");
+        let tls = TlsConfig {
+            cert: "c.pem".into(),
+            key: "k.pem".into(),
+            client_ca: None,
+            client_cert_optional: false,
+        };
         assert!(
             check(
                 &"0.0.0.0:2889".parse().unwrap(),
-                None,
+                Some(&tls),
                 &token(Role::Operator)
             )
             .is_ok()

@@ -1,6 +1,6 @@
-//! What a gRPC handler calls around each request: `admit` identifies the
-//! caller and checks its role (auditing a refused mutating call), `record`
-//! audits the outcome of an admitted one.
+//! What a gRPC handler calls around each request: `read` and `write`
+//! identify the caller and check its role (`write` audits a refusal),
+//! `record` audits the outcome of an admitted mutating call.
 use std::sync::Arc;
 
 use tonic::{Request, Status};
@@ -75,18 +75,20 @@ impl Guard {
                 target,
                 request_id,
                 outcome: format!("denied: {}", e.message()),
+                id: None,
             });
         }
     }
 
-    /// Audits the outcome of an admitted mutating call.
-    pub fn record<T>(
+    /// Audits the outcome of an admitted mutating call: `Ok` with the id of
+    /// the operation or task it started or acted on, or why it failed.
+    pub fn record(
         &self,
         caller: &Caller,
         rpc: &str,
         target: &str,
         request_id: &str,
-        result: &Result<T, Status>,
+        result: Result<&str, &Status>,
     ) {
         if let Some(audit) = &self.audit {
             audit.record(&Entry {
@@ -99,6 +101,7 @@ impl Guard {
                     Ok(_) => "ok".into(),
                     Err(e) => format!("error: {:?}: {}", e.code(), e.message()),
                 },
+                id: result.ok(),
             });
         }
     }

@@ -1,6 +1,9 @@
 //! rustls settings for the daemons' servers (with client-certificate
 //! verification) and for the coordinator's connections to the agents.
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
@@ -21,9 +24,15 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsFileError> {
     })
 }
 
+/// How long a client gets to finish its TLS handshake: one that stalls must
+/// not hold a connection slot for ever.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub fn server(cfg: &TlsConfig) -> Result<ServerTlsConfig, TlsFileError> {
     let identity = Identity::from_pem(read(&cfg.cert)?, read(&cfg.key)?);
-    let mut tls = ServerTlsConfig::new().identity(identity);
+    let mut tls = ServerTlsConfig::new()
+        .identity(identity)
+        .timeout(HANDSHAKE_TIMEOUT);
     if let Some(ca) = &cfg.client_ca {
         tls = tls
             .client_ca_root(Certificate::from_pem(read(ca)?))

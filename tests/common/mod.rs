@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod mariadb;
+pub mod pki;
 pub mod sysbench;
 pub mod txn_load;
 
@@ -40,6 +41,11 @@ pub struct Options {
     pub args: Vec<String>,
     /// Serve `/metrics` on a free loopback port (see [`Agent::metrics_addr`]).
     pub metrics: bool,
+    /// More keys for the `[server]` section, e.g. `max_message_bytes = 4096`.
+    pub server: String,
+    /// More sections appended to the configuration, e.g. `[tls]` and
+    /// `[[auth.certificates]]` (see [`pki::Pki::agent_toml`]).
+    pub more: String,
 }
 
 impl Default for Options {
@@ -50,6 +56,8 @@ impl Default for Options {
             stop_timeout: "5s",
             args: vec![],
             metrics: false,
+            server: String::new(),
+            more: String::new(),
         }
     }
 }
@@ -90,6 +98,7 @@ impl Agent {
             format!(
                 r#"[server]
 listen = "127.0.0.1:0"
+{}
 
 [obproxy]
 home = "odp"
@@ -102,7 +111,9 @@ stop_timeout = "{}"
 
 [state]
 dir = "state"
+{}
 {}"#,
+                opts.server,
                 opts.exit_timeout,
                 opts.start_timeout,
                 opts.stop_timeout,
@@ -110,7 +121,8 @@ dir = "state"
                     "\n[metrics]\nlisten = \"127.0.0.1:0\"\n"
                 } else {
                     ""
-                }
+                },
+                opts.more,
             ),
         )
         .unwrap();
@@ -251,6 +263,19 @@ dir = "state"
             .await
             .expect("operation did not get there in time");
         last.expect("the watch stream ended without an update")
+    }
+
+    /// The audit log (`<state>/audit.log`), one JSON value per line.
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        audit_lines(&self.dir.path().join("state/audit.log"))
+    }
+
+    /// A client over TLS to this agent, as `tls` says (CA, certificate).
+    pub async fn tls_client(
+        &self,
+        tls: tonic::transport::ClientTlsConfig,
+    ) -> Result<AgentClient<Channel>, tonic::transport::Error> {
+        Ok(AgentClient::new(tls_channel(self.grpc, tls).await?))
     }
 
     /// What obproxy (the stand-in) printed, for failure messages.
@@ -404,6 +429,27 @@ impl Log {
             lines = self.grew.wait_timeout(lines, left).unwrap().0;
         }
     }
+}
+
+/// A TLS connection to `addr` (https), as `tls` says.
+pub async fn tls_channel(
+    addr: SocketAddr,
+    tls: tonic::transport::ClientTlsConfig,
+) -> Result<Channel, tonic::transport::Error> {
+    tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
+        .tls_config(tls)?
+        .connect_timeout(PATIENCE)
+        .connect()
+        .await
+}
+
+/// An audit log, one JSON value per line (empty if there is none yet).
+pub fn audit_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
 }
 
 /// A field of a log line, text (`key=value`) or JSON (`"key":"value"`).

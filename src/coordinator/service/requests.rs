@@ -1,0 +1,220 @@
+//! What a request to the coordinator may carry, checked field by field;
+//! every refusal is INVALID_ARGUMENT and starts with the field's name.
+//! Public so that the fuzz targets run exactly what the service runs.
+use std::time::Duration;
+
+use tonic::Status;
+
+use crate::{
+    agent_service::requests::{duration, request_id},
+    config::MAX_EXIT_TIMEOUT,
+    coordinator::{
+        config::valid_name,
+        task::{Kind, Mode, Rollout},
+        tasks::NewTask,
+    },
+    proto::{agent as apb, coordinator as pb},
+};
+
+pub const MAX_PAUSE: Duration = Duration::from_secs(24 * 3600);
+/// More ODPs than any cluster has; a bigger batch is a mistake, not a plan.
+pub const MAX_BATCH_SIZE: u32 = 100_000;
+/// Tasks one ListTasks answer may carry (0 asks for [`DEFAULT_LIST_LIMIT`]).
+pub const MAX_LIST_LIMIT: u32 = 1000;
+pub const DEFAULT_LIST_LIMIT: u32 = 50;
+pub const MAX_TASK_ID: usize = 64;
+
+pub fn stop_all(r: &pb::StopAllRequest) -> Result<NewTask, Status> {
+    Ok(NewTask {
+        cluster: cluster(&r.cluster)?,
+        kind: Kind::StopAll,
+        mode: None,
+        rollout: rollout(r.batch_size, r.batch_percent, r.max_failures, r.pause)?,
+        exit_timeout: None,
+        request_id: request_id(&r.request_id)?,
+    })
+}
+
+pub fn start_all(r: &pb::StartAllRequest) -> Result<NewTask, Status> {
+    Ok(NewTask {
+        cluster: cluster(&r.cluster)?,
+        kind: Kind::StartAll,
+        mode: None,
+        rollout: rollout(r.batch_size, r.batch_percent, r.max_failures, r.pause)?,
+        exit_timeout: None,
+        request_id: request_id(&r.request_id)?,
+    })
+}
+
+pub fn restart_all(r: &pb::RestartAllRequest) -> Result<NewTask, Status> {
+    let mode = match apb::RestartMode::try_from(r.mode) {
+        Ok(apb::RestartMode::Hot) => Mode::Hot,
+        Ok(apb::RestartMode::Force) => Mode::Force,
+        _ => {
+            return Err(Status::invalid_argument(format!(
+                "mode: {} is not RESTART_MODE_HOT (1) or RESTART_MODE_FORCE (2)",
+                r.mode
+            )));
+        }
+    };
+    let exit_timeout = r
+        .exit_timeout
+        .map(|d| duration("exit_timeout", d, MAX_EXIT_TIMEOUT))
+        .transpose()?;
+    if mode == Mode::Force && exit_timeout.is_some() {
+        return Err(Status::invalid_argument(
+            "exit_timeout: only a RESTART_MODE_HOT restart drains",
+        ));
+    }
+    Ok(NewTask {
+        cluster: cluster(&r.cluster)?,
+        kind: Kind::RestartAll,
+        mode: Some(mode),
+        rollout: rollout(r.batch_size, r.batch_percent, r.max_failures, r.pause)?,
+        exit_timeout,
+        request_id: request_id(&r.request_id)?,
+    })
+}
+
+/// ListTasks: the cluster filter (empty: every cluster) and the limit.
+pub fn list_tasks(r: &pb::ListTasksRequest) -> Result<(Option<String>, u32), Status> {
+    let cluster = if r.cluster.is_empty() {
+        None
+    } else {
+        Some(cluster(&r.cluster)?)
+    };
+    let limit = match r.limit {
+        0 => DEFAULT_LIST_LIMIT,
+        n if n > MAX_LIST_LIMIT => {
+            return Err(Status::invalid_argument(format!(
+                "limit: {n} is over {MAX_LIST_LIMIT}"
+            )));
+        }
+        n => n,
+    };
+    Ok((cluster, limit))
+}
+
+pub fn cluster(raw: &str) -> Result<String, Status> {
+    if !valid_name(raw) {
+        return Err(Status::invalid_argument(format!(
+            "cluster: {:?} is not a cluster name (1 to 64 of A-Z a-z 0-9 - _ .)",
+            shown(raw)
+        )));
+    }
+    Ok(raw.to_string())
+}
+
+/// A task id as the coordinator makes them (`task-` and a UUID).
+pub fn task_id(raw: &str) -> Result<String, Status> {
+    if raw.is_empty()
+        || raw.len() > MAX_TASK_ID
+        || !raw.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return Err(Status::invalid_argument(format!(
+            "id: {:?} is not a task id",
+            shown(raw)
+        )));
+    }
+    Ok(raw.to_string())
+}
+
+/// Batching as asked: `max_failures` is any count (a huge one means no
+/// budget), the rest is bounded.
+pub fn rollout(
+    batch_size: u32,
+    batch_percent: u32,
+    max_failures: u32,
+    pause: Option<prost_types::Duration>,
+) -> Result<Rollout, Status> {
+    if batch_size > 0 && batch_percent > 0 {
+        return Err(Status::invalid_argument(
+            "batch_size, batch_percent: give one or the other",
+        ));
+    }
+    if batch_percent > 100 {
+        return Err(Status::invalid_argument(format!(
+            "batch_percent: {batch_percent} is over 100"
+        )));
+    }
+    if batch_size > MAX_BATCH_SIZE {
+        return Err(Status::invalid_argument(format!(
+            "batch_size: {batch_size} is over {MAX_BATCH_SIZE}"
+        )));
+    }
+    Ok(Rollout {
+        batch_size: (batch_size > 0).then_some(batch_size),
+        batch_percent: (batch_percent > 0).then_some(batch_percent),
+        max_failures,
+        pause: pause
+            .map(|d| duration("pause", d, MAX_PAUSE))
+            .transpose()?
+            .unwrap_or_default(),
+    })
+}
+
+/// At most 64 characters of a caller's text, for an error message.
+fn shown(raw: &str) -> String {
+    match raw.char_indices().nth(64) {
+        Some((end, _)) => format!("{}...", &raw[..end]),
+        None => raw.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_tasks_bounds_its_limit_and_checks_the_cluster() {
+        let r = |cluster: &str, limit| pb::ListTasksRequest {
+            cluster: cluster.into(),
+            limit,
+        };
+        assert_eq!(list_tasks(&r("", 0)).unwrap(), (None, DEFAULT_LIST_LIMIT));
+        assert_eq!(list_tasks(&r("prod", 7)).unwrap(), (Some("prod".into()), 7));
+        let e = list_tasks(&r("", u32::MAX)).unwrap_err();
+        assert!(e.message().starts_with("limit: "), "{e:?}");
+        let e = list_tasks(&r("../x", 1)).unwrap_err();
+        assert!(e.message().starts_with("cluster: "), "{e:?}");
+    }
+
+    #[test]
+    fn a_huge_cluster_name_is_refused_without_echoing_it_whole() {
+        let e = cluster(&"x".repeat(1 << 20)).unwrap_err();
+        assert!(e.message().len() < 200, "{} bytes", e.message().len());
+    }
+
+    #[test]
+    fn batch_fields_are_checked() {
+        assert!(rollout(1, 1, 0, None).is_err());
+        assert!(rollout(0, 101, 0, None).is_err());
+        assert!(rollout(u32::MAX, 0, 0, None).is_err());
+        // Any failure budget is meaningful: u32::MAX means "never stop".
+        assert!(rollout(0, 0, u32::MAX, None).is_ok());
+        let pause = prost_types::Duration {
+            seconds: i64::MAX,
+            nanos: 0,
+        };
+        let e = rollout(0, 0, 0, Some(pause)).unwrap_err();
+        assert!(e.message().starts_with("pause: "), "{e:?}");
+    }
+
+    #[test]
+    fn restart_all_checks_mode_and_drain() {
+        let mut r = pb::RestartAllRequest {
+            cluster: "prod".into(),
+            mode: 9,
+            ..Default::default()
+        };
+        assert!(restart_all(&r).unwrap_err().message().starts_with("mode: "));
+        r.mode = apb::RestartMode::Force as i32;
+        r.exit_timeout = Some(prost_types::Duration::default());
+        assert!(
+            restart_all(&r)
+                .unwrap_err()
+                .message()
+                .starts_with("exit_timeout: ")
+        );
+    }
+}
