@@ -84,8 +84,13 @@ pub fn to_epoch(t: SystemTime) -> f64 {
         .as_secs_f64()
 }
 
+/// A recorded time; an absurd one (a hand-edited file) reads as the epoch
+/// instead of panicking.
 pub fn from_epoch(secs: f64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs_f64(secs.max(0.0))
+    Duration::try_from_secs_f64(secs.max(0.0))
+        .ok()
+        .and_then(|d| UNIX_EPOCH.checked_add(d))
+        .unwrap_or(UNIX_EPOCH)
 }
 
 pub fn path(dir: &Path) -> PathBuf {

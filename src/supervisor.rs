@@ -156,6 +156,8 @@ enum Msg {
     },
     DrainDeadline {
         pid: u32,
+        /// Which drain: the pid may belong to a later process by then.
+        deadline: SystemTime,
     },
     /// Time to start obproxy again after it died (crash respawn).
     Respawn,
@@ -380,8 +382,12 @@ impl Supervisor {
             } => {
                 let _ = reply.send(self.on_spawned(result, binary, version));
             }
-            Msg::DrainDeadline { pid } => {
-                if let Some(p) = self.processes.get(&pid) {
+            Msg::DrainDeadline { pid, deadline } => {
+                // Only the draining process whose window this was: the pid may
+                // belong to a later process of ours by now.
+                let due =
+                    |p: &&Process| p.role == Role::Draining && p.drain_deadline == Some(deadline);
+                if let Some(p) = self.processes.get(&pid).filter(due) {
                     tracing::warn!(pid, "drain window over; SIGKILL");
                     let _ = p.pidfd.signal(Signal::SIGKILL);
                 }
@@ -630,7 +636,7 @@ impl Supervisor {
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 _ = tokio::time::sleep(wait) => {
-                    let _ = tx.send(Msg::DrainDeadline { pid });
+                    let _ = tx.send(Msg::DrainDeadline { pid, deadline });
                 }
             }
         });

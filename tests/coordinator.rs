@@ -609,3 +609,51 @@ async fn a_hundred_simulated_odps_roll_in_ten_batches() {
     assert!(done.subtasks.iter().all(|s| s.attempts == 1));
     stop.cancel();
 }
+
+#[tokio::test]
+async fn a_restart_is_not_repeated_when_coordinator_and_agent_both_restart_mid_task() {
+    let mut cluster = Cluster::start(2).await;
+    start_all(&cluster).await;
+    for a in &cluster.agents {
+        a.set_standin_env(&[("ODP_STANDIN_START_DELAY", "500ms")]);
+    }
+    let task = cluster
+        .client()
+        .await
+        .restart_all(restart_all(apb::RestartMode::Force, 1))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = cluster
+        .watch_task_until(&task.id, |t| {
+            t.subtasks[0].state() == pb::SubtaskState::Running
+                && !t.subtasks[0].operation_id.is_empty()
+        })
+        .await;
+    cluster.kill_coordinator();
+    // The agent finishes the restart, then is restarted itself and forgets
+    // the request id.
+    let op_id = first.subtasks[0].operation_id.clone();
+    cluster.agents[0].wait_op(&op_id).await;
+    // Same gRPC address after its restart, as under systemd.
+    let agent = &mut cluster.agents[0];
+    let text = std::fs::read_to_string(&agent.config).unwrap();
+    let fixed = text.replacen("127.0.0.1:0", &agent.grpc.to_string(), 1);
+    std::fs::write(&agent.config, fixed).unwrap();
+    agent.kill9_and_restart();
+    assert_eq!(agent.status().await.restart_count, 1);
+    cluster.start_coordinator();
+    let done = cluster.wait_task(&task.id).await;
+    assert_eq!(
+        done.state(),
+        pb::TaskState::Succeeded,
+        "{}\n{}",
+        done.error,
+        cluster.logs()
+    );
+    assert_eq!(
+        cluster.agents[0].status().await.restart_count,
+        1,
+        "the restart was repeated"
+    );
+}

@@ -53,6 +53,11 @@ impl AgentError {
         }
     }
 
+    /// The agent answered that it does not know the thing asked about.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, AgentError::Refused { status, .. } if status.code() == tonic::Code::NotFound)
+    }
+
     pub fn is_unreachable(&self) -> bool {
         matches!(
             self,
@@ -125,6 +130,21 @@ impl AgentPool {
         let mut client = self.client(agent)?;
         let timeout = self.timeouts.status_timeout;
         match tokio::time::timeout(timeout, client.get_status(pb::GetStatusRequest {})).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(status)) => Err(AgentError::from_status(agent, status)),
+            Err(_) => Err(AgentError::Timeout {
+                agent: agent.to_string(),
+                timeout,
+            }),
+        }
+    }
+
+    /// One of the agent's operations by id.
+    pub async fn operation(&self, agent: &str, id: &str) -> Result<pb::Operation, AgentError> {
+        let mut client = self.client(agent)?;
+        let timeout = self.timeouts.status_timeout;
+        let call = client.get_operation(pb::GetOperationRequest { id: id.to_string() });
+        match tokio::time::timeout(timeout, call).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
             Ok(Err(status)) => Err(AgentError::from_status(agent, status)),
             Err(_) => Err(AgentError::Timeout {

@@ -93,6 +93,10 @@ impl Runner {
                 batches = self.task.batches,
                 "task running"
             );
+            // A cancel recorded before a coordinator restart still holds.
+            if self.task.cancel_requested {
+                self.cancel.cancel();
+            }
             let mut ran_a_batch = false;
             for batch in 1..=self.task.batches {
                 if self.shutdown.is_cancelled() {
@@ -197,6 +201,17 @@ impl Runner {
     /// Runs one batch to its end; false if the coordinator is shutting down.
     async fn run_batch(&mut self, todo: &[usize]) -> bool {
         let now = SystemTime::now();
+        // A subtask already running was interrupted by a coordinator restart:
+        // its agent is asked about that operation before anything is resent.
+        let resumed: Vec<Option<(String, Option<u32>)>> = todo
+            .iter()
+            .map(|&i| {
+                let s = &self.task.subtasks[i];
+                (s.state == SubtaskState::Running)
+                    .then(|| s.operation_id.clone().map(|id| (id, s.previous_pid)))
+                    .flatten()
+            })
+            .collect();
         for &i in todo {
             let s = &mut self.task.subtasks[i];
             if s.state == SubtaskState::Pending {
@@ -210,17 +225,24 @@ impl Runner {
         self.publish();
         let command = self.command();
         let expected = self.expected();
-        let (op_tx, mut op_rx) = mpsc::unbounded_channel::<(usize, String)>();
+        let (op_tx, mut op_rx) = mpsc::unbounded_channel::<(usize, String, u32)>();
         let mut running: FuturesUnordered<_> = todo
             .iter()
-            .map(|&i| {
+            .zip(resumed)
+            .map(|(&i, resumed)| {
                 let pool = self.pool.clone();
                 let agent = self.task.subtasks[i].agent.clone();
                 let request_id = self.task.request_id_for(i);
                 let op_tx = op_tx.clone();
                 async move {
-                    let outcome = subtask(&pool, &agent, command, &request_id, expected, |id| {
-                        let _ = op_tx.send((i, id));
+                    let call = Call {
+                        command,
+                        request_id: &request_id,
+                        expected,
+                        resumed,
+                    };
+                    let outcome = subtask(&pool, &agent, call, |id, previous_pid| {
+                        let _ = op_tx.send((i, id, previous_pid));
                     })
                     .await;
                     (i, outcome)
@@ -231,8 +253,16 @@ impl Runner {
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return false,
-                Some((i, op_id)) = op_rx.recv() => {
-                    self.task.subtasks[i].operation_id = Some(op_id);
+                // Written down at once, so a coordinator restarted while this
+                // batch finishes does not start the next one.
+                _ = self.cancel.cancelled(), if !self.task.cancel_requested => {
+                    self.task.cancel_requested = true;
+                    self.publish();
+                }
+                Some((i, op_id, previous_pid)) = op_rx.recv() => {
+                    let s = &mut self.task.subtasks[i];
+                    s.operation_id = Some(op_id);
+                    s.previous_pid = (previous_pid != 0).then_some(previous_pid);
                     self.publish();
                 }
                 next = running.next() => match next {
@@ -256,14 +286,32 @@ impl Runner {
 }
 
 /// One ODP: submit (idempotent by request id), follow, then the health gate.
+/// What one subtask asks of its agent.
+struct Call<'a> {
+    command: Command,
+    request_id: &'a str,
+    expected: pb::ProxyState,
+    /// (operation id, pid serving before it) of an attempt interrupted by a
+    /// coordinator restart.
+    resumed: Option<(String, Option<u32>)>,
+}
+
+/// One ODP: submit (idempotent by request id), follow, then the health gate.
+/// A resumed attempt first asks for its operation: the agent may have been
+/// restarted too and have forgotten the request id, and a restart that
+/// already happened (the serving pid changed) must not happen twice.
 async fn subtask(
     pool: &AgentPool,
     agent: &str,
-    command: Command,
-    request_id: &str,
-    expected: pb::ProxyState,
-    on_operation: impl Fn(String),
+    call: Call<'_>,
+    on_operation: impl Fn(String, u32),
 ) -> Outcome {
+    let Call {
+        command,
+        request_id,
+        expected,
+        resumed,
+    } = call;
     let fail = |e: &super::agents::AgentError| Outcome {
         state: if e.is_unreachable() {
             SubtaskState::Unreachable
@@ -274,11 +322,38 @@ async fn subtask(
         pid: None,
         proxy_state: pb::ProxyState::Unavailable as i32,
     };
-    let op = match pool.submit(agent, command, request_id).await {
-        Ok(op) => op,
-        Err(e) => return fail(&e),
+    let known = match &resumed {
+        Some((id, previous_pid)) => match pool.operation(agent, id).await {
+            Ok(op) => Some(op),
+            Err(e) if e.is_not_found() => {
+                tracing::info!(odp = %agent, op_id = %id, previous_pid = ?previous_pid, "the agent no longer knows the operation");
+                None
+            }
+            Err(e) => return fail(&e),
+        },
+        None => None,
     };
-    on_operation(op.id.clone());
+    let op = match known {
+        Some(op) => op,
+        None => {
+            if let (Command::Restart { .. }, Some((_, Some(prev)))) = (command, &resumed) {
+                // The agent forgot the operation: if another process serves
+                // now, the restart already happened; go to the health gate.
+                match pool.status(agent).await {
+                    Ok(s) if s.pid != 0 && s.pid != *prev => {
+                        return gate(pool, agent, expected, "the resumed restart").await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => return fail(&e),
+                }
+            }
+            match pool.submit(agent, command, request_id).await {
+                Ok(op) => op,
+                Err(e) => return fail(&e),
+            }
+        }
+    };
+    on_operation(op.id.clone(), op.previous_pid);
     let op = if op.state() == pb::OperationState::Running {
         match pool.follow(agent, &op.id, |_| {}).await {
             Ok(op) => op,
@@ -295,7 +370,21 @@ async fn subtask(
             proxy_state: 0,
         };
     }
-    // Health gate: done only when the agent reports the intended state.
+    gate(pool, agent, expected, &format!("operation {}", op.id)).await
+}
+
+/// The health gate: done only when the agent reports the intended state.
+async fn gate(pool: &AgentPool, agent: &str, expected: pb::ProxyState, what: &str) -> Outcome {
+    let fail = |e: &super::agents::AgentError| Outcome {
+        state: if e.is_unreachable() {
+            SubtaskState::Unreachable
+        } else {
+            SubtaskState::Failed
+        },
+        error: Some(describe(e)),
+        pid: None,
+        proxy_state: pb::ProxyState::Unavailable as i32,
+    };
     let deadline = tokio::time::Instant::now() + GATE_TIMEOUT;
     loop {
         match pool.status(agent).await {
@@ -311,9 +400,8 @@ async fn subtask(
                 return Outcome {
                     state: SubtaskState::Failed,
                     error: Some(format!(
-                        "health gate: the ODP is {} after operation {}, not {}",
+                        "health gate: the ODP is {} after {what}, not {}",
                         s.state().as_str_name(),
-                        op.id,
                         expected.as_str_name()
                     )),
                     pid: (s.pid != 0).then_some(s.pid),

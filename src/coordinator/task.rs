@@ -87,6 +87,10 @@ pub struct Subtask {
     pub finished_at: Option<SystemTime>,
     pub last_error: Option<String>,
     pub operation_id: Option<String>,
+    /// The pid that served when that operation began: after a restart of
+    /// both coordinator and agent, a different pid proves it happened.
+    #[serde(default)]
+    pub previous_pid: Option<u32>,
     pub pid: Option<u32>,
     /// The agent's `ProxyState` wire value as last seen.
     pub proxy_state: i32,
@@ -135,6 +139,7 @@ impl Task {
                 finished_at: None,
                 last_error: None,
                 operation_id: None,
+                previous_pid: None,
                 pid: None,
                 proxy_state: 0,
             })

@@ -32,9 +32,17 @@ pub fn fd_of_socket(pid: u32, inode: u64) -> Option<i32> {
         .and_then(|e| e.file_name().to_str()?.parse().ok())
 }
 
-/// The executable the process runs.
+/// The executable the process runs. A binary replaced on disk since (an
+/// upgrade renames a new file over it) reads as "<path> (deleted)": it is
+/// still the same program, so the suffix is dropped.
 pub fn exe(pid: u32) -> io::Result<std::path::PathBuf> {
-    fs::read_link(format!("/proc/{pid}/exe"))
+    let path = fs::read_link(format!("/proc/{pid}/exe"))?;
+    Ok(
+        match path.to_str().and_then(|p| p.strip_suffix(" (deleted)")) {
+            Some(p) => std::path::PathBuf::from(p),
+            None => path,
+        },
+    )
 }
 
 /// Every pid on the host.

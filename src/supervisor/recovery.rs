@@ -40,11 +40,14 @@ impl Supervisor {
         let inodes: Vec<u64> = state.listeners.iter().map(|l| l.inode).collect();
         let now = SystemTime::now();
         let mut holders: Vec<(Role, Arc<Pidfd>)> = Vec::new();
+        // Recorded pids we could not confirm: never signalled, strays or not.
+        let mut rejected = Vec::new();
         for rec in &state.processes {
             let pidfd = match adoption::confirm(rec, &inodes) {
                 Ok(pidfd) => Arc::new(pidfd),
                 Err(e) => {
                     tracing::warn!(pid = rec.pid, reason = %e, "not adopting the recorded obproxy; it will not be signalled");
+                    rejected.push(rec.pid);
                     continue;
                 }
             };
@@ -77,6 +80,10 @@ impl Supervisor {
                 Role::Draining => match process.drain_deadline {
                     Some(deadline) if deadline > now => {
                         tracing::info!(pid, "re-adopted a draining obproxy; it keeps its deadline");
+                        // The agent may have died between recording the drain
+                        // and sending SIGUSR1; obproxy acts on it once, so
+                        // sending it again is harmless.
+                        let _ = pidfd.signal(Signal::SIGUSR1);
                         self.schedule_drain_deadline(pid, deadline);
                     }
                     _ => {
@@ -95,7 +102,7 @@ impl Supervisor {
             self.processes.insert(pid, process);
             self.watch_exit(pidfd);
         }
-        self.kill_strays(&inodes);
+        self.kill_strays(&inodes, &rejected);
         // The listeners come back from a process that still holds them,
         // preferably the serving one.
         holders.sort_by_key(|(role, _)| *role != Role::Serving);
@@ -133,7 +140,7 @@ impl Supervisor {
     /// A process holding our listener socket that we did not record is an
     /// obproxy started in the instant before the agent died: it would serve
     /// beside the adopted one, so it goes (only if it runs in the obproxy home).
-    fn kill_strays(&mut self, inodes: &[u64]) {
+    fn kill_strays(&mut self, inodes: &[u64], rejected: &[u32]) {
         if inodes.is_empty() {
             return;
         }
@@ -141,6 +148,7 @@ impl Supervisor {
         let me = std::process::id();
         for pid in procfs::pids() {
             if pid == me
+                || rejected.contains(&pid)
                 || self.processes.contains_key(&pid)
                 || !procfs::holds_listeners(pid, inodes)
             {
@@ -185,6 +193,11 @@ impl Supervisor {
     }
 
     pub(super) fn reap_orphans(&mut self) {
+        // A child whose spawn is not registered yet is no orphan: reaping it
+        // would lose its exit and free its pid before its pidfd is open.
+        if self.spawns_in_flight > 0 {
+            return;
+        }
         let me = std::process::id();
         // Our own short-lived children (version probes) share our process
         // group and are reaped by whoever started them; obproxy processes are

@@ -119,8 +119,18 @@ agents = {addrs:?}
 
     /// kill -9 the coordinator and start it again on the same store.
     pub fn crash_and_restart_coordinator(&mut self) {
+        self.kill_coordinator();
+        self.start_coordinator();
+    }
+
+    /// kill -9 the coordinator (its tasks stay in the store).
+    pub fn kill_coordinator(&mut self) {
         let _ = self.coordinator.kill();
         let _ = self.coordinator.wait();
+    }
+
+    /// Starts the coordinator again on the same store.
+    pub fn start_coordinator(&mut self) {
         let (child, addr, log) = spawn_coordinator(&self.config);
         self.coordinator = child;
         self.addr = addr;
