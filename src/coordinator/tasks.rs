@@ -67,6 +67,9 @@ pub struct Tasks {
     store: Arc<Store>,
     pool: Arc<AgentPool>,
     live: Mutex<HashMap<String, Live>>,
+    /// Serialises RetryTask, so two concurrent retries cannot both find the
+    /// task idle and start two runners.
+    retrying: Mutex<()>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
     metrics: Arc<CoordinatorMetrics>,
@@ -86,6 +89,7 @@ impl Tasks {
             store,
             pool,
             live: Mutex::new(HashMap::new()),
+            retrying: Mutex::new(()),
             tracker,
             shutdown,
             metrics,
@@ -148,7 +152,15 @@ impl Tasks {
             new.request_id,
         );
         // Written down before any RPC is sent.
-        self.store.save(&task)?;
+        if let Err(e) = self.store.save(&task) {
+            // The same request id, created concurrently: that task it is.
+            if let Some(rid) = &task.request_id
+                && let Ok(Some(existing)) = self.store.by_request_id(rid)
+            {
+                return Ok(self.snapshot(&existing.id)?.unwrap_or(existing));
+            }
+            return Err(e.into());
+        }
         tracing::info!(task_id = %task.id, cluster = %task.cluster, kind = task.kind.name(), "task created");
         self.launch(task.clone());
         Ok(task)
@@ -225,6 +237,7 @@ impl Tasks {
 
     /// Runs again every subtask that did not succeed, with new request ids.
     pub fn retry(self: &Arc<Self>, id: &str) -> Result<Task, TaskError> {
+        let _one_at_a_time = self.retrying.lock().unwrap_or_else(|e| e.into_inner());
         if self.live().contains_key(id) {
             return Err(TaskError::StillRunning { id: id.to_string() });
         }
