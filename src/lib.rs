@@ -11,6 +11,7 @@
 //! - [`supervisor`] is the one owner of listeners, processes and the
 //!   [`operation`] log; [`operations`] are the start/stop/restart scripts
 //!   that drive it step by step.
+//! - [`error_chain`] renders an error with its causes on one line.
 //! - [`agent_service`] translates gRPC to supervisor calls; [`agent`] wires
 //!   the daemon; [`proto`] holds the generated code.
 //! - [`state_file`] is what the agent remembers on disk; [`adoption`]
@@ -32,6 +33,7 @@ pub mod agent_service;
 pub mod config;
 pub mod config_file;
 pub mod coordinator;
+pub mod error_chain;
 pub mod grpc_server;
 pub mod hostile_input;
 pub mod listeners;

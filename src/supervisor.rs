@@ -674,7 +674,7 @@ impl Supervisor {
             last_exit: self.last_exit.clone(),
         };
         if let Err(e) = state_file::save(&self.config.state.dir, &state) {
-            tracing::error!(error = %operations::describe(&e), "cannot record the agent's state");
+            tracing::error!(error = %crate::error_chain::describe(&e), "cannot record the agent's state");
         }
     }
 

@@ -105,16 +105,7 @@ async fn force_restart_queues_new_connections_until_the_new_process_serves() {
 async fn a_start_that_dies_fails_with_the_reason_and_is_not_running() {
     let agent = Agent::start().await;
     agent.set_standin_env(&[("ODP_STANDIN_FAIL_START", "true")]);
-    let op = agent
-        .client()
-        .await
-        .start(pb::StartRequest {
-            request_id: String::new(),
-            wait: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let op = agent.try_start().await;
     assert_eq!(op.state(), pb::OperationState::Failed);
     assert!(op.error.contains("before it was ready"), "{}", op.error);
     let status = agent.status().await;
@@ -131,16 +122,7 @@ async fn a_start_not_ready_in_time_is_killed_and_fails() {
     })
     .await;
     agent.set_standin_env(&[("ODP_STANDIN_NO_READY", "true")]);
-    let op = agent
-        .client()
-        .await
-        .start(pb::StartRequest {
-            request_id: String::new(),
-            wait: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let op = agent.try_start().await;
     assert_eq!(op.state(), pb::OperationState::Failed);
     assert!(
         op.error.contains("not ready within start_timeout 1s"),

@@ -57,12 +57,12 @@ fn main() -> ExitCode {
         Err(e) if e.is_config() => {
             eprintln!(
                 "odp-agent: bad configuration: {}",
-                odp_agent::operations::describe(&e)
+                odp_agent::error_chain::describe(&e)
             );
             ExitCode::from(EX_CONFIG as u8)
         }
         Err(e) => {
-            eprintln!("odp-agent: {}", odp_agent::operations::describe(&e));
+            eprintln!("odp-agent: {}", odp_agent::error_chain::describe(&e));
             ExitCode::FAILURE
         }
     }

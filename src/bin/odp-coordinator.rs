@@ -43,12 +43,12 @@ fn main() -> ExitCode {
         Err(e) if e.is_config() => {
             eprintln!(
                 "odp-coordinator: bad configuration: {}",
-                odp_agent::operations::describe(&e)
+                odp_agent::error_chain::describe(&e)
             );
             ExitCode::from(EX_CONFIG as u8)
         }
         Err(e) => {
-            eprintln!("odp-coordinator: {}", odp_agent::operations::describe(&e));
+            eprintln!("odp-coordinator: {}", odp_agent::error_chain::describe(&e));
             ExitCode::FAILURE
         }
     }

@@ -297,6 +297,23 @@ fn batch(spec: &Option<String>) -> Result<(u32, u32)> {
     Ok((n, 0))
 }
 
+/// A cluster operation request: the fields every one shares (the protocol
+/// keeps them flat, under the names users know), plus any of its own.
+macro_rules! cluster_request {
+    ($ty:ident, $cluster:expr, $rollout:expr $(, $field:ident: $value:expr)*) => {{
+        let (batch_size, batch_percent) = batch(&$rollout.batch)?;
+        pb::$ty {
+            cluster: $cluster,
+            request_id: $rollout.request_id.clone(),
+            batch_size,
+            batch_percent,
+            max_failures: $rollout.max_failures,
+            pause: $rollout.pause.map(proto_duration),
+            $($field: $value,)*
+        }
+    }};
+}
+
 /// Returns whether the command succeeded (exit 0) or a task/operation failed.
 async fn run(cli: Cli) -> Result<bool> {
     let json_out = cli.output == Output::Json;
@@ -338,36 +355,16 @@ async fn run(cli: Cli) -> Result<bool> {
                     Ok(s.odps.iter().all(|o| o.error.is_empty()))
                 }
                 ClusterCmd::Stop { cluster, rollout } => {
-                    let (batch_size, batch_percent) = batch(&rollout.batch)?;
                     let task = c
-                        .stop_all(pb::StopAllRequest {
-                            cluster,
-                            request_id: rollout.request_id.clone(),
-                            batch_size,
-                            batch_percent,
-                            max_failures: rollout.max_failures,
-                            pause: rollout.pause.map(proto_duration),
-                        })
-                        .await
-                        .map_err(rpc_error)?
-                        .into_inner();
-                    follow(&mut c, task, rollout.detach, json_out).await
+                        .stop_all(cluster_request!(StopAllRequest, cluster, rollout))
+                        .await;
+                    follow_answer(&mut c, task, rollout.detach, json_out).await
                 }
                 ClusterCmd::Start { cluster, rollout } => {
-                    let (batch_size, batch_percent) = batch(&rollout.batch)?;
                     let task = c
-                        .start_all(pb::StartAllRequest {
-                            cluster,
-                            request_id: rollout.request_id.clone(),
-                            batch_size,
-                            batch_percent,
-                            max_failures: rollout.max_failures,
-                            pause: rollout.pause.map(proto_duration),
-                        })
-                        .await
-                        .map_err(rpc_error)?
-                        .into_inner();
-                    follow(&mut c, task, rollout.detach, json_out).await
+                        .start_all(cluster_request!(StartAllRequest, cluster, rollout))
+                        .await;
+                    follow_answer(&mut c, task, rollout.detach, json_out).await
                 }
                 ClusterCmd::Restart {
                     cluster,
@@ -375,27 +372,20 @@ async fn run(cli: Cli) -> Result<bool> {
                     exit_timeout,
                     rollout,
                 } => {
-                    let (batch_size, batch_percent) = batch(&rollout.batch)?;
                     let mode = if force {
                         apb::RestartMode::Force
                     } else {
                         apb::RestartMode::Hot
                     };
-                    let task = c
-                        .restart_all(pb::RestartAllRequest {
-                            cluster,
-                            request_id: rollout.request_id.clone(),
-                            batch_size,
-                            batch_percent,
-                            max_failures: rollout.max_failures,
-                            pause: rollout.pause.map(proto_duration),
-                            mode: mode as i32,
-                            exit_timeout: exit_timeout.map(proto_duration),
-                        })
-                        .await
-                        .map_err(rpc_error)?
-                        .into_inner();
-                    follow(&mut c, task, rollout.detach, json_out).await
+                    let request = cluster_request!(
+                        RestartAllRequest,
+                        cluster,
+                        rollout,
+                        mode: mode as i32,
+                        exit_timeout: exit_timeout.map(proto_duration)
+                    );
+                    let task = c.restart_all(request).await;
+                    follow_answer(&mut c, task, rollout.detach, json_out).await
                 }
             }
         }
@@ -471,6 +461,17 @@ async fn run(cli: Cli) -> Result<bool> {
         }
         Top::Agent(cmd) => agent(cmd, &cli.tls, json_out).await,
     }
+}
+
+/// The coordinator's answer to a cluster operation, followed to its end.
+async fn follow_answer(
+    c: &mut CoordinatorClient<Conn>,
+    answer: Result<tonic::Response<pb::Task>, tonic::Status>,
+    detach: bool,
+    json_out: bool,
+) -> Result<bool> {
+    let task = answer.map_err(rpc_error)?.into_inner();
+    follow(c, task, detach, json_out).await
 }
 
 /// Follows a task with a live progress display per ODP (unless detached or

@@ -16,7 +16,7 @@ use super::{
     store::Store,
     task::{Kind, Mode, State, SubtaskState, Task},
 };
-use crate::{metrics::coordinator::CoordinatorMetrics, operations::describe, proto::agent as pb};
+use crate::{error_chain::describe, metrics::coordinator::CoordinatorMetrics, proto::agent as pb};
 
 /// How long an ODP may take to report the intended state after its
 /// operation succeeded (the health gate), and how often it is asked.

@@ -14,8 +14,8 @@ use super::{
     tasks::{TaskError, Tasks},
 };
 use crate::{
+    error_chain::describe,
     metrics::coordinator::CoordinatorMetrics,
-    operations::describe,
     proto::{agent as apb, coordinator as pb},
     security::guard::Guard,
 };

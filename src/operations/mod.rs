@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use crate::{
     config::AgentConfig,
+    error_chain::describe,
     obproxy::{pidfd::Exit, version::VersionError},
     operation::{Kind, Phase, Request},
     supervisor::{Handle, ListenerInfo, Step, StepError},
@@ -54,18 +55,6 @@ pub enum Error {
     NotServing,
     #[error("the agent is shutting down")]
     Gone,
-}
-
-/// Renders an error with its causes, for the operation's `error` field.
-pub fn describe(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// What an operation script holds: its id, the config, and the supervisor.

@@ -9,9 +9,9 @@ use nix::sys::signal::Signal;
 use super::{Msg, Process, Role, Supervisor};
 use crate::{
     adoption,
+    error_chain::describe,
     listeners::Listeners,
     obproxy::{pidfd::Pidfd, procfs},
-    operations::describe,
     state_file,
 };
 

@@ -168,9 +168,9 @@ dir = "state"
             .into_inner()
     }
 
-    pub async fn start_proxy(&self) -> pb::Operation {
-        let op = self
-            .client()
+    /// Start with `wait: true`: the finished operation, whatever its outcome.
+    pub async fn try_start(&self) -> pb::Operation {
+        self.client()
             .await
             .start(pb::StartRequest {
                 request_id: String::new(),
@@ -178,13 +178,19 @@ dir = "state"
             })
             .await
             .unwrap()
-            .into_inner();
+            .into_inner()
+    }
+
+    /// Start, which must succeed.
+    pub async fn start_proxy(&self) -> pb::Operation {
+        let op = self.try_start().await;
         assert_eq!(
             op.state(),
             pb::OperationState::Succeeded,
-            "start failed: {}\n{}",
+            "start failed: {}\n{}\nobproxy output:\n{}",
             op.error,
-            self.logs()
+            self.logs(),
+            self.obproxy_output()
         );
         op
     }
