@@ -127,7 +127,7 @@ pub fn authorization(data: &[u8]) -> Outcome {
                 sha256: hex::encode(Sha256::digest(TOKEN.as_bytes())),
                 role: Role::Operator,
             }],
-            certificates: vec![],
+            ..Default::default()
         },
         false,
     );

@@ -22,7 +22,10 @@
 //!   fuzzers).
 //! - [`systemd`] is what systemd is told (ready, stopping, watchdog);
 //!   [`metrics`] owns the Prometheus registries and the `/metrics` endpoint;
-//!   [`telemetry`] sets up the logs.
+//!   [`telemetry`] sets up the logs (a lost log line never hurts the
+//!   daemon); [`panics`] makes a panic in any thread end the process.
+//! - [`grpc_server`] is how both daemons serve gRPC: TLS, the local socket,
+//!   and the bounds on connections, streams and calls in flight.
 //! - [`loadgen`] is client load against an ODP's SQL port, counted by outcome
 //!   (refused, reset, cut), for the load tests and `odp-bench`;
 //!   [`local_cluster`] runs agents, stand-ins and a coordinator on loopback
@@ -43,6 +46,7 @@ pub mod metrics;
 pub mod obproxy;
 pub mod operation;
 pub mod operations;
+pub mod panics;
 pub mod proto;
 pub mod security;
 pub mod signals;

@@ -22,12 +22,13 @@ use crate::{
     listeners::{ListenerError, Listeners},
     metrics::agent::AgentMetrics,
     obproxy::{
+        executable::Executable,
         launch::{self, LaunchSpec},
         pidfd::{self, Exit, Pidfd},
         procfs,
         spawner::{SpawnError, Spawned, Spawner},
     },
-    operation::{self, Admission, Kind, LogError, Operation, Phase, Request},
+    operation::{self, Admission, Kind, LogError, OnAdmit, Operation, Phase, Request},
     operations,
     signals::ChildSignal,
     state_file::{self, AgentState, RecordedListener, RecordedProcess},
@@ -82,6 +83,9 @@ pub enum SubmitError {
     NotServing { state: ProxyState },
     #[error("HOT restart refused: {reason}")]
     ListenersLost { reason: String },
+    /// The admission could not be recorded (the audit log): refused.
+    #[error("{0}")]
+    NotRecorded(String),
     #[error("the agent is shutting down")]
     ShuttingDown,
 }
@@ -139,6 +143,7 @@ enum Msg {
     Status(oneshot::Sender<Status>),
     Submit(
         Request,
+        Option<OnAdmit>,
         oneshot::Sender<Result<watch::Receiver<Operation>, SubmitError>>,
     ),
     GetOperation(String, oneshot::Sender<Option<Operation>>),
@@ -172,7 +177,7 @@ pub enum Step {
     BindListeners(oneshot::Sender<Result<ListenerInfo, StepError>>),
     CloseListeners(oneshot::Sender<()>),
     Spawn {
-        binary: PathBuf,
+        binary: Executable,
         version: String,
         exit_timeout: Duration,
         reply: oneshot::Sender<Result<u32, StepError>>,
@@ -232,7 +237,19 @@ impl Handle {
         &self,
         request: Request,
     ) -> Result<watch::Receiver<Operation>, SubmitError> {
-        self.ask(|tx| Msg::Submit(request, tx))
+        self.ask(|tx| Msg::Submit(request, None, tx))
+            .await
+            .unwrap_or(Err(SubmitError::ShuttingDown))
+    }
+
+    /// As [`Handle::submit`], with `on_admit` run in the step that admits
+    /// the operation: a caller that hangs up meanwhile cannot skip it.
+    pub async fn submit_audited(
+        &self,
+        request: Request,
+        on_admit: OnAdmit,
+    ) -> Result<watch::Receiver<Operation>, SubmitError> {
+        self.ask(|tx| Msg::Submit(request, Some(on_admit), tx))
             .await
             .unwrap_or(Err(SubmitError::ShuttingDown))
     }
@@ -361,10 +378,11 @@ impl Supervisor {
             .map(|id| tracing::info_span!("operation", op_id = %id).entered());
         match msg {
             Msg::Status(reply) => {
+                crate::panics::injected("supervisor");
                 let _ = reply.send(self.status());
             }
-            Msg::Submit(request, reply) => {
-                let _ = reply.send(self.submit(request));
+            Msg::Submit(request, on_admit, reply) => {
+                let _ = reply.send(self.submit(request, on_admit));
             }
             Msg::GetOperation(id, reply) => {
                 let _ = reply.send(self.log.get(&id));
@@ -405,7 +423,11 @@ impl Supervisor {
             .map(|(pid, _)| *pid)
     }
 
-    fn submit(&mut self, request: Request) -> Result<watch::Receiver<Operation>, SubmitError> {
+    fn submit(
+        &mut self,
+        request: Request,
+        on_admit: Option<OnAdmit>,
+    ) -> Result<watch::Receiver<Operation>, SubmitError> {
         if self.shutdown.is_cancelled() {
             return Err(SubmitError::ShuttingDown);
         }
@@ -429,7 +451,18 @@ impl Supervisor {
                 reason: problem.clone(),
             });
         }
-        match self.log.admit(&request, serving)? {
+        let admission = self.log.admit(&request, serving)?;
+        if let Some(on_admit) = on_admit {
+            let (Admission::Replay(rx) | Admission::New(rx)) = &admission;
+            let id = rx.borrow().id.clone();
+            if let Err(reason) = on_admit(&id, matches!(admission, Admission::Replay(_))) {
+                if matches!(admission, Admission::New(_)) {
+                    self.log.withdraw(&id);
+                }
+                return Err(SubmitError::NotRecorded(reason));
+            }
+        }
+        match admission {
             Admission::Replay(rx) => Ok(rx),
             Admission::New(rx) => {
                 let op = rx.borrow().clone();
@@ -839,7 +872,7 @@ impl Supervisor {
 
     fn spawn(
         &mut self,
-        binary: PathBuf,
+        binary: Executable,
         version: String,
         exit_timeout: Duration,
         reply: oneshot::Sender<Result<u32, StepError>>,
@@ -851,15 +884,17 @@ impl Supervisor {
         let cfg = &self.config.obproxy;
         let spec = LaunchSpec {
             binary: binary.clone(),
+            umask: crate::security::files::inherited_umask(),
             args: launch::args(cfg, exit_timeout),
             home: cfg.home.clone(),
             env: self.listeners.inherit_env(),
             inherit_fds: self.listeners.raw_fds(),
             output: self.config.state.dir.join("obproxy.out"),
         };
-        tracing::info!(binary = %binary.display(), args = ?spec.args, env = ?spec.env, "spawning obproxy");
+        tracing::info!(binary = %binary.path().display(), args = ?spec.args, env = ?spec.env, "spawning obproxy");
         self.spawns_in_flight += 1;
         let tx = self.tx.clone();
+        let binary = binary.path().to_path_buf();
         self.spawner.spawn(spec, move |result| {
             let _ = tx.send(Msg::Spawned {
                 result,

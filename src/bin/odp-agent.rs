@@ -25,16 +25,22 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     telemetry::init(args.log_format);
+    odp_agent::panics::install("odp-agent");
+    // Everything the daemon creates is its own (0700 directories, 0600
+    // files), whatever umask it was started with.
+    odp_agent::security::files::restrict_umask();
     let loaded = match &args.config {
         Some(path) => AgentConfig::load(path),
         None => demo_config(),
     };
     let config = match loaded.and_then(|c| {
-        std::fs::create_dir_all(&c.state.dir).map_err(|e| {
+        // The state directory holds what the agent trusts at its next start
+        // (which pids to signal): its own, 0700, nobody else's.
+        odp_agent::security::files::private_dir(&c.state.dir).map_err(|e| {
             ConfigError::new(
                 args.config.as_deref().unwrap_or(&c.state.dir),
                 "state.dir",
-                format!("cannot create {}: {e}", c.state.dir.display()),
+                odp_agent::error_chain::describe(&e),
             )
         })?;
         Ok(c)

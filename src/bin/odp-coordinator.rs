@@ -24,6 +24,10 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     telemetry::init(args.log_format);
+    odp_agent::panics::install("odp-coordinator");
+    // Everything the daemon creates is its own (0700 directories, 0600
+    // files), whatever umask it was started with.
+    odp_agent::security::files::restrict_umask();
     let config = match CoordinatorConfig::load(&args.config) {
         Ok(c) => c,
         Err(e) => {

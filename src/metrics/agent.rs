@@ -113,6 +113,11 @@ impl AgentMetrics {
             "Operations finished, by kind and outcome",
             operations.clone(),
         );
+        registry.register(
+            "odp_log_write_errors",
+            "Log lines stderr did not take (dropped; logging goes on)",
+            crate::telemetry::write_errors(),
+        );
         let drain_duration = Histogram::new(DRAIN_BUCKETS);
         registry.register(
             "odp_drain_duration_seconds",

@@ -1,12 +1,17 @@
 //! The command line and environment of an obproxy the agent starts.
 use std::{os::fd::RawFd, path::PathBuf, time::Duration};
 
+use super::executable::Executable;
 use crate::config::ObproxyConfig;
 
 /// Everything the spawner thread needs to start one obproxy.
 #[derive(Debug, Clone)]
 pub struct LaunchSpec {
-    pub binary: PathBuf,
+    /// The file to exec, opened before its version was read.
+    pub binary: Executable,
+    /// The umask obproxy gets: the one the agent was started with (the
+    /// agent's own is 0077).
+    pub umask: u32,
     pub args: Vec<String>,
     pub home: PathBuf,
     pub env: Vec<(String, String)>,

@@ -1,13 +1,13 @@
 //! Bringing one obproxy up on the held listeners: version, spawn, readiness
 //! (its SIGUSR1 to us, then the listener check and a TCP probe as second
 //! opinions). On any failure the new process is killed.
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 
 use super::{Ctl, Error};
 use crate::{
-    obproxy::{procfs, version},
+    obproxy::{executable::Binary, procfs, version},
     operation::Phase,
 };
 
@@ -27,16 +27,19 @@ pub enum Probe {
 /// Returns the pid of a ready obproxy that is not serving yet.
 pub async fn bring_up(
     ctl: &Ctl,
-    binary: PathBuf,
+    binary: impl Into<Binary>,
     exit_timeout: Duration,
     probe: Probe,
 ) -> Result<u32, Error> {
     let cfg = &ctl.config.obproxy;
     ctl.progress(Phase::Binding, None);
     let listeners = ctl.bind_listeners().await?;
+    // Opened once: its version is read from, and the process started from,
+    // this very file.
+    let binary = binary.into().open()?;
     ctl.progress(
         Phase::Spawning,
-        format!("reading the version of {}", binary.display()),
+        format!("reading the version of {}", binary.path().display()),
     );
     let version = version::probe(&binary, &cfg.home).await?;
     let pid = ctl.spawn(binary, version.clone(), exit_timeout).await?;

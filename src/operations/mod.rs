@@ -15,7 +15,7 @@ use tracing::Instrument;
 use crate::{
     config::AgentConfig,
     error_chain::describe,
-    obproxy::{pidfd::Exit, version::VersionError},
+    obproxy::{executable::ExecutableError, pidfd::Exit, version::VersionError},
     operation::{Kind, Phase, Request},
     supervisor::{Handle, ListenerInfo, Step, StepError},
 };
@@ -29,6 +29,8 @@ pub enum Error {
     Step(#[from] StepError),
     #[error(transparent)]
     Version(#[from] VersionError),
+    #[error(transparent)]
+    Binary(#[from] ExecutableError),
     #[error("obproxy pid {pid} {exit} before it was ready")]
     DiedBeforeReady { pid: u32, exit: Exit },
     #[error("obproxy pid {pid} was not ready within start_timeout {}; killed it", humantime::format_duration(*timeout))]
@@ -102,7 +104,7 @@ impl Ctl {
 
     async fn spawn(
         &self,
-        binary: std::path::PathBuf,
+        binary: crate::obproxy::executable::Executable,
         version: String,
         exit_timeout: Duration,
     ) -> Result<u32, Error> {

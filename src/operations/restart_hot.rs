@@ -8,13 +8,18 @@ use super::{
     Ctl, Error,
     bring_up::{Probe, bring_up},
 };
-use crate::{operation::Phase, operation::Request, supervisor::DRAIN_GRACE};
+use crate::{
+    obproxy::executable::Binary, operation::Phase, operation::Request, supervisor::DRAIN_GRACE,
+};
 
 pub async fn run(ctl: &Ctl, request: &Request) -> Result<Option<u32>, Error> {
     let cfg = &ctl.config.obproxy;
     let old = ctl.serving_at_start.ok_or(Error::NotServing)?;
     let window = request.exit_timeout.unwrap_or(cfg.hot_upgrade_exit_timeout);
-    let binary = request.binary.clone().unwrap_or_else(|| cfg.binary.clone());
+    let binary = match request.binary.clone() {
+        Some(upgrade) => Binary::Opened(upgrade),
+        None => Binary::Configured(cfg.binary.clone()),
+    };
     let new = bring_up(ctl, binary, window, Probe::ListenerOnly).await?;
     // The new process serves from here on; the supervisor holds the old one's
     // drain deadline (window + grace) and SIGKILLs it there.
