@@ -86,29 +86,38 @@ pub async fn run(config: AgentConfig, start_proxy: bool) -> Result<(), Error> {
     handle.forward_signals(child_rx);
     tracker.spawn(supervisor.run());
 
-    let bound = grpc_server::bind_all(&config.server).await?;
+    // Callers are served on threads of their own (see CallerRuntime): the
+    // supervisor and the operations keep this runtime to themselves.
+    let callers = grpc_server::CallerRuntime::new().map_err(ServeError::Runtime)?;
+    let settings = config.server.clone();
+    let bound = callers
+        .run(async move { grpc_server::bind_all(&settings).await })
+        .await??;
     let addr = bound.addr;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AgentServer<AgentService>>().await;
-    let routes = |mut server: grpc_server::Builder| {
-        let service = AgentServer::new(AgentService::new(
-            handle.clone(),
-            config.clone(),
-            guard.clone(),
-        ))
-        .max_decoding_message_size(config.server.max_message_bytes);
-        grpc_server::with_reflection(
-            server
-                .add_service(health_service.clone())
-                .add_service(service),
-        )
+    let routes = {
+        let (handle, config, guard) = (handle.clone(), config.clone(), guard.clone());
+        move |mut server: grpc_server::Builder| {
+            let service = AgentServer::new(AgentService::new(
+                handle.clone(),
+                config.clone(),
+                guard.clone(),
+            ))
+            .max_decoding_message_size(config.server.max_message_bytes);
+            grpc_server::with_reflection(
+                server
+                    .add_service(health_service.clone())
+                    .add_service(service),
+            )
+        }
     };
 
     if let Some(listen) = config.metrics {
-        let endpoint = metrics::Endpoint::bind(listen).await?;
+        let endpoint = callers.run(metrics::Endpoint::bind(listen)).await??;
         tracing::info!(metrics_addr = %endpoint.addr, "metrics endpoint serving");
         let router = metrics.router(handle.clone());
-        tracker.spawn(endpoint.serve(router, shutdown.clone()));
+        tracker.spawn_on(endpoint.serve(router, shutdown.clone()), callers.handle());
     }
 
     tracing::info!(
@@ -140,15 +149,17 @@ pub async fn run(config: AgentConfig, start_proxy: bool) -> Result<(), Error> {
             tracing::error!(error = %e, "cannot start obproxy");
         }
     }
-    let result = grpc_server::serve_all(
-        routes,
-        config.security.tls.as_ref(),
-        &config.server,
-        bound,
-        grpc_server::accept::RESERVED_FDS,
-        shutdown.clone(),
-    )
-    .await;
+    let result = callers
+        .run(grpc_server::serve_all(
+            routes,
+            config.security.tls.clone(),
+            config.server.clone(),
+            bound,
+            grpc_server::accept::RESERVED_FDS,
+            shutdown.clone(),
+        ))
+        .await
+        .and_then(|r| r);
     shutdown.cancel();
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())

@@ -151,8 +151,8 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), Error> {
     let agents: usize = config.clusters.iter().map(|c| c.agents.len()).sum();
     let result = grpc_server::serve_all(
         routes,
-        config.security.tls.as_ref(),
-        &config.server,
+        config.security.tls.clone(),
+        config.server.clone(),
         bound,
         grpc_server::accept::RESERVED_FDS + agents as u64,
         shutdown.clone(),

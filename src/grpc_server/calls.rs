@@ -24,7 +24,7 @@ use super::conn::{CallGuard, Peer};
 /// each open stream holds memory until its client goes.
 pub const MAX_STREAMS: usize = 128;
 /// Unary reads in flight per listener: each costs the daemon real work.
-pub const MAX_READS: usize = 64;
+pub const MAX_READS: usize = 16;
 /// Mutating calls in flight per listener (a `wait: true` call holds its
 /// slot until the operation ends; one operation runs at a time anyway).
 pub const MAX_WRITES: usize = 16;

@@ -59,6 +59,10 @@ pub enum ServeError {
     Serve(#[source] tonic::transport::Error),
     #[error(transparent)]
     Socket(#[from] unix_socket::SocketError),
+    #[error("cannot start the threads that serve callers")]
+    Runtime(#[source] std::io::Error),
+    #[error("the gRPC server stopped unexpectedly")]
+    Stopped,
 }
 
 /// Request metadata (headers) a caller may send: an authorization header is
@@ -118,6 +122,54 @@ pub fn with_reflection(router: Routed) -> Result<Routed, ServeError> {
     Ok(router.add_service(v1).add_service(v1alpha))
 }
 
+/// The threads that serve callers (gRPC and metrics), apart from the
+/// daemon's own work: however busy callers keep them, the supervisor's
+/// threads are scheduled by the kernel on their own, so signals, readiness,
+/// respawns and drains are handled on time.
+pub struct CallerRuntime(Option<tokio::runtime::Runtime>);
+
+/// Worker threads for callers: gRPC work here is small and bounded.
+const CALLER_THREADS: usize = 2;
+
+impl CallerRuntime {
+    pub fn new() -> std::io::Result<Self> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(CALLER_THREADS)
+            .thread_name("grpc")
+            .enable_all()
+            .build()
+            .map(|rt| Self(Some(rt)))
+    }
+
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("the runtime lives until dropped")
+            .handle()
+    }
+
+    /// Runs `work` on the callers' threads and waits for it.
+    pub async fn run<F>(&self, work: F) -> Result<F::Output, ServeError>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle()
+            .spawn(work)
+            .await
+            .map_err(|_| ServeError::Stopped)
+    }
+}
+
+impl Drop for CallerRuntime {
+    fn drop(&mut self) {
+        // Dropped from async code at shutdown: it must not block there.
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// Connections the local socket admits at once: operators on the host.
 pub const LOCAL_CONNECTIONS: usize = 32;
 
@@ -144,8 +196,8 @@ pub async fn bind_all(settings: &Settings) -> Result<Bound, ServeError> {
 /// the daemon's own work. The local socket is removed at the end.
 pub async fn serve_all(
     routes: impl Fn(Builder) -> Result<Routed, ServeError>,
-    tls: Option<&TlsConfig>,
-    settings: &Settings,
+    tls: Option<TlsConfig>,
+    settings: Settings,
     bound: Bound,
     reserved_fds: u64,
     shutdown: CancellationToken,
@@ -157,7 +209,7 @@ pub async fn serve_all(
         reserved_fds + local_cap as u64,
         "server.max_connections",
     );
-    let tcp_router = routes(builder(tls, &limits)?)?;
+    let tcp_router = routes(builder(tls.as_ref(), &limits)?)?;
     let tcp = serve(
         tcp_router,
         accept::incoming(bound.tcp, tcp_cap, tls.is_some(), limits),

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod local;
 pub mod mariadb;
 pub mod pki;
 pub mod sysbench;
@@ -115,7 +116,7 @@ dir = "state"
 {}
 {}"#,
                 opts.server,
-                open_loopback(&opts.more),
+                open_loopback(&format!("{}{}", opts.server, opts.more)),
                 opts.exit_timeout,
                 opts.start_timeout,
                 opts.stop_timeout,
@@ -526,7 +527,8 @@ pub fn sample(body: &str, series: &str) -> Option<f64> {
 /// Without credentials in `more`, test callers on loopback operate (the
 /// daemons' default is READ_ONLY there; the security tests prove that).
 pub fn open_loopback(more: &str) -> &'static str {
-    if more.contains("[tls]") || more.contains("[[auth.tokens]]") {
+    if more.contains("[tls]") || more.contains("[[auth.tokens]]") || more.contains("loopback_role")
+    {
         ""
     } else {
         "loopback_role = \"OBPROXY_MANAGER\""
