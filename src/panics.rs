@@ -57,6 +57,7 @@ pub fn install(daemon: &'static str) {
 /// the tests can prove that a panic in that thread ends the process.
 /// Release builds have no such switch.
 #[inline]
+#[track_caller]
 pub fn injected(point: &str) {
     #[cfg(debug_assertions)]
     if std::env::var("ODP_DEBUG_PANIC").is_ok_and(|p| p == point) {

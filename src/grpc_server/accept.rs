@@ -263,6 +263,40 @@ mod tests {
         next.abort();
     }
 
+    /// A listener in a process out of descriptors: every accept fails.
+    struct Exhausted(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Listen for Exhausted {
+        type Io = TcpStream;
+
+        async fn accept(&self) -> io::Result<(TcpStream, PeerKind)> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(io::Error::from_raw_os_error(libc::EMFILE))
+        }
+
+        fn name(&self) -> String {
+            "exhausted".into()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn out_of_descriptors_the_loop_backs_off_instead_of_spinning() {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut conns = Box::pin(incoming(
+            Exhausted(calls.clone()),
+            8,
+            false,
+            Limits::default(),
+        ));
+        // Ten seconds of a shortage (paused time runs as fast as it can).
+        let waited = tokio::time::timeout(Duration::from_secs(10), conns.next()).await;
+        assert!(waited.is_err(), "no connection can come out of it");
+        let calls = calls.load(std::sync::atomic::Ordering::SeqCst);
+        // 50 ms doubling to 1 s: about a dozen rounds of two accepts each,
+        // where a tight loop would have made millions.
+        assert!((4..=40).contains(&calls), "{calls} accept calls in 10 s");
+    }
+
     #[test]
     fn the_cap_fits_the_descriptor_limit() {
         let (soft, _) =
