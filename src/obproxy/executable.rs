@@ -119,7 +119,10 @@ impl Executable {
             }
         }
         let Some((file, dirs)) = names.split_last() else {
-            return Err(refused("names the upgrade directory itself".into()));
+            return Err(ExecutableError::Refused {
+                path: dir.to_path_buf(),
+                reason: "is the upgrade directory itself, not an executable file".into(),
+            });
         };
         let mut at =
             open_at(libc::AT_FDCWD, dir, libc::O_PATH | libc::O_DIRECTORY).map_err(|source| {
