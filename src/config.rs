@@ -215,8 +215,7 @@ dir = {state:?}
         let security = Security::resolve(
             path,
             &base,
-            &raw.server.listen,
-            raw.server.loopback_role,
+            &raw.server,
             raw.tls,
             raw.auth,
             raw.audit,

@@ -30,16 +30,19 @@ fn spawn_on_a_pipe(
     let mut lines = Vec::new();
     loop {
         let mut line = String::new();
+        // EOF: the daemon is gone (nothing left to wait for but its zombie).
         assert!(
-            reader.read_line(&mut line).unwrap() > 0,
-            "the daemon ended before it served"
+            reader.read_line(&mut line).unwrap_or(0) > 0,
+            "the daemon ended before it served:\n{}",
+            lines.concat()
         );
         let serving = line.contains("grpc_addr=");
         lines.push(line);
         if serving {
-            return (child, reader, lines);
+            break;
         }
     }
+    (child, reader, lines)
 }
 
 fn config_of(agent: &Agent) -> Command {

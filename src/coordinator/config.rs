@@ -251,8 +251,7 @@ impl CoordinatorConfig {
         let security = Security::resolve(
             path,
             &base,
-            &raw.server.listen,
-            raw.server.loopback_role,
+            &raw.server,
             raw.tls,
             raw.auth,
             raw.audit,

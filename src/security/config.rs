@@ -13,7 +13,7 @@ use super::{
     guard::Guard,
     roles::{LocalPrincipal, Policy, Role},
 };
-use crate::config_file::ConfigError;
+use crate::{config_file::ConfigError, grpc_server::settings::ServerSection};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -112,18 +112,18 @@ pub struct Security {
 
 impl Security {
     /// Resolves the sections of the file `path` (relative paths against
-    /// `base`) and checks them with the listen address; `default_audit` is
+    /// `base`) and checks them with the `[server]` section; `default_audit` is
     /// where the audit log goes unless `[audit] path` says otherwise.
     pub fn resolve(
         path: &Path,
         base: &Path,
-        listen: &SocketAddr,
-        loopback_role: Option<Role>,
+        server: &ServerSection,
         tls: Option<TlsConfig>,
         auth: AuthConfig,
         audit: AuditConfig,
         default_audit: PathBuf,
     ) -> Result<Self, ConfigError> {
+        let (listen, loopback_role) = (&server.listen, server.loopback_role);
         let tls = tls
             .map(|t| {
                 Ok::<_, ConfigError>(TlsConfig {
