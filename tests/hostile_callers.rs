@@ -26,6 +26,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
+/// The attacks measure how long an operator waits under them: one at a time,
+/// so one test's attack is not another's.
+static ONE_ATTACK_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The bound the issue sets on the agent's memory under attack.
 const MAX_RSS_KIB: u64 = 100 * 1024;
 /// How long an operator's Stop may take under attack.
@@ -85,6 +89,7 @@ async fn operator_start(agent: &Agent) -> pb::Operation {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_get_status_flood_does_not_keep_an_operator_from_stopping_obproxy() {
+    let _one = ONE_ATTACK_AT_A_TIME.lock().await;
     let agent = Agent::start_with(read_only_loopback()).await;
     operator_start(&agent).await;
     let pid = agent.child.id();
@@ -135,7 +140,11 @@ async fn a_get_status_flood_does_not_keep_an_operator_from_stopping_obproxy() {
     eprintln!(
         "flood: {answered} calls ({shed} shed with RESOURCE_EXHAUSTED); operator's Stop took {took:?}; agent RSS {rss} KiB"
     );
-    assert!(took < STOP_WITHIN, "the Stop took {took:?} under the flood");
+    assert!(
+        took < STOP_WITHIN,
+        "the Stop took {took:?} under the flood\n{}",
+        agent.logs()
+    );
     assert!(rss < MAX_RSS_KIB, "RSS {rss} KiB under the flood");
     assert!(
         shed > 0,
@@ -146,12 +155,13 @@ async fn a_get_status_flood_does_not_keep_an_operator_from_stopping_obproxy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stream_storm_is_capped_and_an_operator_still_stops_obproxy() {
+    let _one = ONE_ATTACK_AT_A_TIME.lock().await;
     let agent = Agent::start_with(read_only_loopback()).await;
     operator_start(&agent).await;
     let pid = agent.child.id();
     // A hot restart that stays in its drain while this session is open: its
     // WatchOperation streams stay open too.
-    let mut session = TcpStream::connect(agent.sql_addr().await).await.unwrap();
+    let mut session = common::connect(agent.sql_addr().await).await.unwrap();
     common::echo(&mut session, b"hold").await.unwrap();
     let restart = local::operator(&agent)
         .await
@@ -277,6 +287,7 @@ async fn closed_by_server(mut conn: TcpStream) {
 
 #[tokio::test]
 async fn silent_and_idle_connections_are_closed() {
+    let _one = ONE_ATTACK_AT_A_TIME.lock().await;
     let agent = Agent::start_with(Options {
         server: "idle_timeout = \"1s\"\nhandshake_timeout = \"1s\"".into(),
         ..Default::default()
@@ -305,6 +316,7 @@ async fn silent_and_idle_connections_are_closed() {
 
 #[tokio::test]
 async fn connections_over_the_cap_are_refused_at_once_and_logged() {
+    let _one = ONE_ATTACK_AT_A_TIME.lock().await;
     let agent = Agent::start_with(Options {
         server: "max_connections = 4".into(),
         ..Default::default()
@@ -355,6 +367,7 @@ const LOW_NOFILE: u64 = 160;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_of_descriptors_connections_are_refused_while_supervision_goes_on() {
+    let _one = ONE_ATTACK_AT_A_TIME.lock().await;
     let agent = Agent::start_customized(Options::default(), |config| {
         let mut command = common::agent_command(config);
         // SAFETY: setrlimit only, between fork and exec.
