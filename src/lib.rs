@@ -11,7 +11,8 @@
 //! - [`supervisor`] is the one owner of listeners, processes and the
 //!   [`operation`] log; [`operations`] are the start/stop/restart scripts
 //!   that drive it step by step.
-//! - [`error_chain`] renders an error with its causes on one line.
+//! - [`error_chain`] renders an error with its causes on one line;
+//!   [`redact`] masks the secrets obproxy's arguments may carry.
 //! - [`agent_service`] translates gRPC to supervisor calls; [`agent`] wires
 //!   the daemon; [`proto`] holds the generated code.
 //! - [`state_file`] is what the agent remembers on disk; [`adoption`]
@@ -44,6 +45,7 @@ pub mod obproxy;
 pub mod operation;
 pub mod operations;
 pub mod proto;
+pub mod redact;
 pub mod security;
 pub mod signals;
 pub mod sim;

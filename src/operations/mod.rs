@@ -1,5 +1,6 @@
 //! The operations themselves, one file each, written as straight-line async
 //! scripts. They own no state: every step is a request to the supervisor.
+mod bootstrap;
 mod bring_up;
 mod respawn;
 mod restart_force;
@@ -15,7 +16,7 @@ use tracing::Instrument;
 use crate::{
     config::AgentConfig,
     error_chain::describe,
-    obproxy::{pidfd::Exit, version::VersionError},
+    obproxy::{launch::Plan, pidfd::Exit, version::VersionError},
     operation::{Kind, Phase, Request},
     supervisor::{Handle, ListenerInfo, Step, StepError},
 };
@@ -34,7 +35,7 @@ pub enum Error {
     #[error("obproxy pid {pid} was not ready within start_timeout {}; killed it", humantime::format_duration(*timeout))]
     NotReady { pid: u32, timeout: Duration },
     #[error(
-        "obproxy pid {pid} signalled readiness but does not hold the SQL listener (socket inodes {inodes:?}); killed it"
+        "obproxy pid {pid} signalled readiness but does not hold the listeners it was handed (socket inodes {inodes:?}); killed it"
     )]
     NotHoldingListeners { pid: u32, inodes: Vec<u64> },
     #[error(
@@ -53,6 +54,32 @@ pub enum Error {
     Unkillable { pid: u32 },
     #[error("no obproxy is serving; a hot restart needs one")]
     NotServing,
+    #[error(
+        "obproxy {version} cannot inherit the IPv6 listener {addr}: it reads \
+         OBPROXY_INHERITED_IPV6_FD from 4.1 on; remove {addr} from [obproxy] listen or run obproxy 4.1 or later"
+    )]
+    Ipv6Unsupported {
+        version: String,
+        addr: std::net::SocketAddr,
+    },
+    #[error(
+        "obproxy {version} needs {} for an inherited start and it is missing (obproxy 4.3 writes it \
+         only on its own restart path), so a HOT restart onto it would abort: a FORCE restart, or \
+         Stop and Start, lets it bind the port itself once and write the file", path.display()
+    )]
+    NeedsConfigBin {
+        version: String,
+        path: std::path::PathBuf,
+    },
+    #[error(
+        "obproxy pid {pid} (a bootstrap start) did not listen on {addrs:?} within start_timeout {}; killed it",
+        humantime::format_duration(*timeout)
+    )]
+    NotListening {
+        pid: u32,
+        addrs: Vec<std::net::SocketAddr>,
+        timeout: Duration,
+    },
     #[error("the agent is shutting down")]
     Gone,
 }
@@ -88,10 +115,29 @@ impl Ctl {
         self.sup.notify(Step::SetDesired(running));
     }
 
-    async fn bind_listeners(&self) -> Result<ListenerInfo, Error> {
+    /// SQL listeners, and RPC listeners too with `rpc`.
+    async fn bind_listeners(&self, rpc: bool) -> Result<ListenerInfo, Error> {
         Ok(self
             .sup
-            .step(Step::BindListeners)
+            .step(|reply| Step::BindListeners { rpc, reply })
+            .await
+            .ok_or(Error::Gone)??)
+    }
+
+    /// Where a bootstrap start will listen.
+    async fn bootstrap_addrs(&self) -> Result<Vec<std::net::SocketAddr>, Error> {
+        Ok(self
+            .sup
+            .step(Step::BootstrapAddrs)
+            .await
+            .ok_or(Error::Gone)??)
+    }
+
+    /// Holds the listeners a bootstrap start bound (its fd numbers).
+    async fn take_listeners(&self, pid: u32, fds: Vec<i32>) -> Result<ListenerInfo, Error> {
+        Ok(self
+            .sup
+            .step(|reply| Step::TakeListeners { pid, fds, reply })
             .await
             .ok_or(Error::Gone)??)
     }
@@ -104,14 +150,14 @@ impl Ctl {
         &self,
         binary: std::path::PathBuf,
         version: String,
-        exit_timeout: Duration,
+        plan: Plan,
     ) -> Result<u32, Error> {
         Ok(self
             .sup
             .step(|reply| Step::Spawn {
                 binary,
                 version,
-                exit_timeout,
+                plan,
                 reply,
             })
             .await

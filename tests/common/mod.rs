@@ -105,6 +105,7 @@ home = "odp"
 binary = "bin/obproxy"
 args = {args:?}
 listen = ["127.0.0.1:0"]
+rpc_listen = ["127.0.0.1:0"]
 hot_upgrade_exit_timeout = "{}"
 start_timeout = "{}"
 stop_timeout = "{}"
