@@ -224,6 +224,7 @@ pub fn operation_pb(op: &operation::Operation) -> pb::Operation {
             Kind::RestartHot => pb::OperationKind::RestartHot,
             Kind::RestartForce => pb::OperationKind::RestartForce,
             Kind::Respawn => pb::OperationKind::Respawn,
+            Kind::TakeOver => pb::OperationKind::TakeOver,
         } as i32,
         state: match op.state {
             operation::State::Running => pb::OperationState::Running,

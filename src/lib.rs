@@ -21,6 +21,8 @@
 //! - [`security`] is TLS, callers' roles and the audit log;
 //!   [`hostile_input`] is what no input may do to the daemons (run by the
 //!   fuzzers).
+//! - [`container_init`] is the minimal init the agent leaves behind when it
+//!   is started as PID 1 (a container's entrypoint).
 //! - [`systemd`] is what systemd is told (ready, stopping, watchdog);
 //!   [`metrics`] owns the Prometheus registries and the `/metrics` endpoint;
 //!   [`telemetry`] sets up the logs.
@@ -33,6 +35,7 @@ pub mod agent;
 pub mod agent_service;
 pub mod config;
 pub mod config_file;
+pub mod container_init;
 pub mod coordinator;
 pub mod error_chain;
 pub mod grpc_server;

@@ -5,6 +5,9 @@
 mod handover;
 mod recovery;
 mod respawn;
+mod take_over;
+
+pub use take_over::Adoption;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -238,6 +241,11 @@ pub enum Step {
         pid: u32,
         drain_window: Option<Duration>,
         reply: oneshot::Sender<Option<u32>>,
+    },
+    /// Makes a process the agent did not start the serving one (take-over).
+    Adopt {
+        adoption: Box<Adoption>,
+        reply: oneshot::Sender<Result<u32, StepError>>,
     },
     /// Pids the agent holds, by role: (serving, draining, starting).
     Processes(oneshot::Sender<(Option<u32>, Vec<u32>, Vec<u32>)>),
@@ -504,6 +512,7 @@ impl Supervisor {
                 Kind::RestartForce => ProxyState::Restarting,
                 // Down while it should run: the respawn is the cure, not the state.
                 Kind::Respawn => ProxyState::Unavailable,
+                Kind::TakeOver => ProxyState::Starting,
                 Kind::RestartHot => {
                     let upgrading = self.processes.values().any(|p| {
                         p.role == Role::Starting && p.binary != self.config.obproxy.binary
@@ -845,6 +854,9 @@ impl Supervisor {
                 reply,
             } => {
                 let _ = reply.send(self.promote(pid, drain_window));
+            }
+            Step::Adopt { adoption, reply } => {
+                let _ = reply.send(self.adopt(*adoption));
             }
             Step::Processes(reply) => {
                 let by = |role| {

@@ -23,6 +23,11 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // First, while single-threaded: as PID 1 the agent forks and PID 1
+    // stays a minimal init (obproxy never signals readiness to PID 1).
+    if let Some(code) = odp_agent::container_init::split_if_pid1() {
+        return ExitCode::from(code);
+    }
     let args = Args::parse();
     telemetry::init(args.log_format);
     let loaded = match &args.config {

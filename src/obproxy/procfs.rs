@@ -246,6 +246,22 @@ pub fn start_ticks(pid: u32) -> io::Result<u64> {
         .ok_or_else(|| io::Error::other("no start time in /proc/<pid>/stat"))
 }
 
+/// When the process started, from its start ticks and the boot time: for a
+/// process the agent did not start (taken over), whose uptime it reports.
+pub fn started_at(pid: u32) -> io::Result<std::time::SystemTime> {
+    let ticks = start_ticks(pid)?;
+    let stat = fs::read_to_string("/proc/stat")?;
+    let btime: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())
+        .ok_or_else(|| io::Error::other("no btime in /proc/stat"))?;
+    // SAFETY: sysconf takes a name and returns a number.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let secs = std::time::Duration::from_secs(btime)
+        + std::time::Duration::from_millis(ticks.saturating_mul(1000) / hz);
+    Ok(std::time::UNIX_EPOCH + secs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,5 +296,10 @@ mod tests {
     #[test]
     fn our_own_start_time_is_readable() {
         assert!(start_ticks(std::process::id()).unwrap() > 0);
+        let age = started_at(std::process::id())
+            .unwrap()
+            .elapsed()
+            .unwrap_or_default();
+        assert!(age < std::time::Duration::from_secs(3600), "{age:?}");
     }
 }

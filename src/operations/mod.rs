@@ -7,6 +7,7 @@ mod restart_force;
 mod restart_hot;
 mod start;
 mod stop;
+mod take_over;
 
 use std::{sync::Arc, time::Duration};
 
@@ -30,6 +31,8 @@ pub enum Error {
     Step(#[from] StepError),
     #[error(transparent)]
     Version(#[from] VersionError),
+    #[error(transparent)]
+    Discovery(#[from] crate::obproxy::discovery::DiscoveryError),
     #[error("obproxy pid {pid} {exit} before it was ready")]
     DiedBeforeReady { pid: u32, exit: Exit },
     #[error("obproxy pid {pid} was not ready within start_timeout {}; killed it", humantime::format_duration(*timeout))]
@@ -270,6 +273,7 @@ pub async fn run(ctl: Ctl, request: Request) {
             Kind::RestartForce => restart_force::run(&ctl).await,
             Kind::RestartHot => restart_hot::run(&ctl, &request).await,
             Kind::Respawn => respawn::run(&ctl).await,
+            Kind::TakeOver => take_over::run(&ctl).await,
         };
         ctl.sup.notify(Step::Finish {
             op: ctl.id.clone(),

@@ -20,7 +20,10 @@ impl Supervisor {
         let dir = self.config.state.dir.clone();
         let state = match state_file::load(&dir) {
             Ok(Some(state)) => state,
-            Ok(None) => return,
+            Ok(None) => {
+                self.maybe_take_over();
+                return;
+            }
             Err(e) => {
                 // Keep the evidence, start with no memory rather than not at all.
                 let path = state_file::path(&dir);
