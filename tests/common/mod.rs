@@ -46,6 +46,10 @@ pub struct Options {
     /// More sections appended to the configuration, e.g. `[tls]` and
     /// `[[auth.certificates]]` (see [`pki::Pki::agent_toml`]).
     pub more: String,
+    /// `[obproxy] listen` and `rpc_listen` as TOML arrays (default: one
+    /// loopback address on port 0 each).
+    pub listen: &'static str,
+    pub rpc_listen: &'static str,
 }
 
 impl Default for Options {
@@ -58,6 +62,8 @@ impl Default for Options {
             metrics: false,
             server: String::new(),
             more: String::new(),
+            listen: r#"["127.0.0.1:0"]"#,
+            rpc_listen: r#"["127.0.0.1:0"]"#,
         }
     }
 }
@@ -104,8 +110,8 @@ listen = "127.0.0.1:0"
 home = "odp"
 binary = "bin/obproxy"
 args = {args:?}
-listen = ["127.0.0.1:0"]
-rpc_listen = ["127.0.0.1:0"]
+listen = {listen}
+rpc_listen = {rpc_listen}
 hot_upgrade_exit_timeout = "{}"
 start_timeout = "{}"
 stop_timeout = "{}"
@@ -124,6 +130,8 @@ dir = "state"
                     ""
                 },
                 opts.more,
+                listen = opts.listen,
+                rpc_listen = opts.rpc_listen,
             ),
         )
         .unwrap();
@@ -649,4 +657,40 @@ impl Load {
 pub async fn round_trip(addr: SocketAddr) -> std::io::Result<()> {
     let mut stream = TcpStream::connect(addr).await?;
     echo(&mut stream, b"ping").await
+}
+
+/// A free port on `ip`, reserved for a process that binds it itself (an
+/// obproxy started by hand): the socket is bound with SO_REUSEADDR and never
+/// listens, so a process that binds with SO_REUSEADDR too (obproxy does) can
+/// still listen on the port, and nothing else can take it meanwhile. Keep
+/// the socket until that process listens.
+pub fn reserve_port(ip: std::net::IpAddr) -> (socket2::Socket, u16) {
+    let addr = SocketAddr::new(ip, 0);
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .unwrap();
+    socket.set_reuse_address(true).unwrap();
+    socket.bind(&addr.into()).unwrap();
+    let port = socket.local_addr().unwrap().as_socket().unwrap().port();
+    (socket, port)
+}
+
+/// Waits (up to [`PATIENCE`]) until `addr` accepts a connection that is
+/// served, asking at short intervals.
+pub async fn wait_serving(addr: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tick.tick().await;
+        if round_trip(addr).await.is_ok() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{addr} never served"
+        );
+    }
 }
