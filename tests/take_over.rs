@@ -7,7 +7,7 @@ mod common;
 use std::{net::SocketAddr, path::Path, process::Command};
 
 use common::{Agent, Load, Options, STANDIN, reserve_port, wait_serving};
-use odp_agent::proto::agent as pb;
+use odp_agent::{obproxy::procfs, proto::agent as pb};
 
 /// The stand-in started by hand in `home`, fresh (not inherited): it
 /// daemonizes like obproxy and binds `-p port` itself.
@@ -63,7 +63,21 @@ async fn an_obproxy_started_by_hand_is_taken_over_and_hot_restarted_under_load_w
         .wait_status(|s| s.state() == pb::ProxyState::Running)
         .await;
     assert_eq!(status.pid, by_hand[0], "{}", agent.logs());
-    assert_eq!(status.listeners[0].address, format!("0.0.0.0:{port}"));
+    // Its SQL listener and the RPC listener it bound itself (4.3).
+    let held: Vec<(String, pb::ListenerKind)> = status
+        .listeners
+        .iter()
+        .map(|l| (l.address.clone(), l.kind()))
+        .collect();
+    assert_eq!(
+        held,
+        [
+            (format!("0.0.0.0:{port}"), pb::ListenerKind::Sql),
+            (format!("0.0.0.0:{rpc_port}"), pb::ListenerKind::Rpc)
+        ]
+    );
+    let inodes: Vec<u64> = status.listeners.iter().map(|l| l.socket_inode).collect();
+    assert!(procfs::holds_listeners(by_hand[0], &inodes));
     let op = agent
         .client()
         .await
@@ -95,6 +109,9 @@ async fn an_obproxy_started_by_hand_is_taken_over_and_hot_restarted_under_load_w
     assert!(report.ok > 0, "{report:?}");
     let status = agent.status().await;
     assert_ne!(status.pid, by_hand[0]);
+    // The new process inherited both sockets (a 4.3 that had to bind the RPC
+    // port itself would have died on it while the old one held it).
+    assert!(procfs::holds_listeners(status.pid, &inodes));
     assert!(
         !common::alive(by_hand[0]),
         "the old process drained and left"

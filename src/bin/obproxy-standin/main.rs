@@ -264,8 +264,8 @@ async fn run(proxy: Arc<Proxy>, knobs: Knobs, inherited: Option<Fds>) -> i32 {
             "" => "::",
             v6 => v6,
         };
-        let ips = listener::BindIps::parse(config.get("local_bound_ip"), v6)
-            .unwrap_or_else(|e| fail(e));
+        let ips =
+            listener::BindIps::parse(config.get("local_bound_ip"), v6).unwrap_or_else(|e| fail(e));
         let families = listener::families(line, config.int("ip_listen_mode"));
         let rpc = (
             config.flag("enable_obproxy_rpc_service"),
