@@ -6,7 +6,10 @@ mod common;
 
 use std::{net::SocketAddr, path::Path, process::Command};
 
-use common::{Agent, Load, Options, STANDIN, reserve_port, wait_serving};
+use common::{
+    Agent, Load, Options, STANDIN,
+    ports::{reserve_port, wait_serving},
+};
 use odp_agent::{obproxy::procfs, proto::agent as pb};
 
 /// The stand-in started by hand in `home`, fresh (not inherited): it

@@ -161,6 +161,7 @@ async fn every_operation(version: &str) {
     assert_eq!(report.refused, 0, "{version} FORCE: {report}");
     println!("{version} FORCE under load: {report}");
 
+    let held = agent.status().await.listeners;
     let stop = agent.stop_proxy().await;
     assert_eq!(
         stop.state(),
@@ -171,8 +172,16 @@ async fn every_operation(version: &str) {
     let status = agent.status().await;
     assert!(status.listeners.is_empty(), "{version}: {status:?}");
     assert!(agent.obproxy_pids().is_empty(), "{version}");
-    let refused = tokio::net::TcpStream::connect(addr).await.unwrap_err();
-    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    // Every port is closed, the RPC one too.
+    for listener in held {
+        let addr: SocketAddr = listener.address.parse().unwrap();
+        let refused = tokio::net::TcpStream::connect(addr).await.unwrap_err();
+        assert_eq!(
+            refused.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "{addr}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
