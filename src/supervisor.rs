@@ -902,6 +902,7 @@ impl Supervisor {
                         }
                     }
                 });
+                self.release_unused_rpc();
                 self.maybe_schedule_respawn();
             }
         }

@@ -293,3 +293,30 @@ async fn an_ipv6_listener_is_refused_for_obproxy_before_4_1_naming_the_version()
     assert!(op.error.contains("IPv6"), "{}", op.error);
     assert!(agent.obproxy_pids().is_empty());
 }
+
+#[tokio::test]
+async fn a_failed_upgrade_to_4_3_leaves_4_2_serving_and_no_rpc_port_held() {
+    let agent = agent_at(V42, Options::default()).await;
+    let broken = agent.add_binary(
+        "obproxy-4.3",
+        &[
+            ("ODP_STANDIN_VERSION", V43),
+            ("ODP_STANDIN_FAIL_START", "true"),
+        ],
+    );
+    let start = agent.start_proxy().await;
+    let op = agent
+        .restart_with(pb::RestartRequest {
+            mode: pb::RestartMode::Hot as i32,
+            binary: broken,
+            wait: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(op.state(), pb::OperationState::Failed, "{op:?}");
+    let status = agent.status().await;
+    assert_eq!(status.pid, start.pid);
+    assert_eq!(kinds(&status), [pb::ListenerKind::Sql], "{status:?}");
+    round_trip(agent.sql_addr().await).await.unwrap();
+}

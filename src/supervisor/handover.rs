@@ -206,13 +206,15 @@ impl Supervisor {
         Ok(self.listener_info())
     }
 
-    /// After a promotion: RPC listeners nobody serving uses are let go, so
-    /// the port is not held with nobody accepting (a downgrade below 4.3).
+    /// After a promotion or at the end of an operation: RPC listeners that
+    /// neither the serving process nor one being started uses are let go, so
+    /// the port is not held with nobody accepting (a downgrade below 4.3, or
+    /// an upgrade to 4.3 that failed).
     pub(super) fn release_unused_rpc(&mut self) {
         let serving_rpc = self
             .processes
             .values()
-            .any(|p| p.role == Role::Serving && p.rpc);
+            .any(|p| p.role != Role::Draining && p.rpc);
         if !serving_rpc && self.listeners.rpc().next().is_some() {
             tracing::info!(addrs = ?self.listeners.rpc_bound_addrs(), "closing the RPC listeners: the serving obproxy has no RPC service");
             self.listeners.close_rpc();
