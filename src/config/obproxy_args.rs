@@ -31,6 +31,46 @@ const AGENT_ITEMS: &[(&str, &str)] = &[
     ),
 ];
 
+/// obproxy's long options (its getopt_long table, src/obproxy/ob_proxy_main.cpp):
+/// getopt takes any unique prefix of one, so `--opt` is `--optstr`.
+const LONG_OPTIONS: &[&str] = &[
+    "help",
+    "listen_port",
+    "prometheus_listen_port",
+    "rpc_listen_port",
+    "upgrade_ver",
+    "dump_config_sql",
+    "execute_config_sql",
+    "test_mysql_port",
+    "test_mysql_ip",
+    "optstr",
+    "appname",
+    "rs_list",
+    "cluster_name",
+    "nodaemon",
+    "version",
+    "releaseid",
+    "regression_test",
+    "config_yaml",
+];
+
+/// The long option `--name[=value]` stands for, as getopt resolves it.
+fn long_option(arg: &str) -> Option<&'static str> {
+    let name = arg.strip_prefix("--")?;
+    let name = name.split_once('=').map_or(name, |(n, _)| n);
+    if name.is_empty() {
+        return None;
+    }
+    if let Some(exact) = LONG_OPTIONS.iter().find(|o| **o == name) {
+        return Some(exact);
+    }
+    let mut matches = LONG_OPTIONS.iter().filter(|o| o.starts_with(name));
+    match (matches.next(), matches.next()) {
+        (Some(only), None) => Some(only),
+        _ => None,
+    }
+}
+
 /// Splits `args` into the arguments passed as they are and the single `-o`
 /// string; an `Err` is the reason, for `obproxy.args`.
 pub fn split(args: &[String]) -> Result<(Vec<String>, Option<String>), String> {
@@ -38,13 +78,14 @@ pub fn split(args: &[String]) -> Result<(Vec<String>, Option<String>), String> {
     let mut optstr: Option<String> = None;
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
+        let long = long_option(arg);
         let value = match arg.as_str() {
-            "-o" | "--optstr" => Some(
+            a if a == "-o" || (long == Some("optstr") && !a.contains('=')) => Some(
                 iter.next()
                     .ok_or_else(|| format!("{arg} needs a value"))?
                     .clone(),
             ),
-            a if a.starts_with("--optstr=") => Some(a["--optstr=".len()..].to_string()),
+            a if long == Some("optstr") => a.split_once('=').map(|(_, v)| v.to_string()),
             a if a.starts_with("-o") && a.len() > 2 => Some(a[2..].to_string()),
             a => {
                 refuse_flag(a)?;
@@ -73,9 +114,9 @@ pub fn split(args: &[String]) -> Result<(Vec<String>, Option<String>), String> {
 /// Flags that would fight the agent. The message names the flag only (an
 /// argument may be a secret).
 fn refuse_flag(arg: &str) -> Result<(), String> {
-    let flag = arg.split_once('=').map_or(arg, |(f, _)| f);
+    let resolved = long_option(arg);
     let short = |c: char| arg.len() >= 2 && arg.starts_with('-') && arg[1..].starts_with(c);
-    let long = |name: &str| flag == format!("--{name}");
+    let long = |name: &str| resolved == Some(name);
     if short('p') || long("listen_port") {
         return Err(format!(
             "{}: the agent holds the SQL listeners; set [obproxy] listen instead",
@@ -88,7 +129,7 @@ fn refuse_flag(arg: &str) -> Result<(), String> {
             redact::args(&[arg.to_string()])[0]
         ));
     }
-    if matches!(arg, "-V" | "--version" | "-R" | "--releaseid") {
+    if matches!(arg, "-V" | "-R") || long("version") || long("releaseid") {
         return Err(format!("{arg} makes obproxy print and exit; remove it"));
     }
     Ok(())
@@ -152,10 +193,20 @@ mod tests {
             &["--listen_port=2883"],
             &["-s", "2885"],
             &["--rpc_listen_port", "2885"],
+            &["--listen", "2883"],
+            &["--rpc=2885"],
+            &["--vers"],
         ] {
             assert!(split_of(args).is_err(), "{args:?}");
         }
         assert!(split_of(&["-n", "app", "-N"]).is_ok());
+        // `--opt` is getopt's `--optstr`: the one -o the agent merges into.
+        let (rest, optstr) = split_of(&["--opt", "a=1", "-n", "x"]).unwrap();
+        assert_eq!(
+            (rest, optstr.as_deref()),
+            (vec!["-n".to_string(), "x".into()], Some("a=1"))
+        );
+        assert!(split_of(&["--opt=a=1", "-o", "b=2"]).is_err());
     }
 
     #[test]
