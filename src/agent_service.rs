@@ -17,6 +17,7 @@ use tracing::Instrument;
 
 use crate::{
     config::AgentConfig,
+    listeners,
     operation::{self, Kind, OnAdmit, Phase},
     proto::agent as pb,
     security::{
@@ -136,7 +137,7 @@ impl AgentService {
                 ),
             ],
             Kind::RestartForce => vec![("mode", "RESTART_MODE_FORCE".into())],
-            Kind::Start | Kind::Stop | Kind::Respawn => Vec::new(),
+            Kind::Start | Kind::Stop | Kind::Respawn | Kind::TakeOver => Vec::new(),
         }
     }
 
@@ -273,6 +274,7 @@ pub fn operation_pb(op: &operation::Operation) -> pb::Operation {
             Kind::RestartHot => pb::OperationKind::RestartHot,
             Kind::RestartForce => pb::OperationKind::RestartForce,
             Kind::Respawn => pb::OperationKind::Respawn,
+            Kind::TakeOver => pb::OperationKind::TakeOver,
         } as i32,
         state: match op.state {
             operation::State::Running => pb::OperationState::Running,
@@ -334,9 +336,13 @@ fn status_pb(s: &supervisor::Status) -> pb::ProxyStatus {
         listeners: s
             .listeners
             .iter()
-            .map(|(addr, inode)| pb::Listener {
+            .map(|(kind, addr, inode)| pb::Listener {
                 address: addr.to_string(),
                 socket_inode: *inode,
+                kind: match kind {
+                    listeners::Kind::Sql => pb::ListenerKind::Sql,
+                    listeners::Kind::Rpc => pb::ListenerKind::Rpc,
+                } as i32,
             })
             .collect(),
         serving: serving.map(process_pb),

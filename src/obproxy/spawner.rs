@@ -77,7 +77,8 @@ impl Spawner {
 }
 
 fn spawn(spec: &LaunchSpec) -> Result<Spawned, SpawnError> {
-    // 0600, and never through a symlink planted in its place.
+    // obproxy echoes its argv (secrets in -o included) to stderr: 0600, and
+    // never through a symlink planted in its place.
     let out = files::append_private(&spec.output).map_err(|e| SpawnError::Output {
         path: spec.output.display().to_string(),
         source: std::io::Error::other(crate::error_chain::describe(&e)),
