@@ -55,6 +55,18 @@ impl Write for Stderr {
     }
 }
 
+/// A line straight to stderr (a daemon's own messages before or after
+/// logging, e.g. a configuration error), never a panic if stderr is gone.
+pub fn say(line: std::fmt::Arguments<'_>) {
+    let _ = Stderr.write_all(format!("{line}\n").as_bytes());
+}
+
+/// `eprintln!` that cannot panic: see [`say`].
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => { $crate::telemetry::say(format_args!($($arg)*)) };
+}
+
 pub fn init(format: LogFormat) {
     let _ = FORMAT.set(format);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

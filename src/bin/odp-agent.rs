@@ -52,28 +52,28 @@ fn main() -> ExitCode {
     }) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("odp-agent: bad configuration: {e}");
+            odp_agent::say!("odp-agent: bad configuration: {e}");
             return ExitCode::from(EX_CONFIG as u8);
         }
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("odp-agent: cannot start the runtime: {e}");
+            odp_agent::say!("odp-agent: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(odp_agent::agent::run(config, args.demo)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is_config() => {
-            eprintln!(
+            odp_agent::say!(
                 "odp-agent: bad configuration: {}",
                 odp_agent::error_chain::describe(&e)
             );
             ExitCode::from(EX_CONFIG as u8)
         }
         Err(e) => {
-            eprintln!("odp-agent: {}", odp_agent::error_chain::describe(&e));
+            odp_agent::say!("odp-agent: {}", odp_agent::error_chain::describe(&e));
             ExitCode::FAILURE
         }
     }
@@ -83,7 +83,7 @@ fn demo_config() -> Result<AgentConfig, ConfigError> {
     let exe = std::env::current_exe().unwrap_or_default();
     let standin = exe.with_file_name("obproxy-standin");
     let dir = std::env::temp_dir().join("odp-agent-demo");
-    eprintln!(
+    odp_agent::say!(
         "odp-agent: demo on the embedded default: gRPC 127.0.0.1:2889, SQL 127.0.0.1:2883, RPC 127.0.0.1:2885, \
          obproxy = {}, files under {}",
         standin.display(),

@@ -17,9 +17,7 @@ use tracing::Instrument;
 use crate::{
     config::AgentConfig,
     error_chain::describe,
-    obproxy::{
-        executable::ExecutableError, launch::Plan, pidfd::Exit, version::VersionError,
-    },
+    obproxy::{executable::ExecutableError, launch::Plan, pidfd::Exit, version::VersionError},
     operation::{Kind, Phase, Request},
     supervisor::{Handle, ListenerInfo, Step, StepError},
 };
