@@ -128,8 +128,9 @@ pub fn with_reflection(router: Routed) -> Result<Routed, ServeError> {
 /// respawns and drains are handled on time.
 pub struct CallerRuntime(Option<tokio::runtime::Runtime>);
 
-/// Worker threads for callers: gRPC work here is small and bounded.
-const CALLER_THREADS: usize = 2;
+/// Worker threads for callers: gRPC work here is small and bounded, and one
+/// thread leaves the other cores to supervision however hard callers push.
+const CALLER_THREADS: usize = 1;
 
 impl CallerRuntime {
     pub fn new() -> std::io::Result<Self> {
