@@ -15,7 +15,7 @@ use crate::{
     obproxy::spawner::Spawner,
     operation::{Kind, Request},
     proto::agent::agent_server::AgentServer,
-    security::audit::AuditError,
+    security::{audit::AuditError, roles::Role},
     signals,
     supervisor::Supervisor,
     systemd,
@@ -129,6 +129,11 @@ pub async fn run(config: AgentConfig, start_proxy: bool) -> Result<(), Error> {
         audit = %config.security.audit_path.display(),
         "odp-agent serving"
     );
+    if config.security.loopback_role == Role::Operator {
+        tracing::warn!(
+            "server.loopback_role = OBPROXY_MANAGER: every local user may operate over loopback TCP"
+        );
+    }
     // The gRPC listener is bound, so connections from here on are served.
     systemd::ready();
     // Watchdog pings earned by a round trip through the supervisor: a

@@ -485,3 +485,58 @@ async fn short_of_descriptors_connections_are_refused_while_supervision_goes_on(
     let mut agent = agent;
     assert!(agent.terminate().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_storm_cannot_grow_the_coordinator() {
+    let _one = ONE_ATTACK_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("coordinator.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"tasks.db\"\n",
+    )
+    .unwrap();
+    let mut command = std::process::Command::new(common::cluster::COORDINATOR);
+    command.arg("--config").arg(&config);
+    let (mut child, addr, _) = common::spawn_logged(command, "coordinator");
+    // 16 connections of 64 health watchers each, none with credentials.
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..16 {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let opening: Vec<_> = (0..64)
+            .map(|_| {
+                let mut client = HealthClient::new(channel.clone());
+                tokio::spawn(async move { client.watch(HealthCheckRequest::default()).await })
+            })
+            .collect();
+        for o in opening {
+            match o.await.unwrap() {
+                Ok(stream) => held.push(stream.into_inner()),
+                Err(e) if e.code() == Code::ResourceExhausted => refused += 1,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    }
+    let rss = local::rss_kib(child.id());
+    eprintln!(
+        "coordinator storm: {} streams held, {refused} refused; RSS {rss} KiB",
+        held.len()
+    );
+    assert!(held.len() <= 128, "{} streams open", held.len());
+    assert!(rss < MAX_RSS_KIB, "RSS {rss} KiB under the storm");
+    // Its operators still get in, over the local socket.
+    let channel = local::unix_channel(&dir.path().join("grpc.sock"))
+        .await
+        .unwrap();
+    odp_agent::proto::coordinator::coordinator_client::CoordinatorClient::new(channel)
+        .list_tasks(odp_agent::proto::coordinator::ListTasksRequest::default())
+        .await
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -242,9 +242,41 @@ async fn the_local_socket_gives_each_caller_the_role_of_its_uid_and_groups() {
 }
 
 #[tokio::test]
-async fn odpctl_drives_the_coordinator_over_its_local_socket() {
+async fn odpctl_drives_the_coordinator_over_its_local_socket_and_nobody_cannot() {
     let agents = vec![Agent::start().await];
-    let cluster = Cluster::with_config(agents, &[], "");
+    // The coordinator as shipped: loopback TCP is READ_ONLY.
+    let cluster = Cluster::with_config(agents, &[], "# loopback_role left to its default\n");
+    let tools = tempfile::tempdir().unwrap();
+    let grpcurl = local::grpcurl_for_nobody(tools.path());
+    let addr = cluster.addr.to_string();
+    let out = local::as_nobody(
+        &grpcurl,
+        &[
+            "-plaintext",
+            &addr,
+            "odp.coordinator.v1.Coordinator/ListClusters",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let out = local::as_nobody(
+        &grpcurl,
+        &[
+            "-plaintext",
+            "-d",
+            &format!(r#"{{"cluster": "{CLUSTER}"}}"#),
+            &addr,
+            "odp.coordinator.v1.Coordinator/StopAll",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        text(&out).contains("StopAll needs role OBPROXY_MANAGER; anonymous has READ_ONLY"),
+        "{}",
+        text(&out)
+    );
     let socket = format!("unix:{}", cluster.dir.path().join("grpc.sock").display());
     let out = Command::new(ODPCTL)
         .args([
@@ -263,7 +295,15 @@ async fn odpctl_drives_the_coordinator_over_its_local_socket() {
         serde_json::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
     assert_eq!(task["state"], "TASK_STATE_SUCCEEDED", "{task}");
     let audit = common::audit_lines(&cluster.dir.path().join("audit.log"));
-    assert_eq!(audit[0]["caller"], "unix:root(uid=0)", "{audit:#?}");
+    let start = audit.iter().find(|l| l["rpc"] == "StartAll").unwrap();
+    assert_eq!(start["caller"], "unix:root(uid=0)", "{audit:#?}");
+    assert_eq!(start["id"], task["id"], "{audit:#?}");
+    let stop = audit.iter().find(|l| l["rpc"] == "StopAll").unwrap();
+    assert_eq!(stop["caller"], "anonymous", "{audit:#?}");
+    assert!(
+        stop["outcome"].as_str().unwrap().starts_with("denied: "),
+        "{audit:#?}"
+    );
 }
 
 #[test]

@@ -17,7 +17,7 @@ use crate::{
     grpc_server::{self, SHUTDOWN_GRACE, ServeError},
     metrics::{self, MetricsError, coordinator::CoordinatorMetrics},
     proto::coordinator::coordinator_server::CoordinatorServer,
-    security::audit::AuditError,
+    security::{audit::AuditError, roles::Role},
     systemd,
 };
 
@@ -134,6 +134,11 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), Error> {
         audit = %config.security.audit_path.display(),
         "odp-coordinator serving"
     );
+    if config.security.loopback_role == Role::Operator {
+        tracing::warn!(
+            "server.loopback_role = OBPROXY_MANAGER: every local user may operate over loopback TCP"
+        );
+    }
     // The gRPC listener is bound, so connections from here on are served.
     systemd::ready();
     // Watchdog pings earned by a cheap read of the task store (on a blocking

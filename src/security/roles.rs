@@ -146,29 +146,21 @@ impl Policy {
             && let Some(leaf) = certs.first()
         {
             let names = cert_names(leaf.as_ref());
-            let role = self
-                .certs
-                .iter()
-                .filter(|rule| {
-                    names.iter().any(|(kind, name)| match kind {
-                        NameKind::Cn => rule.subject_cn.as_deref() == Some(name.as_str()),
-                        NameKind::San => rule.san.as_deref() == Some(name.as_str()),
-                    })
-                })
-                .map(|rule| rule.role)
-                .max();
-            let shown = names
-                .first()
-                .map(|(_, n)| n.clone())
-                .unwrap_or_else(|| "unnamed".into());
-            return match role {
-                Some(role) => Ok(Caller {
-                    identity: format!("cert:{shown}"),
+            let granted = self.cert_role(&names);
+            return match granted {
+                Some((role, name)) => Ok(Caller {
+                    identity: format!("cert:{name}"),
                     role,
                 }),
-                None => Err(Status::permission_denied(format!(
-                    "certificate {shown} is valid but has no role here"
-                ))),
+                None => {
+                    let shown = names
+                        .first()
+                        .map(|(_, n)| n.clone())
+                        .unwrap_or_else(|| "unnamed".into());
+                    Err(Status::permission_denied(format!(
+                        "certificate {shown} is valid but has no role here"
+                    )))
+                }
             };
         }
         if let Some(role) = self.open {
@@ -180,6 +172,27 @@ impl Policy {
         Err(Status::unauthenticated(
             "credentials required: a client certificate or an \"authorization: Bearer <token>\" header",
         ))
+    }
+
+    /// The highest role any name of a certificate has, and the name that
+    /// earned it (the first such, CN before SANs): the audit log names who
+    /// was let in, not whatever name the certificate carries first.
+    fn cert_role<'n>(&self, names: &'n [(NameKind, String)]) -> Option<(Role, &'n str)> {
+        names
+            .iter()
+            .rev()
+            .filter_map(|(kind, name)| {
+                self.certs
+                    .iter()
+                    .filter(|rule| match kind {
+                        NameKind::Cn => rule.subject_cn.as_deref() == Some(name.as_str()),
+                        NameKind::San => rule.san.as_deref() == Some(name.as_str()),
+                    })
+                    .map(|rule| rule.role)
+                    .max()
+                    .map(|role| (role, name.as_str()))
+            })
+            .max_by_key(|(role, _)| *role)
     }
 
     /// A caller on the local socket: root and the daemon's own user operate;
@@ -344,6 +357,35 @@ mod tests {
             closed.identify(&Request::new(())).unwrap_err().code(),
             tonic::Code::Unauthenticated
         );
+    }
+
+    #[test]
+    fn a_certificate_is_named_by_the_name_that_earned_its_role() {
+        let rule = |cn: Option<&str>, san: Option<&str>, role| CertRule {
+            subject_cn: cn.map(str::to_string),
+            san: san.map(str::to_string),
+            role,
+        };
+        let p = Policy::new(
+            &AuthConfig {
+                certificates: vec![
+                    rule(Some("grafana"), None, Role::ReadOnly),
+                    rule(None, Some("ops.example.com"), Role::Operator),
+                ],
+                ..Default::default()
+            },
+            true,
+        );
+        let names = vec![
+            (NameKind::Cn, "grafana".to_string()),
+            (NameKind::San, "ops.example.com".to_string()),
+        ];
+        assert_eq!(
+            p.cert_role(&names),
+            Some((Role::Operator, "ops.example.com"))
+        );
+        assert_eq!(p.cert_role(&names[..1]), Some((Role::ReadOnly, "grafana")));
+        assert_eq!(p.cert_role(&[(NameKind::Cn, "x".into())]), None);
     }
 
     #[test]
