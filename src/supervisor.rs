@@ -2,6 +2,8 @@
 //! processes and the operation log. The gRPC service, the signal thread, the
 //! exit watchers and the running operation all talk to it through messages,
 //! so no lock guards process state.
+mod native;
+mod proxyinfo;
 mod recovery;
 mod respawn;
 
@@ -18,6 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    admin_sql::BinaryInfo,
     config::AgentConfig,
     listeners::{ListenerError, Listeners},
     metrics::agent::AgentMetrics,
@@ -57,6 +60,8 @@ pub struct ProcessInfo {
     pub cpu_percent: f32,
     pub memory_bytes: u64,
     pub open_connections: u32,
+    /// What the process reported over admin SQL (SHOW PROXYINFO BINARY).
+    pub binary_info: Option<BinaryInfo>,
 }
 
 #[derive(Debug, Clone)]
@@ -106,6 +111,8 @@ pub enum StepError {
     },
     #[error("the agent is shutting down")]
     ShuttingDown,
+    #[error(transparent)]
+    Native(#[from] native::NativeChildError),
 }
 
 /// What an operation learns when the listeners are held.
@@ -116,6 +123,35 @@ pub struct ListenerInfo {
 }
 
 use state_file::Role;
+
+/// How the previous serving process drains once another is promoted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drain {
+    /// SIGKILL this long after the hand-over unless it has exited by then.
+    pub kill_after: Duration,
+    /// The new process could not bind obproxy's Prometheus port, which the
+    /// old one held (the agent's own hot restart; a native one keeps it).
+    pub exporter_lost: bool,
+}
+
+/// What the supervisor knows about one of its processes.
+#[derive(Debug, Clone)]
+pub struct ProcessFacts {
+    /// Its `hot_upgrade_exit_timeout`; None: unknown.
+    pub exit_window: Option<Duration>,
+    pub binary: PathBuf,
+    pub exe: Option<PathBuf>,
+    pub version: String,
+}
+
+/// Facts an operation learned about a process.
+#[derive(Debug, Clone)]
+pub enum FactUpdate {
+    /// Admin SQL changed its drain window.
+    ExitWindow(Duration),
+    Version(String),
+    BinaryInfo(BinaryInfo),
+}
 
 struct Process {
     pidfd: Arc<Pidfd>,
@@ -133,6 +169,11 @@ struct Process {
     ending: bool,
     /// When it was handed over to drain: its exit times the drain (metrics).
     drain_started: Option<Instant>,
+    /// Its `hot_upgrade_exit_timeout` (from its `-o`, or set over admin SQL
+    /// since): the window it drains with. None: unknown.
+    exit_window: Option<Duration>,
+    /// What it reported over admin SQL, once asked.
+    binary_info: Option<BinaryInfo>,
 }
 
 enum Msg {
@@ -152,7 +193,13 @@ enum Msg {
         result: Result<Spawned, SpawnError>,
         binary: PathBuf,
         version: String,
+        exit_window: Duration,
         reply: oneshot::Sender<Result<u32, StepError>>,
+    },
+    /// The answer to SHOW PROXYINFO BINARY asked of the serving `pid`.
+    BinaryInfo {
+        pid: u32,
+        result: Result<BinaryInfo, String>,
     },
     DrainDeadline {
         pid: u32,
@@ -191,12 +238,31 @@ pub enum Step {
         reply: oneshot::Sender<Result<(), StepError>>,
     },
     /// Makes `pid` the serving process; the previous one starts draining
-    /// until `drain_window` (plus grace) or, without a window, is returned
+    /// (SIGKILLed at `drain.kill_after`) or, without a drain, is returned
     /// for the caller to end.
     Promote {
         pid: u32,
-        drain_window: Option<Duration>,
+        drain: Option<Drain>,
         reply: oneshot::Sender<Option<u32>>,
+    },
+    Facts {
+        pid: u32,
+        reply: oneshot::Sender<Option<ProcessFacts>>,
+    },
+    Update {
+        pid: u32,
+        update: FactUpdate,
+    },
+    /// Processes that hold our listeners but are not ours (a native
+    /// restart's child): pidfds opened after the pid was found holding them.
+    Strangers(oneshot::Sender<Vec<Arc<Pidfd>>>),
+    /// Records the child `parent` forked for a native restart as starting.
+    AdoptChild {
+        parent: u32,
+        child: u32,
+        version: String,
+        exit_window: Duration,
+        reply: oneshot::Sender<Result<(), StepError>>,
     },
     /// Pids the agent holds, by role: (serving, draining, starting).
     Processes(oneshot::Sender<(Option<u32>, Vec<u32>, Vec<u32>)>),
@@ -297,6 +363,9 @@ pub struct Supervisor {
     system: Option<sysinfo::System>,
     /// Counts what only the supervisor sees end: operations and drains.
     metrics: Arc<AgentMetrics>,
+    /// SHOW PROXYINFO BINARY asked of the serving process: when, and how
+    /// the last attempt went.
+    proxyinfo: proxyinfo::Asking,
 }
 
 impl Supervisor {
@@ -332,6 +401,7 @@ impl Supervisor {
             respawn: respawn::Backoff::default(),
             system: sysinfo::System::new().ok(),
             metrics,
+            proxyinfo: proxyinfo::Asking::default(),
         };
         (sup, handle)
     }
@@ -378,18 +448,25 @@ impl Supervisor {
                 result,
                 binary,
                 version,
+                exit_window,
                 reply,
             } => {
-                let _ = reply.send(self.on_spawned(result, binary, version));
+                let _ = reply.send(self.on_spawned(result, binary, version, exit_window));
             }
+            Msg::BinaryInfo { pid, result } => self.on_binary_info(pid, result),
             Msg::DrainDeadline { pid, deadline } => {
                 // Only the draining process whose window this was: the pid may
                 // belong to a later process of ours by now.
                 let due =
                     |p: &&Process| p.role == Role::Draining && p.drain_deadline == Some(deadline);
                 if let Some(p) = self.processes.get(&pid).filter(due) {
-                    tracing::warn!(pid, "drain window over; SIGKILL");
+                    let ports: Vec<u16> = self.listeners.iter().map(|l| l.bound.port()).collect();
+                    let open = procfs::client_connections(pid, &procfs::sessions_on(&ports));
+                    tracing::warn!(pid, open, "drain window over; SIGKILL");
                     let _ = p.pidfd.signal(Signal::SIGKILL);
+                    self.note(format!(
+                        "drain deadline of pid {pid}: SIGKILL; its {open} client session(s) still open were cut"
+                    ));
                 }
             }
             Msg::Respawn => self.on_respawn(),
@@ -456,6 +533,8 @@ impl Supervisor {
                 Kind::RestartForce => ProxyState::Restarting,
                 // Down while it should run: the respawn is the cure, not the state.
                 Kind::Respawn => ProxyState::Unavailable,
+                // The child of a native restart serves already.
+                Kind::AdoptNative => ProxyState::Running,
                 Kind::RestartHot => {
                     let upgrading = self.processes.values().any(|p| {
                         p.role == Role::Starting && p.binary != self.config.obproxy.binary
@@ -476,6 +555,8 @@ impl Supervisor {
     }
 
     fn status(&mut self) -> Status {
+        // Version and build from obproxy itself, once per serving process.
+        self.ask_binary_info();
         let pids: Vec<sysinfo::Pid> = self
             .processes
             .keys()
@@ -505,6 +586,7 @@ impl Supervisor {
                 cpu_percent: usage.map_or(0.0, |u| u.cpu_usage()),
                 memory_bytes: usage.map_or(0, |u| u.memory()),
                 open_connections: procfs::client_connections(pid, &sessions),
+                binary_info: p.binary_info.clone(),
             }
         };
         let serving = self
@@ -532,6 +614,7 @@ impl Supervisor {
                 .iter()
                 .cloned()
                 .chain(self.listener_problem.clone())
+                .chain(self.admin_notices())
                 .collect(),
         }
     }
@@ -573,6 +656,7 @@ impl Supervisor {
         result: Result<Spawned, SpawnError>,
         binary: PathBuf,
         version: String,
+        exit_window: Duration,
     ) -> Result<u32, StepError> {
         self.spawns_in_flight = self.spawns_in_flight.saturating_sub(1);
         let early = std::mem::take(&mut self.early_ready);
@@ -595,6 +679,8 @@ impl Supervisor {
                 drain_deadline: None,
                 ending: false,
                 drain_started: None,
+                exit_window: Some(exit_window),
+                binary_info: None,
             },
         );
         tracing::info!(pid, "obproxy spawned");
@@ -668,6 +754,7 @@ impl Supervisor {
                     role: p.role,
                     started_at: state_file::to_epoch(p.started_at),
                     drain_deadline: p.drain_deadline.map(state_file::to_epoch),
+                    exit_window_us: p.exit_window.map(|w| w.as_micros() as u64),
                 })
                 .collect(),
             started_count: self.started_count,
@@ -688,6 +775,8 @@ impl Supervisor {
         let expected = p.ending || p.role == Role::Draining;
         if expected {
             tracing::info!(pid, %exit, role = ?p.role, "obproxy exited");
+        } else if p.role == Role::Serving && self.adopt_native_child(pid, &p, &exit) {
+            // obproxy restarted itself: its child serves on our listener.
         } else {
             tracing::warn!(pid, %exit, role = ?p.role, "obproxy exited unexpectedly");
             self.last_exit = Some(format!("pid {pid} {exit}"));
@@ -767,12 +856,29 @@ impl Supervisor {
                 };
                 let _ = reply.send(result);
             }
-            Step::Promote {
-                pid,
-                drain_window,
+            Step::Promote { pid, drain, reply } => {
+                let _ = reply.send(self.promote(pid, drain));
+            }
+            Step::Facts { pid, reply } => {
+                let _ = reply.send(self.processes.get(&pid).map(|p| ProcessFacts {
+                    exit_window: p.exit_window,
+                    binary: p.binary.clone(),
+                    exe: p.exe.clone(),
+                    version: p.version.clone(),
+                }));
+            }
+            Step::Update { pid, update } => self.update_facts(pid, update),
+            Step::Strangers(reply) => {
+                let _ = reply.send(self.strangers());
+            }
+            Step::AdoptChild {
+                parent,
+                child,
+                version,
+                exit_window,
                 reply,
             } => {
-                let _ = reply.send(self.promote(pid, drain_window));
+                let _ = reply.send(self.register_native_child(parent, child, version, exit_window));
             }
             Step::Processes(reply) => {
                 let by = |role| {
@@ -819,6 +925,7 @@ impl Supervisor {
                     }
                 });
                 self.maybe_schedule_respawn();
+                self.ask_binary_info();
             }
         }
     }
@@ -865,14 +972,35 @@ impl Supervisor {
                 result,
                 binary,
                 version,
+                exit_window: exit_timeout,
                 reply,
             });
         });
     }
 
-    fn promote(&mut self, pid: u32, drain_window: Option<Duration>) -> Option<u32> {
+    fn update_facts(&mut self, pid: u32, update: FactUpdate) {
+        let Some(p) = self.processes.get_mut(&pid) else {
+            return;
+        };
+        match update {
+            FactUpdate::ExitWindow(w) => p.exit_window = Some(w),
+            FactUpdate::Version(v) => p.version = v,
+            FactUpdate::BinaryInfo(info) => p.binary_info = Some(info),
+        }
+        self.persist();
+    }
+
+    /// Adds a line to the running operation's events (and the log).
+    fn note(&mut self, text: String) {
+        tracing::info!("{text}");
+        if let Some(id) = self.log.current_id().map(str::to_string) {
+            self.log.update(&id, |o| o.events.push(text));
+        }
+    }
+
+    fn promote(&mut self, pid: u32, drain: Option<Drain>) -> Option<u32> {
         let previous = self.serving_pid().filter(|&old| old != pid);
-        let deadline = drain_window.map(|w| SystemTime::now() + w + DRAIN_GRACE);
+        let deadline = drain.map(|d| SystemTime::now() + d.kill_after);
         if let Some(old) = previous
             && let Some(p) = self.processes.get_mut(&old)
         {
@@ -882,17 +1010,24 @@ impl Supervisor {
         }
         if let (Some(old), Some(deadline)) = (previous, deadline) {
             self.schedule_drain_deadline(old, deadline);
-            self.notices = vec![format!(
-                "pid {pid} started while pid {old} still held obproxy's Prometheus port; \
-                 obproxy then runs without its exporter until a restart that is not HOT"
-            )];
         }
         if let Some(p) = self.processes.get_mut(&pid) {
             p.role = Role::Serving;
-            self.respawn.settled();
-            if drain_window.is_none() {
-                self.notices.clear();
+            // A native restart's child signals its parent, not us: being
+            // promoted is how it counts as ready.
+            if !p.ready {
+                p.ready = true;
+                p.exe = procfs::exe(pid).ok();
             }
+            self.respawn.settled();
+            self.notices = match (previous, drain) {
+                (Some(old), Some(d)) if d.exporter_lost => vec![format!(
+                    "pid {pid} started while pid {old} still held obproxy's Prometheus port; \
+                     obproxy then runs without its exporter until a restart that is not HOT \
+                     (restart_strategy = \"native\" keeps it)"
+                )],
+                _ => Vec::new(),
+            };
         }
         self.persist();
         previous

@@ -149,6 +149,42 @@ pub fn start_ticks(pid: u32) -> io::Result<u64> {
         .ok_or_else(|| io::Error::other("no start time in /proc/<pid>/stat"))
 }
 
+/// Every process holding the socket `inode` in its fd table: whoever can
+/// accept on a listener of ours (our obproxy, a child it forked for a native
+/// restart). Processes that vanish or hide their fds while we look are
+/// skipped; only an unreadable `/proc` is an error.
+pub fn pids_holding_socket(inode: u64) -> io::Result<Vec<u32>> {
+    let want = format!("socket:[{inode}]");
+    let mut holders = Vec::new();
+    for entry in fs::read_dir("/proc")? {
+        let Some(pid) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        let holds = fds
+            .filter_map(Result::ok)
+            .any(|fd| fs::read_link(fd.path()).is_ok_and(|t| t.as_os_str() == want.as_str()));
+        if holds {
+            holders.push(pid);
+        }
+    }
+    Ok(holders)
+}
+
+/// The process's parent (`/proc/<pid>/stat` field 4).
+pub fn parent_pid(pid: u32) -> io::Result<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok())
+        .ok_or_else(|| io::Error::other("no parent pid in /proc/<pid>/stat"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +197,23 @@ mod tests {
    2: 0100007F:D2A0 0100007F:0B43 01 00000000:00000000 00:00000000 00000000     0        0 333 1 0 20 4 30 10 -1\n";
         let inodes: Vec<u64> = established_inodes(table, &[0x0B43]).collect();
         assert_eq!(inodes, [222]);
+    }
+
+    #[test]
+    fn the_holders_of_a_socket_are_found_by_its_inode() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let inode = nix::sys::stat::fstat(&l).unwrap().st_ino;
+        assert_eq!(pids_holding_socket(inode).unwrap(), [std::process::id()]);
+        drop(l);
+        assert!(pids_holding_socket(inode).unwrap().is_empty());
+    }
+
+    #[test]
+    fn our_parent_is_read_from_stat() {
+        assert_eq!(
+            parent_pid(std::process::id()).unwrap(),
+            std::os::unix::process::parent_id()
+        );
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! agent ran: re-adopt the obproxy processes it recorded (never signalling a
 //! pid whose identity is not confirmed), take the listeners back from them,
 //! finish what was interrupted, and reap orphans re-parented to us.
-use std::{sync::Arc, time::SystemTime};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use nix::sys::signal::Signal;
 
@@ -65,6 +68,8 @@ impl Supervisor {
                 // The drain's start was not recorded; its duration goes unmeasured.
                 drain_started: None,
                 ending: false,
+                exit_window: rec.exit_window_us.map(Duration::from_micros),
+                binary_info: None,
             };
             match rec.role {
                 Role::Starting => {
