@@ -19,6 +19,7 @@ use crate::{
         procfs,
     },
     operation::{Kind, Request},
+    state_file::RecordedProcess,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +86,9 @@ impl Supervisor {
         let gone = |_| NativeChildError::Gone { pid };
         let pidfd = Pidfd::open(pid).map_err(gone)?;
         let found = procfs::parent_pid(pid).map_err(gone)?;
-        if found != parent_pid && found != std::process::id() {
+        // Once its parent is gone it belongs to the nearest subreaper: us,
+        // or init if the agent was away when the parent exited.
+        if found != parent_pid && found != std::process::id() && found != 1 {
             return Err(NativeChildError::NotItsChild {
                 pid,
                 parent: parent_pid,
@@ -211,11 +214,18 @@ impl Supervisor {
             exe.unwrap_or_else(|_| "?".into()),
             self.config.obproxy.home.display(),
         );
-        tracing::info!(pid, previous = old_pid, "{story}");
+        self.record_adoption(pid, old_pid, story);
+        true
+    }
+
+    /// Writes an adoption down as an operation of its own (or, while another
+    /// runs, into that one's events).
+    fn record_adoption(&mut self, pid: u32, previous: u32, story: String) {
+        tracing::info!(pid, previous, "{story}");
         if self.log.current().is_some() {
             // One operation at a time: the running one tells the story.
             self.note(story);
-            return true;
+            return;
         }
         let request = Request {
             kind: Kind::AdoptNative,
@@ -227,13 +237,67 @@ impl Supervisor {
             Ok(rx) => {
                 let id = rx.borrow().id.clone();
                 self.log.update(&id, |o| {
-                    o.previous_pid = Some(old_pid);
+                    o.previous_pid = Some(previous);
                     o.events.push(story);
                 });
             }
             Err(e) => tracing::error!(error = %e, "cannot record the adoption as an operation"),
         }
-        true
+    }
+
+    /// At start, when the process that served as the previous agent went
+    /// away is gone: obproxy may have restarted itself meanwhile
+    /// (enable_auto_restart fires once its parent is PID 1). A process that
+    /// holds the recorded listeners, runs the same program in the obproxy
+    /// home and started after it is that restart's child: it is adopted as
+    /// the serving process (returned, for the listeners to come back from
+    /// it), not killed as a stray.
+    pub(super) fn adopt_orphan_at_recovery(
+        &mut self,
+        recorded: &[RecordedProcess],
+        inodes: &[u64],
+    ) -> Option<Arc<Pidfd>> {
+        if inodes.is_empty() || self.serving_pid().is_some() {
+            return None;
+        }
+        let served = recorded.iter().find(|r| r.role == Role::Serving)?;
+        let me = std::process::id();
+        let home = self.config.obproxy.home.clone();
+        let expected = served.exe.as_deref().unwrap_or(&served.binary);
+        let mut found: Vec<(u64, u32)> = procfs::pids_holding_socket(inodes[0])
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|&pid| pid != me && pid != served.pid && !self.processes.contains_key(&pid))
+            .filter(|&pid| procfs::holds_listeners(pid, inodes))
+            .filter(|&pid| {
+                std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == home)
+                    && procfs::exe(pid).is_ok_and(|exe| exe == expected)
+            })
+            .filter_map(|pid| Some((procfs::start_ticks(pid).ok()?, pid)))
+            .filter(|&(ticks, _)| ticks > served.start_ticks)
+            .collect();
+        found.sort();
+        let (_, pid) = found.pop()?;
+        let pidfd = Pidfd::open(pid).ok()?;
+        if !procfs::holds_listeners(pid, inodes) {
+            return None;
+        }
+        let from = Inherited {
+            version: served.version.clone(),
+            binary: served.binary.clone(),
+            exit_window: served.exit_window_us.map(Duration::from_micros),
+        };
+        self.insert_native_child(pid, pidfd, from, Role::Serving);
+        let story = format!(
+            "pid {}, serving when the agent went away, is gone; pid {pid} holds the SQL \
+             listener and runs the same program in {} since after it: obproxy restarted itself \
+             meanwhile (enable_auto_restart or proxy_local_cmd = 2); pid {pid} is adopted as the \
+             serving process",
+            served.pid,
+            home.display()
+        );
+        self.record_adoption(pid, served.pid, story);
+        self.processes.get(&pid).map(|p| p.pidfd.clone())
     }
 
     /// The child `parent` forked for a native restart the agent asked for:

@@ -107,6 +107,9 @@ impl Supervisor {
             self.processes.insert(pid, process);
             self.watch_exit(pidfd);
         }
+        if let Some(pidfd) = self.adopt_orphan_at_recovery(&state.processes, &inodes) {
+            holders.push((Role::Serving, pidfd));
+        }
         self.kill_strays(&inodes, &rejected);
         // The listeners come back from a process that still holds them,
         // preferably the serving one.
@@ -161,7 +164,10 @@ impl Supervisor {
             }
             let in_home =
                 std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| &cwd == home);
-            if !in_home {
+            // A child of an adopted obproxy is its own restart under way
+            // (adopted once its parent exits), not a spawn of ours.
+            let native = procfs::parent_pid(pid).is_ok_and(|ppid| self.processes.contains_key(&ppid));
+            if !in_home || native {
                 continue;
             }
             if let Ok(pidfd) = Pidfd::open(pid)
