@@ -143,7 +143,9 @@ listen = "127.0.0.1:2889"
 [obproxy]
 home = {home:?}
 binary = {binary:?}
-args = ["-n", "demo", "-c", "democluster"]
+# enable_obproxy_rpc_service=false until the agent hands over the RPC port (obproxy 4.3
+# binds 2885 itself and a hot restart would die on it).
+args = ["-n", "demo", "-c", "democluster", "-o", "enable_obproxy_rpc_service=false"]
 listen = ["127.0.0.1:2883"]
 hot_upgrade_exit_timeout = "30s"
 start_timeout = "60s"

@@ -164,8 +164,12 @@ impl LocalCluster {
             env.push(("ODP_STANDIN_START_DELAY", format!("{}ms", d.as_millis())));
         }
         let mut args = vec!["-n".to_string(), "demo".into(), "-c".into(), "demo".into()];
-        if let Some(b) = opts.backend {
-            args.extend(["-o".into(), format!("standin_backend={b}")]);
+        // Until the agent hands over the RPC port: obproxy 4.3 (the stand-in's default)
+        // binds 2885 itself and a hot restart would die on it; obd turns it off likewise.
+        let rpc_off = "enable_obproxy_rpc_service=false";
+        match opts.backend {
+            Some(b) => args.extend(["-o".into(), format!("standin_backend={b},{rpc_off}")]),
+            None => args.extend(["-o".into(), rpc_off.into()]),
         }
         let mut agents = Vec::with_capacity(opts.odps);
         for i in 0..opts.odps {

@@ -4,10 +4,18 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+mod echo;
+mod log;
 pub mod mariadb;
 pub mod pki;
+pub mod standin;
 pub mod sysbench;
 pub mod txn_load;
+
+// Not every test binary uses each of them.
+#[allow(unused_imports)]
+pub use echo::{Load, LoadReport, echo, round_trip};
+pub use log::Log;
 
 use std::{
     io::{BufRead, BufReader},
@@ -15,8 +23,8 @@ use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Arc, Condvar, LockResult, Mutex, MutexGuard, mpsc},
-    time::{Duration, Instant},
+    sync::{Arc, mpsc},
+    time::Duration,
 };
 
 use odp_agent::proto::agent::{self as pb, agent_client::AgentClient};
@@ -87,11 +95,15 @@ impl Agent {
         let home = dir.path().join("odp");
         std::fs::create_dir_all(home.join("bin")).unwrap();
         write_wrapper(&home.join("bin/obproxy"), &[]);
-        let args: Vec<String> = ["-n", "testapp", "-c", "testcluster"]
+        let mut args: Vec<String> = ["-n", "testapp", "-c", "testcluster"]
             .iter()
             .map(|s| s.to_string())
             .chain(opts.args.iter().cloned())
             .collect();
+        // Until the agent hands over the RPC port: a 4.3 obproxy (the stand-in's default)
+        // binds 2885 itself and a hot restart dies on it, so turn the service off as obd
+        // does for upgrades, merged into the one `-o` obproxy reads.
+        rpc_service_off(&mut args);
         let config = dir.path().join("agent.toml");
         std::fs::write(
             &config,
@@ -144,6 +156,16 @@ dir = "state"
     /// knobs such as `ODP_STANDIN_START_DELAY`).
     pub fn set_standin_env(&self, env: &[(&str, &str)]) {
         write_env(&self.home().join("bin/obproxy"), env);
+    }
+
+    /// Until the agent bootstraps homes for obproxy up to 4.2: such an obproxy refuses an
+    /// inherited start without `etc/obproxy_config.bin`, and the agent always hands the
+    /// listener over, so the test provides the file a first, non-inherited start would
+    /// have written.
+    pub fn seed_local_config(&self) {
+        let etc = self.home().join("etc");
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(etc.join("obproxy_config.bin"), "").unwrap();
     }
 
     /// Another obproxy binary under home (for hot upgrades), with its knobs.
@@ -356,6 +378,16 @@ impl Drop for Agent {
     }
 }
 
+/// Adds `enable_obproxy_rpc_service=false` to the `-o` in `args`, or a `-o` with it (until
+/// the agent hands over the RPC port).
+pub fn rpc_service_off(args: &mut Vec<String>) {
+    const OFF: &str = "enable_obproxy_rpc_service=false";
+    match args.iter().position(|a| a == "-o") {
+        Some(i) if i + 1 < args.len() => args[i + 1] = format!("{},{OFF}", args[i + 1]),
+        _ => args.extend(["-o".to_string(), OFF.to_string()]),
+    }
+}
+
 /// Starts `odp-agent --config path` and waits for its "serving" log line.
 pub fn spawn_agent(config: &Path) -> (Child, SocketAddr, Arc<Log>) {
     spawn_logged(agent_command(config), "agent")
@@ -399,42 +431,6 @@ pub fn spawn_logged(mut command: Command, what: &str) -> (Child, SocketAddr, Arc
         )
     });
     (child, addr.parse().unwrap(), log)
-}
-
-/// A daemon's stderr, line by line, with a way to wait for a line.
-#[derive(Default)]
-pub struct Log {
-    lines: Mutex<Vec<String>>,
-    grew: Condvar,
-}
-
-impl Log {
-    pub fn lock(&self) -> LockResult<MutexGuard<'_, Vec<String>>> {
-        self.lines.lock()
-    }
-
-    fn push(&self, line: String) {
-        self.lines.lock().unwrap().push(line);
-        self.grew.notify_all();
-    }
-
-    /// Waits (up to [`PATIENCE`]) for a line that `matches`, and returns it.
-    pub fn wait_for(&self, matches: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + PATIENCE;
-        let mut lines = self.lines.lock().unwrap();
-        loop {
-            if let Some(line) = lines.iter().find(|l| matches(l)) {
-                return line.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "no such log line in time:\n{}",
-                lines.join("\n")
-            );
-            lines = self.grew.wait_timeout(lines, left).unwrap().0;
-        }
-    }
 }
 
 /// A TLS connection to `addr` (https), as `tls` says.
@@ -584,68 +580,4 @@ pub fn processes_in(dir: &Path) -> Vec<u32> {
         .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir))
         .filter(|pid| alive(*pid))
         .collect()
-}
-
-/// One request/response through the proxy (the stand-in echoes without a
-/// backend).
-pub async fn echo(stream: &mut TcpStream, message: &[u8]) -> std::io::Result<()> {
-    stream.write_all(message).await?;
-    let mut buf = vec![0; message.len()];
-    tokio::time::timeout(PATIENCE, stream.read_exact(&mut buf))
-        .await
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-    assert_eq!(buf, message);
-    Ok(())
-}
-
-/// A client load running beside a test: a fresh connection per request,
-/// counting what failed and how.
-pub struct Load {
-    stop: tokio_util::sync::CancellationToken,
-    task: tokio::task::JoinHandle<LoadReport>,
-}
-
-#[derive(Debug, Default, Clone)]
-pub struct LoadReport {
-    pub ok: u64,
-    pub refused: u64,
-    pub failed: u64,
-    pub errors: Vec<String>,
-}
-
-impl Load {
-    pub fn start(addr: SocketAddr) -> Self {
-        let stop = tokio_util::sync::CancellationToken::new();
-        let token = stop.clone();
-        let task = tokio::spawn(async move {
-            let mut report = LoadReport::default();
-            while !token.is_cancelled() {
-                match round_trip(addr).await {
-                    Ok(()) => report.ok += 1,
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                        report.refused += 1
-                    }
-                    Err(e) => {
-                        report.failed += 1;
-                        if report.errors.len() < 5 {
-                            report.errors.push(e.to_string());
-                        }
-                    }
-                }
-            }
-            report
-        });
-        Self { stop, task }
-    }
-
-    pub async fn finish(self) -> LoadReport {
-        self.stop.cancel();
-        self.task.await.unwrap()
-    }
-}
-
-/// Connects and proves the connection is served.
-pub async fn round_trip(addr: SocketAddr) -> std::io::Result<()> {
-    let mut stream = TcpStream::connect(addr).await?;
-    echo(&mut stream, b"ping").await
 }

@@ -81,7 +81,12 @@ impl Testbed {
             "-c".into(),
             "bench".into(),
             "-o".into(),
-            format!("standin_backend={}", backend.addr()),
+            // enable_obproxy_rpc_service=false until the agent hands over the RPC port:
+            // obproxy 4.3 binds 2885 itself and a hot restart would die on it.
+            format!(
+                "standin_backend={},enable_obproxy_rpc_service=false",
+                backend.addr()
+            ),
         ];
         let config = dir.path().join("agent.toml");
         std::fs::write(
