@@ -166,7 +166,8 @@ impl Supervisor {
                 std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| &cwd == home);
             // A child of an adopted obproxy is its own restart under way
             // (adopted once its parent exits), not a spawn of ours.
-            let native = procfs::parent_pid(pid).is_ok_and(|ppid| self.processes.contains_key(&ppid));
+            let native =
+                procfs::parent_pid(pid).is_ok_and(|ppid| self.processes.contains_key(&ppid));
             if !in_home || native {
                 continue;
             }
