@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use common::{Agent, Load, Options, alive, echo};
 use odp_agent::proto::agent as pb;
-use tokio::{io::AsyncReadExt, net::TcpStream};
+use tokio::io::AsyncReadExt;
 
 fn hot(window: Duration, binary: &str) -> pb::RestartRequest {
     pb::RestartRequest {
@@ -117,7 +117,7 @@ async fn killing_the_agent_during_a_drain_keeps_the_drains_deadline() {
     let inode = agent.status().await.listeners[0].socket_inode;
     let addr = agent.sql_addr().await;
     // A session that never ends keeps the old process draining to its end.
-    let mut session = TcpStream::connect(addr).await.unwrap();
+    let mut session = common::connect(addr).await.unwrap();
     echo(&mut session, b"held").await.unwrap();
     let load = Load::start(addr);
 

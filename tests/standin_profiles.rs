@@ -8,7 +8,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 
 use common::standin::{
-    Builder, closed_by_peer, echo_on, echo_once, free_port, holds, listener, socket_inode,
+    Builder, closed_by_peer, echo_on, echo_once, free_port, holds, listener, skip_greeting,
+    socket_inode,
 };
 
 const FD: &str = "OBPROXY_INHERITED_FD";
@@ -317,6 +318,7 @@ fn ip_listen_mode_decides_which_inherited_listeners_are_served() {
         .inherit(FD6, &v6)
         .spawn();
     both.wait_event("started", 1);
+    skip_greeting(&mut queued).unwrap();
     echo_on(&mut queued, b"over IPv6").unwrap();
     echo_once(addr(&v4)).unwrap();
     both.signal(libc::SIGTERM);

@@ -9,6 +9,28 @@ use tokio::{
 
 use super::PATIENCE;
 
+/// A connection to the stand-in in echo mode, past the MySQL greeting it sends first (as
+/// obproxy greets every client); what follows is echoed.
+pub async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let greeting = async {
+        let mut header = [0u8; 4];
+        stream.read_exact(&mut header).await?;
+        let len =
+            usize::from(header[0]) | usize::from(header[1]) << 8 | usize::from(header[2]) << 16;
+        let mut payload = vec![0; len];
+        stream.read_exact(&mut payload).await?;
+        if payload.first() != Some(&10) {
+            return Err(std::io::Error::other("no MySQL v10 greeting"));
+        }
+        std::io::Result::Ok(())
+    };
+    tokio::time::timeout(PATIENCE, greeting)
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    Ok(stream)
+}
+
 /// One request/response through the proxy (the stand-in echoes without a
 /// backend).
 pub async fn echo(stream: &mut TcpStream, message: &[u8]) -> std::io::Result<()> {
@@ -69,6 +91,6 @@ impl Load {
 
 /// Connects and proves the connection is served.
 pub async fn round_trip(addr: SocketAddr) -> std::io::Result<()> {
-    let mut stream = TcpStream::connect(addr).await?;
+    let mut stream = connect(addr).await?;
     echo(&mut stream, b"ping").await
 }

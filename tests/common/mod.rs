@@ -15,7 +15,7 @@ pub mod txn_load;
 
 // Not every test binary uses each of them.
 #[allow(unused_imports)]
-pub use echo::{Load, LoadReport, echo, round_trip};
+pub use echo::{Load, LoadReport, connect, echo, round_trip};
 pub use log::Log;
 
 use std::{

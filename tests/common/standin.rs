@@ -272,7 +272,21 @@ pub fn holds(pid: u32, inode: &str) -> bool {
 /// One echo round trip on a new connection to `addr`.
 pub fn echo_once(addr: SocketAddr) -> std::io::Result<()> {
     let mut stream = TcpStream::connect(addr)?;
+    skip_greeting(&mut stream)?;
     echo_on(&mut stream, b"ping")
+}
+
+/// Reads the MySQL greeting the stand-in sends every new client; what follows is echoed
+/// (or, for `root@proxysys`, an admin session).
+pub fn skip_greeting(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    stream.set_read_timeout(Some(PATIENCE))?;
+    let mut header = [0u8; 4];
+    stream.read_exact(&mut header)?;
+    let len = usize::from(header[0]) | usize::from(header[1]) << 8 | usize::from(header[2]) << 16;
+    let mut payload = vec![0; len];
+    stream.read_exact(&mut payload)?;
+    assert_eq!(payload.first(), Some(&10), "a protocol v10 greeting");
+    Ok(payload)
 }
 
 pub fn echo_on(stream: &mut TcpStream, message: &[u8]) -> std::io::Result<()> {

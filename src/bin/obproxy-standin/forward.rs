@@ -13,8 +13,9 @@ use tokio::time::Instant;
 use crate::drain::Allowance;
 use crate::drain::Window;
 use crate::listener::ListenSocket;
+use crate::login::{self, Login};
 use crate::proxy::{Accepting, Proxy};
-use crate::session;
+use crate::{admin, session};
 
 /// The open client connections, what a drain allows of them, and the switch that cuts
 /// them all when a window ends.
@@ -258,33 +259,61 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, connections: Conn
 }
 
 /// Serves one client until it closes, its backend closes, it leaves at a boundary during a
-/// drain, or every connection is cut.
+/// drain, or every connection is cut: first its login (see `login`), then the admin session,
+/// the relay to the backend, or the echo.
 async fn serve(client: TcpStream, proxy: Arc<Proxy>, tracked: Tracked) {
     let mut cut = tracked.cut_switch();
-    let Some(backend) = proxy.backend.clone() else {
-        tokio::select! {
-            _ = echo(client) => {}
-            // An echo knows nothing of transactions: it counts as cut mid-way.
-            _ = raised(&mut cut) => tracked.record_cut(false),
-        }
+    let Ok(peer) = client.peer_addr() else {
         return;
     };
-    let server = tokio::select! {
-        server = TcpStream::connect(&backend.addrs[..]) => server,
-        _ = raised(&mut cut) => return tracked.record_cut(false),
+    let login = match proxy.backend.clone() {
+        None => tokio::select! {
+            login = login::own(client, &proxy, peer) => login,
+            _ = raised(&mut cut) => return tracked.record_cut(false),
+        },
+        Some(backend) => {
+            let server = tokio::select! {
+                server = TcpStream::connect(&backend.addrs[..]) => server,
+                _ = raised(&mut cut) => return tracked.record_cut(false),
+            };
+            let server = match server {
+                Ok(server) => server,
+                // The client is closed by dropping it: nothing else could serve it.
+                Err(e) => {
+                    return event!(
+                        "backend connect failed",
+                        "backend={} error={e}",
+                        backend.name
+                    );
+                }
+            };
+            tokio::select! {
+                login = login::through(client, server, &proxy, peer) => login,
+                _ = raised(&mut cut) => return tracked.record_cut(false),
+            }
+        }
     };
-    match server {
-        Ok(server) => session::relay(client, server, tracked).await,
-        // The client is closed by dropping it: nothing else could serve it.
-        Err(e) => event!(
-            "backend connect failed",
-            "backend={} error={e}",
-            backend.name
-        ),
+    match login {
+        Login::Admin(admin) => admin::serve(admin, proxy, tracked).await,
+        Login::Relay {
+            client,
+            server,
+            session,
+        } => session::relay_from(client, server, tracked, session).await,
+        Login::Echo { client, pending } => tokio::select! {
+            _ = echo(client, pending) => {}
+            // An echo knows nothing of transactions: it counts as cut mid-way.
+            _ = raised(&mut cut) => tracked.record_cut(false),
+        },
+        Login::Done => {}
     }
 }
 
-async fn echo(mut client: TcpStream) {
+/// Echoes what was already read, then everything else.
+async fn echo(mut client: TcpStream, pending: Vec<u8>) {
+    if client.write_all(&pending).await.is_err() {
+        return;
+    }
     let (mut from, mut to) = client.split();
     if tokio::io::copy(&mut from, &mut to).await.is_ok() {
         // Pass the client's half-close back, as a forwarded backend would.

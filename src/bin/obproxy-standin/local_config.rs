@@ -172,6 +172,27 @@ pub fn store(layout: &Layout, config: &Config) -> Result<(), LocalConfigError> {
     store_bin(layout, config)
 }
 
+/// One item after `ALTER proxyconfig`: a row in sqlite (`store_global_proxy_config`,
+/// v4.3.1:src/obproxy/cmd/ob_alter_config_handler.cpp:155-158), or the whole `.bin` again
+/// (v4.2.3:src/obproxy/cmd/ob_alter_config_handler.cpp:141-148).
+pub fn store_item(layout: &Layout, config: &Config, name: &str) -> Result<(), LocalConfigError> {
+    if !config.line().uses_sqlite() {
+        return store_bin(layout, config);
+    }
+    let db = open_db(layout)?;
+    let def = config.def(name).map_or(name, |d| d.name);
+    db.execute(
+        "replace into proxy_config(vid, vip, vport, tenant_name, cluster_name, name, value, config_level) \
+         values(-1, '', 0, '', '', ?1, ?2, 'LEVEL_GLOBAL')",
+        params![def, config.get(name)],
+    )
+    .map(|_| ())
+    .map_err(|source| LocalConfigError::Sqlite {
+        path: layout.etc().join(DB_NAME),
+        source,
+    })
+}
+
 /// `dump2file`: the `.bin` payload into `etc/` and `.conf/`. 4.3 writes it too, on its
 /// native restart path only, for a rollback to an older binary
 /// (v4.3.1:src/obproxy/obutils/ob_hot_upgrade_processor.cpp:1725-1727).
@@ -240,8 +261,9 @@ mod tests {
             let mut config = Config::new(line);
             config.set("hot_upgrade_exit_timeout", "7000000").unwrap();
             config.set("proxy_local_cmd", "2").unwrap();
-            config.set("delay_exit_time", "200ms").unwrap();
             store(&layout, &config).unwrap();
+            config.set("delay_exit_time", "200ms").unwrap();
+            store_item(&layout, &config, "delay_exit_time").unwrap();
             let mut read = Config::new(line);
             assert!(load(&layout, &mut read).unwrap());
             assert_eq!(read.int("hot_upgrade_exit_timeout"), 7_000_000, "{line:?}");

@@ -16,6 +16,7 @@ macro_rules! event {
     };
 }
 
+mod admin;
 mod cmdline;
 mod config;
 mod drain;
@@ -23,6 +24,7 @@ mod exporter;
 mod forward;
 mod listener;
 mod local_config;
+mod login;
 mod mysql;
 mod parent;
 mod profile;

@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{Notify, watch};
 
-use crate::config::{Backend, Config};
+use crate::config::{Backend, Config, SetError};
 use crate::listener::Fds;
-use crate::local_config::Layout;
+use crate::local_config::{self, Layout};
 use crate::profile::Line;
 
 /// Whether the accept loops call `accept()`.
@@ -74,8 +74,26 @@ impl Proxy {
         self.config.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// `ALTER proxyconfig SET name = value`: the item changes at once and is written to the
+    /// local config; a failed write puts the old value back
+    /// (v4.3.1:src/obproxy/cmd/ob_alter_config_handler.cpp:122-181).
+    pub fn alter(&self, name: &str, value: &str) -> Result<(), AlterError> {
+        let mut config = self.config();
+        let old = config.get(name).to_owned();
+        config.set(name, value).map_err(AlterError::Refused)?;
+        if let Err(e) = local_config::store_item(&self.layout, &config, name) {
+            let _ = config.set(name, &old);
+            return Err(AlterError::Store(e.to_string()));
+        }
+        Ok(())
+    }
+
     pub fn accepting(&self) -> watch::Receiver<Accepting> {
         self.accepting.subscribe()
+    }
+
+    pub fn is_accepting(&self) -> bool {
+        *self.accepting.borrow() == Accepting::Yes
     }
 
     /// Pauses or resumes accepting; a drain's stop is final.
@@ -101,4 +119,10 @@ impl Proxy {
     pub fn set_fds(&self, fds: Fds) {
         *self.fds.lock().unwrap_or_else(|e| e.into_inner()) = fds;
     }
+}
+
+#[derive(Debug)]
+pub enum AlterError {
+    Refused(SetError),
+    Store(String),
 }

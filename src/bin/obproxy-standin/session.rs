@@ -47,12 +47,7 @@ enum End {
 }
 
 /// Relays until either side closes, the session leaves at a boundary, or the window end
-/// cuts it; both sockets are closed on return.
-pub async fn relay(client: TcpStream, server: TcpStream, tracked: Tracked) {
-    relay_from(client, server, tracked, mysql::Session::default()).await
-}
-
-/// As [`relay`], for a session whose first packets the tracker has already seen.
+/// cuts it; both sockets are closed on return. `session` has seen the login already.
 pub async fn relay_from(
     mut client: TcpStream,
     mut server: TcpStream,
@@ -177,7 +172,7 @@ async fn leave_when_allowed(
 
 /// Whether the client has already sent something we have not read: the start of its next
 /// command, which must not be dropped by closing now.
-fn has_pending_input(fd: RawFd) -> bool {
+pub fn has_pending_input(fd: RawFd) -> bool {
     let mut byte = [0u8; 1];
     // A peek that does not block: nothing is consumed, and an empty socket says EAGAIN.
     matches!(

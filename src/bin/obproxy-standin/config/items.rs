@@ -48,7 +48,6 @@ pub enum Visible {
 }
 
 impl Visible {
-    #[allow(dead_code)]
     pub fn as_str(self) -> &'static str {
         match self {
             Visible::User => "USER",
@@ -58,8 +57,6 @@ impl Visible {
     }
 }
 
-// Until the admin session shows them (next step), info, reboot flag and level are unread.
-#[allow(dead_code)]
 #[derive(Debug)]
 pub struct ItemDef {
     pub name: &'static str,

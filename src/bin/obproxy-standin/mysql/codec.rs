@@ -87,3 +87,94 @@ impl Framer {
         self.header_len == 0 && self.current.is_none()
     }
 }
+
+/// One packet on the wire: a 3-byte length, the sequence id, the payload. Everything the
+/// stand-in sends is far below the 16 MiB that would need a continuation.
+pub fn packet(seq: u8, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len().min(MAX_PAYLOAD);
+    let mut bytes = Vec::with_capacity(4 + len);
+    bytes.extend_from_slice(&(len as u32).to_le_bytes()[..3]);
+    bytes.push(seq);
+    bytes.extend_from_slice(&payload[..len]);
+    bytes
+}
+
+/// A length-encoded integer.
+pub fn put_lenenc_int(buf: &mut Vec<u8>, v: u64) {
+    match v {
+        0..=0xFA => buf.push(v as u8),
+        0xFB..=0xFFFF => {
+            buf.push(0xFC);
+            buf.extend_from_slice(&(v as u16).to_le_bytes());
+        }
+        0x1_0000..=0xFF_FFFF => {
+            buf.push(0xFD);
+            buf.extend_from_slice(&(v as u32).to_le_bytes()[..3]);
+        }
+        _ => {
+            buf.push(0xFE);
+            buf.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+}
+
+/// A length-encoded string.
+pub fn put_lenenc_str(buf: &mut Vec<u8>, s: &[u8]) {
+    put_lenenc_int(buf, s.len() as u64);
+    buf.extend_from_slice(s);
+}
+
+/// Reads a length-encoded integer off the front of `data`.
+pub fn take_lenenc_int(data: &mut &[u8]) -> Option<u64> {
+    let (&first, rest) = data.split_first()?;
+    let (width, value) = match first {
+        0..=0xFA => return Some(u64::from(first)).inspect(|_| *data = rest),
+        0xFC => (2, 0),
+        0xFD => (3, 0),
+        0xFE => (8, 0u64),
+        _ => return None,
+    };
+    let bytes = rest.get(..width)?;
+    let mut le = [0u8; 8];
+    le[..width].copy_from_slice(bytes);
+    *data = &rest[width..];
+    Some(value | u64::from_le_bytes(le))
+}
+
+/// Reads bytes up to a NUL off the front of `data` (the NUL consumed).
+pub fn take_nul_str<'a>(data: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let nul = data.iter().position(|b| *b == 0)?;
+    let (s, rest) = data.split_at(nul);
+    *data = &rest[1..];
+    Some(s)
+}
+
+/// Reads one logical packet: its first sequence id and its whole payload, continuations
+/// joined. A payload past `limit` is an error, so a peer cannot make us buffer without end.
+pub async fn read_packet(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    limit: usize,
+) -> std::io::Result<(u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut payload = Vec::new();
+    let mut first_seq = None;
+    loop {
+        let mut header = [0u8; 4];
+        stream.read_exact(&mut header).await?;
+        let len =
+            usize::from(header[0]) | usize::from(header[1]) << 8 | usize::from(header[2]) << 16;
+        first_seq.get_or_insert(header[3]);
+        if payload.len() + len > limit {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("a packet over {limit} bytes"),
+            ));
+        }
+        let start = payload.len();
+        payload.resize(start + len, 0);
+        stream.read_exact(&mut payload[start..]).await?;
+        if len < MAX_PAYLOAD {
+            return Ok((first_seq.unwrap_or(0), payload));
+        }
+    }
+}

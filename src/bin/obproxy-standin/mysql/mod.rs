@@ -1,5 +1,6 @@
-//! The MySQL protocol as the stand-in speaks and watches it: packet framing (`codec`) and the passive tracker that follows a forwarded session to its transaction boundaries (`tracker`).
+//! The MySQL protocol as the stand-in speaks and watches it: packet framing (`codec`), the login (`auth`), and the passive tracker that follows a forwarded session to its transaction boundaries (`tracker`).
 
+pub mod auth;
 pub mod codec;
 pub mod tracker;
 
