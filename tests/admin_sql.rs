@@ -20,7 +20,6 @@ use common::{
 };
 use mysql_async::prelude::*;
 use odp_agent::proto::agent as pb;
-use tokio::net::TcpStream;
 
 fn hot(window: Duration) -> pb::RestartRequest {
     pb::RestartRequest {
@@ -116,7 +115,7 @@ async fn without_admin_sql_a_shorter_window_is_a_sigkill_at_the_deadline_and_sai
             .any(|n| n.starts_with("admin SQL is off")),
         "GetStatus says why nothing is done over SQL"
     );
-    let mut session = TcpStream::connect(agent.sql_addr().await).await.unwrap();
+    let mut session = common::connect(agent.sql_addr().await).await.unwrap();
     echo(&mut session, b"held").await.unwrap();
 
     let started = Instant::now();

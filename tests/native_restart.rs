@@ -129,7 +129,7 @@ async fn a_native_restart_behind_the_agents_back_is_adopted_and_a_stop_closes_th
 async fn native_restart_under_way(agent: &Agent) -> (u32, u32, TcpStream) {
     let old = agent.start_proxy().await.pid;
     let addr = agent.sql_addr().await;
-    let mut held = TcpStream::connect(addr).await.unwrap();
+    let mut held = common::connect(addr).await.unwrap();
     echo(&mut held, b"held").await.unwrap();
     restart_behind_the_agents_back(addr.port()).await;
     wait_until("obproxy forked its child", || {
