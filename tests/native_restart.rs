@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{
     Agent, Load, Options,
     admin_sql::{self, PASSWORD, admin, agent_with, wait_until},
-    alive, echo, log_field,
+    alive, echo, log_field, spawn_agent,
 };
 use mysql_async::prelude::*;
 use odp_agent::proto::agent as pb;
@@ -284,5 +284,53 @@ async fn a_native_child_that_is_not_ready_in_time_is_killed_and_the_parent_serve
     })
     .await;
     // obproxy's rollback: the parent accepts again.
+    common::round_trip(addr).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_restart_while_the_agent_was_away_is_adopted_when_it_returns() {
+    let mut agent = agent("5s", "").await;
+    let old = agent.start_proxy().await.pid;
+    let before = agent.status().await;
+    let addr = agent.sql_addr().await;
+    let _ = agent.child.kill();
+    let _ = agent.child.wait();
+
+    restart_behind_the_agents_back(addr.port()).await;
+    wait_until("the parent drained and its child serves", || {
+        !alive(old) && agent.obproxy_pids().len() == 1
+    })
+    .await;
+    let child = agent.obproxy_pids()[0];
+    assert_ne!(child, old);
+
+    let (process, grpc, log) = spawn_agent(&agent.config);
+    (agent.child, agent.grpc, agent.log) = (process, grpc, log);
+    let status = agent.status().await;
+    assert_eq!(status.state(), pb::ProxyState::Running);
+    assert_eq!(status.pid, child, "adopted, not killed as a stray");
+    assert_eq!(
+        status.listeners[0].socket_inode,
+        before.listeners[0].socket_inode
+    );
+    let admitted = agent.log.wait_for(|l| {
+        l.contains("operation admitted") && l.contains("native restart adoption")
+    });
+    let op = agent
+        .wait_op(&log_field(&admitted, "op_id").unwrap())
+        .await;
+    assert_eq!(op.previous_pid, old);
+    assert!(
+        op.events
+            .iter()
+            .any(|e| e.contains("serving when the agent went away, is gone")),
+        "{:?}",
+        op.events
+    );
+    assert_eq!(agent.obproxy_pids(), vec![child]);
+    // The listeners came back from the child: a hot restart works.
+    let hot = agent.restart(pb::RestartMode::Hot, true).await.unwrap();
+    assert_eq!(hot.state(), pb::OperationState::Succeeded, "{}", hot.error);
+    assert_eq!(hot.previous_pid, child);
     common::round_trip(addr).await.unwrap();
 }
