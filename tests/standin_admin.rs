@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use common::mariadb::MariaDb;
-use common::standin::{Builder, Standin, free_port, listener};
+use common::standin::{Builder, Standin, admin_opts, free_port, listener};
 use mysql_async::prelude::*;
 use mysql_async::{Conn, OptsBuilder, Row};
 
@@ -28,22 +28,8 @@ fn start(dir: &Path, version: &str, sql: &TcpListener, more: &str) -> Standin {
     standin
 }
 
-/// root@proxysys through mysql_async. It reads `@@max_allowed_packet` and `@@wait_timeout`
-/// and asks for `@@socket` at connect unless told them; obproxy answers none of those
-/// SELECTs, so an admin client must set them (see `a_client_that_reads_settings_at_connect_is_refused_them`).
-fn opts(addr: SocketAddr, password: &str) -> OptsBuilder {
-    OptsBuilder::default()
-        .ip_or_hostname(addr.ip().to_string())
-        .tcp_port(addr.port())
-        .user(Some("root@proxysys"))
-        .pass(Some(password))
-        .prefer_socket(false)
-        .max_allowed_packet(Some(4 << 20))
-        .wait_timeout(Some(28800))
-}
-
 async fn admin(addr: SocketAddr) -> Conn {
-    Conn::new(opts(addr, PASSWORD)).await.unwrap()
+    Conn::new(admin_opts(addr, PASSWORD)).await.unwrap()
 }
 
 /// The `mysql` command line client: its exit status, stdout and stderr.
@@ -124,7 +110,7 @@ async fn login_works_with_the_password_and_a_wrong_one_gets_1045() {
     let mut conn = admin(addr(&sql)).await;
     conn.ping().await.unwrap();
     conn.disconnect().await.unwrap();
-    let e = Conn::new(opts(addr(&sql), "nope")).await.unwrap_err();
+    let e = Conn::new(admin_opts(addr(&sql), "nope")).await.unwrap_err();
     assert!(
         matches!(&e, mysql_async::Error::Server(s) if s.code == 1045),
         "{e}"
@@ -294,8 +280,8 @@ async fn alter_proxyconfig_applies_at_once_and_show_proxyconfig_has_each_lines_l
             .unwrap();
         let stored = value_of(&mut conn, "obproxy_sys_password").await;
         assert_eq!(stored, "37c6c57bedf4305ef41249c1794760b5cb8fad17");
-        assert!(Conn::new(opts(addr(&sql), PASSWORD)).await.is_err());
-        Conn::new(opts(addr(&sql), "changed")).await.unwrap();
+        assert!(Conn::new(admin_opts(addr(&sql), PASSWORD)).await.is_err());
+        Conn::new(admin_opts(addr(&sql), "changed")).await.unwrap();
     }
 }
 
@@ -375,7 +361,9 @@ async fn with_a_backend_root_at_proxysys_is_served_here_and_others_reach_the_dat
     let mut conn = admin(addr(&sql)).await;
     let info: Option<(String, String)> = conn.query_first("SHOW PROXYINFO BINARY").await.unwrap();
     assert_eq!(info.unwrap().0, "binary info");
-    let e = Conn::new(opts(addr(&sql), "wrong")).await.unwrap_err();
+    let e = Conn::new(admin_opts(addr(&sql), "wrong"))
+        .await
+        .unwrap_err();
     assert!(
         matches!(&e, mysql_async::Error::Server(s) if s.code == 1045),
         "{e}"

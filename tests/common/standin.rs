@@ -269,6 +269,59 @@ pub fn holds(pid: u32, inode: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// The connections waiting in `listener`'s accept queue: `rx_queue` of its LISTEN entry in
+/// /proc/net/tcp (or tcp6).
+pub fn accept_queue(listener: &TcpListener) -> usize {
+    let inode = socket_inode(listener.as_raw_fd());
+    let inode = inode.trim_start_matches("socket:[").trim_end_matches(']');
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.get(9) == Some(&inode) {
+                let queues = fields[4];
+                let rx = queues.split(':').nth(1).unwrap();
+                return usize::from_str_radix(rx, 16).unwrap();
+            }
+        }
+    }
+    panic!("socket {inode} is not in /proc/net/tcp");
+}
+
+/// How a test logs in as obproxy's `root@proxysys` with mysql_async. The client reads
+/// `@@max_allowed_packet` and `@@wait_timeout` (and `@@socket`) at connect unless told them,
+/// and obproxy answers none of those SELECTs.
+pub fn admin_opts(addr: SocketAddr, password: &str) -> mysql_async::OptsBuilder {
+    mysql_async::OptsBuilder::default()
+        .ip_or_hostname(addr.ip().to_string())
+        .tcp_port(addr.port())
+        .user(Some("root@proxysys"))
+        .pass(Some(password))
+        .prefer_socket(false)
+        .max_allowed_packet(Some(4 << 20))
+        .wait_timeout(Some(28800))
+}
+
+/// The environment a process was started with, as `NAME=value` strings.
+pub fn environ(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
+/// The arguments a process was started with.
+pub fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
 /// One echo round trip on a new connection to `addr`.
 pub fn echo_once(addr: SocketAddr) -> std::io::Result<()> {
     let mut stream = TcpStream::connect(addr)?;

@@ -83,9 +83,12 @@ impl std::fmt::Display for Window {
     }
 }
 
-/// A signal that is not a stop: SIGUSR2 (4.1+, where it has a handler) and SIGHUP change
-/// nothing the stand-in models yet.
-pub fn other_signal(_proxy: &Proxy, signal: Received) {
+/// A signal that is not a stop: SIGUSR2 makes a 4.1+ process forget its native child
+/// (v4.3.1:src/obproxy/ob_proxy_main.cpp:896-906); SIGHUP changes nothing here.
+pub fn other_signal(proxy: &Proxy, signal: Received) {
+    if signal == Received::Usr2 {
+        crate::native::forget_child(proxy);
+    }
     event!("signal received", "signal={}", signal.name());
 }
 

@@ -50,6 +50,15 @@ impl Exporter {
         }
     }
 
+    /// `destroy_exposer`, before a native restart forks, so the child can bind the port
+    /// (ob_hot_upgrade_processor.cpp:1720). Returns once the port is closed.
+    pub async fn destroy(&mut self) {
+        if let Some((_, task)) = self.running.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
     /// For the logs: the address served, or `failed`.
     pub fn describe(&self) -> String {
         self.running

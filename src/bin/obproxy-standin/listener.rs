@@ -101,6 +101,12 @@ impl Fds {
         }
         Ok(())
     }
+    /// Those to keep open across a native child's exec.
+    pub fn handed_over(&self) -> impl Iterator<Item = RawFd> {
+        [self.sql4, self.sql6, self.rpc4, self.rpc6]
+            .into_iter()
+            .filter(|fd| *fd >= 0)
+    }
 }
 
 /// C `atoi`: decimal digits after optional white space and a sign, 0 when there are none.

@@ -1,4 +1,4 @@
-//! obproxy stand-in: a small fake obproxy for tests and demos that keeps obproxy's process contract per version line (3.2, 4.2, 4.3: flags, local config, inherited listeners, RPC port, readiness and exit signals, SIGUSR1 drain, SIGTERM quick exit) and forwards or echoes TCP.
+//! obproxy stand-in: a small fake obproxy for tests and demos that keeps obproxy's process contract per version line (3.2, 4.2, 4.3: flags, local config, inherited listeners, RPC port, readiness and exit signals, SIGUSR1 drain, SIGTERM quick exit), its `root@proxysys` admin SQL and native restart, and forwards or echoes TCP.
 //!
 //! Layout: `cmdline` reads the flags; `profile` says what differs per line; `config` holds
 //! the items and knobs, `local_config` keeps them under `etc/`; `listener` owns the SQL and
@@ -6,7 +6,8 @@
 //! their census; `session` relays one forwarded session and `mysql` follows its protocol, so
 //! that a drain (`drain`, which owns stopping) closes sessions only at transaction
 //! boundaries; `signals` the signals listened to, `parent` those sent to the parent;
-//! `exporter` the Prometheus port; `proxy` the state they share.
+//! `exporter` the Prometheus port; `login` decides who a connection is, `admin` serves
+//! `root@proxysys`; `native` is obproxy's own restart; `proxy` the state they share.
 //! Logs are one plain `obproxy-standin: <event> pid=<pid> key=value...` line per event on stderr.
 
 /// Writes one log line. Defined before the modules so they can all use it.
@@ -26,6 +27,7 @@ mod listener;
 mod local_config;
 mod login;
 mod mysql;
+mod native;
 mod parent;
 mod profile;
 mod proxy;
@@ -272,7 +274,7 @@ async fn run(proxy: Arc<Proxy>, knobs: Knobs, inherited: Option<Fds>) -> i32 {
         );
         (families, ports.0, ports.1, rpc)
     };
-    let exporter = Exporter::start(prometheus_port);
+    *proxy.exporter.lock().await = Some(Exporter::start(prometheus_port));
     let mut listeners = match inherited {
         Some(fds) => Listeners::inherited(fds, families),
         None => Listeners::bind(listen_port, families),
@@ -294,19 +296,24 @@ async fn run(proxy: Arc<Proxy>, knobs: Knobs, inherited: Option<Fds>) -> i32 {
             .unwrap_or_else(|e| fail(e));
     }
     proxy.set_fds(listeners.fds);
+    let prometheus = proxy
+        .exporter
+        .lock()
+        .await
+        .as_ref()
+        .map_or_else(|| "failed".to_owned(), Exporter::describe);
     event!(
         "started",
-        "{listeners} prometheus={} version={} line={} backend={}",
-        exporter.describe(),
+        "{listeners} prometheus={prometheus} version={} line={} backend={}",
         proxy.version,
         line.name(),
         proxy.backend.as_ref().map_or("echo", |b| b.name.as_str())
     );
     ready(&proxy, listeners.inherited, knobs.no_ready);
+    native::start(proxy.clone());
 
     let stop = wait_for_stop(&mut signals, &proxy).await;
     let stop = drain::drain(stop, acceptors, &proxy, &connections, &mut signals).await;
-    drop(exporter);
     finish(stop, line)
 }
 

@@ -7,8 +7,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Notify, watch};
 
 use crate::config::{Backend, Config, SetError};
+use crate::exporter::Exporter;
 use crate::listener::Fds;
 use crate::local_config::{self, Layout};
+use crate::native::HotUpgrade;
 use crate::profile::Line;
 
 /// Whether the accept loops call `accept()`.
@@ -16,15 +18,12 @@ use crate::profile::Line;
 pub enum Accepting {
     Yes,
     /// A native restart stopped accepting until its child confirms or fails
-    /// (`disable_net_accept` / `enable_net_accept`); set by the native restart (next step).
-    #[allow(dead_code)]
+    /// (`disable_net_accept` / `enable_net_accept`).
     Paused,
     /// A drain: never again.
     Stopped,
 }
 
-// argv0, is_parent and fds are read by the native restart (next step).
-#[allow(dead_code)]
 pub struct Proxy {
     pub line: Line,
     pub version: String,
@@ -45,6 +44,10 @@ pub struct Proxy {
     fds: Mutex<Fds>,
     /// `proxy_local_cmd = 1` asked for a quick exit.
     pub local_exit: Notify,
+    /// The native restart's state (see `native`).
+    pub hot: Mutex<HotUpgrade>,
+    /// The Prometheus exporter, once started; a native restart closes and reopens it.
+    pub exporter: tokio::sync::Mutex<Option<Exporter>>,
 }
 
 impl Proxy {
@@ -67,6 +70,8 @@ impl Proxy {
             is_parent: AtomicBool::new(false),
             fds: Mutex::new(Fds::default()),
             local_exit: Notify::new(),
+            hot: Mutex::new(HotUpgrade::default()),
+            exporter: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -112,12 +117,28 @@ impl Proxy {
         !self.parent_flag.swap(true, Ordering::SeqCst)
     }
 
+    pub fn set_parent_flag(&self, on: bool) {
+        self.parent_flag.store(on, Ordering::SeqCst);
+    }
+
+    pub fn parent_flag(&self) -> bool {
+        self.parent_flag.load(Ordering::SeqCst)
+    }
+
     pub fn set_is_parent(&self) {
         self.is_parent.store(true, Ordering::SeqCst);
     }
 
+    pub fn is_parent(&self) -> bool {
+        self.is_parent.load(Ordering::SeqCst)
+    }
+
     pub fn set_fds(&self, fds: Fds) {
         *self.fds.lock().unwrap_or_else(|e| e.into_inner()) = fds;
+    }
+
+    pub fn fds(&self) -> Fds {
+        *self.fds.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
