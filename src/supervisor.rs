@@ -174,6 +174,9 @@ struct Process {
     exit_window: Option<Duration>,
     /// What it reported over admin SQL, once asked.
     binary_info: Option<BinaryInfo>,
+    /// For the child of a native restart the agent asked for: its parent,
+    /// whose exit is then the hand-over, not a crash.
+    native_parent: Option<u32>,
 }
 
 enum Msg {
@@ -681,6 +684,7 @@ impl Supervisor {
                 drain_started: None,
                 exit_window: Some(exit_window),
                 binary_info: None,
+                native_parent: None,
             },
         );
         tracing::info!(pid, "obproxy spawned");
@@ -775,7 +779,7 @@ impl Supervisor {
         let expected = p.ending || p.role == Role::Draining;
         if expected {
             tracing::info!(pid, %exit, role = ?p.role, "obproxy exited");
-        } else if p.role == Role::Serving && self.adopt_native_child(pid, &p, &exit) {
+        } else if p.role == Role::Serving && self.on_native_parent_exit(pid, &p, &exit) {
             // obproxy restarted itself: its child serves on our listener.
         } else {
             tracing::warn!(pid, %exit, role = ?p.role, "obproxy exited unexpectedly");

@@ -254,6 +254,63 @@ async fn the_native_strategy_restarts_under_load_without_a_failed_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_native_strategy_drains_the_parent_with_the_requested_window() {
+    let agent = agent("20s", "restart_strategy = \"native\"").await;
+    let old = agent.start_proxy().await.pid;
+    let addr = agent.sql_addr().await;
+    let mut held = common::connect(addr).await.unwrap();
+    echo(&mut held, b"held").await.unwrap();
+    let op = agent
+        .restart_with(pb::RestartRequest {
+            mode: pb::RestartMode::Hot as i32,
+            exit_timeout: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let draining = agent
+        .watch_op_until(&op.id, |o| o.phase() == pb::OperationPhase::Draining)
+        .await;
+    let began = std::time::Instant::now();
+    let child = agent.status().await.pid;
+    assert_ne!(child, old);
+    assert!(
+        draining
+            .events
+            .iter()
+            .any(|e| e.contains(&format!("pid {old} drains within 1s (SIGKILL at 3s)"))),
+        "{:?}",
+        draining.events
+    );
+    // The parent keeps the held session while its child serves new ones.
+    echo(&mut held, b"still").await.unwrap();
+    common::round_trip(addr).await.unwrap();
+    let done = agent.wait_op(&op.id).await;
+    let drained_in = began.elapsed();
+    assert_eq!(
+        done.state(),
+        pb::OperationState::Succeeded,
+        "{}",
+        done.error
+    );
+    assert!(
+        drained_in < Duration::from_secs(3),
+        "the parent drained for {drained_in:?}: not the requested 1s but its 20s"
+    );
+    let events = done.events.join("\n");
+    assert!(!events.contains("drain deadline"), "SIGKILLed: {events}");
+    assert!(events.contains(&format!("pid {old} exited")), "{events}");
+    assert!(
+        echo(&mut held, b"gone").await.is_err(),
+        "the window end cut it"
+    );
+    assert_eq!(agent.obproxy_pids(), vec![child]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_native_child_that_is_not_ready_in_time_is_killed_and_the_parent_serves_again() {
     let agent = agent("5s", "restart_strategy = \"native\"").await;
     let old = agent.start_proxy().await.pid;
@@ -313,12 +370,10 @@ async fn a_native_restart_while_the_agent_was_away_is_adopted_when_it_returns() 
         status.listeners[0].socket_inode,
         before.listeners[0].socket_inode
     );
-    let admitted = agent.log.wait_for(|l| {
-        l.contains("operation admitted") && l.contains("native restart adoption")
-    });
-    let op = agent
-        .wait_op(&log_field(&admitted, "op_id").unwrap())
-        .await;
+    let admitted = agent
+        .log
+        .wait_for(|l| l.contains("operation admitted") && l.contains("native restart adoption"));
+    let op = agent.wait_op(&log_field(&admitted, "op_id").unwrap()).await;
     assert_eq!(op.previous_pid, old);
     assert!(
         op.events

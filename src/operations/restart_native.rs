@@ -65,8 +65,12 @@ pub async fn run(ctl: &Ctl, request: &Request) -> Result<Option<u32>, Error> {
             format(interval)
         ),
     );
-    let child = wait_for_child(ctl, &admin, old, interval + FORK_SLACK).await?;
-    ctl.sup
+    let child = match wait_for_child(ctl, &admin, old, interval + FORK_SLACK).await? {
+        Found::Forked(child) => child,
+        Found::Adopted(child) => return adopted(ctl, &admin, old, child).await,
+    };
+    let recorded = ctl
+        .sup
         .step(|reply| Step::AdoptChild {
             parent: old,
             child,
@@ -76,7 +80,14 @@ pub async fn run(ctl: &Ctl, request: &Request) -> Result<Option<u32>, Error> {
             reply,
         })
         .await
-        .ok_or(Error::Gone)??;
+        .ok_or(Error::Gone)?;
+    if let Err(e) = recorded {
+        // An idle parent may be gone already, its child adopted as it left.
+        return match serving_other_than(ctl, old).await? {
+            Some(child) => adopted(ctl, &admin, old, child).await,
+            None => Err(e.into()),
+        };
+    }
     ctl.progress(
         Phase::WaitingReady,
         format!(
@@ -90,21 +101,30 @@ pub async fn run(ctl: &Ctl, request: &Request) -> Result<Option<u32>, Error> {
         kill_after: window + DRAIN_GRACE,
         exporter_lost: false,
     };
-    let old = ctl.promote(child, Some(drain)).await?.unwrap_or(old);
-    ctl.progress(
-        Phase::Draining,
-        format!(
-            "pid {child} serving (it reports version {} build {}); pid {old} drains within {} \
-             (SIGKILL at {}); obproxy's Prometheus exporter moved with it",
-            info.version,
-            info.build,
-            format(window),
-            format(drain.kill_after)
-        ),
+    let Some(old) = ctl.promote(child, Some(drain)).await? else {
+        ctl.progress(
+            Phase::Done,
+            serving_note(old, child, &info, "is gone already"),
+        );
+        return Ok(Some(child));
+    };
+    let draining = format!(
+        "drains within {} (SIGKILL at {})",
+        format(window),
+        format(drain.kill_after)
     );
+    ctl.progress(Phase::Draining, serving_note(old, child, &info, &draining));
     let exit = ctl.wait_exit(old).await?;
     ctl.progress(Phase::Done, format!("pid {old} {exit}"));
     Ok(Some(child))
+}
+
+fn serving_note(old: u32, child: u32, info: &BinaryInfo, parent: &str) -> String {
+    format!(
+        "pid {child} (forked by pid {old}) serving, it reports version {} build {}; pid {old} \
+         {parent}; obproxy's Prometheus exporter moved with it",
+        info.version, info.build
+    )
 }
 
 /// Sets the window and the rollback timeout on the old process (verified),
@@ -133,19 +153,50 @@ async fn prepare(ctl: &Ctl, admin: &Admin, old: u32, window: Duration) -> Result
     Ok(result?)
 }
 
+/// What became of the restart asked of `old`.
+enum Found {
+    /// Its child, forked on our listener, found in /proc.
+    Forked(u32),
+    /// Its child was quicker: ready, the idle parent drained and gone, and
+    /// the child adopted as it left (the story is in this operation).
+    Adopted(u32),
+}
+
+/// The serving process, if it is no longer `old`.
+async fn serving_other_than(ctl: &Ctl, old: u32) -> Result<Option<u32>, Error> {
+    Ok(ctl.processes().await?.0.filter(|&pid| pid != old))
+}
+
+/// The child serves already: ask it what it is, and the restart is done.
+async fn adopted(ctl: &Ctl, admin: &Admin, old: u32, child: u32) -> Result<Option<u32>, Error> {
+    let mut session = admin.connect().await?;
+    let info = session.binary_info().await;
+    session.close().await;
+    let info = info?;
+    ctl.update(child, FactUpdate::BinaryInfo(info.clone()));
+    ctl.progress(
+        Phase::Done,
+        serving_note(old, child, &info, "is gone already"),
+    );
+    Ok(Some(child))
+}
+
 /// The process `old` forked on our listener, looked for in /proc.
 async fn wait_for_child(
     ctl: &Ctl,
     admin: &Admin,
     old: u32,
     within: Duration,
-) -> Result<u32, Error> {
+) -> Result<Found, Error> {
     let deadline = Instant::now() + within;
     loop {
         for stranger in ctl.strangers().await? {
             if procfs::parent_pid(stranger.pid()).ok() == Some(old) {
-                return Ok(stranger.pid());
+                return Ok(Found::Forked(stranger.pid()));
             }
+        }
+        if let Some(child) = serving_other_than(ctl, old).await? {
+            return Ok(Found::Adopted(child));
         }
         if ctl.facts(old).await?.is_none() {
             return Err(Error::NotServing);

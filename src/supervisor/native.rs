@@ -150,7 +150,14 @@ impl Supervisor {
             .collect()
     }
 
-    fn insert_native_child(&mut self, pid: u32, pidfd: Pidfd, from: Inherited, role: Role) {
+    fn insert_native_child(
+        &mut self,
+        pid: u32,
+        pidfd: Pidfd,
+        from: Inherited,
+        role: Role,
+        native_parent: Option<u32>,
+    ) {
         let pidfd = Arc::new(pidfd);
         let start_ticks = procfs::start_ticks(pid).unwrap_or(0);
         let ready = role == Role::Serving;
@@ -170,6 +177,7 @@ impl Supervisor {
                 drain_started: None,
                 exit_window: from.exit_window,
                 binary_info: None,
+                native_parent,
             },
         );
         self.started_count += 1;
@@ -177,11 +185,34 @@ impl Supervisor {
         self.watch_exit(pidfd);
     }
 
-    /// The serving `old_pid` exited without being asked to: if it forked a
-    /// child on our listener (a native restart), that child becomes the
-    /// serving process, with an operation of its own in the log. Returns
-    /// whether one was adopted (otherwise the exit is a crash).
-    pub(super) fn adopt_native_child(&mut self, old_pid: u32, old: &Process, exit: &Exit) -> bool {
+    /// The serving `old_pid` exited without being asked to. Returns whether
+    /// that was a native restart's parent leaving (otherwise it is a crash).
+    pub(super) fn on_native_parent_exit(
+        &mut self,
+        old_pid: u32,
+        old: &Process,
+        exit: &Exit,
+    ) -> bool {
+        // The child of a native restart the agent asked for can be ready, and
+        // an idle parent gone, before the operation has promoted it.
+        let asked_for = self
+            .processes
+            .iter()
+            .find(|(_, p)| p.native_parent == Some(old_pid))
+            .map(|(pid, _)| *pid);
+        if let Some(child) = asked_for {
+            self.note(format!(
+                "pid {old_pid} {exit}: it drained once its child pid {child} was ready"
+            ));
+            return true;
+        }
+        self.adopt_native_child(old_pid, old, exit)
+    }
+
+    /// If `old_pid` forked a child on our listener (a native restart), that
+    /// child becomes the serving process, with an operation of its own in
+    /// the log. Returns whether one was adopted.
+    fn adopt_native_child(&mut self, old_pid: u32, old: &Process, exit: &Exit) -> bool {
         let mut children = self.native_children(old_pid, old).into_iter();
         let Some((pid, pidfd)) = children.next() else {
             return false;
@@ -202,7 +233,7 @@ impl Supervisor {
             binary: old.binary.clone(),
             exit_window: old.exit_window,
         };
-        self.insert_native_child(pid, pidfd, from, Role::Serving);
+        self.insert_native_child(pid, pidfd, from, Role::Serving, None);
         self.respawn.settled();
         let inodes = self.listeners.inodes();
         let exe = procfs::exe(pid).map(|e| e.display().to_string());
@@ -287,7 +318,7 @@ impl Supervisor {
             binary: served.binary.clone(),
             exit_window: served.exit_window_us.map(Duration::from_micros),
         };
-        self.insert_native_child(pid, pidfd, from, Role::Serving);
+        self.insert_native_child(pid, pidfd, from, Role::Serving, None);
         let story = format!(
             "pid {}, serving when the agent went away, is gone; pid {pid} holds the SQL \
              listener and runs the same program in {} since after it: obproxy restarted itself \
@@ -318,7 +349,7 @@ impl Supervisor {
             binary: parent.binary.clone(),
             exit_window: Some(exit_window),
         };
-        self.insert_native_child(pid, pidfd, from, Role::Starting);
+        self.insert_native_child(pid, pidfd, from, Role::Starting, Some(parent_pid));
         tracing::info!(pid, parent = parent_pid, "native child recorded");
         Ok(())
     }

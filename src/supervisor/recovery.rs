@@ -70,6 +70,7 @@ impl Supervisor {
                 ending: false,
                 exit_window: rec.exit_window_us.map(Duration::from_micros),
                 binary_info: None,
+                native_parent: None,
             };
             match rec.role {
                 Role::Starting => {
