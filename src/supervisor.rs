@@ -2,6 +2,7 @@
 //! processes and the operation log. The gRPC service, the signal thread, the
 //! exit watchers and the running operation all talk to it through messages,
 //! so no lock guards process state.
+mod exits;
 mod native;
 mod proxyinfo;
 mod recovery;
@@ -26,7 +27,7 @@ use crate::{
     metrics::agent::AgentMetrics,
     obproxy::{
         launch::{self, LaunchSpec},
-        pidfd::{self, Exit, Pidfd},
+        pidfd::{Exit, Pidfd},
         procfs,
         spawner::{SpawnError, Spawned, Spawner},
     },
@@ -457,21 +458,7 @@ impl Supervisor {
                 let _ = reply.send(self.on_spawned(result, binary, version, exit_window));
             }
             Msg::BinaryInfo { pid, result } => self.on_binary_info(pid, result),
-            Msg::DrainDeadline { pid, deadline } => {
-                // Only the draining process whose window this was: the pid may
-                // belong to a later process of ours by now.
-                let due =
-                    |p: &&Process| p.role == Role::Draining && p.drain_deadline == Some(deadline);
-                if let Some(p) = self.processes.get(&pid).filter(due) {
-                    let ports: Vec<u16> = self.listeners.iter().map(|l| l.bound.port()).collect();
-                    let open = procfs::client_connections(pid, &procfs::sessions_on(&ports));
-                    tracing::warn!(pid, open, "drain window over; SIGKILL");
-                    let _ = p.pidfd.signal(Signal::SIGKILL);
-                    self.note(format!(
-                        "drain deadline of pid {pid}: SIGKILL; its {open} client session(s) still open were cut"
-                    ));
-                }
-            }
+            Msg::DrainDeadline { pid, deadline } => self.on_drain_deadline(pid, deadline),
             Msg::Respawn => self.on_respawn(),
             Msg::Sweep => self.reap_orphans(),
             Msg::Step(step) => self.on_step(step),
@@ -695,43 +682,6 @@ impl Supervisor {
         Ok(pid)
     }
 
-    /// Reports the process's exit to the supervisor (also for processes
-    /// adopted from a previous agent, which are not our children).
-    fn watch_exit(&self, pidfd: Arc<Pidfd>) {
-        let pid = pidfd.pid();
-        let tx = self.tx.clone();
-        let shutdown = self.shutdown.clone();
-        self.tracker.spawn(async move {
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                res = pidfd.exited() => {
-                    if let Err(e) = res {
-                        tracing::error!(pid, error = %e, "cannot watch obproxy for exit");
-                    }
-                    let exit = pidfd::reap(pid);
-                    let _ = tx.send(Msg::Exited { pid, exit });
-                }
-            }
-        });
-    }
-
-    /// SIGKILLs `pid` at `deadline` unless it has exited by then.
-    fn schedule_drain_deadline(&self, pid: u32, deadline: SystemTime) {
-        let wait = deadline
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
-        let tx = self.tx.clone();
-        let shutdown = self.shutdown.clone();
-        self.tracker.spawn(async move {
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = tokio::time::sleep(wait) => {
-                    let _ = tx.send(Msg::DrainDeadline { pid, deadline });
-                }
-            }
-        });
-    }
-
     /// Writes the state file; a failure is logged, not fatal (the agent keeps
     /// serving, it only loses its memory across a restart).
     fn persist(&self) {
@@ -767,36 +717,6 @@ impl Supervisor {
         if let Err(e) = state_file::save(&self.config.state.dir, &state) {
             tracing::error!(error = %crate::error_chain::describe(&e), "cannot record the agent's state");
         }
-    }
-
-    fn on_exit(&mut self, pid: u32, exit: Exit) {
-        let Some(p) = self.processes.remove(&pid) else {
-            return;
-        };
-        if let Some(started) = p.drain_started {
-            self.metrics.drain_finished(started.elapsed());
-        }
-        let expected = p.ending || p.role == Role::Draining;
-        if expected {
-            tracing::info!(pid, %exit, role = ?p.role, "obproxy exited");
-        } else if p.role == Role::Serving && self.on_native_parent_exit(pid, &p, &exit) {
-            // obproxy restarted itself: its child serves on our listener.
-        } else {
-            tracing::warn!(pid, %exit, role = ?p.role, "obproxy exited unexpectedly");
-            self.last_exit = Some(format!("pid {pid} {exit}"));
-            if p.role == Role::Serving {
-                self.respawn
-                    .crashed(p.started_at.elapsed().unwrap_or_default());
-            }
-        }
-        if let Some(w) = self.ready_waiters.remove(&pid) {
-            let _ = w.send(Err(exit.clone()));
-        }
-        for w in self.exit_waiters.remove(&pid).unwrap_or_default() {
-            let _ = w.send(exit.clone());
-        }
-        self.persist();
-        self.maybe_schedule_respawn();
     }
 
     fn on_step(&mut self, step: Step) {
@@ -980,26 +900,6 @@ impl Supervisor {
                 reply,
             });
         });
-    }
-
-    fn update_facts(&mut self, pid: u32, update: FactUpdate) {
-        let Some(p) = self.processes.get_mut(&pid) else {
-            return;
-        };
-        match update {
-            FactUpdate::ExitWindow(w) => p.exit_window = Some(w),
-            FactUpdate::Version(v) => p.version = v,
-            FactUpdate::BinaryInfo(info) => p.binary_info = Some(info),
-        }
-        self.persist();
-    }
-
-    /// Adds a line to the running operation's events (and the log).
-    fn note(&mut self, text: String) {
-        tracing::info!("{text}");
-        if let Some(id) = self.log.current_id().map(str::to_string) {
-            self.log.update(&id, |o| o.events.push(text));
-        }
     }
 
     fn promote(&mut self, pid: u32, drain: Option<Drain>) -> Option<u32> {

@@ -132,30 +132,12 @@ fn established_inodes<'a>(table: &'a str, ports: &'a [u16]) -> impl Iterator<Ite
     })
 }
 
-/// The process's start time in clock ticks since boot (`/proc/<pid>/stat`
-/// field 22): with the pid it names one process for the life of the host.
-pub fn start_ticks(pid: u32) -> io::Result<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name (field 2) may hold spaces and parentheses: the fields
-    // after it start after the last ')'.
-    let after = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .ok_or_else(|| io::Error::other("malformed /proc/<pid>/stat"))?;
-    after
-        .split_whitespace()
-        .nth(19)
-        .and_then(|f| f.parse().ok())
-        .ok_or_else(|| io::Error::other("no start time in /proc/<pid>/stat"))
-}
-
-/// Every process holding the socket `inode` in its fd table: whoever can
-/// accept on a listener of ours (our obproxy, a child it forked for a native
-/// restart). Processes that vanish or hide their fds while we look are
-/// skipped; only an unreadable `/proc` is an error.
+/// Every process that holds the socket `inode` in its fd table (a listener
+/// is shared by every obproxy that inherited it). Processes that vanish or
+/// cannot be read while we look are skipped.
 pub fn pids_holding_socket(inode: u64) -> io::Result<Vec<u32>> {
     let want = format!("socket:[{inode}]");
-    let mut holders = Vec::new();
+    let mut pids = Vec::new();
     for entry in fs::read_dir("/proc")? {
         let Some(pid) = entry?
             .file_name()
@@ -171,10 +153,27 @@ pub fn pids_holding_socket(inode: u64) -> io::Result<Vec<u32>> {
             .filter_map(Result::ok)
             .any(|fd| fs::read_link(fd.path()).is_ok_and(|t| t.as_os_str() == want.as_str()));
         if holds {
-            holders.push(pid);
+            pids.push(pid);
         }
     }
-    Ok(holders)
+    Ok(pids)
+}
+
+/// The process's start time in clock ticks since boot (`/proc/<pid>/stat`
+/// field 22): with the pid it names one process for the life of the host.
+pub fn start_ticks(pid: u32) -> io::Result<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces and parentheses: the fields
+    // after it start after the last ')'.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| io::Error::other("malformed /proc/<pid>/stat"))?;
+    after
+        .split_whitespace()
+        .nth(19)
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(|| io::Error::other("no start time in /proc/<pid>/stat"))
 }
 
 /// The process's parent (`/proc/<pid>/stat` field 4).
