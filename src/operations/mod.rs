@@ -92,7 +92,8 @@ pub enum Error {
     )]
     NativeChildDied { pid: u32, parent: u32, exit: Exit },
     #[error(
-        "native child pid {pid} did not accept connections within start_timeout {}; killed it, \
+        "native child pid {pid} did not accept connections within start_timeout {}; it was \
+         killed (obproxy's hot_upgrade_rollback_timeout, set to it, or the agent shortly after), \
          and pid {parent} accepts again (obproxy's own rollback)",
         humantime::format_duration(*timeout)
     )]

@@ -26,6 +26,12 @@ const FORK_SLACK: Duration = Duration::from_secs(2);
 /// How often /proc is looked at for the child (nothing signals its fork).
 const LOOK_EVERY: Duration = Duration::from_millis(100);
 const RETRY_CONNECT: Duration = Duration::from_millis(100);
+/// obproxy kills a child that is not ready within its rollback timeout (set
+/// to `start_timeout`); the agent does so itself only this much later, should
+/// obproxy not.
+const ROLLBACK_MARGIN: Duration = Duration::from_secs(2);
+/// At most how long after its fork the child is found (and then recorded).
+const FOUND_AFTER_FORK: Duration = Duration::from_secs(1);
 
 fn format(d: Duration) -> humantime::FormattedDuration {
     humantime::format_duration(d)
@@ -226,22 +232,31 @@ async fn wait_accepting(
     child: u32,
 ) -> Result<BinaryInfo, Error> {
     let timeout = ctl.config.obproxy.start_timeout;
-    let deadline = Instant::now() + timeout;
+    let began = Instant::now();
+    let deadline = began + timeout + ROLLBACK_MARGIN;
+    let not_ready = Error::NativeNotReady {
+        pid: child,
+        parent: old,
+        timeout,
+    };
     let died = ctl.wait_exit(child);
     tokio::pin!(died);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             ctl.kill(child).await?;
-            return Err(Error::NativeNotReady {
-                pid: child,
-                parent: old,
-                timeout,
-            });
+            return Err(not_ready);
         }
         let attempt = tokio::select! {
             exit = &mut died => {
-                return Err(Error::NativeChildDied { pid: child, parent: old, exit: exit? });
+                let exit = exit?;
+                // At the rollback timeout (counted from the fork, a moment
+                // before the child was found) it is obproxy that killed it.
+                return Err(if began.elapsed() + FOUND_AFTER_FORK >= timeout {
+                    not_ready
+                } else {
+                    Error::NativeChildDied { pid: child, parent: old, exit }
+                });
             }
             attempt = admin.connect_within(left) => attempt,
         };
