@@ -77,16 +77,12 @@ impl Builder {
     pub fn spawn(self) -> Standin {
         let mut command = if self.pid1 {
             let mut c = Command::new("unshare");
-            c.args([
-                "--pid",
-                "--fork",
-                "--kill-child",
-                "sh",
-                "-c",
-                PARENT,
-                "sh",
-                STANDIN,
-            ]);
+            c.args(["--pid", "--fork", "--kill-child"]);
+            // A new pid namespace needs CAP_SYS_ADMIN: without root, in a user namespace.
+            if !nix::unistd::geteuid().is_root() {
+                c.arg("--map-root-user");
+            }
+            c.args(["sh", "-c", PARENT, "sh", STANDIN]);
             c
         } else {
             let mut c = Command::new("sh");
