@@ -109,6 +109,7 @@ mod tests {
             started_at: 0.0,
             drain_deadline: None,
             exit_window_us: None,
+            rpc: false,
         }
     }
 

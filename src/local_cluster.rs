@@ -164,12 +164,8 @@ impl LocalCluster {
             env.push(("ODP_STANDIN_START_DELAY", format!("{}ms", d.as_millis())));
         }
         let mut args = vec!["-n".to_string(), "demo".into(), "-c".into(), "demo".into()];
-        // Until the agent hands over the RPC port: obproxy 4.3 (the stand-in's default)
-        // binds 2885 itself and a hot restart would die on it; obd turns it off likewise.
-        let rpc_off = "enable_obproxy_rpc_service=false";
-        match opts.backend {
-            Some(b) => args.extend(["-o".into(), format!("standin_backend={b},{rpc_off}")]),
-            None => args.extend(["-o".into(), rpc_off.into()]),
+        if let Some(b) = opts.backend {
+            args.extend(["-o".into(), format!("standin_backend={b}")]);
         }
         let mut agents = Vec::with_capacity(opts.odps);
         for i in 0..opts.odps {
@@ -182,6 +178,7 @@ home = "odp-{i}"
 binary = {standin:?}
 args = {args:?}
 listen = ["127.0.0.1:0"]
+rpc_listen = ["127.0.0.1:0"]
 hot_upgrade_exit_timeout = "{exit}ms"
 start_timeout = "30s"
 stop_timeout = "5s"

@@ -23,6 +23,8 @@ pub enum Kind {
     /// obproxy restarted itself (proxy_local_cmd = 2, enable_auto_restart)
     /// and the agent took its child on as the serving process.
     AdoptNative,
+    /// Adopting an obproxy the agent did not start (found at start-up).
+    TakeOver,
 }
 
 impl Kind {
@@ -34,6 +36,7 @@ impl Kind {
             Kind::RestartForce => "force restart",
             Kind::Respawn => "respawn",
             Kind::AdoptNative => "native restart adoption",
+            Kind::TakeOver => "take-over",
         }
     }
 }
@@ -132,7 +135,8 @@ impl Log {
             && let Some(tx) = self.ops.get(id)
         {
             let used = tx.borrow().kind;
-            let joined_respawn = used == Kind::Respawn && request.kind == Kind::Start;
+            let joined_respawn =
+                matches!(used, Kind::Respawn | Kind::TakeOver) && request.kind == Kind::Start;
             if used != request.kind && !joined_respawn {
                 return Err(LogError::RequestIdReused {
                     request_id: rid.clone(),
@@ -145,8 +149,10 @@ impl Log {
         }
         if let Some(current) = self.current() {
             // A Start while the agent is already starting obproxy again after
-            // a crash asks for exactly that: it joins the respawn.
-            if request.kind == Kind::Start && current.kind == Kind::Respawn {
+            // a crash (or taking over a running one) asks for exactly that:
+            // it joins that operation.
+            if request.kind == Kind::Start && matches!(current.kind, Kind::Respawn | Kind::TakeOver)
+            {
                 if let Some(rid) = &request.request_id {
                     self.by_request.insert(rid.clone(), current.id.clone());
                 }

@@ -210,6 +210,7 @@ fn kind_label(kind: Kind) -> &'static str {
         Kind::RestartForce => "restart_force",
         Kind::Respawn => "respawn",
         Kind::AdoptNative => "adopt_native",
+        Kind::TakeOver => "take_over",
     }
 }
 

@@ -49,7 +49,7 @@ pub async fn run(ctl: &Ctl) -> Result<Option<u32>, Error> {
             ),
         ),
     }
-    let addr = ctl.bind_listeners().await?.probe_addrs[0];
+    let addr = ctl.bind_listeners(false).await?.probe_addrs[0];
     let note = match ctl.admin(addr) {
         None => format!(
             "{}; the adoption rests on /proc (listener socket, parent, executable, working \

@@ -1,6 +1,7 @@
 //! The operations themselves, one file each, written as straight-line async
 //! scripts. They own no state: every step is a request to the supervisor.
 mod adopt_native;
+mod bootstrap;
 mod bring_up;
 mod drain_window;
 mod respawn;
@@ -9,6 +10,7 @@ mod restart_hot;
 mod restart_native;
 mod start;
 mod stop;
+mod take_over;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -20,6 +22,7 @@ use crate::{
     config::AgentConfig,
     error_chain::describe,
     obproxy::{
+        launch::Plan,
         pidfd::{Exit, Pidfd},
         version::VersionError,
     },
@@ -36,12 +39,14 @@ pub enum Error {
     Step(#[from] StepError),
     #[error(transparent)]
     Version(#[from] VersionError),
+    #[error(transparent)]
+    Discovery(#[from] crate::obproxy::discovery::DiscoveryError),
     #[error("obproxy pid {pid} {exit} before it was ready")]
     DiedBeforeReady { pid: u32, exit: Exit },
     #[error("obproxy pid {pid} was not ready within start_timeout {}; killed it", humantime::format_duration(*timeout))]
     NotReady { pid: u32, timeout: Duration },
     #[error(
-        "obproxy pid {pid} signalled readiness but does not hold the SQL listener (socket inodes {inodes:?}); killed it"
+        "obproxy pid {pid} signalled readiness but does not hold the listeners it was handed (socket inodes {inodes:?}); killed it"
     )]
     NotHoldingListeners { pid: u32, inodes: Vec<u64> },
     #[error(
@@ -102,6 +107,32 @@ pub enum Error {
         parent: u32,
         timeout: Duration,
     },
+    #[error(
+        "obproxy {version} cannot inherit the IPv6 listener {addr}: it reads \
+         OBPROXY_INHERITED_IPV6_FD from 4.1 on; remove {addr} from [obproxy] listen or run obproxy 4.1 or later"
+    )]
+    Ipv6Unsupported {
+        version: String,
+        addr: std::net::SocketAddr,
+    },
+    #[error(
+        "obproxy {version} needs {} for an inherited start and it is missing (obproxy 4.3 writes it \
+         only on its own restart path), so a HOT restart onto it would abort: a FORCE restart, or \
+         Stop and Start, lets it bind the port itself once and write the file", path.display()
+    )]
+    NeedsConfigBin {
+        version: String,
+        path: std::path::PathBuf,
+    },
+    #[error(
+        "obproxy pid {pid} (a bootstrap start) did not listen on {addrs:?} within start_timeout {}; killed it",
+        humantime::format_duration(*timeout)
+    )]
+    NotListening {
+        pid: u32,
+        addrs: Vec<std::net::SocketAddr>,
+        timeout: Duration,
+    },
     #[error("the agent is shutting down")]
     Gone,
 }
@@ -137,10 +168,29 @@ impl Ctl {
         self.sup.notify(Step::SetDesired(running));
     }
 
-    async fn bind_listeners(&self) -> Result<ListenerInfo, Error> {
+    /// SQL listeners, and RPC listeners too with `rpc`.
+    async fn bind_listeners(&self, rpc: bool) -> Result<ListenerInfo, Error> {
         Ok(self
             .sup
-            .step(Step::BindListeners)
+            .step(|reply| Step::BindListeners { rpc, reply })
+            .await
+            .ok_or(Error::Gone)??)
+    }
+
+    /// Where a bootstrap start will listen.
+    async fn bootstrap_addrs(&self) -> Result<Vec<std::net::SocketAddr>, Error> {
+        Ok(self
+            .sup
+            .step(Step::BootstrapAddrs)
+            .await
+            .ok_or(Error::Gone)??)
+    }
+
+    /// Holds the listeners a bootstrap start bound (its fd numbers).
+    async fn take_listeners(&self, pid: u32, fds: Vec<i32>) -> Result<ListenerInfo, Error> {
+        Ok(self
+            .sup
+            .step(|reply| Step::TakeListeners { pid, fds, reply })
             .await
             .ok_or(Error::Gone)??)
     }
@@ -153,14 +203,14 @@ impl Ctl {
         &self,
         binary: std::path::PathBuf,
         version: String,
-        exit_timeout: Duration,
+        plan: Plan,
     ) -> Result<u32, Error> {
         Ok(self
             .sup
             .step(|reply| Step::Spawn {
                 binary,
                 version,
-                exit_timeout,
+                plan,
                 reply,
             })
             .await
@@ -347,6 +397,7 @@ pub async fn run(ctl: Ctl, request: Request) {
             },
             Kind::Respawn => respawn::run(&ctl).await,
             Kind::AdoptNative => adopt_native::run(&ctl).await,
+            Kind::TakeOver => take_over::run(&ctl).await,
         };
         ctl.sup.notify(Step::Finish {
             op: ctl.id.clone(),

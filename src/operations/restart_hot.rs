@@ -17,7 +17,7 @@ pub async fn run(ctl: &Ctl, request: &Request) -> Result<Option<u32>, Error> {
     let old = ctl.serving_at_start.ok_or(Error::NotServing)?;
     let window = request.exit_timeout.unwrap_or(cfg.hot_upgrade_exit_timeout);
     let binary = request.binary.clone().unwrap_or_else(|| cfg.binary.clone());
-    let listeners = ctl.bind_listeners().await?;
+    let listeners = ctl.bind_listeners(false).await?;
     let addr = listeners.probe_addrs[0];
     // Only the old process may accept while its window is set over SQL.
     ctl.refuse_strangers().await?;

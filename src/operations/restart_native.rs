@@ -52,7 +52,7 @@ pub async fn run(ctl: &Ctl, request: &Request) -> Result<Option<u32>, Error> {
         return restart_hot::run(ctl, request).await;
     }
     let window = request.exit_timeout.unwrap_or(cfg.hot_upgrade_exit_timeout);
-    let listeners = ctl.bind_listeners().await?;
+    let listeners = ctl.bind_listeners(false).await?;
     let addr = listeners.probe_addrs[0];
     ctl.refuse_strangers().await?;
     let facts = ctl.facts(old).await?.ok_or(Error::NotServing)?;

@@ -178,6 +178,7 @@ impl Supervisor {
                 exit_window: from.exit_window,
                 binary_info: None,
                 native_parent,
+                rpc: from.rpc,
             },
         );
         self.started_count += 1;
@@ -232,6 +233,7 @@ impl Supervisor {
             version: old.version.clone(),
             binary: old.binary.clone(),
             exit_window: old.exit_window,
+            rpc: old.rpc,
         };
         self.insert_native_child(pid, pidfd, from, Role::Serving, None);
         self.respawn.settled();
@@ -317,6 +319,7 @@ impl Supervisor {
             version: served.version.clone(),
             binary: served.binary.clone(),
             exit_window: served.exit_window_us.map(Duration::from_micros),
+            rpc: served.rpc,
         };
         self.insert_native_child(pid, pidfd, from, Role::Serving, None);
         let story = format!(
@@ -348,6 +351,7 @@ impl Supervisor {
             version,
             binary: parent.binary.clone(),
             exit_window: Some(exit_window),
+            rpc: parent.rpc,
         };
         self.insert_native_child(pid, pidfd, from, Role::Starting, Some(parent_pid));
         tracing::info!(pid, parent = parent_pid, "native child recorded");
@@ -361,6 +365,8 @@ struct Inherited {
     /// The program the parent was started as: the child re-executes it.
     binary: PathBuf,
     exit_window: Option<Duration>,
+    /// obproxy hands its RPC listeners to the child as it got them.
+    rpc: bool,
 }
 
 /// When a process started, from its start time in clock ticks since boot.

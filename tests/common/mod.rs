@@ -9,6 +9,7 @@ mod echo;
 mod log;
 pub mod mariadb;
 pub mod pki;
+pub mod ports;
 pub mod standin;
 pub mod sysbench;
 pub mod txn_load;
@@ -55,6 +56,10 @@ pub struct Options {
     /// More sections appended to the configuration, e.g. `[tls]` and
     /// `[[auth.certificates]]` (see [`pki::Pki::agent_toml`]).
     pub more: String,
+    /// `[obproxy] listen` and `rpc_listen` as TOML arrays (default: one
+    /// loopback address on port 0 each).
+    pub listen: &'static str,
+    pub rpc_listen: &'static str,
 }
 
 impl Default for Options {
@@ -67,6 +72,8 @@ impl Default for Options {
             metrics: false,
             server: String::new(),
             more: String::new(),
+            listen: r#"["127.0.0.1:0"]"#,
+            rpc_listen: r#"["127.0.0.1:0"]"#,
         }
     }
 }
@@ -96,15 +103,11 @@ impl Agent {
         let home = dir.path().join("odp");
         std::fs::create_dir_all(home.join("bin")).unwrap();
         write_wrapper(&home.join("bin/obproxy"), &[]);
-        let mut args: Vec<String> = ["-n", "testapp", "-c", "testcluster"]
+        let args: Vec<String> = ["-n", "testapp", "-c", "testcluster"]
             .iter()
             .map(|s| s.to_string())
             .chain(opts.args.iter().cloned())
             .collect();
-        // Until the agent hands over the RPC port: a 4.3 obproxy (the stand-in's default)
-        // binds 2885 itself and a hot restart dies on it, so turn the service off as obd
-        // does for upgrades, merged into the one `-o` obproxy reads.
-        rpc_service_off(&mut args);
         let config = dir.path().join("agent.toml");
         std::fs::write(
             &config,
@@ -117,7 +120,8 @@ listen = "127.0.0.1:0"
 home = "odp"
 binary = "bin/obproxy"
 args = {args:?}
-listen = ["127.0.0.1:0"]
+listen = {listen}
+rpc_listen = {rpc_listen}
 hot_upgrade_exit_timeout = "{}"
 start_timeout = "{}"
 stop_timeout = "{}"
@@ -136,6 +140,8 @@ dir = "state"
                     ""
                 },
                 opts.more,
+                listen = opts.listen,
+                rpc_listen = opts.rpc_listen,
             ),
         )
         .unwrap();
@@ -157,16 +163,6 @@ dir = "state"
     /// knobs such as `ODP_STANDIN_START_DELAY`).
     pub fn set_standin_env(&self, env: &[(&str, &str)]) {
         write_env(&self.home().join("bin/obproxy"), env);
-    }
-
-    /// Until the agent bootstraps homes for obproxy up to 4.2: such an obproxy refuses an
-    /// inherited start without `etc/obproxy_config.bin`, and the agent always hands the
-    /// listener over, so the test provides the file a first, non-inherited start would
-    /// have written.
-    pub fn seed_local_config(&self) {
-        let etc = self.home().join("etc");
-        std::fs::create_dir_all(&etc).unwrap();
-        std::fs::write(etc.join("obproxy_config.bin"), "").unwrap();
     }
 
     /// Another obproxy binary under home (for hot upgrades), with its knobs.
@@ -376,16 +372,6 @@ impl Drop for Agent {
         for pid in self.obproxy_pids() {
             signal(pid, libc::SIGKILL);
         }
-    }
-}
-
-/// Adds `enable_obproxy_rpc_service=false` to the `-o` in `args`, or a `-o` with it (until
-/// the agent hands over the RPC port).
-pub fn rpc_service_off(args: &mut Vec<String>) {
-    const OFF: &str = "enable_obproxy_rpc_service=false";
-    match args.iter().position(|a| a == "-o") {
-        Some(i) if i + 1 < args.len() => args[i + 1] = format!("{},{OFF}", args[i + 1]),
-        _ => args.extend(["-o".to_string(), OFF.to_string()]),
     }
 }
 
