@@ -3,9 +3,9 @@
 //! exit watchers and the running operation all talk to it through messages,
 //! so no lock guards process state.
 mod exits;
+mod handover;
 mod native;
 mod proxyinfo;
-mod handover;
 mod recovery;
 mod respawn;
 mod take_over;

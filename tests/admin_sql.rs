@@ -370,4 +370,8 @@ async fn a_2s_request_against_a_20s_window_closes_sessions_at_transaction_ends_w
         "{:?}",
         report.connect_errors()
     );
+    eprintln!(
+        "drained in {drained_in:?}; {} closed at a transaction end; {finished:?}; {tally:?}",
+        closed.len()
+    );
 }

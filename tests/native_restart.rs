@@ -248,6 +248,7 @@ async fn the_native_strategy_restarts_under_load_without_a_failed_request() {
         );
     }
     let report = load.finish().await;
+    eprintln!("3 native restarts under load: {report:?}");
     assert!(report.ok > 0);
     assert_eq!((report.refused, report.failed), (0, 0), "{report:?}");
     assert_eq!(agent.status().await.restart_count, 3);
