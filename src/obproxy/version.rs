@@ -15,8 +15,16 @@ pub enum VersionError {
     },
     #[error("{binary} -V did not answer within {timeout:?}")]
     Timeout { binary: String, timeout: Duration },
+    #[error(transparent)]
+    Open(#[from] super::executable::ExecutableError),
     #[error("{binary} -V printed no \"(OceanBase x.y.z.w ...)\" line on stderr: {stderr:?}")]
     Unrecognised { binary: String, stderr: String },
+}
+
+/// The version of the file at `path` as it is now: opened, then run through
+/// its descriptor.
+pub async fn probe_path(path: &Path, home: &Path) -> Result<String, VersionError> {
+    probe(&Executable::open(path)?, home).await
 }
 
 /// Runs `binary -V` in `home` and parses its version (the opened file
