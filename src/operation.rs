@@ -65,7 +65,7 @@ pub struct Request {
     pub binary: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Operation {
     pub id: String,
     pub kind: Kind,
@@ -78,6 +78,8 @@ pub struct Operation {
     pub pid: Option<u32>,
     pub previous_pid: Option<u32>,
     pub events: Vec<String>,
+    /// Once finished: the ODP's state it left (what a health gate checks).
+    pub proxy_state: Option<crate::supervisor::ProxyState>,
 }
 
 impl Operation {
@@ -172,6 +174,7 @@ impl Log {
             pid: None,
             previous_pid,
             events: Vec::new(),
+            proxy_state: None,
         };
         let (tx, rx) = watch::channel(op);
         self.ops.insert(id.clone(), tx);

@@ -19,7 +19,8 @@ use super::{
 use crate::{error_chain::describe, metrics::coordinator::CoordinatorMetrics, proto::agent as pb};
 
 /// How long an ODP may take to report the intended state after its
-/// operation succeeded (the health gate), and how often it is asked.
+/// operation succeeded (the health gate), and how often it is asked when the
+/// operation's own last update did not show it.
 const GATE_TIMEOUT: Duration = Duration::from_secs(10);
 const GATE_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -370,10 +371,22 @@ async fn subtask(
             proxy_state: 0,
         };
     }
+    // The health gate follows the operation's stream: its last update says
+    // the state it left the ODP in. Only when that is not the intended one
+    // (or an older agent does not say) is the agent asked again.
+    if op.proxy_state() == expected {
+        return Outcome {
+            state: SubtaskState::Succeeded,
+            error: None,
+            pid: (op.pid != 0).then_some(op.pid),
+            proxy_state: op.proxy_state,
+        };
+    }
     gate(pool, agent, expected, &format!("operation {}", op.id)).await
 }
 
-/// The health gate: done only when the agent reports the intended state.
+/// The health gate by asking: done only when the agent reports the intended
+/// state.
 async fn gate(pool: &AgentPool, agent: &str, expected: pb::ProxyState, what: &str) -> Outcome {
     let fail = |e: &super::agents::AgentError| Outcome {
         state: if e.is_unreachable() {

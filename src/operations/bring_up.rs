@@ -38,7 +38,8 @@ pub async fn bring_up(
         Phase::Spawning,
         format!("reading the version of {}", binary.display()),
     );
-    let version = version::probe(&binary, &cfg.home).await?;
+    // `-V` only for a binary not seen before (or changed since).
+    let version = version::of(&binary, &cfg.home).await?;
     let pid = ctl.spawn(binary, version.clone(), exit_timeout).await?;
     ctl.progress(
         Phase::WaitingReady,
