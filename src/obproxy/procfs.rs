@@ -87,6 +87,13 @@ pub fn holds_listeners(pid: u32, listener_inodes: &[u64]) -> bool {
 /// listeners): every client session on this host's ODP. Read once per sample
 /// and matched against each process's fds.
 pub fn sessions_on(listeners: &[std::net::SocketAddr]) -> HashSet<u64> {
+    // A dump walks the kernel's whole TCP table: never on an async worker,
+    // where the supervisor and every request handler run (the sampler
+    // thread takes them). Debug builds, which the tests run, enforce it.
+    debug_assert!(
+        tokio::runtime::Handle::try_current().is_err(),
+        "a socket dump on an async worker thread"
+    );
     if listeners.is_empty() {
         return HashSet::new();
     }
