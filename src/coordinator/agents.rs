@@ -58,6 +58,11 @@ impl AgentError {
         matches!(self, AgentError::Refused { status, .. } if status.code() == tonic::Code::NotFound)
     }
 
+    /// The agent does not offer the RPC (an older agent).
+    pub fn is_unimplemented(&self) -> bool {
+        matches!(self, AgentError::Refused { status, .. } if status.code() == tonic::Code::Unimplemented)
+    }
+
     pub fn is_unreachable(&self) -> bool {
         matches!(
             self,
@@ -154,9 +159,29 @@ impl AgentPool {
         }
     }
 
-    /// Every agent's status, asked in parallel; the slowest bounds the call.
-    pub async fn statuses(&self, agents: &[String]) -> Vec<Result<pb::ProxyStatus, AgentError>> {
-        futures::future::join_all(agents.iter().map(|a| self.status(a))).await
+    /// The agent's status stream: now, at every change, and at least every
+    /// `heartbeat`.
+    pub async fn watch_status(
+        &self,
+        agent: &str,
+        heartbeat: Duration,
+    ) -> Result<tonic::Streaming<pb::ProxyStatus>, AgentError> {
+        let mut client = self.client(agent)?;
+        let request = pb::WatchStatusRequest {
+            heartbeat: Some(prost_types::Duration {
+                seconds: heartbeat.as_secs() as i64,
+                nanos: heartbeat.subsec_nanos() as i32,
+            }),
+        };
+        let timeout = self.timeouts.status_timeout;
+        match tokio::time::timeout(timeout, client.watch_status(request)).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(status)) => Err(AgentError::from_status(agent, status)),
+            Err(_) => Err(AgentError::Timeout {
+                agent: agent.to_string(),
+                timeout,
+            }),
+        }
     }
 
     /// Submits `command` with `request_id` (a repeat returns the agent's
