@@ -6,7 +6,7 @@ use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use super::config::AgentTimeouts;
+use super::{config::AgentTimeouts, status_stream::Connector};
 use crate::{
     proto::agent::{self as pb, agent_client::AgentClient},
     security::{
@@ -58,11 +58,6 @@ impl AgentError {
         matches!(self, AgentError::Refused { status, .. } if status.code() == tonic::Code::NotFound)
     }
 
-    /// The agent does not offer the RPC (an older agent).
-    pub fn is_unimplemented(&self) -> bool {
-        matches!(self, AgentError::Refused { status, .. } if status.code() == tonic::Code::Unimplemented)
-    }
-
     pub fn is_unreachable(&self) -> bool {
         matches!(
             self,
@@ -88,10 +83,13 @@ pub struct AgentPool {
     /// verify; None: plain gRPC.
     tls: Option<ClientTlsConfig>,
     channels: Mutex<HashMap<String, Channel>>,
+    /// The status streams' own connections (see `status_stream`).
+    streams: Connector,
 }
 
 impl AgentPool {
     pub fn new(timeouts: AgentTimeouts, tls: Option<&TlsSection>) -> Result<Self, PoolError> {
+        let tls_section = tls;
         let tls = tls
             .map(|t| {
                 tls::client(
@@ -101,11 +99,18 @@ impl AgentPool {
                 )
             })
             .transpose()?;
+        let streams = Connector::new(tls_section, timeouts.connect_timeout)?;
         Ok(Self {
             timeouts,
             tls,
             channels: Mutex::new(HashMap::new()),
+            streams,
         })
+    }
+
+    /// How the status streams reach the agents.
+    pub fn streams(&self) -> &Connector {
+        &self.streams
     }
 
     fn client(&self, agent: &str) -> Result<AgentClient<Channel>, AgentError> {
@@ -150,31 +155,6 @@ impl AgentPool {
         let timeout = self.timeouts.status_timeout;
         let call = client.get_operation(pb::GetOperationRequest { id: id.to_string() });
         match tokio::time::timeout(timeout, call).await {
-            Ok(Ok(r)) => Ok(r.into_inner()),
-            Ok(Err(status)) => Err(AgentError::from_status(agent, status)),
-            Err(_) => Err(AgentError::Timeout {
-                agent: agent.to_string(),
-                timeout,
-            }),
-        }
-    }
-
-    /// The agent's status stream: now, at every change, and at least every
-    /// `heartbeat`.
-    pub async fn watch_status(
-        &self,
-        agent: &str,
-        heartbeat: Duration,
-    ) -> Result<tonic::Streaming<pb::ProxyStatus>, AgentError> {
-        let mut client = self.client(agent)?;
-        let request = pb::WatchStatusRequest {
-            heartbeat: Some(prost_types::Duration {
-                seconds: heartbeat.as_secs() as i64,
-                nanos: heartbeat.subsec_nanos() as i32,
-            }),
-        };
-        let timeout = self.timeouts.status_timeout;
-        match tokio::time::timeout(timeout, client.watch_status(request)).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
             Ok(Err(status)) => Err(AgentError::from_status(agent, status)),
             Err(_) => Err(AgentError::Timeout {

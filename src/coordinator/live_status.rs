@@ -147,34 +147,31 @@ impl LiveStatus {
 async fn follow(pool: &AgentPool, agent: &str, entry: &Entry, status_timeout: Duration) {
     let mut retry = FIRST_RETRY;
     loop {
-        match pool.watch_status(agent, HEARTBEAT).await {
-            Ok(mut stream) => loop {
-                // Silent past the heartbeat: the agent or the path is gone.
-                let next = tokio::time::timeout(HEARTBEAT + status_timeout, stream.message());
-                match next.await {
-                    Ok(Ok(Some(status))) => {
-                        retry = FIRST_RETRY;
-                        entry.view.send_replace(View::Live {
-                            status: Box::new(status),
-                            at: Instant::now(),
-                        });
-                    }
-                    Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
-                        tracing::debug!(odp = %agent, "status stream lost");
-                        entry.view.send_replace(View::Down);
-                        break;
-                    }
-                }
-            },
+        let mut heard = false;
+        // Silent past the heartbeat: the agent or the path is gone.
+        let silence = HEARTBEAT + status_timeout;
+        let ended = pool
+            .streams()
+            .follow(agent, HEARTBEAT, silence, |status| {
+                heard = true;
+                entry.view.send_replace(View::Live {
+                    status: Box::new(status),
+                    at: Instant::now(),
+                });
+            })
+            .await;
+        match ended {
             Err(e) if e.is_unimplemented() => {
                 tracing::info!(odp = %agent, "the agent has no WatchStatus; asking it each time");
                 entry.view.send_replace(View::Unsupported);
                 return;
             }
-            Err(e) => {
-                tracing::debug!(odp = %agent, error = %e, "cannot open the status stream");
-                entry.view.send_replace(View::Down);
-            }
+            Err(e) => tracing::debug!(odp = %agent, error = %e, "status stream lost"),
+            Ok(()) => tracing::debug!(odp = %agent, "status stream ended"),
+        }
+        entry.view.send_replace(View::Down);
+        if heard {
+            retry = FIRST_RETRY;
         }
         tokio::select! {
             _ = tokio::time::sleep(retry) => {}
