@@ -17,6 +17,7 @@ use tracing::Instrument;
 
 use crate::{
     config::AgentConfig,
+    listeners,
     operation::{self, Kind, Phase},
     proto::agent as pb,
     sampling::Usage,
@@ -274,6 +275,7 @@ pub fn operation_pb(op: &operation::Operation) -> pb::Operation {
             Kind::RestartHot => pb::OperationKind::RestartHot,
             Kind::RestartForce => pb::OperationKind::RestartForce,
             Kind::Respawn => pb::OperationKind::Respawn,
+            Kind::TakeOver => pb::OperationKind::TakeOver,
         } as i32,
         state: match op.state {
             operation::State::Running => pb::OperationState::Running,
@@ -341,9 +343,13 @@ pub fn status_pb(report: &Report) -> pb::ProxyStatus {
         listeners: s
             .listeners
             .iter()
-            .map(|(addr, inode)| pb::Listener {
+            .map(|(kind, addr, inode)| pb::Listener {
                 address: addr.to_string(),
                 socket_inode: *inode,
+                kind: match kind {
+                    listeners::Kind::Sql => pb::ListenerKind::Sql,
+                    listeners::Kind::Rpc => pb::ListenerKind::Rpc,
+                } as i32,
             })
             .collect(),
         serving: serving.map(|p| process_pb(p, report.usage(p.pid))),

@@ -13,7 +13,8 @@
 //!   that drive it step by step. [`sampling`] observes the processes (CPU,
 //!   memory, sessions) on a thread of its own; [`status_report`] joins the
 //!   supervisor's published status with those samples.
-//! - [`error_chain`] renders an error with its causes on one line.
+//! - [`error_chain`] renders an error with its causes on one line;
+//!   [`redact`] masks the secrets obproxy's arguments may carry.
 //! - [`agent_service`] translates gRPC to supervisor calls; [`agent`] wires
 //!   the daemon; [`proto`] holds the generated code.
 //! - [`state_file`] is what the agent remembers on disk; [`adoption`]
@@ -22,6 +23,8 @@
 //! - [`security`] is TLS, callers' roles and the audit log;
 //!   [`hostile_input`] is what no input may do to the daemons (run by the
 //!   fuzzers).
+//! - [`container_init`] is the minimal init the agent leaves behind when it
+//!   is started as PID 1 (a container's entrypoint).
 //! - [`systemd`] is what systemd is told (ready, stopping, watchdog);
 //!   [`metrics`] owns the Prometheus registries and the `/metrics` endpoint;
 //!   [`telemetry`] sets up the logs.
@@ -34,6 +37,7 @@ pub mod agent;
 pub mod agent_service;
 pub mod config;
 pub mod config_file;
+pub mod container_init;
 pub mod coordinator;
 pub mod error_chain;
 pub mod grpc_server;
@@ -46,6 +50,7 @@ pub mod obproxy;
 pub mod operation;
 pub mod operations;
 pub mod proto;
+pub mod redact;
 pub mod sampling;
 pub mod security;
 pub mod signals;

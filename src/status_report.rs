@@ -45,7 +45,12 @@ pub fn target(status: &Status) -> sampling::Target {
             .chain(status.draining.iter().map(|(p, _)| p))
             .map(|p| p.pid)
             .collect(),
-        listeners: status.listeners.iter().map(|(addr, _)| *addr).collect(),
+        listeners: status
+            .listeners
+            .iter()
+            .filter(|(kind, _, _)| *kind == crate::listeners::Kind::Sql)
+            .map(|(_, addr, _)| *addr)
+            .collect(),
     }
 }
 

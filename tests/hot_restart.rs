@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Agent, Options, alive, echo, round_trip};
+use common::{Agent, Options, alive, connect, echo, round_trip};
 use odp_agent::proto::agent as pb;
 use tokio::{io::AsyncReadExt, net::TcpStream};
 
@@ -40,7 +40,7 @@ async fn a_session_held_through_a_hot_restart_keeps_working_until_it_closes() {
     .await;
     let old = agent.start_proxy().await.pid;
     let addr = agent.sql_addr().await;
-    let mut session = TcpStream::connect(addr).await.unwrap();
+    let mut session = connect(addr).await.unwrap();
     echo(&mut session, b"before").await.unwrap();
 
     let op = agent.restart_with(hot(None, "", false)).await.unwrap();
@@ -91,7 +91,7 @@ async fn a_session_beyond_the_window_is_cut_at_its_end() {
     let agent = Agent::start().await;
     let old = agent.start_proxy().await.pid;
     let addr = agent.sql_addr().await;
-    let mut session = TcpStream::connect(addr).await.unwrap();
+    let mut session = connect(addr).await.unwrap();
     echo(&mut session, b"hello").await.unwrap();
     let started = Instant::now();
     let op = agent
@@ -110,7 +110,7 @@ async fn exit_timeout_zero_cuts_the_old_sessions_at_once() {
     let agent = Agent::start().await;
     agent.start_proxy().await;
     let addr = agent.sql_addr().await;
-    let mut session = TcpStream::connect(addr).await.unwrap();
+    let mut session = connect(addr).await.unwrap();
     echo(&mut session, b"hello").await.unwrap();
     let op = agent
         .restart_with(hot(Some(Duration::ZERO), "", true))
@@ -126,7 +126,7 @@ async fn a_broken_new_binary_leaves_the_old_process_serving() {
     let agent = Agent::start().await;
     let old = agent.start_proxy().await.pid;
     let addr = agent.sql_addr().await;
-    let mut session = TcpStream::connect(addr).await.unwrap();
+    let mut session = connect(addr).await.unwrap();
     let broken = agent.add_binary("obproxy-broken", &[("ODP_STANDIN_FAIL_START", "1")]);
     let op = agent.restart_with(hot(None, &broken, true)).await.unwrap();
     assert_eq!(op.state(), pb::OperationState::Failed);

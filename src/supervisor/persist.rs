@@ -23,6 +23,15 @@ impl Supervisor {
                 })
                 .collect(),
             last_bound: self.last_bound.clone(),
+            rpc_listeners: self
+                .listeners
+                .rpc()
+                .map(|l| RecordedListener {
+                    bound: l.bound,
+                    inode: l.inode,
+                })
+                .collect(),
+            last_rpc_bound: self.last_rpc_bound.clone(),
             processes: self
                 .processes
                 .iter()
@@ -35,6 +44,7 @@ impl Supervisor {
                     role: p.role,
                     started_at: state_file::to_epoch(p.started_at),
                     drain_deadline: p.drain_deadline.map(state_file::to_epoch),
+                    rpc: p.rpc,
                 })
                 .collect(),
             started_count: self.started_count,

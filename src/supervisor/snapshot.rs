@@ -49,6 +49,7 @@ impl Supervisor {
             Kind::RestartForce => ProxyState::Restarting,
             // Down while it should run: the respawn is the cure, not the state.
             Kind::Respawn => ProxyState::Unavailable,
+            Kind::TakeOver => ProxyState::Starting,
             Kind::RestartHot => {
                 let upgrading = self
                     .processes
@@ -97,7 +98,12 @@ impl Supervisor {
             desired_running: self.desired_running,
             serving,
             draining,
-            listeners: self.listeners.iter().map(|l| (l.bound, l.inode)).collect(),
+            listeners: self
+                .listeners
+                .iter()
+                .chain(self.listeners.rpc())
+                .map(|l| (l.kind, l.bound, l.inode))
+                .collect(),
             restart_count: self.started_count.saturating_sub(1),
             operation,
             last_exit: self.last_exit.clone(),
