@@ -196,7 +196,10 @@ impl pb::agent_server::Agent for AgentService {
 }
 
 /// The status now, then at every change and after every `heartbeat` of
-/// silence; ends when the agent shuts down.
+/// silence; ends when the agent shuts down. A change goes out at once, with
+/// the usage sampled last (a watcher must not see a state late because a
+/// sample was being taken); the first status and every heartbeat carry usage
+/// no older than the sampler's maximum age.
 fn status_stream(
     reporter: Reporter,
     heartbeat: Duration,
@@ -205,14 +208,20 @@ fn status_stream(
     futures::stream::unfold(
         (reporter, changes, true),
         move |(reporter, mut changes, first)| async move {
-            if !first {
+            let changed = if first {
+                false
+            } else {
                 tokio::select! {
-                    changed = changes.changed() => changed.ok()?,
-                    _ = tokio::time::sleep(heartbeat) => {}
+                    changed = changes.changed() => { changed.ok()?; true }
+                    _ = tokio::time::sleep(heartbeat) => false,
                 }
-            }
+            };
             changes.mark_unchanged();
-            let report = reporter.report().await;
+            let report = if changed {
+                reporter.report_now()
+            } else {
+                reporter.report().await
+            };
             Some((Ok(status_pb(&report)), (reporter, changes, false)))
         },
     )

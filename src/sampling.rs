@@ -196,6 +196,11 @@ impl Sampler {
         })
     }
 
+    /// The last sample taken, whatever it shows and however old (never waits).
+    pub fn latest(&self) -> Option<Arc<Sample>> {
+        self.latest.borrow().clone()
+    }
+
     /// A sample of `target` no older than [`MAX_AGE`], taken on the sampler
     /// thread if the last one is older or shows other processes. Waits at
     /// most [`WAIT`]; then answers with the last sample of `target` there is,

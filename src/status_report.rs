@@ -80,6 +80,15 @@ impl Reporter {
         }
     }
 
+    /// The status now with the last sample there is, without waiting for a
+    /// new one (a process it does not show has no usage yet).
+    pub fn report_now(&self) -> Report {
+        Report {
+            status: self.supervisor.status(),
+            sample: self.sampler.latest(),
+        }
+    }
+
     /// Wakes at every change of the supervisor's status.
     pub fn changes(&self) -> watch::Receiver<Arc<Status>> {
         self.supervisor.status_changes()

@@ -164,6 +164,11 @@ impl AgentPool {
         }
     }
 
+    /// Every agent's status, asked in parallel; the slowest bounds the call.
+    pub async fn statuses(&self, agents: &[String]) -> Vec<Result<pb::ProxyStatus, AgentError>> {
+        futures::future::join_all(agents.iter().map(|a| self.status(a))).await
+    }
+
     /// Submits `command` with `request_id` (a repeat returns the agent's
     /// existing operation) and reports the operation as it starts.
     pub async fn submit(

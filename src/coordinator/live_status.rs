@@ -1,9 +1,9 @@
 //! The coordinator's live view of its agents: one `WatchStatus` stream per
 //! agent, opened at start and kept open, holding each agent's latest status
 //! and when it came. The agents push every change and a heartbeat, so a
-//! cluster status (and a task's preflight) is read from memory, each entry
-//! with its age, and costs the same whatever the agents' own status costs:
-//! 10,000 ODPs answer in milliseconds where asking each would take seconds.
+//! cluster status is read from memory, each entry with its age, and costs the
+//! same whatever the agents' own status costs: 10,000 ODPs answer in tens of
+//! milliseconds where asking each would take seconds.
 //!
 //! An entry that is not live (the stream is down or silent past its
 //! heartbeat, or an older agent has no `WatchStatus`) is asked with

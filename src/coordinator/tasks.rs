@@ -143,14 +143,17 @@ impl Tasks {
             }
             return Ok(self.snapshot(&existing.id)?.unwrap_or(existing));
         }
-        let statuses = self.statuses.statuses(&cluster.agents).await;
+        // Asked, not read from the live view: a rule checked against a status
+        // a moment old could refuse (or admit) what the agents' state of now
+        // would not.
+        let statuses = self.pool.statuses(&cluster.agents).await;
         let odps: Vec<Odp> = cluster
             .agents
             .iter()
             .zip(&statuses)
             .map(|(agent, s)| Odp {
                 agent,
-                status: s.as_ref().ok().map(|s| &s.status),
+                status: s.as_ref().ok(),
             })
             .collect();
         rules::check(new.kind, new.mode, &odps).map_err(TaskError::Refused)?;

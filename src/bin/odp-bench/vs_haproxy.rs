@@ -73,6 +73,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let version = String::from_utf8_lossy(&version.stdout)
         .lines()
         .next()
+        .and_then(|l| l.split(" - ").next())
         .unwrap_or("HAProxy ?")
         .to_string();
     println!(
