@@ -65,6 +65,7 @@ impl Reporter {
     /// The status now, with usage no older than [`sampling::MAX_AGE`]
     /// (waiting at most [`sampling::WAIT`] for a sample).
     pub async fn report(&self) -> Report {
+        self.supervisor.status_asked();
         let status = self.supervisor.status();
         let target = target(&status);
         let sample = if target.pids.is_empty() {

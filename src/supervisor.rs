@@ -11,8 +11,11 @@
 //! publishes a snapshot after every change ([`snapshot`]), which callers read
 //! without waiting, and it observes nothing itself (usage is
 //! [`crate::sampling`]'s).
+mod exits;
 mod handover;
+mod native;
 mod persist;
+mod proxyinfo;
 mod recovery;
 mod respawn;
 mod snapshot;
@@ -33,16 +36,18 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    admin_sql::BinaryInfo,
     config::AgentConfig,
     listeners::{self, ListenerError, Listeners},
     metrics::agent::AgentMetrics,
     obproxy::{
+        executable::Executable,
         launch::{Handover, Plan},
-        pidfd::{self, Exit, Pidfd},
+        pidfd::{Exit, Pidfd},
         procfs,
         spawner::{SpawnError, Spawned, Spawner},
     },
-    operation::{self, Admission, Kind, LogError, Operation, Phase, Request},
+    operation::{self, Admission, Kind, LogError, OnAdmit, Operation, Phase, Request},
     operations,
     signals::ChildSignal,
     state_file,
@@ -78,6 +83,8 @@ pub struct ProcessInfo {
     pub version: String,
     pub binary: PathBuf,
     pub started_at: SystemTime,
+    /// What the process reported over admin SQL (SHOW PROXYINFO BINARY).
+    pub binary_info: Option<BinaryInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -104,6 +111,9 @@ pub enum SubmitError {
     NotServing { state: ProxyState },
     #[error("HOT restart refused: {reason}")]
     ListenersLost { reason: String },
+    /// The admission could not be recorded (the audit log): refused.
+    #[error("{0}")]
+    NotRecorded(String),
     #[error("the agent is shutting down")]
     ShuttingDown,
     #[error(transparent)]
@@ -169,6 +179,8 @@ pub enum StepError {
     },
     #[error("the agent is shutting down")]
     ShuttingDown,
+    #[error(transparent)]
+    Native(#[from] native::NativeChildError),
 }
 
 /// What an operation learns when the listeners are held.
@@ -181,6 +193,35 @@ pub struct ListenerInfo {
 }
 
 use state_file::Role;
+
+/// How the previous serving process drains once another is promoted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drain {
+    /// SIGKILL this long after the hand-over unless it has exited by then.
+    pub kill_after: Duration,
+    /// The new process could not bind obproxy's Prometheus port, which the
+    /// old one held (the agent's own hot restart; a native one keeps it).
+    pub exporter_lost: bool,
+}
+
+/// What the supervisor knows about one of its processes.
+#[derive(Debug, Clone)]
+pub struct ProcessFacts {
+    /// Its `hot_upgrade_exit_timeout`; None: unknown.
+    pub exit_window: Option<Duration>,
+    pub binary: PathBuf,
+    pub exe: Option<PathBuf>,
+    pub version: String,
+}
+
+/// Facts an operation learned about a process.
+#[derive(Debug, Clone)]
+pub enum FactUpdate {
+    /// Admin SQL changed its drain window.
+    ExitWindow(Duration),
+    Version(String),
+    BinaryInfo(BinaryInfo),
+}
 
 struct Process {
     pidfd: Arc<Pidfd>,
@@ -198,6 +239,14 @@ struct Process {
     ending: bool,
     /// When it was handed over to drain: its exit times the drain (metrics).
     drain_started: Option<Instant>,
+    /// Its `hot_upgrade_exit_timeout` (from its `-o`, or set over admin SQL
+    /// since): the window it drains with. None: unknown.
+    exit_window: Option<Duration>,
+    /// What it reported over admin SQL, once asked.
+    binary_info: Option<BinaryInfo>,
+    /// For the child of a native restart the agent asked for: its parent,
+    /// whose exit is then the hand-over, not a crash.
+    native_parent: Option<u32>,
     /// It was handed the RPC listeners (obproxy 4.3+ with RPC on).
     rpc: bool,
 }
@@ -207,6 +256,7 @@ enum Msg {
     Ping(oneshot::Sender<()>),
     Submit(
         Request,
+        Option<OnAdmit>,
         oneshot::Sender<Result<watch::Receiver<Operation>, SubmitError>>,
     ),
     GetOperation(String, oneshot::Sender<Option<Operation>>),
@@ -219,13 +269,21 @@ enum Msg {
         result: Result<Spawned, SpawnError>,
         binary: PathBuf,
         version: String,
+        exit_window: Duration,
         rpc: bool,
         reply: oneshot::Sender<Result<u32, StepError>>,
+    },
+    /// The answer to SHOW PROXYINFO BINARY asked of the serving `pid`.
+    BinaryInfo {
+        pid: u32,
+        result: Result<BinaryInfo, String>,
     },
     DrainDeadline {
         pid: u32,
         /// Which drain: the pid may belong to a later process by then.
         deadline: SystemTime,
+        /// Its client sessions, counted just before (None: not in time).
+        open: Option<u32>,
     },
     /// Time to start obproxy again after it died (crash respawn).
     Respawn,
@@ -244,7 +302,7 @@ pub enum Step {
     },
     CloseListeners(oneshot::Sender<()>),
     Spawn {
-        binary: PathBuf,
+        binary: Executable,
         version: String,
         plan: Plan,
         reply: oneshot::Sender<Result<u32, StepError>>,
@@ -271,12 +329,31 @@ pub enum Step {
         reply: oneshot::Sender<Result<(), StepError>>,
     },
     /// Makes `pid` the serving process; the previous one starts draining
-    /// until `drain_window` (plus grace) or, without a window, is returned
+    /// (SIGKILLed at `drain.kill_after`) or, without a drain, is returned
     /// for the caller to end.
     Promote {
         pid: u32,
-        drain_window: Option<Duration>,
+        drain: Option<Drain>,
         reply: oneshot::Sender<Option<u32>>,
+    },
+    Facts {
+        pid: u32,
+        reply: oneshot::Sender<Option<ProcessFacts>>,
+    },
+    Update {
+        pid: u32,
+        update: FactUpdate,
+    },
+    /// Processes that hold our listeners but are not ours (a native
+    /// restart's child): pidfds opened after the pid was found holding them.
+    Strangers(oneshot::Sender<Vec<Arc<Pidfd>>>),
+    /// Records the child `parent` forked for a native restart as starting.
+    AdoptChild {
+        parent: u32,
+        child: u32,
+        version: String,
+        exit_window: Duration,
+        reply: oneshot::Sender<Result<(), StepError>>,
     },
     /// Makes a process the agent did not start the serving one (take-over).
     Adopt {
@@ -296,6 +373,34 @@ pub enum Step {
     },
 }
 
+thread_local! {
+    /// Set while this thread handles a supervisor message.
+    static HANDLING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is handling a supervisor message now: what must never
+/// run there (a kernel socket dump) checks it in debug builds.
+pub fn handling() -> bool {
+    HANDLING.with(std::cell::Cell::get)
+}
+
+/// Marks the handling of one message (the handlers are synchronous, so the
+/// thread does nothing else meanwhile).
+struct Handling;
+
+impl Handling {
+    fn enter() -> Self {
+        HANDLING.with(|h| h.set(true));
+        Self
+    }
+}
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        HANDLING.with(|h| h.set(false));
+    }
+}
+
 /// A cheap, cloneable way to talk to the supervisor.
 #[derive(Clone)]
 pub struct Handle {
@@ -304,6 +409,9 @@ pub struct Handle {
     calls: mpsc::Sender<Msg>,
     submits: mpsc::Sender<Msg>,
     status: watch::Receiver<Arc<Status>>,
+    /// Someone asked for a status: the supervisor may ask obproxy about
+    /// itself (admin SQL), at most once per serving process. Coalesces.
+    asked: Arc<tokio::sync::Notify>,
 }
 
 /// Puts a caller's request in its bounded queue, or says why not.
@@ -346,6 +454,12 @@ impl Handle {
         self.status.clone()
     }
 
+    /// Tells the supervisor a status was asked for (never waits; any number
+    /// of callers make one wake-up).
+    pub fn status_asked(&self) {
+        self.asked.notify_one();
+    }
+
     /// Whether the supervisor serves its queue (a round trip through it).
     pub async fn ping(&self) -> bool {
         self.ask(Msg::Ping).await.is_some()
@@ -355,9 +469,27 @@ impl Handle {
         &self,
         request: Request,
     ) -> Result<watch::Receiver<Operation>, SubmitError> {
+        self.submit_with(request, None).await
+    }
+
+    /// As [`Handle::submit`], with `on_admit` run in the step that admits
+    /// the operation: a caller that hangs up meanwhile cannot skip it.
+    pub async fn submit_audited(
+        &self,
+        request: Request,
+        on_admit: OnAdmit,
+    ) -> Result<watch::Receiver<Operation>, SubmitError> {
+        self.submit_with(request, Some(on_admit)).await
+    }
+
+    async fn submit_with(
+        &self,
+        request: Request,
+        on_admit: Option<OnAdmit>,
+    ) -> Result<watch::Receiver<Operation>, SubmitError> {
         match self
             .call(&self.submits, "mutating requests", |tx| {
-                Msg::Submit(request, tx)
+                Msg::Submit(request, on_admit, tx)
             })
             .await
         {
@@ -428,6 +560,9 @@ pub struct Supervisor {
     respawn: respawn::Backoff,
     /// Counts what only the supervisor sees end: operations and drains.
     metrics: Arc<AgentMetrics>,
+    /// SHOW PROXYINFO BINARY asked of the serving process: when, and how
+    /// the last attempt went.
+    proxyinfo: proxyinfo::Asking,
 }
 
 impl Supervisor {
@@ -449,6 +584,7 @@ impl Supervisor {
             calls: calls_tx,
             submits: submits_tx,
             status,
+            asked: Arc::new(tokio::sync::Notify::new()),
         };
         let mut sup = Self {
             config,
@@ -478,6 +614,7 @@ impl Supervisor {
             listener_problem: None,
             respawn: respawn::Backoff::default(),
             metrics,
+            proxyinfo: proxyinfo::Asking::default(),
         };
         // Before anyone can ask: the first status published is the
         // recovered one.
@@ -492,13 +629,18 @@ impl Supervisor {
     /// mutating requests, then reads. obproxy processes are left running:
     /// the agent going away must never take the ODP down.
     pub async fn run(mut self, mut signals: mpsc::UnboundedReceiver<ChildSignal>) {
+        let asked = self.handle.asked.clone();
         loop {
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break,
-                Some(sig) = signals.recv() => self.on_signal(sig),
+                Some(sig) = signals.recv() => {
+                    let _handling = Handling::enter();
+                    self.on_signal(sig);
+                }
                 Some(msg) = self.rx.recv() => self.handle(msg),
                 Some(msg) = self.submits.recv() => self.handle(msg),
+                _ = asked.notified() => self.on_status_asked(),
                 Some(msg) = self.calls.recv() => self.handle(msg),
                 else => break,
             }
@@ -507,7 +649,16 @@ impl Supervisor {
         tracing::info!(pids = ?self.processes.keys().collect::<Vec<_>>(), "supervisor stopped; obproxy left running");
     }
 
+    /// A status was asked for: obproxy's own account of its binary, once
+    /// per serving process (see `proxyinfo`).
+    fn on_status_asked(&mut self) {
+        let _handling = Handling::enter();
+        crate::panics::injected("supervisor");
+        self.ask_binary_info();
+    }
+
     fn handle(&mut self, msg: Msg) {
+        let _handling = Handling::enter();
         // What happens while an operation runs is logged as part of it.
         let _op = self
             .log
@@ -518,11 +669,11 @@ impl Supervisor {
                 let _ = reply.send(());
             }
             // A caller that has gone gets no work done for it.
-            Msg::Submit(_, reply) if reply.is_closed() => {}
+            Msg::Submit(_, _, reply) if reply.is_closed() => {}
             Msg::GetOperation(_, reply) if reply.is_closed() => {}
             Msg::WatchOperation(_, reply) if reply.is_closed() => {}
-            Msg::Submit(request, reply) => {
-                let result = self.submit(request);
+            Msg::Submit(request, on_admit, reply) => {
+                let result = self.submit(request, on_admit);
                 // Published before the answer, so the caller's next status
                 // shows what it started.
                 self.publish(None);
@@ -539,21 +690,18 @@ impl Supervisor {
                 result,
                 binary,
                 version,
+                exit_window,
                 rpc,
                 reply,
             } => {
-                let _ = reply.send(self.on_spawned(result, binary, version, rpc));
+                let _ = reply.send(self.on_spawned(result, binary, version, exit_window, rpc));
             }
-            Msg::DrainDeadline { pid, deadline } => {
-                // Only the draining process whose window this was: the pid may
-                // belong to a later process of ours by now.
-                let due =
-                    |p: &&Process| p.role == Role::Draining && p.drain_deadline == Some(deadline);
-                if let Some(p) = self.processes.get(&pid).filter(due) {
-                    tracing::warn!(pid, "drain window over; SIGKILL");
-                    let _ = p.pidfd.signal(Signal::SIGKILL);
-                }
-            }
+            Msg::BinaryInfo { pid, result } => self.on_binary_info(pid, result),
+            Msg::DrainDeadline {
+                pid,
+                deadline,
+                open,
+            } => self.on_drain_deadline(pid, deadline, open),
             Msg::Respawn => self.on_respawn(),
             Msg::Sweep => self.reap_orphans(),
             Msg::Step(step) => self.on_step(step),
@@ -567,7 +715,11 @@ impl Supervisor {
             .map(|(pid, _)| *pid)
     }
 
-    fn submit(&mut self, request: Request) -> Result<watch::Receiver<Operation>, SubmitError> {
+    fn submit(
+        &mut self,
+        request: Request,
+        on_admit: Option<OnAdmit>,
+    ) -> Result<watch::Receiver<Operation>, SubmitError> {
         if self.shutdown.is_cancelled() {
             return Err(SubmitError::ShuttingDown);
         }
@@ -591,7 +743,18 @@ impl Supervisor {
                 reason: problem.clone(),
             });
         }
-        match self.log.admit(&request, serving)? {
+        let admission = self.log.admit(&request, serving)?;
+        if let Some(on_admit) = on_admit {
+            let (Admission::Replay(rx) | Admission::New(rx)) = &admission;
+            let id = rx.borrow().id.clone();
+            if let Err(reason) = on_admit(&id, matches!(admission, Admission::Replay(_))) {
+                if matches!(admission, Admission::New(_)) {
+                    self.log.withdraw(&id);
+                }
+                return Err(SubmitError::NotRecorded(reason));
+            }
+        }
+        match admission {
             Admission::Replay(rx) => Ok(rx),
             Admission::New(rx) => {
                 let op = rx.borrow().clone();
@@ -646,6 +809,7 @@ impl Supervisor {
         result: Result<Spawned, SpawnError>,
         binary: PathBuf,
         version: String,
+        exit_window: Duration,
         rpc: bool,
     ) -> Result<u32, StepError> {
         self.spawns_in_flight = self.spawns_in_flight.saturating_sub(1);
@@ -669,6 +833,9 @@ impl Supervisor {
                 drain_deadline: None,
                 ending: false,
                 drain_started: None,
+                exit_window: Some(exit_window),
+                binary_info: None,
+                native_parent: None,
                 rpc,
             },
         );
@@ -679,71 +846,6 @@ impl Supervisor {
         // or none, serves). The first write is the promotion's.
         self.watch_exit(pidfd);
         Ok(pid)
-    }
-
-    /// Reports the process's exit to the supervisor (also for processes
-    /// adopted from a previous agent, which are not our children).
-    fn watch_exit(&self, pidfd: Arc<Pidfd>) {
-        let pid = pidfd.pid();
-        let tx = self.tx.clone();
-        let shutdown = self.shutdown.clone();
-        self.tracker.spawn(async move {
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                res = pidfd.exited() => {
-                    if let Err(e) = res {
-                        tracing::error!(pid, error = %e, "cannot watch obproxy for exit");
-                    }
-                    let exit = pidfd::reap(pid);
-                    let _ = tx.send(Msg::Exited { pid, exit });
-                }
-            }
-        });
-    }
-
-    /// SIGKILLs `pid` at `deadline` unless it has exited by then.
-    fn schedule_drain_deadline(&self, pid: u32, deadline: SystemTime) {
-        let wait = deadline
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
-        let tx = self.tx.clone();
-        let shutdown = self.shutdown.clone();
-        self.tracker.spawn(async move {
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = tokio::time::sleep(wait) => {
-                    let _ = tx.send(Msg::DrainDeadline { pid, deadline });
-                }
-            }
-        });
-    }
-
-    fn on_exit(&mut self, pid: u32, exit: Exit) {
-        let Some(p) = self.processes.remove(&pid) else {
-            return;
-        };
-        if let Some(started) = p.drain_started {
-            self.metrics.drain_finished(started.elapsed());
-        }
-        let expected = p.ending || p.role == Role::Draining;
-        if expected {
-            tracing::info!(pid, %exit, role = ?p.role, "obproxy exited");
-        } else {
-            tracing::warn!(pid, %exit, role = ?p.role, "obproxy exited unexpectedly");
-            self.last_exit = Some(format!("pid {pid} {exit}"));
-            if p.role == Role::Serving {
-                self.respawn
-                    .crashed(p.started_at.elapsed().unwrap_or_default());
-            }
-        }
-        if let Some(w) = self.ready_waiters.remove(&pid) {
-            let _ = w.send(Err(exit.clone()));
-        }
-        for w in self.exit_waiters.remove(&pid).unwrap_or_default() {
-            let _ = w.send(exit.clone());
-        }
-        self.persist();
-        self.maybe_schedule_respawn();
     }
 
     fn on_step(&mut self, step: Step) {
@@ -814,12 +916,29 @@ impl Supervisor {
                 };
                 let _ = reply.send(result);
             }
-            Step::Promote {
-                pid,
-                drain_window,
+            Step::Promote { pid, drain, reply } => {
+                let _ = reply.send(self.promote(pid, drain));
+            }
+            Step::Facts { pid, reply } => {
+                let _ = reply.send(self.processes.get(&pid).map(|p| ProcessFacts {
+                    exit_window: p.exit_window,
+                    binary: p.binary.clone(),
+                    exe: p.exe.clone(),
+                    version: p.version.clone(),
+                }));
+            }
+            Step::Update { pid, update } => self.update_facts(pid, update),
+            Step::Strangers(reply) => {
+                let _ = reply.send(self.strangers());
+            }
+            Step::AdoptChild {
+                parent,
+                child,
+                version,
+                exit_window,
                 reply,
             } => {
-                let _ = reply.send(self.promote(pid, drain_window));
+                let _ = reply.send(self.register_native_child(parent, child, version, exit_window));
             }
             Step::Adopt { adoption, reply } => {
                 let _ = reply.send(self.adopt(*adoption));
@@ -871,13 +990,14 @@ impl Supervisor {
                 });
                 self.release_unused_rpc();
                 self.maybe_schedule_respawn();
+                self.ask_binary_info();
             }
         }
     }
 
     fn spawn(
         &mut self,
-        binary: PathBuf,
+        binary: Executable,
         version: String,
         plan: Plan,
         reply: oneshot::Sender<Result<u32, StepError>>,
@@ -890,23 +1010,25 @@ impl Supervisor {
             }
         };
         let rpc = plan.handover == Handover::Inherit { rpc: true };
-        tracing::info!(binary = %binary.display(), args = ?crate::redact::args(&spec.args), env = ?spec.env, "spawning obproxy");
+        tracing::info!(binary = %binary.path().display(), args = ?crate::redact::args(&spec.args), env = ?spec.env, "spawning obproxy");
         self.spawns_in_flight += 1;
         let tx = self.tx.clone();
+        let binary = binary.path().to_path_buf();
         self.spawner.spawn(spec, move |result| {
             let _ = tx.send(Msg::Spawned {
                 result,
                 binary,
                 version,
+                exit_window: plan.exit_timeout,
                 rpc,
                 reply,
             });
         });
     }
 
-    fn promote(&mut self, pid: u32, drain_window: Option<Duration>) -> Option<u32> {
+    fn promote(&mut self, pid: u32, drain: Option<Drain>) -> Option<u32> {
         let previous = self.serving_pid().filter(|&old| old != pid);
-        let deadline = drain_window.map(|w| SystemTime::now() + w + DRAIN_GRACE);
+        let deadline = drain.map(|d| SystemTime::now() + d.kill_after);
         if let Some(old) = previous
             && let Some(p) = self.processes.get_mut(&old)
         {
@@ -916,17 +1038,24 @@ impl Supervisor {
         }
         if let (Some(old), Some(deadline)) = (previous, deadline) {
             self.schedule_drain_deadline(old, deadline);
-            self.notices = vec![format!(
-                "pid {pid} started while pid {old} still held obproxy's Prometheus port; \
-                 obproxy then runs without its exporter until a restart that is not HOT"
-            )];
         }
         if let Some(p) = self.processes.get_mut(&pid) {
             p.role = Role::Serving;
-            self.respawn.settled();
-            if drain_window.is_none() {
-                self.notices.clear();
+            // A native restart's child signals its parent, not us: being
+            // promoted is how it counts as ready.
+            if !p.ready {
+                p.ready = true;
+                p.exe = procfs::exe(pid).ok();
             }
+            self.respawn.settled();
+            self.notices = match (previous, drain) {
+                (Some(old), Some(d)) if d.exporter_lost => vec![format!(
+                    "pid {pid} started while pid {old} still held obproxy's Prometheus port; \
+                     obproxy then runs without its exporter until a restart that is not HOT \
+                     (restart_strategy = \"native\" keeps it)"
+                )],
+                _ => Vec::new(),
+            };
         }
         self.release_unused_rpc();
         self.persist();

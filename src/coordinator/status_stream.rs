@@ -64,7 +64,7 @@ pub struct Connector {
 }
 
 fn read_err(path: &Path, what: &str) -> TlsFileError {
-    TlsFileError {
+    TlsFileError::Read {
         path: path.to_path_buf(),
         source: io::Error::other(format!("no usable PEM {what}")),
     }

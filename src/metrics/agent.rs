@@ -104,6 +104,11 @@ impl AgentMetrics {
             "Operations finished, by kind and outcome",
             operations.clone(),
         );
+        registry.register(
+            "odp_log_write_errors",
+            "Log lines stderr did not take (dropped; logging goes on)",
+            crate::telemetry::write_errors(),
+        );
         let drain_duration = Histogram::new(DRAIN_BUCKETS);
         registry.register(
             "odp_drain_duration_seconds",
@@ -191,6 +196,7 @@ fn kind_label(kind: Kind) -> &'static str {
         Kind::RestartHot => "restart_hot",
         Kind::RestartForce => "restart_force",
         Kind::Respawn => "respawn",
+        Kind::AdoptNative => "adopt_native",
         Kind::TakeOver => "take_over",
     }
 }
@@ -225,6 +231,7 @@ mod tests {
             version: "4.3.1.0".into(),
             binary: "bin/obproxy".into(),
             started_at: SystemTime::now(),
+            binary_info: None,
         }
     }
 

@@ -44,6 +44,7 @@ impl Supervisor {
                     role: p.role,
                     started_at: state_file::to_epoch(p.started_at),
                     drain_deadline: p.drain_deadline.map(state_file::to_epoch),
+                    exit_window_us: p.exit_window.map(|w| w.as_micros() as u64),
                     rpc: p.rpc,
                 })
                 .collect(),

@@ -50,6 +50,8 @@ impl Supervisor {
             // Down while it should run: the respawn is the cure, not the state.
             Kind::Respawn => ProxyState::Unavailable,
             Kind::TakeOver => ProxyState::Starting,
+            // The child of a native restart serves already.
+            Kind::AdoptNative => ProxyState::Running,
             Kind::RestartHot => {
                 let upgrading = self
                     .processes
@@ -72,6 +74,7 @@ impl Supervisor {
             version: p.version.clone(),
             binary: p.binary.clone(),
             started_at: p.started_at,
+            binary_info: p.binary_info.clone(),
         };
         let serving = self
             .processes
@@ -112,6 +115,7 @@ impl Supervisor {
                 .iter()
                 .cloned()
                 .chain(self.listener_problem.clone())
+                .chain(self.admin_notices())
                 .collect(),
         }
     }
