@@ -12,7 +12,9 @@
 //!   SIGUSR2 exit) and the agent's own SIGTERM/SIGINT.
 //! - [`supervisor`] is the one owner of listeners, processes and the
 //!   [`operation`] log; [`operations`] are the start/stop/restart scripts
-//!   that drive it step by step.
+//!   that drive it step by step. [`sampling`] observes the processes (CPU,
+//!   memory, sessions) on a thread of its own; [`status_report`] joins the
+//!   supervisor's published status with those samples.
 //! - [`error_chain`] renders an error with its causes on one line;
 //!   [`redact`] masks the secrets obproxy's arguments may carry.
 //! - [`agent_service`] translates gRPC to supervisor calls; [`agent`] wires
@@ -56,10 +58,12 @@ pub mod operations;
 pub mod panics;
 pub mod proto;
 pub mod redact;
+pub mod sampling;
 pub mod security;
 pub mod signals;
 pub mod sim;
 pub mod state_file;
+pub mod status_report;
 pub mod supervisor;
 pub mod systemd;
 pub mod telemetry;

@@ -778,6 +778,7 @@ async fn agent(cmd: AgentCmd, tls: &TlsArgs, json_out: bool) -> Result<bool> {
                     version: s.version.clone(),
                     error: String::new(),
                     status: Some(s),
+                    age: None,
                 }],
             };
             if json_out {
