@@ -7,10 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use odp_agent::{
-    command_line::{
-        self,
-        odpctl::{AgentCmd, Cli, ClusterCmd, Output, TaskCmd, TlsArgs, Top},
-    },
+    command_line::odpctl::{AgentCmd, Cli, ClusterCmd, Output, TaskCmd, TlsArgs, Top},
     proto::{
         agent::{self as apb, agent_client::AgentClient},
         coordinator::{self as pb, coordinator_client::CoordinatorClient},
@@ -305,12 +302,6 @@ async fn run(cli: Cli) -> Result<bool> {
             }
         }
         Top::Agent(cmd) => agent(cmd, &cli.tls, json_out).await,
-        Top::Generate { out } => {
-            for path in command_line::shell_files::write_all(&out)? {
-                println!("{}", path.display());
-            }
-            Ok(true)
-        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! The command lines of the three programs, defined once with clap: the
 //! daemons' here, `odpctl`'s in [`odpctl`]. They live in the library so one
-//! command (`odpctl generate`) can write the shell completions and man pages
+//! program (`odp-shell-files`) can write the shell completions and man pages
 //! of all three from the very definitions `--help` prints ([`shell_files`]).
 pub mod odpctl;
 pub mod shell_files;

@@ -68,14 +68,6 @@ pub enum Top {
     /// One agent directly.
     #[command(subcommand)]
     Agent(AgentCmd),
-    /// Write the shell completions and man pages of odpctl, odp-agent and
-    /// odp-coordinator under a directory (what the packages ship).
-    #[command(hide = true)]
-    Generate {
-        /// Where to write them (created if missing).
-        #[arg(long)]
-        out: PathBuf,
-    },
 }
 
 #[derive(Subcommand)]

@@ -1,6 +1,6 @@
 //! Shell completions (bash, zsh, fish) and man pages of `odp-agent`,
 //! `odp-coordinator` and `odpctl`, written from their clap definitions so
-//! they say what `--help` says. The packages ship them; `odpctl generate
+//! they say what `--help` says. The packages ship them; `odp-shell-files
 //! --out DIR` writes them when the packages are built. The output depends on
 //! the definitions and the version only (no date), so a rebuild of the same
 //! source writes the same bytes.

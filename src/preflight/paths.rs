@@ -64,7 +64,7 @@ pub fn writable_dir(dir: &Path) -> Result<Writable, String> {
             }
         }
         Ok(_) => Err(format!("{} is not a directory", dir.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => creatable(dir),
+        Err(e) if missing(&e) => creatable(dir),
         Err(e) => Err(format!("{}: {e}", dir.display())),
     }
 }
@@ -83,9 +83,18 @@ pub fn writable_file(file: &Path) -> Result<Writable, String> {
             }
         }
         Ok(_) => Err(format!("{} is not a regular file", file.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => creatable(file),
+        Err(e) if missing(&e) => creatable(file),
         Err(e) => Err(format!("{}: {e}", file.display())),
     }
+}
+
+/// Not there, or under something that is not a directory (which
+/// [`creatable`] then names).
+fn missing(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+    )
 }
 
 /// A missing path can be created when its nearest existing ancestor is a
