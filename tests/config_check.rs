@@ -320,6 +320,19 @@ fn a_good_coordinator_configuration_lists_clusters_and_agents() {
         !dir.path().join("state").exists(),
         "the check created the store"
     );
+
+    // Without [agents.tls] the agents on other hosts are out of reach.
+    let config = coordinator_config(dir.path(), "");
+    let out = check(COORDINATOR, &config, &[]);
+    out.passed();
+    assert!(
+        out.stdout.contains(
+            "note: no [agents.tls]: agents on other hosts serve TLS only, so the coordinator \
+             could not reach 10.0.0.1:2889, odp-2.example:2889\n"
+        ),
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]

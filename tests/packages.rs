@@ -66,12 +66,15 @@ fn the_shipped_configurations_are_valid_and_use_the_packaged_state() {
     assert!(coordinator.listen.ip().is_loopback());
 }
 
+/// An asset of cargo-deb: source, destination, mode.
+type Asset = (String, String, String);
+
 /// `[package.metadata.deb]` and its variants: (package, assets).
-fn packages() -> Vec<(String, Vec<(String, String, String)>)> {
+fn packages() -> Vec<(String, Vec<Asset>)> {
     let manifest: toml::Table =
         toml::from_str(&std::fs::read_to_string(repo("Cargo.toml")).unwrap()).unwrap();
     let deb = &manifest["package"]["metadata"]["deb"];
-    let assets = |table: &toml::Value| -> Vec<(String, String, String)> {
+    let assets = |table: &toml::Value| -> Vec<Asset> {
         table["assets"]
             .as_array()
             .unwrap()

@@ -71,7 +71,10 @@ pub fn check(path: &Path) -> Report {
             ));
         }
     }
-    if let Err(reason) = paths::directory(&o.upgrade_dir) {
+    let home_missing = report.problems.iter().any(|p| p.key == "obproxy.home");
+    if home_missing && o.upgrade_dir.starts_with(&o.home) {
+        // Said once, for the home.
+    } else if let Err(reason) = paths::directory(&o.upgrade_dir) {
         report.problem("obproxy.upgrade_dir", reason);
     } else {
         report.plan(

@@ -59,7 +59,25 @@ pub fn check(path: &Path) -> Report {
                 .map_or("127.0.0.1:2889", String::as_str);
             certificates::agents(&mut report, tls, first)
         }
-        None => "plaintext (reaches agents without [tls], which listen on loopback)".into(),
+        None => {
+            // An agent refuses to serve anything but loopback without
+            // [tls], so a remote one is out of reach in plaintext.
+            let remote: Vec<&str> = config
+                .clusters
+                .iter()
+                .flat_map(|c| c.agents.iter())
+                .filter(|a| !is_loopback(a))
+                .map(String::as_str)
+                .collect();
+            if !remote.is_empty() {
+                report.note(format!(
+                    "no [agents.tls]: agents on other hosts serve TLS only, so the \
+                     coordinator could not reach {}",
+                    remote.join(", ")
+                ));
+            }
+            "plaintext (reaches agents without [tls], which listen on loopback)".into()
+        }
     };
     report.plan("to agents", agents);
     let t = config.agents;
@@ -88,4 +106,14 @@ pub fn check(path: &Path) -> Report {
         );
     }
     report
+}
+
+/// `127.0.0.1:2889`, `[::1]:2889`, `localhost:2889`.
+fn is_loopback(agent: &str) -> bool {
+    match agent.parse::<std::net::SocketAddr>() {
+        Ok(addr) => addr.ip().is_loopback(),
+        Err(_) => agent
+            .rsplit_once(':')
+            .is_some_and(|(host, _)| host == "localhost"),
+    }
 }
