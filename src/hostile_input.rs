@@ -127,7 +127,7 @@ pub fn authorization(data: &[u8]) -> Outcome {
                 sha256: hex::encode(Sha256::digest(TOKEN.as_bytes())),
                 role: Role::Operator,
             }],
-            certificates: vec![],
+            ..Default::default()
         },
         false,
     );
@@ -203,5 +203,6 @@ pub fn fixture(dir: &Path) -> std::io::Result<ObproxyConfig> {
         hot_upgrade_exit_timeout: std::time::Duration::from_secs(30),
         start_timeout: std::time::Duration::from_secs(60),
         stop_timeout: std::time::Duration::from_secs(10),
+        admin: Default::default(),
     })
 }

@@ -3,6 +3,8 @@
 //! Layout:
 //! - [`config_file`] loads TOML with errors naming file, key and reason;
 //!   [`config`] is the agent's typed configuration.
+//! - [`admin_sql`] is obproxy's admin SQL as `root@proxysys` (drain window,
+//!   native restart, what the binary reports).
 //! - [`listeners`] binds and holds the SQL listening sockets handed to obproxy.
 //! - [`obproxy`] is the process itself: its command line, version, pidfd,
 //!   `/proc` facts and the long-lived thread it is forked from.
@@ -28,11 +30,15 @@
 //!   is started as PID 1 (a container's entrypoint).
 //! - [`systemd`] is what systemd is told (ready, stopping, watchdog);
 //!   [`metrics`] owns the Prometheus registries and the `/metrics` endpoint;
-//!   [`telemetry`] sets up the logs.
+//!   [`telemetry`] sets up the logs (a lost log line never hurts the
+//!   daemon); [`panics`] makes a panic in any thread end the process.
+//! - [`grpc_server`] is how both daemons serve gRPC: TLS, the local socket,
+//!   and the bounds on connections, streams and calls in flight.
 //! - [`loadgen`] is client load against an ODP's SQL port, counted by outcome
 //!   (refused, reset, cut), for the load tests and `odp-bench`;
 //!   [`local_cluster`] runs agents, stand-ins and a coordinator on loopback
 //!   for the demo and benchmarks; [`sim`] is a simulated agent for scale.
+pub mod admin_sql;
 pub mod adoption;
 pub mod agent;
 pub mod agent_service;
@@ -51,6 +57,7 @@ pub mod metrics;
 pub mod obproxy;
 pub mod operation;
 pub mod operations;
+pub mod panics;
 pub mod preflight;
 pub mod proto;
 pub mod redact;

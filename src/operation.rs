@@ -3,11 +3,12 @@
 //! callers watch them change.
 use std::{
     collections::{HashMap, VecDeque},
-    path::PathBuf,
     time::{Duration, SystemTime},
 };
 
 use tokio::sync::watch;
+
+use crate::obproxy::executable::Executable;
 
 /// Finished operations kept for GetOperation and request-id replays.
 const KEEP_FINISHED: usize = 512;
@@ -20,6 +21,9 @@ pub enum Kind {
     RestartForce,
     /// The agent's own start after obproxy died while it should run.
     Respawn,
+    /// obproxy restarted itself (proxy_local_cmd = 2, enable_auto_restart)
+    /// and the agent took its child on as the serving process.
+    AdoptNative,
     /// Adopting an obproxy the agent did not start (found at start-up).
     TakeOver,
 }
@@ -32,6 +36,7 @@ impl Kind {
             Kind::RestartHot => "hot restart",
             Kind::RestartForce => "force restart",
             Kind::Respawn => "respawn",
+            Kind::AdoptNative => "native restart adoption",
             Kind::TakeOver => "take-over",
         }
     }
@@ -64,8 +69,9 @@ pub struct Request {
     pub request_id: Option<String>,
     /// HOT only: the drain window for this restart.
     pub exit_timeout: Option<Duration>,
-    /// HOT only: another binary to move onto (absolute).
-    pub binary: Option<PathBuf>,
+    /// HOT only: another binary to move onto, opened when the request was
+    /// checked (that very file is what runs).
+    pub binary: Option<Executable>,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +107,12 @@ pub enum LogError {
         asked: Kind,
     },
 }
+
+/// Run by the supervisor in the step that admits an operation (before it
+/// starts and before anyone is answered), with the operation's id and
+/// whether the request id was a replay: the audit log's line. An error
+/// withdraws the admission, so nothing is done.
+pub type OnAdmit = Box<dyn FnOnce(&str, bool) -> Result<(), String> + Send>;
 
 /// What a submission found.
 #[derive(Debug)]
@@ -188,6 +200,20 @@ impl Log {
         self.current = Some(id);
         self.trim();
         Ok(Admission::New(rx))
+    }
+
+    /// Takes back a new operation that must not run after all (its
+    /// admission could not be recorded); nothing of it remains.
+    pub fn withdraw(&mut self, id: &str) {
+        if self.current.as_deref() == Some(id) {
+            self.current = None;
+        }
+        self.order.retain(|o| o != id);
+        if let Some(tx) = self.ops.remove(id)
+            && let Some(rid) = &tx.borrow().request_id
+        {
+            self.by_request.remove(rid);
+        }
     }
 
     pub fn has_request(&self, request_id: &str) -> bool {
@@ -292,6 +318,17 @@ mod tests {
             }
         }
         assert!(log.admit(&req(Kind::Stop, None), None).is_err());
+    }
+
+    #[test]
+    fn a_withdrawn_operation_leaves_nothing_behind() {
+        let mut log = Log::default();
+        let id = new_id(log.admit(&req(Kind::Start, Some("w1")), None).unwrap());
+        log.withdraw(&id);
+        assert!(log.current().is_none());
+        assert!(log.get(&id).is_none());
+        assert!(!log.has_request("w1"));
+        new_id(log.admit(&req(Kind::Start, Some("w1")), None).unwrap());
     }
 
     #[test]

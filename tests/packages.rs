@@ -55,7 +55,7 @@ fn the_shipped_configurations_are_valid_and_use_the_packaged_state() {
         coordinator.store_path,
         Path::new("/var/lib/odp-coordinator/tasks.db")
     );
-    assert!(coordinator.listen.ip().is_loopback());
+    assert!(coordinator.server.listen.ip().is_loopback());
 }
 
 /// An asset of cargo-deb: source, destination, mode.

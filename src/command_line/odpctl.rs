@@ -15,7 +15,8 @@ succeeded, 1 when a task or operation failed, 2 on a usage or connection error.\
 A bearer token, when the daemon asks for one, is read from ODPCTL_TOKEN only."
 )]
 pub struct Cli {
-    /// The coordinator's gRPC address.
+    /// The coordinator's gRPC address: HOST:PORT, or unix:PATH for its
+    /// local socket.
     #[arg(
         long,
         global = true,
@@ -188,7 +189,8 @@ pub enum AgentCmd {
 
 #[derive(Args)]
 pub struct AgentAddr {
-    /// The agent's gRPC address, HOST:PORT.
+    /// The agent's gRPC address: HOST:PORT, or unix:PATH for its local
+    /// socket (e.g. unix:/var/lib/odp-agent/grpc.sock).
     #[arg(long)]
     pub addr: String,
 }

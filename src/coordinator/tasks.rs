@@ -10,7 +10,7 @@ use std::{
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::metrics::coordinator::CoordinatorMetrics;
+use crate::{error_chain::describe, metrics::coordinator::CoordinatorMetrics};
 
 use super::{
     agents::AgentPool,
@@ -44,7 +44,15 @@ pub enum TaskError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The admission could not be recorded (the audit log): refused.
+    #[error("{0}")]
+    NotRecorded(String),
 }
+
+/// Run in the step that admits a task (created, replayed, cancelled or
+/// retried), before anything is done, with the task's id and whether the
+/// request id was a replay: the audit log's line. An error refuses the call.
+pub type OnAdmit = Box<dyn FnOnce(&str, bool) -> Result<(), String> + Send>;
 
 /// A cluster operation as asked for (validated by the service).
 #[derive(Debug, Clone)]
@@ -113,7 +121,7 @@ impl Tasks {
         Ok(n)
     }
 
-    pub async fn create(self: &Arc<Self>, new: NewTask) -> Result<Task, TaskError> {
+    pub async fn create(self: &Arc<Self>, new: NewTask, admit: OnAdmit) -> Result<Task, TaskError> {
         let cluster = self
             .config
             .cluster(&new.cluster)
@@ -129,6 +137,7 @@ impl Tasks {
                     asked: new.kind,
                 });
             }
+            admit(&existing.id, true).map_err(TaskError::NotRecorded)?;
             return Ok(self.snapshot(&existing.id)?.unwrap_or(existing));
         }
         let statuses = self.pool.statuses(&cluster.agents).await;
@@ -157,9 +166,18 @@ impl Tasks {
             if let Some(rid) = &task.request_id
                 && let Ok(Some(existing)) = self.store.by_request_id(rid)
             {
+                admit(&existing.id, true).map_err(TaskError::NotRecorded)?;
                 return Ok(self.snapshot(&existing.id)?.unwrap_or(existing));
             }
             return Err(e.into());
+        }
+        // Audited before it runs; a line that cannot be written takes the
+        // task back (no agent has been called).
+        if let Err(reason) = admit(&task.id, false) {
+            if let Err(e) = self.store.delete(&task.id) {
+                tracing::error!(task_id = %task.id, error = %describe(&e), "cannot take back a task whose admission was not recorded");
+            }
+            return Err(TaskError::NotRecorded(reason));
         }
         tracing::info!(task_id = %task.id, cluster = %task.cluster, kind = task.kind.name(), "task created");
         self.launch(task.clone());
@@ -220,8 +238,9 @@ impl Tasks {
         Ok(rx)
     }
 
-    pub fn cancel(&self, id: &str) -> Result<Task, TaskError> {
+    pub fn cancel(&self, id: &str, admit: OnAdmit) -> Result<Task, TaskError> {
         if let Some(live) = self.live().get(id) {
+            admit(id, false).map_err(TaskError::NotRecorded)?;
             live.cancel.cancel();
             let mut task = live.rx.borrow().clone();
             task.cancel_requested = true;
@@ -236,7 +255,7 @@ impl Tasks {
     }
 
     /// Runs again every subtask that did not succeed, with new request ids.
-    pub fn retry(self: &Arc<Self>, id: &str) -> Result<Task, TaskError> {
+    pub fn retry(self: &Arc<Self>, id: &str, admit: OnAdmit) -> Result<Task, TaskError> {
         let _one_at_a_time = self.retrying.lock().unwrap_or_else(|e| e.into_inner());
         if self.live().contains_key(id) {
             return Err(TaskError::StillRunning { id: id.to_string() });
@@ -256,6 +275,7 @@ impl Tasks {
         task.error = None;
         task.cancel_requested = false;
         task.current_batch = 0;
+        admit(&task.id, false).map_err(TaskError::NotRecorded)?;
         self.store.save(&task)?;
         tracing::info!(task_id = %task.id, "task retried");
         self.launch(task.clone());

@@ -3,6 +3,8 @@ use std::{path::Path, time::Duration};
 
 use tokio::process::Command;
 
+use super::executable::Executable;
+
 #[derive(Debug, thiserror::Error)]
 pub enum VersionError {
     #[error("cannot run {binary} -V")]
@@ -13,15 +15,37 @@ pub enum VersionError {
     },
     #[error("{binary} -V did not answer within {timeout:?}")]
     Timeout { binary: String, timeout: Duration },
+    #[error(transparent)]
+    Open(#[from] super::executable::ExecutableError),
     #[error("{binary} -V printed no \"(OceanBase x.y.z.w ...)\" line on stderr: {stderr:?}")]
     Unrecognised { binary: String, stderr: String },
 }
 
-/// Runs `binary -V` in `home` and parses its version.
-pub async fn probe(binary: &Path, home: &Path) -> Result<String, VersionError> {
+/// The version of the file at `path` as it is now: opened, then run through
+/// its descriptor.
+pub async fn probe_path(path: &Path, home: &Path) -> Result<String, VersionError> {
+    probe(&Executable::open(path)?, home).await
+}
+
+/// Runs `binary -V` in `home` and parses its version (the opened file
+/// itself, which is then the one started).
+pub async fn probe(binary: &Executable, home: &Path) -> Result<String, VersionError> {
     let timeout = Duration::from_secs(10);
-    let name = binary.display().to_string();
-    let output = Command::new(binary)
+    let name = binary.path().display().to_string();
+    let (program, fd) = binary.program();
+    let mut command = Command::new(program);
+    // SAFETY: only fcntl between fork and exec: the descriptor survives the
+    // exec, for an interpreter (#!) that opens the script by its name.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let output = command
+        .arg0(binary.path())
         .arg("-V")
         .current_dir(home)
         .stdin(std::process::Stdio::null())

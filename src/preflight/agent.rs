@@ -31,8 +31,11 @@ pub fn check(path: &Path) -> Report {
         listen_line(&config.server.listen, security.tls.is_some()),
     );
     if let Some(tls) = &security.tls {
-        let line = certificates::server(&mut report, tls);
+        let line = certificates::server(&mut report, tls, config.server.limits.handshake_timeout);
         report.plan("TLS", line);
+    }
+    if let Some(socket) = &config.server.unix_socket {
+        report.plan("local socket", super::socket_line(socket));
     }
     report.plan("callers", super::callers(security));
     let o = &config.obproxy;
@@ -109,7 +112,7 @@ fn obproxy(report: &mut Report, config: &AgentConfig) -> Option<String> {
         .build()
         .map_err(|e| format!("cannot start a runtime to run -V: {e}"))
         .and_then(|rt| {
-            rt.block_on(version::probe(&o.binary, &o.home))
+            rt.block_on(version::probe_path(&o.binary, &o.home))
                 .map_err(|e| error_chain::describe(&e))
         });
     let mut args = redact::args(&o.args);

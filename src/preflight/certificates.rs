@@ -158,7 +158,7 @@ fn private_key(report: &mut Report, key: &str, path: &Path) -> bool {
 }
 
 /// `[tls]` of either daemon; returns the plan's line about it.
-pub(super) fn server(report: &mut Report, cfg: &TlsConfig) -> String {
+pub(super) fn server(report: &mut Report, cfg: &TlsConfig, handshake: Duration) -> String {
     let cert = leaf(report, "tls.cert", &cfg.cert);
     let key = private_key(report, "tls.key", &cfg.key);
     let ca = cfg
@@ -170,7 +170,7 @@ pub(super) fn server(report: &mut Report, cfg: &TlsConfig) -> String {
     };
     // The daemon's own loading: rustls refuses a key that is not the
     // certificate's, or one it cannot use.
-    let loaded = tls::server(cfg)
+    let loaded = tls::server(cfg, handshake)
         .map_err(|e| error_chain::describe(&e))
         .and_then(|settings| {
             tonic::transport::Server::builder()

@@ -18,10 +18,14 @@ pub fn check(path: &Path) -> Report {
     };
     report.note_file_mode();
     let security = &config.security;
-    report.plan("gRPC", listen_line(&config.listen, security.tls.is_some()));
+    let server = &config.server;
+    report.plan("gRPC", listen_line(&server.listen, security.tls.is_some()));
     if let Some(tls) = &security.tls {
-        let line = certificates::server(&mut report, tls);
+        let line = certificates::server(&mut report, tls, server.limits.handshake_timeout);
         report.plan("TLS", line);
+    }
+    if let Some(socket) = &server.unix_socket {
+        report.plan("local socket", super::socket_line(socket));
     }
     report.plan("callers", super::callers(security));
     match paths::writable_file(&config.store_path) {

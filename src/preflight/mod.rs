@@ -124,12 +124,25 @@ fn listen_line(addr: &std::net::SocketAddr, tls: bool) -> String {
 /// Who may call, as the plan shows it.
 fn callers(security: &crate::security::config::Security) -> String {
     let auth = &security.auth;
-    if security.tls.is_none() && auth.tokens.is_empty() {
-        return "no credentials configured: loopback only".into();
-    }
+    let tcp = if security.requires_credentials() {
+        format!(
+            "TCP with credentials: {} certificate rule(s), {} token(s)",
+            auth.certificates.len(),
+            auth.tokens.len()
+        )
+    } else {
+        format!("loopback TCP as {}", security.loopback_role)
+    };
     format!(
-        "{} certificate rule(s), {} token(s)",
-        auth.certificates.len(),
-        auth.tokens.len()
+        "{tcp}; local socket: root, the daemon's user and {} [[auth.local]] rule(s)",
+        security.local.len()
     )
+}
+
+/// The local gRPC socket as the plan shows it.
+fn socket_line(socket: &crate::grpc_server::settings::UnixSocket) -> String {
+    match &socket.group {
+        Some((group, _)) => format!("{} (group {group})", socket.path.display()),
+        None => socket.path.display().to_string(),
+    }
 }

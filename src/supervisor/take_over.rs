@@ -34,7 +34,7 @@ impl Supervisor {
             exit_timeout: None,
             binary: None,
         };
-        if let Err(e) = self.submit(request) {
+        if let Err(e) = self.submit(request, None) {
             tracing::error!(error = %e, "cannot take over the running obproxy");
         }
     }
@@ -66,6 +66,11 @@ impl Supervisor {
                 ending: false,
                 drain_started: None,
                 rpc,
+                // Whatever it was started with or set to since: unknown
+                // here (admin SQL sets it before a HOT restart drains it).
+                exit_window: None,
+                binary_info: None,
+                native_parent: None,
             },
         );
         self.listeners = listeners;

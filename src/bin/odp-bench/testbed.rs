@@ -89,6 +89,8 @@ impl Testbed {
             format!(
                 r#"[server]
 listen = "127.0.0.1:0"
+# The bench drives the agent over loopback TCP (READ_ONLY by default).
+loopback_role = "OBPROXY_MANAGER"
 
 [obproxy]
 home = "odp"
