@@ -25,6 +25,9 @@
 //! - [`security`] is TLS, callers' roles and the audit log;
 //!   [`hostile_input`] is what no input may do to the daemons (run by the
 //!   fuzzers).
+//! - [`command_line`] is the three programs' command lines (clap), with
+//!   their shell completions and man pages; [`preflight`] is the daemons'
+//!   `--check`.
 //! - [`container_init`] is the minimal init the agent leaves behind when it
 //!   is started as PID 1 (a container's entrypoint).
 //! - [`systemd`] is what systemd is told (ready, stopping, watchdog);
@@ -41,6 +44,7 @@ pub mod admin_sql;
 pub mod adoption;
 pub mod agent;
 pub mod agent_service;
+pub mod command_line;
 pub mod config;
 pub mod config_file;
 pub mod container_init;
@@ -56,6 +60,7 @@ pub mod obproxy;
 pub mod operation;
 pub mod operations;
 pub mod panics;
+pub mod preflight;
 pub mod proto;
 pub mod redact;
 pub mod sampling;
