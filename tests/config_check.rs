@@ -298,8 +298,11 @@ agents = ["127.0.0.1:2889"]
 fn a_good_coordinator_configuration_lists_clusters_and_agents() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
+    // Presenting a certificate to the agents takes credentials of its own
+    // callers: [tls] with certificate roles.
     let agents_tls = format!(
-        "[agents.tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+        "{}\n[agents.tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+        pki.agent_toml(),
         pki.path("ca.pem"),
         pki.path("operator.pem"),
         pki.path("operator.key")
@@ -308,7 +311,8 @@ fn a_good_coordinator_configuration_lists_clusters_and_agents() {
     let out = check(COORDINATOR, &config, &[]);
     out.passed();
     for want in [
-        "127.0.0.1:2890 (plaintext, loopback callers only)",
+        "127.0.0.1:2890 (TLS)",
+        "clients must present one from CN=odp test CA",
         "state/tasks.db (created at start)",
         "prod: 2 agent(s): 10.0.0.1:2889, odp-2.example:2889",
         "test: 1 agent(s): 127.0.0.1:2889",
@@ -342,7 +346,8 @@ fn coordinator_problems_name_their_keys() {
     // The store's directory is a file.
     std::fs::write(dir.path().join("state"), "").unwrap();
     let agents_tls = format!(
-        "[agents.tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+        "{}\n[agents.tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+        pki.agent_toml(),
         pki.path("missing-ca.pem"),
         pki.path("expired.pem"),
         pki.path("expired.key")
