@@ -367,3 +367,47 @@ fn coordinator_problems_name_their_keys() {
     out.refused(&config, "clusters[1].name", "defined twice");
     assert_eq!(out.problems(), 1, "{}", out.stderr);
 }
+
+#[test]
+fn the_state_directory_must_belong_to_the_user_the_check_runs_as() {
+    use std::os::unix::fs::chown;
+    let tree = AgentTree::new();
+    std::fs::set_permissions(tree.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = tree.config(r#"["127.0.0.1:2883"]"#, "");
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::create_dir(tree.path("state")).unwrap();
+    std::fs::set_permissions(tree.path("state"), std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    // Root's directory, checked as nobody (as the unit's user would run it):
+    // the daemon would refuse it.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            AGENT,
+            "--check",
+            "--config",
+        ])
+        .arg(&config)
+        .output()
+        .expect("setpriv (util-linux), as root");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("state.dir: ")
+            && stderr.contains("is owned by uid 0, not by the daemon's user (uid 65534)"),
+        "{stderr}"
+    );
+
+    // nobody's directory, checked by hand as root: a note, not a refusal.
+    chown(tree.path("state"), Some(65534), Some(65534)).unwrap();
+    let out = check(AGENT, &config, &[]);
+    out.passed();
+    assert!(
+        out.stdout
+            .contains("is owned by uid 65534: the daemon must run as that user"),
+        "{}",
+        out.stdout
+    );
+}
