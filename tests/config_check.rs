@@ -298,8 +298,11 @@ agents = ["127.0.0.1:2889"]
 fn a_good_coordinator_configuration_lists_clusters_and_agents() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
+    // Presenting a certificate to the agents takes credentials of its own
+    // callers: [tls] with certificate roles.
     let agents_tls = format!(
-        "[agents.tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+        "{}\n[agents.tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+        pki.agent_toml(),
         pki.path("ca.pem"),
         pki.path("operator.pem"),
         pki.path("operator.key")
@@ -308,7 +311,8 @@ fn a_good_coordinator_configuration_lists_clusters_and_agents() {
     let out = check(COORDINATOR, &config, &[]);
     out.passed();
     for want in [
-        "127.0.0.1:2890 (plaintext, loopback callers only)",
+        "127.0.0.1:2890 (TLS)",
+        "clients must present one from CN=odp test CA",
         "state/tasks.db (created at start)",
         "prod: 2 agent(s): 10.0.0.1:2889, odp-2.example:2889",
         "test: 1 agent(s): 127.0.0.1:2889",
@@ -342,7 +346,8 @@ fn coordinator_problems_name_their_keys() {
     // The store's directory is a file.
     std::fs::write(dir.path().join("state"), "").unwrap();
     let agents_tls = format!(
-        "[agents.tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+        "{}\n[agents.tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+        pki.agent_toml(),
         pki.path("missing-ca.pem"),
         pki.path("expired.pem"),
         pki.path("expired.key")
@@ -361,4 +366,48 @@ fn coordinator_problems_name_their_keys() {
     let out = check(COORDINATOR, &config, &[]);
     out.refused(&config, "clusters[1].name", "defined twice");
     assert_eq!(out.problems(), 1, "{}", out.stderr);
+}
+
+#[test]
+fn the_state_directory_must_belong_to_the_user_the_check_runs_as() {
+    use std::os::unix::fs::chown;
+    let tree = AgentTree::new();
+    std::fs::set_permissions(tree.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = tree.config(r#"["127.0.0.1:2883"]"#, "");
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::create_dir(tree.path("state")).unwrap();
+    std::fs::set_permissions(tree.path("state"), std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    // Root's directory, checked as nobody (as the unit's user would run it):
+    // the daemon would refuse it.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            AGENT,
+            "--check",
+            "--config",
+        ])
+        .arg(&config)
+        .output()
+        .expect("setpriv (util-linux), as root");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("state.dir: ")
+            && stderr.contains("is owned by uid 0, not by the daemon's user (uid 65534)"),
+        "{stderr}"
+    );
+
+    // nobody's directory, checked by hand as root: a note, not a refusal.
+    chown(tree.path("state"), Some(65534), Some(65534)).unwrap();
+    let out = check(AGENT, &config, &[]);
+    out.passed();
+    assert!(
+        out.stdout
+            .contains("is owned by uid 65534: the daemon must run as that user"),
+        "{}",
+        out.stdout
+    );
 }

@@ -1,17 +1,22 @@
 //! `odpctl`: the operator's CLI for the coordinator (cluster operations and
 //! tasks) and for single agents, over TLS with a client certificate and/or a
 //! bearer token when the daemon asks for them.
-use std::{collections::HashMap, process::ExitCode, time::Duration};
+#[path = "odpctl/render.rs"]
+mod render;
+
+use std::{process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use odp_agent::{
     command_line::odpctl::{AgentCmd, Cli, ClusterCmd, Output, TaskCmd, TlsArgs, Top},
     proto::{
         agent::{self as apb, agent_client::AgentClient},
         coordinator::{self as pb, coordinator_client::CoordinatorClient},
     },
+};
+use render::{
+    Progress, cluster_json, kind_name, print_cluster, print_task, short, task_json, timestamp,
 };
 use serde_json::{Value, json};
 use tonic::{
@@ -373,227 +378,6 @@ async fn follow(
     }
     print_task(&last, json_out)?;
     Ok(last.state() == pb::TaskState::Succeeded)
-}
-
-struct Progress {
-    multi: MultiProgress,
-    overall: ProgressBar,
-    bars: HashMap<String, ProgressBar>,
-}
-
-impl Progress {
-    fn new(task: &pb::Task) -> Self {
-        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-        let overall = multi.add(ProgressBar::new(task.subtasks.len() as u64));
-        overall.set_style(
-            ProgressStyle::with_template("{prefix:.bold} [{bar:30}] {pos}/{len} ODPs  {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        overall.set_prefix(format!("{} {}", kind_name(task), task.cluster));
-        let style = ProgressStyle::with_template("  {spinner} {prefix:<24} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner());
-        let bars = task
-            .subtasks
-            .iter()
-            .map(|s| {
-                let bar = multi.add(ProgressBar::new_spinner());
-                bar.set_style(style.clone());
-                bar.set_prefix(s.agent.clone());
-                bar.enable_steady_tick(Duration::from_millis(120));
-                (s.agent.clone(), bar)
-            })
-            .collect();
-        let p = Self {
-            multi,
-            overall,
-            bars,
-        };
-        p.update(task);
-        p
-    }
-
-    fn update(&self, t: &pb::Task) {
-        let done = t
-            .subtasks
-            .iter()
-            .filter(|s| {
-                !matches!(
-                    s.state(),
-                    pb::SubtaskState::Pending | pb::SubtaskState::Running
-                )
-            })
-            .count();
-        self.overall.set_position(done as u64);
-        self.overall.set_message(format!(
-            "batch {}/{}  {}",
-            t.current_batch,
-            t.batches,
-            short(t.state().as_str_name(), "TASK_STATE_")
-        ));
-        for s in &t.subtasks {
-            if let Some(bar) = self.bars.get(&s.agent) {
-                let mut msg = format!(
-                    "batch {} {}",
-                    s.batch,
-                    short(s.state().as_str_name(), "SUBTASK_STATE_")
-                );
-                if !s.last_error.is_empty() {
-                    msg.push_str(&format!("  {}", s.last_error));
-                }
-                bar.set_message(msg);
-                if !matches!(
-                    s.state(),
-                    pb::SubtaskState::Pending | pb::SubtaskState::Running
-                ) && !bar.is_finished()
-                {
-                    bar.finish();
-                }
-            }
-        }
-    }
-
-    fn finish(self) {
-        for bar in self.bars.values() {
-            bar.finish();
-        }
-        self.overall.finish();
-        let _ = self.multi.clear();
-    }
-}
-
-fn short<'a>(name: &'a str, prefix: &str) -> &'a str {
-    name.trim_start_matches(prefix)
-}
-
-fn kind_name(t: &pb::Task) -> String {
-    match t.kind() {
-        pb::TaskKind::StopAll => "stop".into(),
-        pb::TaskKind::StartAll => "start".into(),
-        pb::TaskKind::RestartAll => match t.mode() {
-            apb::RestartMode::Force => "restart-force".into(),
-            _ => "restart-hot".into(),
-        },
-        pb::TaskKind::Unspecified => "?".into(),
-    }
-}
-
-fn timestamp(t: &prost_types::Timestamp) -> String {
-    let st = std::time::UNIX_EPOCH + Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
-    humantime::format_rfc3339_seconds(st).to_string()
-}
-
-fn print_task(t: &pb::Task, json_out: bool) -> Result<()> {
-    if json_out {
-        println!("{}", serde_json::to_string_pretty(&task_json(t))?);
-        return Ok(());
-    }
-    println!(
-        "task {}  {} {}  {}  batches {}/{}",
-        t.id,
-        kind_name(t),
-        t.cluster,
-        short(t.state().as_str_name(), "TASK_STATE_"),
-        t.current_batch,
-        t.batches
-    );
-    if !t.error.is_empty() {
-        println!("error: {}", t.error);
-    }
-    println!(
-        "{:<24} {:>5} {:<12} {:>8} {:>8}  ERROR",
-        "ODP", "BATCH", "STATE", "ATTEMPTS", "PID"
-    );
-    for s in &t.subtasks {
-        println!(
-            "{:<24} {:>5} {:<12} {:>8} {:>8}  {}",
-            s.agent,
-            s.batch,
-            short(s.state().as_str_name(), "SUBTASK_STATE_"),
-            s.attempts,
-            s.pid,
-            s.last_error
-        );
-    }
-    Ok(())
-}
-
-fn task_json(t: &pb::Task) -> Value {
-    json!({
-        "id": t.id,
-        "cluster": t.cluster,
-        "kind": t.kind().as_str_name(),
-        "mode": t.mode().as_str_name(),
-        "state": t.state().as_str_name(),
-        "error": t.error,
-        "request_id": t.request_id,
-        "batches": t.batches,
-        "current_batch": t.current_batch,
-        "cancel_requested": t.cancel_requested,
-        "created_at": t.created_at.as_ref().map(timestamp),
-        "finished_at": t.finished_at.as_ref().map(timestamp),
-        "subtasks": t.subtasks.iter().map(|s| json!({
-            "agent": s.agent,
-            "state": s.state().as_str_name(),
-            "batch": s.batch,
-            "attempts": s.attempts,
-            "pid": s.pid,
-            "operation_id": s.operation_id,
-            "last_error": s.last_error,
-            "started_at": s.started_at.as_ref().map(timestamp),
-            "finished_at": s.finished_at.as_ref().map(timestamp),
-        })).collect::<Vec<_>>(),
-    })
-}
-
-fn cluster_json(s: &pb::ClusterStatus) -> Value {
-    json!({
-        "cluster": s.cluster,
-        "odps": s.odps.iter().map(|o| {
-            let st = o.status.as_ref();
-            json!({
-                "agent": o.agent,
-                "state": o.state().as_str_name(),
-                "pid": o.pid,
-                "version": o.version,
-                "error": o.error,
-                "uptime_seconds": st.and_then(|s| s.uptime.as_ref()).map(|u| u.seconds),
-                "restart_count": st.map(|s| s.restart_count),
-                "open_connections": st.and_then(|s| s.serving.as_ref()).map(|p| p.open_connections),
-                "draining": st.map(|s| s.draining.len()),
-            })
-        }).collect::<Vec<_>>(),
-    })
-}
-
-fn print_cluster(s: &pb::ClusterStatus) {
-    println!(
-        "{:<24} {:<12} {:>8} {:<10} {:>10} {:>8} {:>6} {:>8}  ERROR",
-        "ODP", "STATE", "PID", "VERSION", "UPTIME", "RESTARTS", "CONNS", "DRAINING"
-    );
-    for o in &s.odps {
-        let st = o.status.as_ref();
-        let uptime = st
-            .and_then(|s| s.uptime.as_ref())
-            .map(|u| {
-                humantime::format_duration(Duration::from_secs(u.seconds.max(0) as u64)).to_string()
-            })
-            .unwrap_or_default();
-        println!(
-            "{:<24} {:<12} {:>8} {:<10} {:>10} {:>8} {:>6} {:>8}  {}",
-            o.agent,
-            short(o.state().as_str_name(), "PROXY_STATE_"),
-            o.pid,
-            o.version,
-            uptime,
-            st.map(|s| s.restart_count).unwrap_or(0),
-            st.and_then(|s| s.serving.as_ref())
-                .map(|p| p.open_connections)
-                .unwrap_or(0),
-            st.map(|s| s.draining.len()).unwrap_or(0),
-            o.error
-        );
-    }
 }
 
 async fn agent(cmd: AgentCmd, tls: &TlsArgs, json_out: bool) -> Result<bool> {

@@ -152,6 +152,11 @@ fn obproxy(report: &mut Report, config: &AgentConfig) -> Option<String> {
 /// wherever `[audit] path` puts it.
 fn state(report: &mut Report, config: &AgentConfig) {
     let dir = &config.state.dir;
+    match paths::owned(dir) {
+        Ok(Some(note)) => report.note(note),
+        Ok(None) => {}
+        Err(reason) => report.problem("state.dir", reason),
+    }
     match paths::writable_dir(dir) {
         Ok(paths::Writable::Exists { mode }) => {
             if mode & 0o007 != 0 {

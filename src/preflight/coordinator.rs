@@ -28,6 +28,13 @@ pub fn check(path: &Path) -> Report {
         report.plan("local socket", super::socket_line(socket));
     }
     report.plan("callers", super::callers(security));
+    if let Some(dir) = config.store_path.parent() {
+        match paths::owned(dir) {
+            Ok(Some(note)) => report.note(note),
+            Ok(None) => {}
+            Err(reason) => report.problem("store.path", reason),
+        }
+    }
     match paths::writable_file(&config.store_path) {
         Ok(paths::Writable::Exists { .. }) => report.plan(
             "task store",

@@ -12,6 +12,7 @@ pub mod coordinator;
 mod paths;
 
 use std::{
+    io::Write,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::ExitCode,
@@ -97,9 +98,11 @@ impl Report {
     /// Prints the summary (stdout) and every problem (stderr, as the daemon
     /// words a bad configuration); the exit code is 0 or 78.
     pub fn finish(&self, program: &str) -> ExitCode {
-        print!("{}", self.summary(program));
+        // Never a panic when stdout is gone (`--check | head`): the exit
+        // code is the answer.
+        let _ = std::io::stdout().write_all(self.summary(program).as_bytes());
         for problem in &self.problems {
-            eprintln!("{program}: bad configuration: {problem}");
+            crate::say!("{program}: bad configuration: {problem}");
         }
         if self.passed() {
             ExitCode::SUCCESS

@@ -88,6 +88,33 @@ pub fn writable_file(file: &Path) -> Result<Writable, String> {
     }
 }
 
+/// A directory the daemon takes as its own at start (its state directory,
+/// the task store's): there, it must belong to the daemon's user, which
+/// under `ExecStartPre=` is the user running the check. Root running it by
+/// hand gets a note instead (the unit's user is not known here). Missing:
+/// the daemon creates it.
+pub fn owned(dir: &Path) -> Result<Option<String>, String> {
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return Ok(None);
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() == me {
+        return Ok(None);
+    }
+    let owner = format!("{} is owned by uid {}", dir.display(), meta.uid());
+    if me == 0 {
+        Ok(Some(format!(
+            "{owner}: the daemon must run as that user (the unit's User=); checked as root, \
+             so what that user may do is not"
+        )))
+    } else {
+        Err(format!(
+            "{owner}, not by the daemon's user (uid {me}): the daemon refuses a directory \
+             someone else could plant files in"
+        ))
+    }
+}
+
 /// Not there, or under something that is not a directory (which
 /// [`creatable`] then names).
 fn missing(e: &std::io::Error) -> bool {
