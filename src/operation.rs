@@ -184,6 +184,20 @@ impl Log {
         Ok(Admission::New(rx))
     }
 
+    /// Takes back a new operation that must not run after all (its
+    /// admission could not be recorded); nothing of it remains.
+    pub fn withdraw(&mut self, id: &str) {
+        if self.current.as_deref() == Some(id) {
+            self.current = None;
+        }
+        self.order.retain(|o| o != id);
+        if let Some(tx) = self.ops.remove(id)
+            && let Some(rid) = &tx.borrow().request_id
+        {
+            self.by_request.remove(rid);
+        }
+    }
+
     pub fn has_request(&self, request_id: &str) -> bool {
         self.by_request.contains_key(request_id)
     }

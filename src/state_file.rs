@@ -35,6 +35,14 @@ pub enum StateFileError {
     },
 }
 
+impl StateFileError {
+    /// The disk (or the user's quota) is full: space, not a fault, is missing.
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, StateFileError::Write { source, .. }
+            if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
@@ -111,7 +119,9 @@ pub fn load(dir: &Path) -> Result<Option<AgentState>, StateFileError> {
 }
 
 /// Replaces the state file so that a reader sees either the old or the new
-/// state, never half of one, even across a power loss.
+/// state, never half of one, even across a power loss. A write that fails
+/// (a full or read-only disk) leaves the previous file as it was and no
+/// temporary file behind.
 pub fn save(dir: &Path, state: &AgentState) -> Result<(), StateFileError> {
     let path = path(dir);
     let tmp = dir.join(format!("{FILE}.tmp"));
@@ -120,10 +130,18 @@ pub fn save(dir: &Path, state: &AgentState) -> Result<(), StateFileError> {
         source,
     };
     let body = serde_json::to_vec_pretty(state).map_err(|e| err(std::io::Error::other(e)))?;
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(&body).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, &path).map_err(err)?;
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&body)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    })();
+    if let Err(e) = written {
+        // Half a file must not stay: it would hold the space a later write
+        // needs, and it is not the state.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(e));
+    }
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }

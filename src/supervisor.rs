@@ -2,6 +2,7 @@
 //! processes and the operation log. The gRPC service, the signal thread, the
 //! exit watchers and the running operation all talk to it through messages,
 //! so no lock guards process state.
+mod persist;
 mod recovery;
 mod respawn;
 
@@ -30,7 +31,7 @@ use crate::{
     operation::{self, Admission, Kind, LogError, Operation, Phase, Request},
     operations,
     signals::ChildSignal,
-    state_file::{self, AgentState, RecordedListener, RecordedProcess},
+    state_file::{self, StateFileError},
 };
 
 /// Time a draining obproxy gets beyond its window to close what is left
@@ -82,6 +83,10 @@ pub enum SubmitError {
     NotServing { state: ProxyState },
     #[error("HOT restart refused: {reason}")]
     ListenersLost { reason: String },
+    /// The operation's intent could not be written down: refused before
+    /// anything was done.
+    #[error("refused before touching obproxy: cannot record the agent's state")]
+    Unrecorded(#[source] StateFileError),
     #[error("the agent is shutting down")]
     ShuttingDown,
 }
@@ -163,6 +168,8 @@ enum Msg {
     Respawn,
     /// A child changed state: reap orphans re-parented to us.
     Sweep,
+    /// Time to try a failed state write again.
+    RecordRetry,
     Step(Step),
 }
 
@@ -293,6 +300,8 @@ pub struct Supervisor {
     /// taken back after an agent restart): HOT restart is refused meanwhile.
     listener_problem: Option<String>,
     respawn: respawn::Backoff,
+    /// The state on disk is behind (a write failed): operations are refused.
+    unrecorded: Option<persist::Unrecorded>,
     /// Samples CPU and memory; None where the platform has no support.
     system: Option<sysinfo::System>,
     /// Counts what only the supervisor sees end: operations and drains.
@@ -330,6 +339,7 @@ impl Supervisor {
             notices: Vec::new(),
             listener_problem: None,
             respawn: respawn::Backoff::default(),
+            unrecorded: None,
             system: sysinfo::System::new().ok(),
             metrics,
         };
@@ -394,6 +404,7 @@ impl Supervisor {
             }
             Msg::Respawn => self.on_respawn(),
             Msg::Sweep => self.reap_orphans(),
+            Msg::RecordRetry => self.on_record_retry(),
             Msg::Step(step) => self.on_step(step),
         }
     }
@@ -433,6 +444,12 @@ impl Supervisor {
             Admission::Replay(rx) => Ok(rx),
             Admission::New(rx) => {
                 let op = rx.borrow().clone();
+                // Fail closed: what cannot be written down is not done.
+                if let Err(e) = self.record_intent(op.kind) {
+                    tracing::warn!(op_id = %op.id, kind = op.kind.name(), error = %crate::error_chain::describe(&e), "operation refused: the agent's state cannot be recorded");
+                    self.log.withdraw(&op.id);
+                    return Err(SubmitError::Unrecorded(e));
+                }
                 tracing::info!(op_id = %op.id, kind = op.kind.name(), request_id = ?op.request_id, "operation admitted");
                 let ctl = operations::Ctl::new(
                     Handle {
@@ -532,6 +549,7 @@ impl Supervisor {
                 .iter()
                 .cloned()
                 .chain(self.listener_problem.clone())
+                .chain(self.unrecorded_notice())
                 .collect(),
         }
     }
@@ -642,42 +660,6 @@ impl Supervisor {
         });
     }
 
-    /// Writes the state file; a failure is logged, not fatal (the agent keeps
-    /// serving, it only loses its memory across a restart).
-    fn persist(&self) {
-        let state = AgentState {
-            desired_running: self.desired_running,
-            listeners: self
-                .listeners
-                .iter()
-                .map(|l| RecordedListener {
-                    bound: l.bound,
-                    inode: l.inode,
-                })
-                .collect(),
-            last_bound: self.last_bound.clone(),
-            processes: self
-                .processes
-                .iter()
-                .map(|(&pid, p)| RecordedProcess {
-                    pid,
-                    start_ticks: p.start_ticks,
-                    exe: p.exe.clone(),
-                    binary: p.binary.clone(),
-                    version: p.version.clone(),
-                    role: p.role,
-                    started_at: state_file::to_epoch(p.started_at),
-                    drain_deadline: p.drain_deadline.map(state_file::to_epoch),
-                })
-                .collect(),
-            started_count: self.started_count,
-            last_exit: self.last_exit.clone(),
-        };
-        if let Err(e) = state_file::save(&self.config.state.dir, &state) {
-            tracing::error!(error = %crate::error_chain::describe(&e), "cannot record the agent's state");
-        }
-    }
-
     fn on_exit(&mut self, pid: u32, exit: Exit) {
         let Some(p) = self.processes.remove(&pid) else {
             return;
@@ -709,11 +691,15 @@ impl Supervisor {
     fn on_step(&mut self, step: Step) {
         match step {
             Step::SetDesired(running) => {
+                // Usually already written when the operation was admitted.
+                let changed = self.desired_running != running;
                 self.desired_running = running;
                 if !running {
                     self.respawn.settled();
                 }
-                self.persist();
+                if changed {
+                    self.persist();
+                }
             }
             Step::BindListeners(reply) => {
                 let _ = reply.send(self.bind_listeners());

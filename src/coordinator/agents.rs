@@ -103,6 +103,10 @@ impl AgentPool {
         })
     }
 
+    pub fn timeouts(&self) -> AgentTimeouts {
+        self.timeouts
+    }
+
     fn client(&self, agent: &str) -> Result<AgentClient<Channel>, AgentError> {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(ch) = channels.get(agent) {
@@ -113,9 +117,16 @@ impl AgentPool {
             message: e.to_string(),
         };
         let scheme = if self.tls.is_some() { "https" } else { "http" };
+        // While a call is open (an operation followed), the connection is
+        // pinged every status_timeout and dropped when a ping is not answered
+        // within it: an agent cut off (or frozen) mid-operation is noticed in
+        // seconds, not at operation_timeout.
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{agent}"))
             .map_err(unusable)?
             .connect_timeout(self.timeouts.connect_timeout)
+            .http2_keep_alive_interval(self.timeouts.status_timeout)
+            .keep_alive_timeout(self.timeouts.status_timeout)
+            .keep_alive_while_idle(false)
             .tcp_nodelay(true);
         if let Some(tls) = &self.tls {
             endpoint = endpoint.tls_config(tls.clone()).map_err(unusable)?;

@@ -44,6 +44,9 @@ pub enum TaskError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The task could not be written down, so no agent was called.
+    #[error("refused before any agent was called: cannot record the task")]
+    Unrecorded(#[source] StoreError),
 }
 
 /// A cluster operation as asked for (validated by the service).
@@ -159,7 +162,7 @@ impl Tasks {
             {
                 return Ok(self.snapshot(&existing.id)?.unwrap_or(existing));
             }
-            return Err(e.into());
+            return Err(TaskError::Unrecorded(e));
         }
         tracing::info!(task_id = %task.id, cluster = %task.cluster, kind = task.kind.name(), "task created");
         self.launch(task.clone());
@@ -246,17 +249,28 @@ impl Tasks {
             return Err(TaskError::NothingToRetry { id: task.id });
         }
         for s in &mut task.subtasks {
-            if s.state != SubtaskState::Succeeded {
-                s.state = SubtaskState::Pending;
-                s.generation += 1;
+            match s.state {
+                SubtaskState::Succeeded => continue,
+                // Whether its last attempt happened is unknown: the same
+                // request id asks the agent, which answers with what it did
+                // (or does it now, once).
+                SubtaskState::Unreachable => s.reconcile = true,
+                // A new attempt: what the last one did is no longer its news.
+                _ => {
+                    s.generation += 1;
+                    s.reconcile = false;
+                    s.operation_id = None;
+                    s.previous_pid = None;
+                }
             }
+            s.state = SubtaskState::Pending;
         }
         task.state = State::Running;
         task.finished_at = None;
         task.error = None;
         task.cancel_requested = false;
         task.current_batch = 0;
-        self.store.save(&task)?;
+        self.store.save(&task).map_err(TaskError::Unrecorded)?;
         tracing::info!(task_id = %task.id, "task retried");
         self.launch(task.clone());
         Ok(task)
