@@ -16,6 +16,29 @@ pub const COORDINATOR: &str = env!("CARGO_BIN_EXE_odp-coordinator");
 pub const ODPCTL: &str = env!("CARGO_BIN_EXE_odpctl");
 pub const CLUSTER: &str = "test";
 
+/// How the coordinator is configured beyond its agents.
+pub struct Settings {
+    /// Agent addresses beyond the agents' own (e.g. a dead one).
+    pub extra: Vec<String>,
+    /// TOML appended to the configuration (e.g. `[metrics]`, `[agents.tls]`).
+    pub more: String,
+    /// The keys of `[agents]` (timeouts).
+    pub agents: String,
+    /// `[store] path` (default `tasks.db` in the coordinator's directory).
+    pub store: Option<PathBuf>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            extra: vec![],
+            more: String::new(),
+            agents: "status_timeout = \"3s\"".to_string(),
+            store: None,
+        }
+    }
+}
+
 pub struct Cluster {
     pub agents: Vec<Agent>,
     pub dir: tempfile::TempDir,
@@ -47,8 +70,27 @@ impl Cluster {
     /// As [`Cluster::with_agents`], with `more` TOML appended to the
     /// coordinator's configuration (e.g. a `[metrics]` section).
     pub fn with_config(agents: Vec<Agent>, extra: &[String], more: &str) -> Self {
+        Self::with_settings(
+            agents,
+            Settings {
+                extra: extra.to_vec(),
+                more: more.to_string(),
+                ..Settings::default()
+            },
+        )
+    }
+
+    /// A coordinator over `agents` configured by `settings`.
+    pub fn with_settings(agents: Vec<Agent>, settings: Settings) -> Self {
+        let Settings {
+            extra,
+            more,
+            agents: agent_keys,
+            store,
+        } = settings;
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("coordinator.toml");
+        let store = store.unwrap_or_else(|| PathBuf::from("tasks.db"));
         let addrs: Vec<String> = agents
             .iter()
             .map(|a| a.grpc.to_string())
@@ -60,9 +102,9 @@ impl Cluster {
                 r#"[server]
 listen = "127.0.0.1:0"
 [store]
-path = "tasks.db"
+path = {store:?}
 [agents]
-status_timeout = "3s"
+{agent_keys}
 [[clusters]]
 name = "{CLUSTER}"
 agents = {addrs:?}
