@@ -181,6 +181,18 @@ mod tests {
     }
 
     #[test]
+    fn a_write_that_fails_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // The rename cannot replace a non-empty directory: the write fails
+        // after the temporary file was written in full.
+        std::fs::create_dir_all(path(dir.path()).join("in-the-way")).unwrap();
+        let e = save(dir.path(), &AgentState::default()).unwrap_err();
+        assert!(matches!(e, StateFileError::Write { .. }), "{e}");
+        assert!(!e.is_storage_full());
+        assert!(!dir.path().join(format!("{FILE}.tmp")).exists());
+    }
+
+    #[test]
     fn a_corrupt_file_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(path(dir.path()), "{not json").unwrap();

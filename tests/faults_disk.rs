@@ -8,8 +8,9 @@ mod common;
 use std::path::Path;
 
 use common::{
-    Agent, Options, connect, echo,
+    Agent, Options,
     cluster::{CLUSTER, Cluster, Settings},
+    connect, echo,
     tmpfs::Tmpfs,
 };
 use odp_agent::proto::{agent as pb, coordinator as cpb};
@@ -146,10 +147,7 @@ async fn a_disk_that_fills_mid_restart_gets_the_state_once_it_has_room() {
     agent.start_proxy().await;
     let old = agent.status().await.pid;
     agent.set_standin_env(&[("ODP_STANDIN_START_DELAY", "1s")]);
-    let op = agent
-        .restart(pb::RestartMode::Hot, false)
-        .await
-        .unwrap();
+    let op = agent.restart(pb::RestartMode::Hot, false).await.unwrap();
     // Admitted (its intent written); the disk fills while the new process
     // starts: the restart goes on, the state waits for room.
     agent
@@ -215,7 +213,11 @@ async fn a_read_only_state_dir_refuses_stop_and_obproxy_keeps_serving() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(stopped.state(), pb::OperationState::Succeeded, "{stopped:?}");
+    assert_eq!(
+        stopped.state(),
+        pb::OperationState::Succeeded,
+        "{stopped:?}"
+    );
     let (state, _) = state_file(disk.path());
     assert_eq!(state["desired_running"], false);
 }

@@ -125,7 +125,10 @@ async fn an_agent_frozen_mid_operation_is_unreachable_in_time_and_a_retry_finish
     );
     // A missed keepalive ping (interval and timeout: status_timeout), then
     // one more question within status_timeout.
-    assert!(took < 3 * STATUS_TIMEOUT + Duration::from_secs(2), "{took:?}");
+    assert!(
+        took < 3 * STATUS_TIMEOUT + Duration::from_secs(2),
+        "{took:?}"
+    );
     let failed = cluster.wait_task(&task.id).await;
     assert_eq!(failed.state(), cpb::TaskState::Failed, "{failed:?}");
     assert_eq!(failed.subtasks[0].state(), cpb::SubtaskState::Succeeded);
@@ -133,7 +136,11 @@ async fn an_agent_frozen_mid_operation_is_unreachable_in_time_and_a_retry_finish
     // Running again, the agent finishes the restart it had begun.
     drop(frozen);
     let finished = cluster.agents[1].wait_op(&op_id).await;
-    assert_eq!(finished.state(), pb::OperationState::Succeeded, "{finished:?}");
+    assert_eq!(
+        finished.state(),
+        pb::OperationState::Succeeded,
+        "{finished:?}"
+    );
 
     // The retry asks with the same request id and finds it done: the ODP is
     // restarted once, not twice.
@@ -150,6 +157,32 @@ async fn an_agent_frozen_mid_operation_is_unreachable_in_time_and_a_retry_finish
     assert_eq!(done.subtasks[1].operation_id, op_id);
     assert_eq!(done.subtasks[1].pid, finished.pid);
     assert_eq!(restart_counts(&cluster).await, [1, 1]);
+}
+
+#[tokio::test]
+async fn an_agent_frozen_for_a_moment_costs_nothing_the_coordinator_asks_again_and_follows_on() {
+    let agents = running_agents(1).await;
+    agents[0].set_standin_env(&[("ODP_STANDIN_START_DELAY", "4s")]);
+    let cluster = Cluster::with_settings(agents, settings());
+    let task = restart_all(&cluster, 0).await;
+    let started = cluster
+        .watch_task_until(&task.id, |t| !t.subtasks[0].operation_id.is_empty())
+        .await;
+
+    // Frozen until its unanswered keepalive ping drops the watch; running
+    // again before the coordinator's question times out.
+    let frozen = Frozen::freeze(cluster.agents[0].child.id());
+    cluster
+        .log
+        .wait_for(|l| l.contains("lost the operation's watch; asking the agent again"));
+    drop(frozen);
+
+    let done = cluster.wait_task(&task.id).await;
+    assert_eq!(done.state(), cpb::TaskState::Succeeded, "{done:?}");
+    let s = &done.subtasks[0];
+    assert_eq!(s.operation_id, started.subtasks[0].operation_id);
+    assert_eq!(s.attempts, 1);
+    assert_eq!(restart_counts(&cluster).await, [1]);
 }
 
 #[tokio::test]

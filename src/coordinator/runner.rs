@@ -268,7 +268,10 @@ impl Runner {
             .collect();
         // Written down before any RPC of this batch is sent: while the store
         // refuses, the batch waits, shown as not started.
-        let before: Vec<_> = todo.iter().map(|&i| self.task.subtasks[i].clone()).collect();
+        let before: Vec<_> = todo
+            .iter()
+            .map(|&i| self.task.subtasks[i].clone())
+            .collect();
         // A cancel ends the wait unless an operation is already in flight
         // (a resumed attempt), which is followed to its end regardless.
         let in_flight = before.iter().any(|s| s.state == SubtaskState::Running);
@@ -466,7 +469,14 @@ async fn follow(
                 Ok(done) => done,
                 Err(e) if e.is_unreachable() => {
                     tracing::info!(odp = %agent, op_id = %op.id, error = %describe(&e), "lost the operation's watch; asking the agent again");
-                    let again = pool.operation(agent, &op.id).await?;
+                    let again = match pool.operation(agent, &op.id).await {
+                        Ok(again) => again,
+                        // A restarted agent that forgot it: what became of
+                        // the operation is unknown, as for an unreachable
+                        // agent (a retry asks again before it acts).
+                        Err(forgot) if forgot.is_not_found() => return Err(e),
+                        Err(other) => return Err(other),
+                    };
                     // Reachable but its watch broke: not in a tight loop.
                     tokio::time::sleep(GATE_INTERVAL).await;
                     again

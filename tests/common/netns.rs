@@ -46,7 +46,15 @@ impl Netns {
             addr: Ipv4Addr::UNSPECIFIED,
         };
         ip(&[
-            "link", "add", &ns.host_if, "type", "veth", "peer", "name", &ns.ns_if, "netns",
+            "link",
+            "add",
+            &ns.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &ns.ns_if,
+            "netns",
             &ns.name,
         ]);
         ns.addr = ns.address();
