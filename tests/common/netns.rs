@@ -1,8 +1,10 @@
 //! Network namespaces for agents on addresses of their own, as in
 //! production: each gets a veth pair to the test's namespace and a /30 in
-//! 10.231.0.0/16, and its link can be cut and healed. Names carry the test
+//! 10.231.0.0/16, and its link can be cut (down, or every packet dropped)
+//! and healed. Names carry the test
 //! process's pid and addresses are taken under a lock, so parallel runs never
-//! collide; everything is deleted on drop. Needs root and `ip` (iproute2).
+//! collide; everything is deleted on drop. Needs root, `ip` and `tc`
+//! (iproute2).
 use std::{
     net::Ipv4Addr,
     os::fd::AsRawFd,
@@ -118,8 +120,49 @@ impl Netns {
         ip(&["-n", &self.name, "link", "set", &self.ns_if, "down"]);
     }
 
+    /// Drops every packet either way while both ends stay up: a queue of
+    /// length 0 on each end (a firewall's DROP, or a cut beyond a switch).
+    /// Connects time out instead of failing at once.
+    pub fn blackhole(&self) {
+        tc(
+            None,
+            &[
+                "qdisc",
+                "add",
+                "dev",
+                &self.host_if,
+                "root",
+                "pfifo",
+                "limit",
+                "0",
+            ],
+        );
+        tc(
+            Some(&self.name),
+            &[
+                "qdisc",
+                "add",
+                "dev",
+                &self.ns_if,
+                "root",
+                "pfifo",
+                "limit",
+                "0",
+            ],
+        );
+    }
+
+    /// Undoes [`Netns::cut`] and [`Netns::blackhole`].
     pub fn heal(&self) {
         ip(&["-n", &self.name, "link", "set", &self.ns_if, "up"]);
+        for (ns, dev) in [(None, &self.host_if), (Some(&self.name), &self.ns_if)] {
+            let mut command = Command::new("tc");
+            if let Some(ns) = ns {
+                command.args(["-n", ns]);
+            }
+            // Nothing to delete when it was not blackholed.
+            let _ = command.args(["qdisc", "del", "dev", dev, "root"]).output();
+        }
     }
 }
 
@@ -132,6 +175,20 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .output();
     }
+}
+
+fn tc(ns: Option<&str>, args: &[&str]) {
+    let mut command = Command::new("tc");
+    if let Some(ns) = ns {
+        command.args(["-n", ns]);
+    }
+    let out = command.args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "tc {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn ip(args: &[&str]) {
