@@ -139,7 +139,9 @@ async fn an_agent_frozen_mid_operation_is_unreachable_in_time_and_a_retry_finish
     assert_eq!(
         finished.state(),
         pb::OperationState::Succeeded,
-        "{finished:?}"
+        "{finished:?}\n{}\nobproxy output:\n{}",
+        cluster.agents[1].logs(),
+        cluster.agents[1].obproxy_output()
     );
 
     // The retry asks with the same request id and finds it done: the ODP is

@@ -262,11 +262,31 @@ async fn an_agent_blackholed_before_its_turn_is_unreachable_within_its_timeouts_
     let (cluster, ns) = cluster(&pki, 2).await;
     // Silent: no carrier lost, no reset, nothing answers; connects time out.
     ns[1].blackhole();
-    // FORCE: HOT is refused while an ODP cannot say it is Running.
-    let since = Instant::now();
-    let task = cluster
-        .client()
+    let mut client = cluster.client().await;
+    let asked = Instant::now();
+    let status = client
+        .get_cluster_status(cpb::GetClusterStatusRequest {
+            cluster: CLUSTER.into(),
+        })
         .await
+        .unwrap()
+        .into_inner();
+    let took = asked.elapsed();
+    assert!(took < STATUS_TIMEOUT + Duration::from_secs(1), "{took:?}");
+    assert_eq!(status.odps[1].state(), pb::ProxyState::Unavailable);
+    assert_eq!(status.odps[0].state(), pb::ProxyState::Running);
+    // HOT only when every ODP says it is Running; FORCE is always possible.
+    let hot = client
+        .restart_all(cpb::RestartAllRequest {
+            cluster: CLUSTER.into(),
+            mode: pb::RestartMode::Hot as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(hot.code(), tonic::Code::FailedPrecondition, "{hot:?}");
+    let since = Instant::now();
+    let task = client
         .restart_all(cpb::RestartAllRequest {
             cluster: CLUSTER.into(),
             mode: pb::RestartMode::Force as i32,
