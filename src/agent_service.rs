@@ -18,9 +18,13 @@ use tracing::Instrument;
 use crate::{
     config::AgentConfig,
     error_chain::describe,
-    operation::{self, Kind, Phase},
+    listeners,
+    operation::{self, Kind, OnAdmit, Phase},
     proto::agent as pb,
-    security::guard::Guard,
+    security::{
+        audit::Details,
+        guard::{self, Call, Guard},
+    },
     supervisor::{self, Handle, ProxyState, SubmitError},
 };
 
@@ -64,10 +68,11 @@ impl AgentService {
     }
 
     /// Admits the caller (authentication before validation: an unknown
-    /// caller learns nothing about its arguments), validates, submits,
-    /// audits the outcome, then waits if asked. The audit line is written
-    /// once the agent has decided and before any wait, so a caller that
-    /// hangs up while waiting cannot leave its call unrecorded.
+    /// caller learns nothing about its arguments), validates, submits, then
+    /// waits if asked. The supervisor writes the audit line of an admitted
+    /// operation in the step that admits it, so a caller that hangs up at
+    /// any point cannot leave it unrecorded, and a line that cannot be
+    /// written refuses it; a call that is not admitted is recorded here.
     async fn mutate<T: Mutation>(
         &self,
         request: Request<T>,
@@ -75,16 +80,31 @@ impl AgentService {
     ) -> Result<Response<pb::Operation>, Status> {
         let request_id = request.get_ref().request_id().to_string();
         let caller = self.guard.write(&request, T::RPC, TARGET, &request_id)?;
-        let r = request.into_inner();
-        let submitted = match validate(&r) {
-            Ok(op) => self.submit(op).await,
-            Err(e) => Err(e),
+        let call = Call {
+            caller: &caller,
+            rpc: T::RPC,
+            target: TARGET,
+            request_id: &request_id,
         };
-        let id = submitted.as_ref().map(|rx| rx.borrow().id.clone());
-        let outcome = id.as_ref().map(String::as_str).map_err(|e| *e);
-        self.guard
-            .record(&caller, T::RPC, TARGET, &request_id, outcome);
-        let mut rx = submitted?;
+        let r = request.into_inner();
+        let op = match validate(&r) {
+            Ok(op) => op,
+            Err(e) => {
+                self.guard.record(&call, Vec::new(), &e);
+                return Err(e);
+            }
+        };
+        let details = self.details(&op);
+        let admit = self.guard.admission(&call, details.clone());
+        let mut rx = match self.submit(op, admit).await {
+            Ok(rx) => rx,
+            Err(SubmitError::NotRecorded(reason)) => return Err(guard::not_recorded(&reason)),
+            Err(e) => {
+                let status = submit_status(e);
+                self.guard.record(&call, details, &status);
+                return Err(status);
+            }
+        };
         if r.wait() {
             let _ = rx.wait_for(operation::Operation::is_finished).await;
         }
@@ -92,18 +112,50 @@ impl AgentService {
         Ok(Response::new(operation_pb(&op)))
     }
 
+    /// What the audit line says was asked: for a restart, its mode, and for
+    /// a hot one the binary and drain window it will use.
+    fn details(&self, op: &operation::Request) -> Details {
+        let cfg = &self.config.obproxy;
+        match op.kind {
+            Kind::RestartHot => vec![
+                ("mode", "RESTART_MODE_HOT".into()),
+                (
+                    "binary",
+                    op.binary
+                        .as_ref()
+                        .map_or(cfg.binary.as_path(), |b| b.path())
+                        .display()
+                        .to_string()
+                        .into(),
+                ),
+                (
+                    "exit_timeout",
+                    humantime::format_duration(
+                        op.exit_timeout.unwrap_or(cfg.hot_upgrade_exit_timeout),
+                    )
+                    .to_string()
+                    .into(),
+                ),
+            ],
+            Kind::RestartForce => vec![("mode", "RESTART_MODE_FORCE".into())],
+            Kind::Start | Kind::Stop | Kind::Respawn | Kind::TakeOver | Kind::AdoptNative => {
+                Vec::new()
+            }
+        }
+    }
+
     async fn submit(
         &self,
         request: operation::Request,
-    ) -> Result<watch::Receiver<operation::Operation>, Status> {
+        admit: OnAdmit,
+    ) -> Result<watch::Receiver<operation::Operation>, SubmitError> {
         let span = tracing::info_span!("rpc", kind = request.kind.name(), request_id = ?request.request_id);
         // Instrumented, not entered: an entered span held across an await
         // would leak into whatever else runs on this thread meanwhile.
         self.sup
-            .submit(request)
+            .submit_audited(request, admit)
             .instrument(span)
             .await
-            .map_err(submit_status)
     }
 }
 
@@ -207,6 +259,7 @@ fn submit_status(e: SubmitError) -> Status {
             Status::resource_exhausted(describe(&e))
         }
         SubmitError::Unrecorded(_) => Status::failed_precondition(describe(&e)),
+        SubmitError::NotRecorded(reason) => guard::not_recorded(reason),
     }
 }
 
@@ -230,6 +283,8 @@ pub fn operation_pb(op: &operation::Operation) -> pb::Operation {
             Kind::RestartHot => pb::OperationKind::RestartHot,
             Kind::RestartForce => pb::OperationKind::RestartForce,
             Kind::Respawn => pb::OperationKind::Respawn,
+            Kind::AdoptNative => pb::OperationKind::AdoptNative,
+            Kind::TakeOver => pb::OperationKind::TakeOver,
         } as i32,
         state: match op.state {
             operation::State::Running => pb::OperationState::Running,
@@ -269,6 +324,13 @@ fn process_pb(p: &supervisor::ProcessInfo) -> pb::ProxyProcess {
             memory_bytes: p.memory_bytes,
         }),
         open_connections: p.open_connections,
+        binary_info: p.binary_info.as_ref().map(|i| pb::BinaryInfo {
+            version: i.version.clone(),
+            build: i.build.clone(),
+            revision: i.revision.clone(),
+            build_time: i.build_time.clone(),
+            md5: i.md5.clone(),
+        }),
     }
 }
 
@@ -291,9 +353,13 @@ fn status_pb(s: &supervisor::Status) -> pb::ProxyStatus {
         listeners: s
             .listeners
             .iter()
-            .map(|(addr, inode)| pb::Listener {
+            .map(|(kind, addr, inode)| pb::Listener {
                 address: addr.to_string(),
                 socket_inode: *inode,
+                kind: match kind {
+                    listeners::Kind::Sql => pb::ListenerKind::Sql,
+                    listeners::Kind::Rpc => pb::ListenerKind::Rpc,
+                } as i32,
             })
             .collect(),
         serving: serving.map(process_pb),

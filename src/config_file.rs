@@ -21,11 +21,13 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// The reason may quote the file (a TOML error does): a secret in it is
+    /// masked, since the message goes to the log and the terminal.
     pub fn new(path: &Path, key: impl Into<String>, reason: impl Into<String>) -> Self {
         Self {
             path: path.to_path_buf(),
             key: key.into(),
-            reason: reason.into(),
+            reason: crate::redact::text(&reason.into()),
         }
     }
 }
@@ -33,6 +35,10 @@ impl ConfigError {
 /// Reads and deserializes `path`; unknown keys are refused by the target
 /// types (`deny_unknown_fields`).
 pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    // What the file says decides what runs and who may call: nobody but its
+    // owner may be able to change it.
+    crate::security::files::check_config(path)
+        .map_err(|reason| ConfigError::new(path, "-", reason))?;
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::new(path, "-", format!("cannot read the file: {e}")))?;
     parse(path, &text)

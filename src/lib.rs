@@ -3,6 +3,8 @@
 //! Layout:
 //! - [`config_file`] loads TOML with errors naming file, key and reason;
 //!   [`config`] is the agent's typed configuration.
+//! - [`admin_sql`] is obproxy's admin SQL as `root@proxysys` (drain window,
+//!   native restart, what the binary reports).
 //! - [`listeners`] binds and holds the SQL listening sockets handed to obproxy.
 //! - [`obproxy`] is the process itself: its command line, version, pidfd,
 //!   `/proc` facts and the long-lived thread it is forked from.
@@ -11,7 +13,8 @@
 //! - [`supervisor`] is the one owner of listeners, processes and the
 //!   [`operation`] log; [`operations`] are the start/stop/restart scripts
 //!   that drive it step by step.
-//! - [`error_chain`] renders an error with its causes on one line.
+//! - [`error_chain`] renders an error with its causes on one line;
+//!   [`redact`] masks the secrets obproxy's arguments may carry.
 //! - [`agent_service`] translates gRPC to supervisor calls; [`agent`] wires
 //!   the daemon; [`proto`] holds the generated code.
 //! - [`state_file`] is what the agent remembers on disk; [`adoption`]
@@ -20,18 +23,25 @@
 //! - [`security`] is TLS, callers' roles and the audit log;
 //!   [`hostile_input`] is what no input may do to the daemons (run by the
 //!   fuzzers).
+//! - [`container_init`] is the minimal init the agent leaves behind when it
+//!   is started as PID 1 (a container's entrypoint).
 //! - [`systemd`] is what systemd is told (ready, stopping, watchdog);
 //!   [`metrics`] owns the Prometheus registries and the `/metrics` endpoint;
-//!   [`telemetry`] sets up the logs.
+//!   [`telemetry`] sets up the logs (a lost log line never hurts the
+//!   daemon); [`panics`] makes a panic in any thread end the process.
+//! - [`grpc_server`] is how both daemons serve gRPC: TLS, the local socket,
+//!   and the bounds on connections, streams and calls in flight.
 //! - [`loadgen`] is client load against an ODP's SQL port, counted by outcome
 //!   (refused, reset, cut), for the load tests and `odp-bench`;
 //!   [`local_cluster`] runs agents, stand-ins and a coordinator on loopback
 //!   for the demo and benchmarks; [`sim`] is a simulated agent for scale.
+pub mod admin_sql;
 pub mod adoption;
 pub mod agent;
 pub mod agent_service;
 pub mod config;
 pub mod config_file;
+pub mod container_init;
 pub mod coordinator;
 pub mod error_chain;
 pub mod grpc_server;
@@ -43,7 +53,9 @@ pub mod metrics;
 pub mod obproxy;
 pub mod operation;
 pub mod operations;
+pub mod panics;
 pub mod proto;
+pub mod redact;
 pub mod security;
 pub mod signals;
 pub mod sim;

@@ -121,6 +121,11 @@ fn spawn(
     })
 }
 
+/// A throwaway cluster of one user on loopback: its callers (odpctl, the
+/// coordinator calling the agents) operate over loopback TCP, which the
+/// daemons otherwise allow only READ_ONLY.
+const LOOPBACK_OPERATES: &str = "loopback_role = \"OBPROXY_MANAGER\"";
+
 /// A coordinator over `agents` (cluster `name`) with its files in `dir`.
 pub fn spawn_coordinator(
     bin_dir: &Path,
@@ -134,7 +139,7 @@ pub fn spawn_coordinator(
     }
     let config = dir.join("coordinator.toml");
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"tasks.db\"\n[[clusters]]\nname = \"{name}\"\nagents = {agents:?}\n"
+        "[server]\nlisten = \"127.0.0.1:0\"\n{LOOPBACK_OPERATES}\n[store]\npath = \"tasks.db\"\n[[clusters]]\nname = \"{name}\"\nagents = {agents:?}\n"
     );
     std::fs::write(&config, text).map_err(io_err(&config))?;
     spawn(&binary, &config, &dir.join("coordinator.log"), &[])
@@ -164,12 +169,8 @@ impl LocalCluster {
             env.push(("ODP_STANDIN_START_DELAY", format!("{}ms", d.as_millis())));
         }
         let mut args = vec!["-n".to_string(), "demo".into(), "-c".into(), "demo".into()];
-        // Until the agent hands over the RPC port: obproxy 4.3 (the stand-in's default)
-        // binds 2885 itself and a hot restart would die on it; obd turns it off likewise.
-        let rpc_off = "enable_obproxy_rpc_service=false";
-        match opts.backend {
-            Some(b) => args.extend(["-o".into(), format!("standin_backend={b},{rpc_off}")]),
-            None => args.extend(["-o".into(), rpc_off.into()]),
+        if let Some(b) = opts.backend {
+            args.extend(["-o".into(), format!("standin_backend={b}")]);
         }
         let mut agents = Vec::with_capacity(opts.odps);
         for i in 0..opts.odps {
@@ -177,11 +178,13 @@ impl LocalCluster {
             let text = format!(
                 r#"[server]
 listen = "127.0.0.1:0"
+{LOOPBACK_OPERATES}
 [obproxy]
 home = "odp-{i}"
 binary = {standin:?}
 args = {args:?}
 listen = ["127.0.0.1:0"]
+rpc_listen = ["127.0.0.1:0"]
 hot_upgrade_exit_timeout = "{exit}ms"
 start_timeout = "30s"
 stop_timeout = "5s"
@@ -201,7 +204,7 @@ dir = "agent-{i}"
         let addrs: Vec<String> = agents.iter().map(|a| a.addr.to_string()).collect();
         let config = dir.path().join("coordinator.toml");
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"tasks.db\"\n[[clusters]]\nname = \"{name}\"\nagents = {addrs:?}\n"
+            "[server]\nlisten = \"127.0.0.1:0\"\n{LOOPBACK_OPERATES}\n[store]\npath = \"tasks.db\"\n[[clusters]]\nname = \"{name}\"\nagents = {addrs:?}\n"
         );
         std::fs::write(&config, text).map_err(io_err(&config))?;
         let coordinator = spawn(

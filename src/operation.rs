@@ -3,11 +3,12 @@
 //! callers watch them change.
 use std::{
     collections::{HashMap, VecDeque},
-    path::PathBuf,
     time::{Duration, SystemTime},
 };
 
 use tokio::sync::watch;
+
+use crate::obproxy::executable::Executable;
 
 /// Finished operations kept for GetOperation and request-id replays.
 const KEEP_FINISHED: usize = 512;
@@ -20,6 +21,11 @@ pub enum Kind {
     RestartForce,
     /// The agent's own start after obproxy died while it should run.
     Respawn,
+    /// obproxy restarted itself (proxy_local_cmd = 2, enable_auto_restart)
+    /// and the agent took its child on as the serving process.
+    AdoptNative,
+    /// Adopting an obproxy the agent did not start (found at start-up).
+    TakeOver,
 }
 
 impl Kind {
@@ -30,6 +36,8 @@ impl Kind {
             Kind::RestartHot => "hot restart",
             Kind::RestartForce => "force restart",
             Kind::Respawn => "respawn",
+            Kind::AdoptNative => "native restart adoption",
+            Kind::TakeOver => "take-over",
         }
     }
 }
@@ -61,8 +69,9 @@ pub struct Request {
     pub request_id: Option<String>,
     /// HOT only: the drain window for this restart.
     pub exit_timeout: Option<Duration>,
-    /// HOT only: another binary to move onto (absolute).
-    pub binary: Option<PathBuf>,
+    /// HOT only: another binary to move onto, opened when the request was
+    /// checked (that very file is what runs).
+    pub binary: Option<Executable>,
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +108,12 @@ pub enum LogError {
     },
 }
 
+/// Run by the supervisor in the step that admits an operation (before it
+/// starts and before anyone is answered), with the operation's id and
+/// whether the request id was a replay: the audit log's line. An error
+/// withdraws the admission, so nothing is done.
+pub type OnAdmit = Box<dyn FnOnce(&str, bool) -> Result<(), String> + Send>;
+
 /// What a submission found.
 #[derive(Debug)]
 pub enum Admission {
@@ -128,7 +143,8 @@ impl Log {
             && let Some(tx) = self.ops.get(id)
         {
             let used = tx.borrow().kind;
-            let joined_respawn = used == Kind::Respawn && request.kind == Kind::Start;
+            let joined_respawn =
+                matches!(used, Kind::Respawn | Kind::TakeOver) && request.kind == Kind::Start;
             if used != request.kind && !joined_respawn {
                 return Err(LogError::RequestIdReused {
                     request_id: rid.clone(),
@@ -141,8 +157,10 @@ impl Log {
         }
         if let Some(current) = self.current() {
             // A Start while the agent is already starting obproxy again after
-            // a crash asks for exactly that: it joins the respawn.
-            if request.kind == Kind::Start && current.kind == Kind::Respawn {
+            // a crash (or taking over a running one) asks for exactly that:
+            // it joins that operation.
+            if request.kind == Kind::Start && matches!(current.kind, Kind::Respawn | Kind::TakeOver)
+            {
                 if let Some(rid) = &request.request_id {
                     self.by_request.insert(rid.clone(), current.id.clone());
                 }
@@ -300,6 +318,17 @@ mod tests {
             }
         }
         assert!(log.admit(&req(Kind::Stop, None), None).is_err());
+    }
+
+    #[test]
+    fn a_withdrawn_operation_leaves_nothing_behind() {
+        let mut log = Log::default();
+        let id = new_id(log.admit(&req(Kind::Start, Some("w1")), None).unwrap());
+        log.withdraw(&id);
+        assert!(log.current().is_none());
+        assert!(log.get(&id).is_none());
+        assert!(!log.has_request("w1"));
+        new_id(log.admit(&req(Kind::Start, Some("w1")), None).unwrap());
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! The agent's state on disk: what it means obproxy to be (running or
 //! stopped), the listeners it holds, and every obproxy it owns with the facts
 //! that identify it. Written atomically (temp file, fsync, rename) at every
-//! change, so an agent that is killed finds it all again.
+//! change, so an agent that is killed finds it all again. Written only into
+//! a directory the agent owns and nobody else may write, as a 0600 file
+//! created afresh (a symlink planted in its place is removed, not followed):
+//! the next agent signals the pids it names.
 use std::{
     io::Write,
     net::SocketAddr,
@@ -10,6 +13,8 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+
+use crate::{error_chain::describe, security::files};
 
 const FILE: &str = "agent-state.json";
 
@@ -27,6 +32,8 @@ pub enum StateFileError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path} is not to be trusted: {reason}")]
+    Untrusted { path: PathBuf, reason: String },
     #[error("{path} is not a valid state file")]
     Corrupt {
         path: PathBuf,
@@ -65,6 +72,14 @@ pub struct RecordedProcess {
     /// Seconds since the epoch.
     pub started_at: f64,
     pub drain_deadline: Option<f64>,
+    /// Its `hot_upgrade_exit_timeout` in µs as far as the agent knows (the
+    /// `-o` it was started with, or what admin SQL set since): the window it
+    /// drains with. None: unknown.
+    #[serde(default)]
+    pub exit_window_us: Option<u64>,
+    /// It was handed the RPC listeners (obproxy 4.3+).
+    #[serde(default)]
+    pub rpc: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,6 +95,11 @@ pub struct AgentState {
     /// Where the listeners were last bound (a port 0 keeps its port).
     #[serde(default)]
     pub last_bound: Vec<SocketAddr>,
+    /// The RPC listeners held (obproxy 4.3+), and where they were last bound.
+    #[serde(default)]
+    pub rpc_listeners: Vec<RecordedListener>,
+    #[serde(default)]
+    pub last_rpc_bound: Vec<SocketAddr>,
     pub processes: Vec<RecordedProcess>,
     /// obproxy processes started so far (restarts = this minus one).
     pub started_count: u32,
@@ -106,13 +126,44 @@ pub fn path(dir: &Path) -> PathBuf {
 }
 
 /// The state a previous agent left, if any.
+/// Only a file of the agent's own user that nobody else may write is
+/// believed (it names pids to signal); a symlink is not followed.
 pub fn load(dir: &Path) -> Result<Option<AgentState>, StateFileError> {
+    use std::{
+        io::Read,
+        os::unix::fs::{MetadataExt, OpenOptionsExt},
+    };
     let path = path(dir);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path);
+    let mut file = match opened {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(StateFileError::Read { path, source }),
     };
+    let meta = file.metadata().map_err(|source| StateFileError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let me = nix::unistd::geteuid().as_raw();
+    if !meta.is_file() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+        return Err(StateFileError::Untrusted {
+            reason: format!(
+                "owner uid {} and mode {:o}; the agent (uid {me}) writes it 0600",
+                meta.uid(),
+                meta.mode() & 0o7777
+            ),
+            path,
+        });
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(|source| StateFileError::Read {
+            path: path.clone(),
+            source,
+        })?;
     serde_json::from_str(&text)
         .map(Some)
         .map_err(|source| StateFileError::Corrupt { path, source })
@@ -130,17 +181,23 @@ pub fn save(dir: &Path, state: &AgentState) -> Result<(), StateFileError> {
         source,
     };
     let body = serde_json::to_vec_pretty(state).map_err(|e| err(std::io::Error::other(e)))?;
+    // The io error itself when there is one, so a full disk reads as one.
+    let unusable = |e: files::FileError| match e {
+        files::FileError::Io { source, .. } => err(source),
+        other => err(std::io::Error::other(describe(&other))),
+    };
+    files::check_writable_dir(dir).map_err(unusable)?;
     let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&body)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)
+        let mut f = files::create_private(&tmp).map_err(unusable)?;
+        f.write_all(&body).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        std::fs::rename(&tmp, &path).map_err(err)
     })();
     if let Err(e) = written {
         // Half a file must not stay: it would hold the space a later write
         // needs, and it is not the state.
         let _ = std::fs::remove_file(&tmp);
-        return Err(err(e));
+        return Err(e);
     }
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
@@ -171,8 +228,15 @@ mod tests {
                 role: Role::Draining,
                 started_at: 1.5,
                 drain_deadline: Some(31.5),
+                exit_window_us: Some(30_000_000),
+                rpc: true,
             }],
             last_bound: vec![],
+            rpc_listeners: vec![RecordedListener {
+                bound: "127.0.0.1:2885".parse().unwrap(),
+                inode: 43,
+            }],
+            last_rpc_bound: vec![],
             started_count: 3,
             last_exit: None,
         };
@@ -190,6 +254,41 @@ mod tests {
         assert!(matches!(e, StateFileError::Write { .. }), "{e}");
         assert!(!e.is_storage_full());
         assert!(!dir.path().join(format!("{FILE}.tmp")).exists());
+    }
+
+    #[test]
+    fn a_symlink_planted_as_the_temp_file_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "ROOT-OWNED ORIGINAL CONTENT").unwrap();
+        let state = dir.path().join("state");
+        files::private_dir(&state).unwrap();
+        std::os::unix::fs::symlink(&victim, state.join(format!("{FILE}.tmp"))).unwrap();
+        save(&state, &AgentState::default()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&victim).unwrap(),
+            "ROOT-OWNED ORIGINAL CONTENT"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path(&state))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(load(&state).unwrap(), Some(AgentState::default()));
+    }
+
+    #[test]
+    fn a_directory_others_may_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = save(dir.path(), &AgentState::default()).unwrap_err();
+        assert!(
+            describe(&e).contains("refusing to write"),
+            "{}",
+            describe(&e)
+        );
     }
 
     #[test]

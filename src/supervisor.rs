@@ -2,9 +2,16 @@
 //! processes and the operation log. The gRPC service, the signal thread, the
 //! exit watchers and the running operation all talk to it through messages,
 //! so no lock guards process state.
+mod exits;
+mod handover;
+mod native;
 mod persist;
+mod proxyinfo;
 mod recovery;
 mod respawn;
+mod take_over;
+
+pub use take_over::Adoption;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -19,16 +26,18 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    admin_sql::BinaryInfo,
     config::AgentConfig,
-    listeners::{ListenerError, Listeners},
+    listeners::{self, ListenerError, Listeners},
     metrics::agent::AgentMetrics,
     obproxy::{
-        launch::{self, LaunchSpec},
-        pidfd::{self, Exit, Pidfd},
+        executable::Executable,
+        launch::{Handover, Plan},
+        pidfd::{Exit, Pidfd},
         procfs,
         spawner::{SpawnError, Spawned, Spawner},
     },
-    operation::{self, Admission, Kind, LogError, Operation, Phase, Request},
+    operation::{self, Admission, Kind, LogError, OnAdmit, Operation, Phase, Request},
     operations,
     signals::ChildSignal,
     state_file::{self, StateFileError},
@@ -58,6 +67,8 @@ pub struct ProcessInfo {
     pub cpu_percent: f32,
     pub memory_bytes: u64,
     pub open_connections: u32,
+    /// What the process reported over admin SQL (SHOW PROXYINFO BINARY).
+    pub binary_info: Option<BinaryInfo>,
 }
 
 #[derive(Debug, Clone)]
@@ -66,7 +77,8 @@ pub struct Status {
     pub desired_running: bool,
     pub serving: Option<ProcessInfo>,
     pub draining: Vec<(ProcessInfo, SystemTime)>,
-    pub listeners: Vec<(SocketAddr, u64)>,
+    /// Held listeners: SQL first, then RPC.
+    pub listeners: Vec<(listeners::Kind, SocketAddr, u64)>,
     pub restart_count: u32,
     pub operation: Option<Operation>,
     pub last_exit: Option<String>,
@@ -87,6 +99,9 @@ pub enum SubmitError {
     /// anything was done.
     #[error("refused before touching obproxy: cannot record the agent's state")]
     Unrecorded(#[source] StateFileError),
+    /// The admission could not be recorded (the audit log): refused.
+    #[error("{0}")]
+    NotRecorded(String),
     #[error("the agent is shutting down")]
     ShuttingDown,
 }
@@ -100,6 +115,28 @@ pub enum StepError {
     Spawn(#[from] SpawnError),
     #[error("the SQL listeners are not held")]
     NoListeners,
+    #[error("the RPC listeners are not held")]
+    NoRpcListeners,
+    #[error("the agent holds the SQL listeners, but a bootstrap start must bind the port itself")]
+    ListenersHeld,
+    #[error(
+        "obproxy must bind the SQL port itself once (a bootstrap start) and cannot be told \
+         \"any port\": [obproxy] listen {addrs:?} needs one fixed port for all its addresses"
+    )]
+    BootstrapPort { addrs: Vec<SocketAddr> },
+    #[error("cannot reserve {addr} for obproxy's bootstrap start")]
+    Reserve {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot take fd {fd} (a listener) from pid {pid} (pidfd_getfd, Linux 5.6+)")]
+    TakeListener {
+        pid: u32,
+        fd: i32,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("pid {pid} is not an obproxy of this agent")]
     UnknownPid { pid: u32 },
     #[error("cannot send {signal} to pid {pid}")]
@@ -111,6 +148,8 @@ pub enum StepError {
     },
     #[error("the agent is shutting down")]
     ShuttingDown,
+    #[error(transparent)]
+    Native(#[from] native::NativeChildError),
 }
 
 /// What an operation learns when the listeners are held.
@@ -118,9 +157,40 @@ pub enum StepError {
 pub struct ListenerInfo {
     pub probe_addrs: Vec<SocketAddr>,
     pub inodes: Vec<u64>,
+    /// The RPC listeners held (empty when none is).
+    pub rpc_inodes: Vec<u64>,
 }
 
 use state_file::Role;
+
+/// How the previous serving process drains once another is promoted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drain {
+    /// SIGKILL this long after the hand-over unless it has exited by then.
+    pub kill_after: Duration,
+    /// The new process could not bind obproxy's Prometheus port, which the
+    /// old one held (the agent's own hot restart; a native one keeps it).
+    pub exporter_lost: bool,
+}
+
+/// What the supervisor knows about one of its processes.
+#[derive(Debug, Clone)]
+pub struct ProcessFacts {
+    /// Its `hot_upgrade_exit_timeout`; None: unknown.
+    pub exit_window: Option<Duration>,
+    pub binary: PathBuf,
+    pub exe: Option<PathBuf>,
+    pub version: String,
+}
+
+/// Facts an operation learned about a process.
+#[derive(Debug, Clone)]
+pub enum FactUpdate {
+    /// Admin SQL changed its drain window.
+    ExitWindow(Duration),
+    Version(String),
+    BinaryInfo(BinaryInfo),
+}
 
 struct Process {
     pidfd: Arc<Pidfd>,
@@ -138,12 +208,23 @@ struct Process {
     ending: bool,
     /// When it was handed over to drain: its exit times the drain (metrics).
     drain_started: Option<Instant>,
+    /// Its `hot_upgrade_exit_timeout` (from its `-o`, or set over admin SQL
+    /// since): the window it drains with. None: unknown.
+    exit_window: Option<Duration>,
+    /// What it reported over admin SQL, once asked.
+    binary_info: Option<BinaryInfo>,
+    /// For the child of a native restart the agent asked for: its parent,
+    /// whose exit is then the hand-over, not a crash.
+    native_parent: Option<u32>,
+    /// It was handed the RPC listeners (obproxy 4.3+ with RPC on).
+    rpc: bool,
 }
 
 enum Msg {
     Status(oneshot::Sender<Status>),
     Submit(
         Request,
+        Option<OnAdmit>,
         oneshot::Sender<Result<watch::Receiver<Operation>, SubmitError>>,
     ),
     GetOperation(String, oneshot::Sender<Option<Operation>>),
@@ -157,7 +238,14 @@ enum Msg {
         result: Result<Spawned, SpawnError>,
         binary: PathBuf,
         version: String,
+        exit_window: Duration,
+        rpc: bool,
         reply: oneshot::Sender<Result<u32, StepError>>,
+    },
+    /// The answer to SHOW PROXYINFO BINARY asked of the serving `pid`.
+    BinaryInfo {
+        pid: u32,
+        result: Result<BinaryInfo, String>,
     },
     DrainDeadline {
         pid: u32,
@@ -176,13 +264,25 @@ enum Msg {
 /// Requests from the running operation.
 pub enum Step {
     SetDesired(bool),
-    BindListeners(oneshot::Sender<Result<ListenerInfo, StepError>>),
+    /// SQL listeners, and RPC listeners too with `rpc`.
+    BindListeners {
+        rpc: bool,
+        reply: oneshot::Sender<Result<ListenerInfo, StepError>>,
+    },
     CloseListeners(oneshot::Sender<()>),
     Spawn {
-        binary: PathBuf,
+        binary: Executable,
         version: String,
-        exit_timeout: Duration,
+        plan: Plan,
         reply: oneshot::Sender<Result<u32, StepError>>,
+    },
+    /// Where a bootstrap start will listen (checked before it is spawned).
+    BootstrapAddrs(oneshot::Sender<Result<Vec<SocketAddr>, StepError>>),
+    /// A bootstrap start listens on these fds: the agent holds them now.
+    TakeListeners {
+        pid: u32,
+        fds: Vec<i32>,
+        reply: oneshot::Sender<Result<ListenerInfo, StepError>>,
     },
     WaitReady {
         pid: u32,
@@ -198,12 +298,36 @@ pub enum Step {
         reply: oneshot::Sender<Result<(), StepError>>,
     },
     /// Makes `pid` the serving process; the previous one starts draining
-    /// until `drain_window` (plus grace) or, without a window, is returned
+    /// (SIGKILLed at `drain.kill_after`) or, without a drain, is returned
     /// for the caller to end.
     Promote {
         pid: u32,
-        drain_window: Option<Duration>,
+        drain: Option<Drain>,
         reply: oneshot::Sender<Option<u32>>,
+    },
+    Facts {
+        pid: u32,
+        reply: oneshot::Sender<Option<ProcessFacts>>,
+    },
+    Update {
+        pid: u32,
+        update: FactUpdate,
+    },
+    /// Processes that hold our listeners but are not ours (a native
+    /// restart's child): pidfds opened after the pid was found holding them.
+    Strangers(oneshot::Sender<Vec<Arc<Pidfd>>>),
+    /// Records the child `parent` forked for a native restart as starting.
+    AdoptChild {
+        parent: u32,
+        child: u32,
+        version: String,
+        exit_window: Duration,
+        reply: oneshot::Sender<Result<(), StepError>>,
+    },
+    /// Makes a process the agent did not start the serving one (take-over).
+    Adopt {
+        adoption: Box<Adoption>,
+        reply: oneshot::Sender<Result<u32, StepError>>,
     },
     /// Pids the agent holds, by role: (serving, draining, starting).
     Processes(oneshot::Sender<(Option<u32>, Vec<u32>, Vec<u32>)>),
@@ -239,7 +363,19 @@ impl Handle {
         &self,
         request: Request,
     ) -> Result<watch::Receiver<Operation>, SubmitError> {
-        self.ask(|tx| Msg::Submit(request, tx))
+        self.ask(|tx| Msg::Submit(request, None, tx))
+            .await
+            .unwrap_or(Err(SubmitError::ShuttingDown))
+    }
+
+    /// As [`Handle::submit`], with `on_admit` run in the step that admits
+    /// the operation: a caller that hangs up meanwhile cannot skip it.
+    pub async fn submit_audited(
+        &self,
+        request: Request,
+        on_admit: OnAdmit,
+    ) -> Result<watch::Receiver<Operation>, SubmitError> {
+        self.ask(|tx| Msg::Submit(request, Some(on_admit), tx))
             .await
             .unwrap_or(Err(SubmitError::ShuttingDown))
     }
@@ -283,6 +419,10 @@ pub struct Supervisor {
     listeners: Listeners,
     /// Addresses the listeners had, so port 0 stays the same port.
     last_bound: Vec<SocketAddr>,
+    last_rpc_bound: Vec<SocketAddr>,
+    /// A free port held (bound, not listening) for a bootstrap start until
+    /// the agent holds the listener obproxy binds on it.
+    port_reservation: Vec<socket2::Socket>,
     processes: BTreeMap<u32, Process>,
     ready_waiters: HashMap<u32, oneshot::Sender<Result<(), Exit>>>,
     /// Spawns sent to the spawner thread and not registered yet.
@@ -306,6 +446,9 @@ pub struct Supervisor {
     system: Option<sysinfo::System>,
     /// Counts what only the supervisor sees end: operations and drains.
     metrics: Arc<AgentMetrics>,
+    /// SHOW PROXYINFO BINARY asked of the serving process: when, and how
+    /// the last attempt went.
+    proxyinfo: proxyinfo::Asking,
 }
 
 impl Supervisor {
@@ -327,6 +470,8 @@ impl Supervisor {
             shutdown,
             listeners: Listeners::default(),
             last_bound: Vec::new(),
+            last_rpc_bound: Vec::new(),
+            port_reservation: Vec::new(),
             processes: BTreeMap::new(),
             ready_waiters: HashMap::new(),
             spawns_in_flight: 0,
@@ -342,6 +487,7 @@ impl Supervisor {
             unrecorded: None,
             system: sysinfo::System::new().ok(),
             metrics,
+            proxyinfo: proxyinfo::Asking::default(),
         };
         (sup, handle)
     }
@@ -371,10 +517,11 @@ impl Supervisor {
             .map(|id| tracing::info_span!("operation", op_id = %id).entered());
         match msg {
             Msg::Status(reply) => {
+                crate::panics::injected("supervisor");
                 let _ = reply.send(self.status());
             }
-            Msg::Submit(request, reply) => {
-                let _ = reply.send(self.submit(request));
+            Msg::Submit(request, on_admit, reply) => {
+                let _ = reply.send(self.submit(request, on_admit));
             }
             Msg::GetOperation(id, reply) => {
                 let _ = reply.send(self.log.get(&id));
@@ -388,20 +535,14 @@ impl Supervisor {
                 result,
                 binary,
                 version,
+                exit_window,
+                rpc,
                 reply,
             } => {
-                let _ = reply.send(self.on_spawned(result, binary, version));
+                let _ = reply.send(self.on_spawned(result, binary, version, exit_window, rpc));
             }
-            Msg::DrainDeadline { pid, deadline } => {
-                // Only the draining process whose window this was: the pid may
-                // belong to a later process of ours by now.
-                let due =
-                    |p: &&Process| p.role == Role::Draining && p.drain_deadline == Some(deadline);
-                if let Some(p) = self.processes.get(&pid).filter(due) {
-                    tracing::warn!(pid, "drain window over; SIGKILL");
-                    let _ = p.pidfd.signal(Signal::SIGKILL);
-                }
-            }
+            Msg::BinaryInfo { pid, result } => self.on_binary_info(pid, result),
+            Msg::DrainDeadline { pid, deadline } => self.on_drain_deadline(pid, deadline),
             Msg::Respawn => self.on_respawn(),
             Msg::Sweep => self.reap_orphans(),
             Msg::RecordRetry => self.on_record_retry(),
@@ -416,7 +557,11 @@ impl Supervisor {
             .map(|(pid, _)| *pid)
     }
 
-    fn submit(&mut self, request: Request) -> Result<watch::Receiver<Operation>, SubmitError> {
+    fn submit(
+        &mut self,
+        request: Request,
+        on_admit: Option<OnAdmit>,
+    ) -> Result<watch::Receiver<Operation>, SubmitError> {
         if self.shutdown.is_cancelled() {
             return Err(SubmitError::ShuttingDown);
         }
@@ -440,16 +585,40 @@ impl Supervisor {
                 reason: problem.clone(),
             });
         }
-        match self.log.admit(&request, serving)? {
+        let admission = self.log.admit(&request, serving)?;
+        let replayed = matches!(admission, Admission::Replay(_));
+        let (Admission::Replay(rx) | Admission::New(rx)) = &admission;
+        let id = rx.borrow().id.clone();
+        // Fail closed: what cannot be written down is not done. Written
+        // before the audit line, which then says what really happened.
+        let intent = if replayed {
+            None
+        } else {
+            match self.record_intent(request.kind) {
+                Ok(intent) => Some(intent),
+                Err(e) => {
+                    tracing::warn!(op_id = %id, kind = request.kind.name(), error = %crate::error_chain::describe(&e), "operation refused: the agent's state cannot be recorded");
+                    self.log.withdraw(&id);
+                    return Err(SubmitError::Unrecorded(e));
+                }
+            }
+        };
+        if let Some(on_admit) = on_admit
+            && let Err(reason) = on_admit(&id, replayed)
+        {
+            if let Some(intent) = intent {
+                self.log.withdraw(&id);
+                self.withdraw_intent(intent);
+            }
+            return Err(SubmitError::NotRecorded(reason));
+        }
+        if let Some(intent) = intent {
+            self.commit_intent(intent);
+        }
+        match admission {
             Admission::Replay(rx) => Ok(rx),
             Admission::New(rx) => {
                 let op = rx.borrow().clone();
-                // Fail closed: what cannot be written down is not done.
-                if let Err(e) = self.record_intent(op.kind) {
-                    tracing::warn!(op_id = %op.id, kind = op.kind.name(), error = %crate::error_chain::describe(&e), "operation refused: the agent's state cannot be recorded");
-                    self.log.withdraw(&op.id);
-                    return Err(SubmitError::Unrecorded(e));
-                }
                 tracing::info!(op_id = %op.id, kind = op.kind.name(), request_id = ?op.request_id, "operation admitted");
                 let ctl = operations::Ctl::new(
                     Handle {
@@ -473,6 +642,9 @@ impl Supervisor {
                 Kind::RestartForce => ProxyState::Restarting,
                 // Down while it should run: the respawn is the cure, not the state.
                 Kind::Respawn => ProxyState::Unavailable,
+                // The child of a native restart serves already.
+                Kind::AdoptNative => ProxyState::Running,
+                Kind::TakeOver => ProxyState::Starting,
                 Kind::RestartHot => {
                     let upgrading = self.processes.values().any(|p| {
                         p.role == Role::Starting && p.binary != self.config.obproxy.binary
@@ -493,6 +665,8 @@ impl Supervisor {
     }
 
     fn status(&mut self) -> Status {
+        // Version and build from obproxy itself, once per serving process.
+        self.ask_binary_info();
         let pids: Vec<sysinfo::Pid> = self
             .processes
             .keys()
@@ -522,6 +696,7 @@ impl Supervisor {
                 cpu_percent: usage.map_or(0.0, |u| u.cpu_usage()),
                 memory_bytes: usage.map_or(0, |u| u.memory()),
                 open_connections: procfs::client_connections(pid, &sessions),
+                binary_info: p.binary_info.clone(),
             }
         };
         let serving = self
@@ -540,7 +715,12 @@ impl Supervisor {
             desired_running: self.desired_running,
             serving,
             draining,
-            listeners: self.listeners.iter().map(|l| (l.bound, l.inode)).collect(),
+            listeners: self
+                .listeners
+                .iter()
+                .chain(self.listeners.rpc())
+                .map(|l| (l.kind, l.bound, l.inode))
+                .collect(),
             restart_count: self.started_count.saturating_sub(1),
             operation: self.log.current(),
             last_exit: self.last_exit.clone(),
@@ -550,6 +730,7 @@ impl Supervisor {
                 .cloned()
                 .chain(self.listener_problem.clone())
                 .chain(self.unrecorded_notice())
+                .chain(self.admin_notices())
                 .collect(),
         }
     }
@@ -591,6 +772,8 @@ impl Supervisor {
         result: Result<Spawned, SpawnError>,
         binary: PathBuf,
         version: String,
+        exit_window: Duration,
+        rpc: bool,
     ) -> Result<u32, StepError> {
         self.spawns_in_flight = self.spawns_in_flight.saturating_sub(1);
         let early = std::mem::take(&mut self.early_ready);
@@ -613,6 +796,10 @@ impl Supervisor {
                 drain_deadline: None,
                 ending: false,
                 drain_started: None,
+                exit_window: Some(exit_window),
+                binary_info: None,
+                native_parent: None,
+                rpc,
             },
         );
         tracing::info!(pid, "obproxy spawned");
@@ -621,71 +808,6 @@ impl Supervisor {
         self.persist();
         self.watch_exit(pidfd);
         Ok(pid)
-    }
-
-    /// Reports the process's exit to the supervisor (also for processes
-    /// adopted from a previous agent, which are not our children).
-    fn watch_exit(&self, pidfd: Arc<Pidfd>) {
-        let pid = pidfd.pid();
-        let tx = self.tx.clone();
-        let shutdown = self.shutdown.clone();
-        self.tracker.spawn(async move {
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                res = pidfd.exited() => {
-                    if let Err(e) = res {
-                        tracing::error!(pid, error = %e, "cannot watch obproxy for exit");
-                    }
-                    let exit = pidfd::reap(pid);
-                    let _ = tx.send(Msg::Exited { pid, exit });
-                }
-            }
-        });
-    }
-
-    /// SIGKILLs `pid` at `deadline` unless it has exited by then.
-    fn schedule_drain_deadline(&self, pid: u32, deadline: SystemTime) {
-        let wait = deadline
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
-        let tx = self.tx.clone();
-        let shutdown = self.shutdown.clone();
-        self.tracker.spawn(async move {
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = tokio::time::sleep(wait) => {
-                    let _ = tx.send(Msg::DrainDeadline { pid, deadline });
-                }
-            }
-        });
-    }
-
-    fn on_exit(&mut self, pid: u32, exit: Exit) {
-        let Some(p) = self.processes.remove(&pid) else {
-            return;
-        };
-        if let Some(started) = p.drain_started {
-            self.metrics.drain_finished(started.elapsed());
-        }
-        let expected = p.ending || p.role == Role::Draining;
-        if expected {
-            tracing::info!(pid, %exit, role = ?p.role, "obproxy exited");
-        } else {
-            tracing::warn!(pid, %exit, role = ?p.role, "obproxy exited unexpectedly");
-            self.last_exit = Some(format!("pid {pid} {exit}"));
-            if p.role == Role::Serving {
-                self.respawn
-                    .crashed(p.started_at.elapsed().unwrap_or_default());
-            }
-        }
-        if let Some(w) = self.ready_waiters.remove(&pid) {
-            let _ = w.send(Err(exit.clone()));
-        }
-        for w in self.exit_waiters.remove(&pid).unwrap_or_default() {
-            let _ = w.send(exit.clone());
-        }
-        self.persist();
-        self.maybe_schedule_respawn();
     }
 
     fn on_step(&mut self, step: Step) {
@@ -701,14 +823,21 @@ impl Supervisor {
                     self.persist();
                 }
             }
-            Step::BindListeners(reply) => {
-                let _ = reply.send(self.bind_listeners());
+            Step::BindListeners { rpc, reply } => {
+                let _ = reply.send(self.bind_listeners(rpc));
+            }
+            Step::BootstrapAddrs(reply) => {
+                let _ = reply.send(self.bootstrap_bind().map(|b| b.addrs()));
+            }
+            Step::TakeListeners { pid, fds, reply } => {
+                let _ = reply.send(self.take_listeners(pid, &fds));
             }
             Step::CloseListeners(reply) => {
                 if !self.listeners.is_empty() {
                     tracing::info!(addrs = ?self.listeners.bound_addrs(), "closing SQL listeners");
                 }
                 self.listeners = Listeners::default();
+                self.port_reservation.clear();
                 self.listener_problem = None;
                 self.persist();
                 let _ = reply.send(());
@@ -716,9 +845,9 @@ impl Supervisor {
             Step::Spawn {
                 binary,
                 version,
-                exit_timeout,
+                plan,
                 reply,
-            } => self.spawn(binary, version, exit_timeout, reply),
+            } => self.spawn(binary, version, plan, reply),
             Step::WaitReady { pid, reply } => match self.processes.get(&pid) {
                 Some(p) if p.ready => {
                     let _ = reply.send(Ok(()));
@@ -753,12 +882,32 @@ impl Supervisor {
                 };
                 let _ = reply.send(result);
             }
-            Step::Promote {
-                pid,
-                drain_window,
+            Step::Promote { pid, drain, reply } => {
+                let _ = reply.send(self.promote(pid, drain));
+            }
+            Step::Facts { pid, reply } => {
+                let _ = reply.send(self.processes.get(&pid).map(|p| ProcessFacts {
+                    exit_window: p.exit_window,
+                    binary: p.binary.clone(),
+                    exe: p.exe.clone(),
+                    version: p.version.clone(),
+                }));
+            }
+            Step::Update { pid, update } => self.update_facts(pid, update),
+            Step::Strangers(reply) => {
+                let _ = reply.send(self.strangers());
+            }
+            Step::AdoptChild {
+                parent,
+                child,
+                version,
+                exit_window,
                 reply,
             } => {
-                let _ = reply.send(self.promote(pid, drain_window));
+                let _ = reply.send(self.register_native_child(parent, child, version, exit_window));
+            }
+            Step::Adopt { adoption, reply } => {
+                let _ = reply.send(self.adopt(*adoption));
             }
             Step::Processes(reply) => {
                 let by = |role| {
@@ -804,61 +953,47 @@ impl Supervisor {
                         }
                     }
                 });
+                self.release_unused_rpc();
                 self.maybe_schedule_respawn();
+                self.ask_binary_info();
             }
         }
     }
 
-    fn bind_listeners(&mut self) -> Result<ListenerInfo, StepError> {
-        if self.listeners.is_empty() {
-            self.listeners = Listeners::bind(&self.config.obproxy.listen, &self.last_bound)?;
-            self.last_bound = self.listeners.bound_addrs();
-            self.listener_problem = None;
-            tracing::info!(addrs = ?self.last_bound, inodes = ?self.listeners.inodes(), "SQL listeners bound");
-            self.persist();
-        }
-        Ok(ListenerInfo {
-            probe_addrs: self.listeners.iter().map(|l| l.probe_addr()).collect(),
-            inodes: self.listeners.inodes(),
-        })
-    }
-
     fn spawn(
         &mut self,
-        binary: PathBuf,
+        binary: Executable,
         version: String,
-        exit_timeout: Duration,
+        plan: Plan,
         reply: oneshot::Sender<Result<u32, StepError>>,
     ) {
-        if self.listeners.is_empty() {
-            let _ = reply.send(Err(StepError::NoListeners));
-            return;
-        }
-        let cfg = &self.config.obproxy;
-        let spec = LaunchSpec {
-            binary: binary.clone(),
-            args: launch::args(cfg, exit_timeout),
-            home: cfg.home.clone(),
-            env: self.listeners.inherit_env(),
-            inherit_fds: self.listeners.raw_fds(),
-            output: self.config.state.dir.join("obproxy.out"),
+        let spec = match self.launch_spec(binary.clone(), &plan) {
+            Ok(spec) => spec,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
         };
-        tracing::info!(binary = %binary.display(), args = ?spec.args, env = ?spec.env, "spawning obproxy");
+        let rpc = plan.handover == Handover::Inherit { rpc: true };
+        tracing::info!(binary = %binary.path().display(), args = ?crate::redact::args(&spec.args), env = ?spec.env, "spawning obproxy");
         self.spawns_in_flight += 1;
         let tx = self.tx.clone();
+        let binary = binary.path().to_path_buf();
         self.spawner.spawn(spec, move |result| {
             let _ = tx.send(Msg::Spawned {
                 result,
                 binary,
                 version,
+                exit_window: plan.exit_timeout,
+                rpc,
                 reply,
             });
         });
     }
 
-    fn promote(&mut self, pid: u32, drain_window: Option<Duration>) -> Option<u32> {
+    fn promote(&mut self, pid: u32, drain: Option<Drain>) -> Option<u32> {
         let previous = self.serving_pid().filter(|&old| old != pid);
-        let deadline = drain_window.map(|w| SystemTime::now() + w + DRAIN_GRACE);
+        let deadline = drain.map(|d| SystemTime::now() + d.kill_after);
         if let Some(old) = previous
             && let Some(p) = self.processes.get_mut(&old)
         {
@@ -868,18 +1003,26 @@ impl Supervisor {
         }
         if let (Some(old), Some(deadline)) = (previous, deadline) {
             self.schedule_drain_deadline(old, deadline);
-            self.notices = vec![format!(
-                "pid {pid} started while pid {old} still held obproxy's Prometheus port; \
-                 obproxy then runs without its exporter until a restart that is not HOT"
-            )];
         }
         if let Some(p) = self.processes.get_mut(&pid) {
             p.role = Role::Serving;
-            self.respawn.settled();
-            if drain_window.is_none() {
-                self.notices.clear();
+            // A native restart's child signals its parent, not us: being
+            // promoted is how it counts as ready.
+            if !p.ready {
+                p.ready = true;
+                p.exe = procfs::exe(pid).ok();
             }
+            self.respawn.settled();
+            self.notices = match (previous, drain) {
+                (Some(old), Some(d)) if d.exporter_lost => vec![format!(
+                    "pid {pid} started while pid {old} still held obproxy's Prometheus port; \
+                     obproxy then runs without its exporter until a restart that is not HOT \
+                     (restart_strategy = \"native\" keeps it)"
+                )],
+                _ => Vec::new(),
+            };
         }
+        self.release_unused_rpc();
         self.persist();
         previous
     }

@@ -46,7 +46,7 @@ async fn remote_agent(pki: &Pki) -> (Agent, Netns) {
     let ns = Netns::create();
     let agent = Agent::start_customized(
         Options {
-            listen: Some(format!("{}:0", ns.addr)),
+            grpc_listen: Some(format!("{}:0", ns.addr)),
             more: pki.agent_toml(),
             ..Default::default()
         },
@@ -86,12 +86,16 @@ async fn cluster(pki: &Pki, n: usize) -> (Cluster, Vec<Netns>) {
         // As CONNECT_TIMEOUT and STATUS_TIMEOUT say; a submit gets 3 s.
         agents: "connect_timeout = \"1s\"\nstatus_timeout = \"1s\"\nrequest_timeout = \"3s\""
             .to_string(),
+        // A coordinator presenting the agents' operator certificate takes
+        // credentials from its own callers too: the same TLS and roles.
         more: format!(
-            "[agents.tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\ndomain = \"localhost\"\n",
+            "[agents.tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\ndomain = \"localhost\"\n{}",
             pki.path("ca.pem"),
             pki.path("operator.pem"),
             pki.path("operator.key"),
+            pki.agent_toml(),
         ),
+        client_tls: Some(pki.client(Some("operator"))),
         ..Settings::default()
     };
     (Cluster::with_settings(agents, settings), namespaces)

@@ -111,3 +111,21 @@ fn restarting_the_agent_leaves_obproxy_alone() {
         assert!(!lines.contains(&bad), "odp-agent.service has {bad}");
     }
 }
+
+#[test]
+fn both_daemons_keep_their_files_private_and_have_descriptors_to_spare() {
+    for (name, _) in UNITS {
+        let text = unit_text(name);
+        let lines = settings(&text);
+        for want in ["UMask=0077", "StateDirectoryMode=0700"] {
+            assert!(lines.contains(&want), "{name}.service lacks {want}");
+        }
+        let nofile: u64 = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("LimitNOFILE="))
+            .unwrap_or_else(|| panic!("{name}.service lacks LimitNOFILE="))
+            .parse()
+            .unwrap();
+        assert!(nofile >= 65536, "{name}.service: LimitNOFILE={nofile}");
+    }
+}

@@ -24,31 +24,35 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     telemetry::init(args.log_format);
+    odp_agent::panics::install("odp-coordinator");
+    // Everything the daemon creates is its own (0700 directories, 0600
+    // files), whatever umask it was started with.
+    odp_agent::security::files::restrict_umask();
     let config = match CoordinatorConfig::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("odp-coordinator: bad configuration: {e}");
+            odp_agent::say!("odp-coordinator: bad configuration: {e}");
             return ExitCode::from(EX_CONFIG as u8);
         }
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("odp-coordinator: cannot start the runtime: {e}");
+            odp_agent::say!("odp-coordinator: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(odp_agent::coordinator::daemon::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is_config() => {
-            eprintln!(
+            odp_agent::say!(
                 "odp-coordinator: bad configuration: {}",
                 odp_agent::error_chain::describe(&e)
             );
             ExitCode::from(EX_CONFIG as u8)
         }
         Err(e) => {
-            eprintln!("odp-coordinator: {}", odp_agent::error_chain::describe(&e));
+            odp_agent::say!("odp-coordinator: {}", odp_agent::error_chain::describe(&e));
             ExitCode::FAILURE
         }
     }

@@ -30,7 +30,8 @@ type Conn = InterceptedService<Channel, BearerToken>;
     about = "Operate ODP clusters through odp-coordinator, or one odp-agent"
 )]
 struct Cli {
-    /// The coordinator's gRPC address.
+    /// The coordinator's gRPC address: HOST:PORT, or unix:PATH for its
+    /// local socket.
     #[arg(
         long,
         global = true,
@@ -214,7 +215,8 @@ enum AgentCmd {
 
 #[derive(Args)]
 struct AgentAddr {
-    /// The agent's gRPC address, HOST:PORT.
+    /// The agent's gRPC address: HOST:PORT, or unix:PATH for its local
+    /// socket (e.g. unix:/var/lib/odp-agent/grpc.sock).
     #[arg(long)]
     addr: String,
 }
@@ -238,8 +240,30 @@ fn main() -> ExitCode {
     }
 }
 
-/// Connects to `addr`, over TLS if `--cacert` is given.
+/// Connects to `addr`: `unix:/path` is the daemon's local socket (the
+/// kernel tells it who calls); anything else is `host:port`, over TLS if
+/// `--cacert` is given.
 async fn connect(addr: &str, tls: &TlsArgs) -> Result<Conn> {
+    if let Some(path) = addr.strip_prefix("unix:") {
+        if tls.cacert.is_some() {
+            bail!("{addr}: the local socket speaks no TLS; drop --cacert");
+        }
+        let path = std::path::PathBuf::from(path);
+        let shown = path.display().to_string();
+        let channel = tonic::transport::Endpoint::from_static("http://localhost")
+            .connect_timeout(Duration::from_secs(5))
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move {
+                    tokio::net::UnixStream::connect(path)
+                        .await
+                        .map(hyper_util::rt::TokioIo::new)
+                }
+            }))
+            .await
+            .with_context(|| format!("cannot connect to the local socket {shown}"))?;
+        return Ok(InterceptedService::new(channel, BearerToken::from_env()?));
+    }
     let scheme = if tls.cacert.is_some() {
         "https"
     } else {

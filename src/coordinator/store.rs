@@ -31,6 +31,8 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("task store directory")]
+    Dir(#[source] crate::security::files::FileError),
 }
 
 impl StoreError {
@@ -38,7 +40,7 @@ impl StoreError {
     pub fn is_storage_full(&self) -> bool {
         let source = match self {
             StoreError::Open { source, .. } | StoreError::Query { source, .. } => source,
-            StoreError::Corrupt { .. } => return false,
+            StoreError::Corrupt { .. } | StoreError::Dir(_) => return false,
         };
         source.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
     }
@@ -64,8 +66,10 @@ impl Store {
             path: path.to_path_buf(),
             source,
         };
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
+        if let Some(dir) = path.parent()
+            && let Err(e) = crate::security::files::private_dir(dir)
+        {
+            return Err(StoreError::Dir(e));
         }
         let conn = Connection::open(path).map_err(err)?;
         // WAL + FULL: a task written is on disk before the RPC it announces.
@@ -121,6 +125,19 @@ impl Store {
             .map_err(|source| StoreError::Query {
                 what: "save",
                 id: task.id.clone(),
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// Removes a task that must not run after all (its admission could not
+    /// be recorded).
+    pub fn delete(&self, id: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute("DELETE FROM tasks WHERE id = ?1", [id])
+            .map_err(|source| StoreError::Query {
+                what: "delete",
+                id: id.to_string(),
                 source,
             })?;
         Ok(())

@@ -10,7 +10,7 @@ use std::{
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::metrics::coordinator::CoordinatorMetrics;
+use crate::{error_chain::describe, metrics::coordinator::CoordinatorMetrics};
 
 use super::{
     agents::AgentPool,
@@ -47,7 +47,15 @@ pub enum TaskError {
     /// The task could not be written down, so no agent was called.
     #[error("refused before any agent was called: cannot record the task")]
     Unrecorded(#[source] StoreError),
+    /// The admission could not be recorded (the audit log): refused.
+    #[error("{0}")]
+    NotRecorded(String),
 }
+
+/// Run in the step that admits a task (created, replayed, cancelled or
+/// retried), before anything is done, with the task's id and whether the
+/// request id was a replay: the audit log's line. An error refuses the call.
+pub type OnAdmit = Box<dyn FnOnce(&str, bool) -> Result<(), String> + Send>;
 
 /// A cluster operation as asked for (validated by the service).
 #[derive(Debug, Clone)]
@@ -116,7 +124,7 @@ impl Tasks {
         Ok(n)
     }
 
-    pub async fn create(self: &Arc<Self>, new: NewTask) -> Result<Task, TaskError> {
+    pub async fn create(self: &Arc<Self>, new: NewTask, admit: OnAdmit) -> Result<Task, TaskError> {
         let cluster = self
             .config
             .cluster(&new.cluster)
@@ -132,6 +140,7 @@ impl Tasks {
                     asked: new.kind,
                 });
             }
+            admit(&existing.id, true).map_err(TaskError::NotRecorded)?;
             return Ok(self.snapshot(&existing.id)?.unwrap_or(existing));
         }
         let statuses = self.pool.statuses(&cluster.agents).await;
@@ -160,9 +169,18 @@ impl Tasks {
             if let Some(rid) = &task.request_id
                 && let Ok(Some(existing)) = self.store.by_request_id(rid)
             {
+                admit(&existing.id, true).map_err(TaskError::NotRecorded)?;
                 return Ok(self.snapshot(&existing.id)?.unwrap_or(existing));
             }
             return Err(TaskError::Unrecorded(e));
+        }
+        // Audited before it runs; a line that cannot be written takes the
+        // task back (no agent has been called).
+        if let Err(reason) = admit(&task.id, false) {
+            if let Err(e) = self.store.delete(&task.id) {
+                tracing::error!(task_id = %task.id, error = %describe(&e), "cannot take back a task whose admission was not recorded");
+            }
+            return Err(TaskError::NotRecorded(reason));
         }
         tracing::info!(task_id = %task.id, cluster = %task.cluster, kind = task.kind.name(), "task created");
         self.launch(task.clone());
@@ -223,8 +241,9 @@ impl Tasks {
         Ok(rx)
     }
 
-    pub fn cancel(&self, id: &str) -> Result<Task, TaskError> {
+    pub fn cancel(&self, id: &str, admit: OnAdmit) -> Result<Task, TaskError> {
         if let Some(live) = self.live().get(id) {
+            admit(id, false).map_err(TaskError::NotRecorded)?;
             live.cancel.cancel();
             let mut task = live.rx.borrow().clone();
             task.cancel_requested = true;
@@ -239,15 +258,16 @@ impl Tasks {
     }
 
     /// Runs again every subtask that did not succeed, with new request ids.
-    pub fn retry(self: &Arc<Self>, id: &str) -> Result<Task, TaskError> {
+    pub fn retry(self: &Arc<Self>, id: &str, admit: OnAdmit) -> Result<Task, TaskError> {
         let _one_at_a_time = self.retrying.lock().unwrap_or_else(|e| e.into_inner());
         if self.live().contains_key(id) {
             return Err(TaskError::StillRunning { id: id.to_string() });
         }
-        let mut task = self.get(id)?;
-        if task.state == State::Succeeded {
-            return Err(TaskError::NothingToRetry { id: task.id });
+        let original = self.get(id)?;
+        if original.state == State::Succeeded {
+            return Err(TaskError::NothingToRetry { id: original.id });
         }
+        let mut task = original.clone();
         for s in &mut task.subtasks {
             match s.state {
                 SubtaskState::Succeeded => continue,
@@ -270,7 +290,15 @@ impl Tasks {
         task.error = None;
         task.cancel_requested = false;
         task.current_batch = 0;
+        // Written down first (what cannot be is not done), then audited; a
+        // line that cannot be written puts the task back as it was.
         self.store.save(&task).map_err(TaskError::Unrecorded)?;
+        if let Err(reason) = admit(&task.id, false) {
+            if let Err(e) = self.store.save(&original) {
+                tracing::error!(task_id = %task.id, error = %describe(&e), "cannot put back a task whose retry was not recorded");
+            }
+            return Err(TaskError::NotRecorded(reason));
+        }
         tracing::info!(task_id = %task.id, "task retried");
         self.launch(task.clone());
         Ok(task)

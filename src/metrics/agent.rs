@@ -113,6 +113,11 @@ impl AgentMetrics {
             "Operations finished, by kind and outcome",
             operations.clone(),
         );
+        registry.register(
+            "odp_log_write_errors",
+            "Log lines stderr did not take (dropped; logging goes on)",
+            crate::telemetry::write_errors(),
+        );
         let drain_duration = Histogram::new(DRAIN_BUCKETS);
         registry.register(
             "odp_drain_duration_seconds",
@@ -209,6 +214,8 @@ fn kind_label(kind: Kind) -> &'static str {
         Kind::RestartHot => "restart_hot",
         Kind::RestartForce => "restart_force",
         Kind::Respawn => "respawn",
+        Kind::AdoptNative => "adopt_native",
+        Kind::TakeOver => "take_over",
     }
 }
 
@@ -242,6 +249,7 @@ mod tests {
             cpu_percent: 0.0,
             memory_bytes: 0,
             open_connections,
+            binary_info: None,
         }
     }
 

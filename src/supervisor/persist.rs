@@ -28,15 +28,24 @@ pub(super) struct Unrecorded {
 }
 
 /// What an operation of `kind` means obproxy to be: written down when it is
-/// admitted, before it does anything. None for the agent's own respawn,
-/// which restores what is already recorded (and must go on even when the
-/// disk is full: supervision never waits for the disk).
+/// admitted, before it does anything. None for the agent's own operations
+/// (a respawn, a take-over at start, adopting obproxy's own restart), which
+/// keep up what is already meant and must go on when the disk is full:
+/// supervision never waits for the disk.
 fn intent(kind: Kind) -> Option<bool> {
     match kind {
         Kind::Start | Kind::RestartHot | Kind::RestartForce => Some(true),
         Kind::Stop => Some(false),
-        Kind::Respawn => None,
+        Kind::Respawn | Kind::TakeOver | Kind::AdoptNative => None,
     }
+}
+
+/// An operation's intent, written down at its admission: what the desire
+/// was before, to put back if the admission is withdrawn after all.
+#[must_use]
+pub(super) struct Intent {
+    before: bool,
+    running: Option<bool>,
 }
 
 impl Supervisor {
@@ -84,20 +93,36 @@ impl Supervisor {
     /// Admits an operation on the disk: its intent (obproxy meant to run, or
     /// not) is written before it runs. On failure nothing changes, in memory
     /// or on disk, and the caller refuses the request.
-    pub(super) fn record_intent(&mut self, kind: Kind) -> Result<(), StateFileError> {
-        let Some(running) = intent(kind) else {
-            return Ok(());
+    pub(super) fn record_intent(&mut self, kind: Kind) -> Result<Intent, StateFileError> {
+        let intent = Intent {
+            before: self.desired_running,
+            running: intent(kind),
         };
-        let before = self.desired_running;
+        let Some(running) = intent.running else {
+            return Ok(intent);
+        };
         self.desired_running = running;
         if let Err(e) = self.record() {
-            self.desired_running = before;
+            self.desired_running = intent.before;
             return Err(e);
         }
-        if !running {
+        Ok(intent)
+    }
+
+    /// The operation is admitted: a Stop ends any wish to respawn.
+    pub(super) fn commit_intent(&mut self, intent: Intent) {
+        if intent.running == Some(false) {
             self.respawn.settled();
         }
-        Ok(())
+    }
+
+    /// The admission was withdrawn after its intent was written (its audit
+    /// line could not be): the desire before it is put back, on disk too.
+    pub(super) fn withdraw_intent(&mut self, intent: Intent) {
+        if self.desired_running != intent.before {
+            self.desired_running = intent.before;
+            self.persist();
+        }
     }
 
     /// The retry of a failed write came due.
@@ -149,6 +174,15 @@ impl Supervisor {
                 })
                 .collect(),
             last_bound: self.last_bound.clone(),
+            rpc_listeners: self
+                .listeners
+                .rpc()
+                .map(|l| RecordedListener {
+                    bound: l.bound,
+                    inode: l.inode,
+                })
+                .collect(),
+            last_rpc_bound: self.last_rpc_bound.clone(),
             processes: self
                 .processes
                 .iter()
@@ -161,6 +195,8 @@ impl Supervisor {
                     role: p.role,
                     started_at: state_file::to_epoch(p.started_at),
                     drain_deadline: p.drain_deadline.map(state_file::to_epoch),
+                    exit_window_us: p.exit_window.map(|w| w.as_micros() as u64),
+                    rpc: p.rpc,
                 })
                 .collect(),
             started_count: self.started_count,

@@ -2,7 +2,10 @@
 //! agent ran: re-adopt the obproxy processes it recorded (never signalling a
 //! pid whose identity is not confirmed), take the listeners back from them,
 //! finish what was interrupted, and reap orphans re-parented to us.
-use std::{sync::Arc, time::SystemTime};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use nix::sys::signal::Signal;
 
@@ -20,7 +23,10 @@ impl Supervisor {
         let dir = self.config.state.dir.clone();
         let state = match state_file::load(&dir) {
             Ok(Some(state)) => state,
-            Ok(None) => return,
+            Ok(None) => {
+                self.maybe_take_over();
+                return;
+            }
             Err(e) => {
                 // Keep the evidence, start with no memory rather than not at all.
                 let path = state_file::path(&dir);
@@ -37,13 +43,19 @@ impl Supervisor {
         } else {
             state.listeners.iter().map(|l| l.bound).collect()
         };
+        self.last_rpc_bound = if state.rpc_listeners.is_empty() {
+            state.last_rpc_bound.clone()
+        } else {
+            state.rpc_listeners.iter().map(|l| l.bound).collect()
+        };
         let inodes: Vec<u64> = state.listeners.iter().map(|l| l.inode).collect();
         let now = SystemTime::now();
         let mut holders: Vec<(Role, Arc<Pidfd>)> = Vec::new();
         // Recorded pids we could not confirm: never signalled, strays or not.
         let mut rejected = Vec::new();
+        let place = adoption::Place::of(&self.config.obproxy);
         for rec in &state.processes {
-            let pidfd = match adoption::confirm(rec, &inodes) {
+            let pidfd = match adoption::confirm(rec, &inodes, &place) {
                 Ok(pidfd) => Arc::new(pidfd),
                 Err(e) => {
                     tracing::warn!(pid = rec.pid, reason = %e, "not adopting the recorded obproxy; it will not be signalled");
@@ -65,6 +77,10 @@ impl Supervisor {
                 // The drain's start was not recorded; its duration goes unmeasured.
                 drain_started: None,
                 ending: false,
+                exit_window: rec.exit_window_us.map(Duration::from_micros),
+                binary_info: None,
+                native_parent: None,
+                rpc: rec.rpc,
             };
             match rec.role {
                 Role::Starting => {
@@ -102,6 +118,9 @@ impl Supervisor {
             self.processes.insert(pid, process);
             self.watch_exit(pidfd);
         }
+        if let Some(pidfd) = self.adopt_orphan_at_recovery(&state.processes, &inodes) {
+            holders.push((Role::Serving, pidfd));
+        }
         self.kill_strays(&inodes, &rejected);
         // The listeners come back from a process that still holds them,
         // preferably the serving one.
@@ -129,6 +148,7 @@ impl Supervisor {
                 }
             }
         }
+        self.take_rpc_back(&holders, &state.rpc_listeners);
         if self.desired_running && self.serving_pid().is_none() {
             tracing::warn!("obproxy should run but none serves: it died while the agent was away");
             self.respawn.found_dead();
@@ -156,7 +176,11 @@ impl Supervisor {
             }
             let in_home =
                 std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| &cwd == home);
-            if !in_home {
+            // A child of an adopted obproxy is its own restart under way
+            // (adopted once its parent exits), not a spawn of ours.
+            let native =
+                procfs::parent_pid(pid).is_ok_and(|ppid| self.processes.contains_key(&ppid));
+            if !in_home || native {
                 continue;
             }
             if let Ok(pidfd) = Pidfd::open(pid)

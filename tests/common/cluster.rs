@@ -8,7 +8,7 @@ use std::{
 };
 
 use odp_agent::proto::coordinator::{self as pb, coordinator_client::CoordinatorClient};
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 
 use super::{Agent, Log, Options, PATIENCE, log_field, spawn_logged};
 
@@ -26,6 +26,9 @@ pub struct Settings {
     pub agents: String,
     /// `[store] path` (default `tasks.db` in the coordinator's directory).
     pub store: Option<PathBuf>,
+    /// How the test's clients reach a coordinator configured with `[tls]`
+    /// in `more`; None: plain gRPC.
+    pub client_tls: Option<ClientTlsConfig>,
 }
 
 impl Default for Settings {
@@ -35,6 +38,7 @@ impl Default for Settings {
             more: String::new(),
             agents: "status_timeout = \"3s\"".to_string(),
             store: None,
+            client_tls: None,
         }
     }
 }
@@ -46,6 +50,8 @@ pub struct Cluster {
     pub coordinator: Child,
     pub addr: SocketAddr,
     pub log: Arc<Log>,
+    /// See [`Settings::client_tls`].
+    pub client_tls: Option<ClientTlsConfig>,
 }
 
 impl Cluster {
@@ -87,6 +93,7 @@ impl Cluster {
             more,
             agents: agent_keys,
             store,
+            client_tls,
         } = settings;
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("coordinator.toml");
@@ -101,6 +108,7 @@ impl Cluster {
             format!(
                 r#"[server]
 listen = "127.0.0.1:0"
+{loopback}
 [store]
 path = {store:?}
 [agents]
@@ -108,7 +116,8 @@ path = {store:?}
 [[clusters]]
 name = "{CLUSTER}"
 agents = {addrs:?}
-{more}"#
+{more}"#,
+                loopback = super::open_loopback(&more),
             ),
         )
         .unwrap();
@@ -120,13 +129,19 @@ agents = {addrs:?}
             coordinator,
             addr,
             log,
+            client_tls,
         }
     }
 
     pub async fn client(&self) -> CoordinatorClient<Channel> {
-        CoordinatorClient::connect(format!("http://{}", self.addr))
-            .await
-            .unwrap()
+        match &self.client_tls {
+            Some(tls) => {
+                CoordinatorClient::new(super::tls_channel(self.addr, tls.clone()).await.unwrap())
+            }
+            None => CoordinatorClient::connect(format!("http://{}", self.addr))
+                .await
+                .unwrap(),
+        }
     }
 
     /// Follows a task to its end.

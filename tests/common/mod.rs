@@ -3,12 +3,15 @@
 //! (a log line, an operation update, a socket), bounded by a deadline.
 #![allow(dead_code)]
 
+pub mod admin_sql;
 pub mod cluster;
 mod echo;
+pub mod local;
 mod log;
 pub mod mariadb;
 pub mod netns;
 pub mod pki;
+pub mod ports;
 pub mod standin;
 pub mod sysbench;
 pub mod tmpfs;
@@ -56,8 +59,12 @@ pub struct Options {
     /// More sections appended to the configuration, e.g. `[tls]` and
     /// `[[auth.certificates]]` (see [`pki::Pki::agent_toml`]).
     pub more: String,
+    /// `[obproxy] listen` and `rpc_listen` as TOML arrays (default: one
+    /// loopback address on port 0 each).
+    pub listen: &'static str,
+    pub rpc_listen: &'static str,
     /// `[server] listen` (default `127.0.0.1:0`).
-    pub listen: Option<String>,
+    pub grpc_listen: Option<String>,
     /// `[state] dir` (default `state` in the agent's directory), e.g. on a
     /// small file system a test fills.
     pub state_dir: Option<PathBuf>,
@@ -73,7 +80,9 @@ impl Default for Options {
             metrics: false,
             server: String::new(),
             more: String::new(),
-            listen: None,
+            listen: r#"["127.0.0.1:0"]"#,
+            rpc_listen: r#"["127.0.0.1:0"]"#,
+            grpc_listen: None,
             state_dir: None,
         }
     }
@@ -106,33 +115,31 @@ impl Agent {
         let home = dir.path().join("odp");
         std::fs::create_dir_all(home.join("bin")).unwrap();
         write_wrapper(&home.join("bin/obproxy"), &[]);
-        let mut args: Vec<String> = ["-n", "testapp", "-c", "testcluster"]
+        let args: Vec<String> = ["-n", "testapp", "-c", "testcluster"]
             .iter()
             .map(|s| s.to_string())
             .chain(opts.args.iter().cloned())
             .collect();
-        // Until the agent hands over the RPC port: a 4.3 obproxy (the stand-in's default)
-        // binds 2885 itself and a hot restart dies on it, so turn the service off as obd
-        // does for upgrades, merged into the one `-o` obproxy reads.
-        rpc_service_off(&mut args);
         let config = dir.path().join("agent.toml");
         let state = opts
             .state_dir
             .clone()
             .unwrap_or_else(|| dir.path().join("state"));
-        let listen = opts.listen.as_deref().unwrap_or("127.0.0.1:0");
+        let grpc_listen = opts.grpc_listen.as_deref().unwrap_or("127.0.0.1:0");
         std::fs::write(
             &config,
             format!(
                 r#"[server]
-listen = "{listen}"
+listen = "{grpc_listen}"
+{}
 {}
 
 [obproxy]
 home = "odp"
 binary = "bin/obproxy"
 args = {args:?}
-listen = ["127.0.0.1:0"]
+listen = {listen}
+rpc_listen = {rpc_listen}
 hot_upgrade_exit_timeout = "{}"
 start_timeout = "{}"
 stop_timeout = "{}"
@@ -142,6 +149,7 @@ dir = {state:?}
 {}
 {}"#,
                 opts.server,
+                open_loopback(&format!("{}{}", opts.server, opts.more)),
                 opts.exit_timeout,
                 opts.start_timeout,
                 opts.stop_timeout,
@@ -151,6 +159,8 @@ dir = {state:?}
                     ""
                 },
                 opts.more,
+                listen = opts.listen,
+                rpc_listen = opts.rpc_listen,
             ),
         )
         .unwrap();
@@ -173,16 +183,6 @@ dir = {state:?}
     /// knobs such as `ODP_STANDIN_START_DELAY`).
     pub fn set_standin_env(&self, env: &[(&str, &str)]) {
         write_env(&self.home().join("bin/obproxy"), env);
-    }
-
-    /// Until the agent bootstraps homes for obproxy up to 4.2: such an obproxy refuses an
-    /// inherited start without `etc/obproxy_config.bin`, and the agent always hands the
-    /// listener over, so the test provides the file a first, non-inherited start would
-    /// have written.
-    pub fn seed_local_config(&self) {
-        let etc = self.home().join("etc");
-        std::fs::create_dir_all(&etc).unwrap();
-        std::fs::write(etc.join("obproxy_config.bin"), "").unwrap();
     }
 
     /// Another obproxy binary under home (for hot upgrades), with its knobs.
@@ -395,16 +395,6 @@ impl Drop for Agent {
     }
 }
 
-/// Adds `enable_obproxy_rpc_service=false` to the `-o` in `args`, or a `-o` with it (until
-/// the agent hands over the RPC port).
-pub fn rpc_service_off(args: &mut Vec<String>) {
-    const OFF: &str = "enable_obproxy_rpc_service=false";
-    match args.iter().position(|a| a == "-o") {
-        Some(i) if i + 1 < args.len() => args[i + 1] = format!("{},{OFF}", args[i + 1]),
-        _ => args.extend(["-o".to_string(), OFF.to_string()]),
-    }
-}
-
 /// Starts `odp-agent --config path` and waits for its "serving" log line.
 pub fn spawn_agent(config: &Path) -> (Child, SocketAddr, Arc<Log>) {
     spawn_logged(agent_command(config), "agent")
@@ -534,12 +524,35 @@ pub fn sample(body: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// Without credentials in `more`, test callers on loopback operate (the
+/// daemons' default is READ_ONLY there; the security tests prove that).
+pub fn open_loopback(more: &str) -> &'static str {
+    if more.contains("[tls]") || more.contains("[[auth.tokens]]") || more.contains("loopback_role")
+    {
+        ""
+    } else {
+        "loopback_role = \"OBPROXY_MANAGER\""
+    }
+}
+
 fn write_wrapper(path: &Path, env: &[(&str, &str)]) {
     // The wrapper sources `<binary>.env` at every start, so a test can change
-    // how the next obproxy behaves; `exec` keeps the pid and the parent.
+    // how the next obproxy behaves; `exec` keeps the pid and the parent. It
+    // runs a link to the stand-in beside it: the agent adopts only an
+    // obproxy whose executable lies in its home or upgrade directory. The
+    // env file is named in full: the agent runs the file it opened, so $0 is
+    // a /proc/self/fd name.
+    let standin = path.with_file_name(".obproxy-standin");
+    if !standin.exists() && std::fs::hard_link(STANDIN, &standin).is_err() {
+        std::fs::copy(STANDIN, &standin).unwrap();
+    }
     std::fs::write(
         path,
-        format!("#!/bin/sh\n[ -f \"$0.env\" ] && . \"$0.env\"\nexec {STANDIN} \"$@\"\n"),
+        format!(
+            "#!/bin/sh\n[ -f \"{path}.env\" ] && . \"{path}.env\"\nexec {standin} \"$@\"\n",
+            path = path.display(),
+            standin = standin.display()
+        ),
     )
     .unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -1,7 +1,7 @@
 //! The listeners: the SQL and RPC sockets inherited from the previous process (`OBPROXY_INHERITED_*`, read per line) or bound here per `ip_listen_mode`, kept open for the life of the process because they are shared with a successor.
 
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use anyhow::{Context, bail};
@@ -170,18 +170,21 @@ impl ListenSocket {
         Ok(ListenSocket { fd, addr })
     }
 
-    /// Binds the wildcard address of `ipv6`'s family on `port` as obproxy does: SO_REUSEADDR,
-    /// no SO_REUSEPORT, no IPV6_V6ONLY (v4.3.1:src/obproxy/iocore/net/ob_connection.cpp:580-590).
-    pub fn bind(ipv6: bool, port: u16) -> anyhow::Result<Self> {
-        let addr = if ipv6 {
-            SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))
-        } else {
-            SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))
-        };
-        let domain = if ipv6 { Domain::IPV6 } else { Domain::IPV4 };
+    /// Binds `ip` (`local_bound_ip` or `local_bound_ipv6_ip`: make_net_accept_options sets
+    /// the accept address from them, v4.3.1:src/obproxy/proxy/mysql/ob_mysql_proxy_server_main.cpp:63-90,
+    /// :319/:325, iocore/net/ob_unix_net_processor.cpp:131-139) on `port` as obproxy does:
+    /// SO_REUSEADDR, no SO_REUSEPORT, IPV6_V6ONLY on IPv6
+    /// (setup_fd_for_listen_proxy_mode, iocore/net/ob_connection.cpp:455-464; bound in
+    /// listen_proxy_mode, :567-590).
+    pub fn bind(ip: IpAddr, port: u16) -> anyhow::Result<Self> {
+        let addr = SocketAddr::new(ip, port);
+        let domain = Domain::for_address(addr);
         // socket2 creates the socket with SOCK_CLOEXEC; a native child gets it all the same
         // (see `native`), and nothing else is ever executed.
         let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
         socket.set_reuse_address(true)?;
         socket
             .bind(&addr.into())
@@ -192,6 +195,31 @@ impl ListenSocket {
         Ok(ListenSocket {
             fd: socket.into_raw_fd(),
             addr,
+        })
+    }
+}
+
+/// The addresses a start that was not inherited binds: `local_bound_ip` and
+/// `local_bound_ipv6_ip`.
+#[derive(Debug, Clone, Copy)]
+pub struct BindIps {
+    pub v4: IpAddr,
+    pub v6: IpAddr,
+}
+
+impl BindIps {
+    /// From the config items' text; a value that is no address of its family fails the
+    /// start, as obproxy's DEF_IP check does.
+    pub fn parse(v4: &str, v6: &str) -> anyhow::Result<Self> {
+        let v4: Ipv4Addr = v4
+            .parse()
+            .with_context(|| format!("invalid local_bound_ip: {v4}"))?;
+        let v6: Ipv6Addr = v6
+            .parse()
+            .with_context(|| format!("invalid local_bound_ipv6_ip: {v6}"))?;
+        Ok(BindIps {
+            v4: v4.into(),
+            v6: v6.into(),
         })
     }
 }
@@ -238,7 +266,7 @@ impl Listeners {
 
     /// A fresh start binds `listen_port` for each family the mode serves, IPv4 first; the
     /// bind happens as accepting starts (ob_net_accept.cpp:296-301), and a failure is fatal.
-    pub fn bind(port: u16, (v4, v6): (bool, bool)) -> anyhow::Result<Self> {
+    pub fn bind(port: u16, (v4, v6): (bool, bool), ips: BindIps) -> anyhow::Result<Self> {
         let mut listeners = Listeners {
             sql: Vec::new(),
             rpc: Vec::new(),
@@ -246,12 +274,12 @@ impl Listeners {
             inherited: false,
         };
         if v4 {
-            let socket = ListenSocket::bind(false, port)?;
+            let socket = ListenSocket::bind(ips.v4, port)?;
             listeners.fds.sql4 = socket.fd;
             listeners.sql.push(socket);
         }
         if v6 {
-            let socket = ListenSocket::bind(true, port)?;
+            let socket = ListenSocket::bind(ips.v6, port)?;
             listeners.fds.sql6 = socket.fd;
             listeners.sql.push(socket);
         }
@@ -267,6 +295,7 @@ impl Listeners {
         enabled: bool,
         port: u16,
         (v4, v6): (bool, bool),
+        ips: BindIps,
     ) -> anyhow::Result<()> {
         let inherited = self.inherited && (self.fds.rpc4 != -1 || self.fds.rpc6 != -1);
         if !enabled {
@@ -295,8 +324,9 @@ impl Listeners {
                     },
                 )?
             } else {
+                let ip = if ipv6 { ips.v6 } else { ips.v4 };
                 let socket =
-                    ListenSocket::bind(ipv6, port).context("fail to start rpc accept server")?;
+                    ListenSocket::bind(ip, port).context("fail to start rpc accept server")?;
                 if ipv6 {
                     self.fds.rpc6 = socket.fd;
                 } else {

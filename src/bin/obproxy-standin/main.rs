@@ -261,8 +261,15 @@ async fn run(proxy: Arc<Proxy>, knobs: Knobs, inherited: Option<Fds>) -> i32 {
         fail(anyhow::anyhow!("standin_fail_start is set"));
     }
 
-    let (families, listen_port, prometheus_port, rpc) = {
+    let (families, listen_port, prometheus_port, rpc, ips) = {
         let config = proxy.config();
+        // 3.x/4.0 have no local_bound_ipv6_ip: "" there, and IPv6 is never bound.
+        let v6 = match config.get("local_bound_ipv6_ip") {
+            "" => "::",
+            v6 => v6,
+        };
+        let ips =
+            listener::BindIps::parse(config.get("local_bound_ip"), v6).unwrap_or_else(|e| fail(e));
         let families = listener::families(line, config.int("ip_listen_mode"));
         let rpc = (
             config.flag("enable_obproxy_rpc_service"),
@@ -272,12 +279,12 @@ async fn run(proxy: Arc<Proxy>, knobs: Knobs, inherited: Option<Fds>) -> i32 {
             config.int("listen_port") as u16,
             config.int("prometheus_listen_port") as u16,
         );
-        (families, ports.0, ports.1, rpc)
+        (families, ports.0, ports.1, rpc, ips)
     };
     *proxy.exporter.lock().await = Some(Exporter::start(prometheus_port));
     let mut listeners = match inherited {
         Some(fds) => Listeners::inherited(fds, families),
-        None => Listeners::bind(listen_port, families),
+        None => Listeners::bind(listen_port, families, ips),
     }
     .unwrap_or_else(|e| fail(e));
     // Up to 4.2 every start that gets this far writes the local config
@@ -292,7 +299,7 @@ async fn run(proxy: Arc<Proxy>, knobs: Knobs, inherited: Option<Fds>) -> i32 {
     // clients already accepted (v4.3.1:src/obproxy/ob_proxy.cpp:428-431).
     if line.has_rpc() {
         listeners
-            .start_rpc(rpc.0, rpc.1, families)
+            .start_rpc(rpc.0, rpc.1, families, ips)
             .unwrap_or_else(|e| fail(e));
     }
     proxy.set_fds(listeners.fds);

@@ -81,12 +81,7 @@ impl Testbed {
             "-c".into(),
             "bench".into(),
             "-o".into(),
-            // enable_obproxy_rpc_service=false until the agent hands over the RPC port:
-            // obproxy 4.3 binds 2885 itself and a hot restart would die on it.
-            format!(
-                "standin_backend={},enable_obproxy_rpc_service=false",
-                backend.addr()
-            ),
+            format!("standin_backend={}", backend.addr()),
         ];
         let config = dir.path().join("agent.toml");
         std::fs::write(
@@ -94,12 +89,15 @@ impl Testbed {
             format!(
                 r#"[server]
 listen = "127.0.0.1:0"
+# The bench drives the agent over loopback TCP (READ_ONLY by default).
+loopback_role = "OBPROXY_MANAGER"
 
 [obproxy]
 home = "odp"
 binary = {standin:?}
 args = {args:?}
 listen = ["127.0.0.1:0"]
+rpc_listen = ["127.0.0.1:0"]
 hot_upgrade_exit_timeout = "{}"
 start_timeout = "60s"
 stop_timeout = "10s"

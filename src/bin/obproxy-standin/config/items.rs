@@ -135,6 +135,31 @@ pub static ITEMS: &[ItemDef] = &[
         GLOBAL,
         ALL,
     ),
+    // :261 / :278 / :282: the address a start that was not inherited binds (SQL and RPC).
+    // DEF_IP; the stand-in checks the value when it binds.
+    item!(
+        "local_bound_ip",
+        Str,
+        "0.0.0.0",
+        "",
+        "local bound ip(any)",
+        true,
+        Sys,
+        GLOBAL,
+        ALL,
+    ),
+    // - / :281 / :285
+    item!(
+        "local_bound_ipv6_ip",
+        Str,
+        "::",
+        "",
+        "local bound ipv6 ip(any)",
+        true,
+        Sys,
+        GLOBAL,
+        FROM_42,
+    ),
     // - / :280 / :284 (3.x and 4.0 listen on IPv4 only)
     item!(
         "ip_listen_mode",
