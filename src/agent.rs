@@ -15,8 +15,10 @@ use crate::{
     obproxy::spawner::Spawner,
     operation::{Kind, Request},
     proto::agent::agent_server::AgentServer,
+    sampling::{Sampler, SystemProbe},
     security::{audit::AuditError, roles::Role},
     signals,
+    status_report::Reporter,
     supervisor::Supervisor,
     systemd,
 };
@@ -27,6 +29,8 @@ pub enum Error {
     Signals(#[source] std::io::Error),
     #[error("cannot start the spawner thread")]
     Spawner(#[source] std::io::Error),
+    #[error("cannot start the sampler thread")]
+    Sampler(#[source] std::io::Error),
     #[error(transparent)]
     Serve(#[from] ServeError),
     #[error(transparent)]
@@ -83,8 +87,10 @@ pub async fn run(config: AgentConfig, start_proxy: bool) -> Result<(), Error> {
         shutdown.clone(),
         metrics.clone(),
     );
-    handle.forward_signals(child_rx);
-    tracker.spawn(supervisor.run());
+    // Signals go straight to the supervisor, no task in between.
+    tracker.spawn(supervisor.run(child_rx));
+    let sampler = Sampler::start(SystemProbe::default()).map_err(Error::Sampler)?;
+    let reporter = Reporter::new(handle.clone(), sampler);
 
     // Callers are served on threads of their own (see CallerRuntime): the
     // supervisor and the operations keep this runtime to themselves.
@@ -97,10 +103,16 @@ pub async fn run(config: AgentConfig, start_proxy: bool) -> Result<(), Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AgentServer<AgentService>>().await;
     let routes = {
-        let (handle, config, guard) = (handle.clone(), config.clone(), guard.clone());
+        let (handle, reporter, config, guard) = (
+            handle.clone(),
+            reporter.clone(),
+            config.clone(),
+            guard.clone(),
+        );
         move |mut server: grpc_server::Builder| {
             let service = AgentServer::new(AgentService::new(
                 handle.clone(),
+                reporter.clone(),
                 config.clone(),
                 guard.clone(),
             ))
@@ -116,7 +128,7 @@ pub async fn run(config: AgentConfig, start_proxy: bool) -> Result<(), Error> {
     if let Some(listen) = config.metrics {
         let endpoint = callers.run(metrics::Endpoint::bind(listen)).await??;
         tracing::info!(metrics_addr = %endpoint.addr, "metrics endpoint serving");
-        let router = metrics.router(handle.clone());
+        let router = metrics.router(reporter.clone());
         tracker.spawn_on(endpoint.serve(router, shutdown.clone()), callers.handle());
     }
 
@@ -136,12 +148,13 @@ pub async fn run(config: AgentConfig, start_proxy: bool) -> Result<(), Error> {
     }
     // The gRPC listener is bound, so connections from here on are served.
     systemd::ready();
-    // Watchdog pings earned by a round trip through the supervisor: a
-    // wedged supervisor stops them and systemd restarts the agent.
+    // Watchdog pings earned by a round trip through the supervisor (on its
+    // supervision queue, which callers cannot fill): a wedged supervisor
+    // stops them and systemd restarts the agent.
     let probe = handle.clone();
     tracker.spawn(systemd::run(shutdown.clone(), move || {
         let probe = probe.clone();
-        async move { probe.status().await.is_some() }
+        async move { probe.ping().await }
     }));
     if start_proxy {
         let request = Request {

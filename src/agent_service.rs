@@ -21,11 +21,13 @@ use crate::{
     listeners,
     operation::{self, Kind, OnAdmit, Phase},
     proto::agent as pb,
+    sampling::Usage,
     security::{
         audit::Details,
         guard::{self, Call, Guard},
     },
-    supervisor::{self, Handle, ProxyState, SubmitError},
+    status_report::{Report, Reporter},
+    supervisor::{self, CallError, Handle, ProxyState, SubmitError},
 };
 
 /// What the audit log names as the target of an agent's calls: its own ODP.
@@ -33,6 +35,7 @@ const TARGET: &str = "local";
 
 pub struct AgentService {
     sup: Handle,
+    reporter: Reporter,
     config: Arc<AgentConfig>,
     guard: Guard,
 }
@@ -63,8 +66,13 @@ mutation!(pb::StopRequest, "Stop");
 mutation!(pb::RestartRequest, "Restart");
 
 impl AgentService {
-    pub fn new(sup: Handle, config: Arc<AgentConfig>, guard: Guard) -> Self {
-        Self { sup, config, guard }
+    pub fn new(sup: Handle, reporter: Reporter, config: Arc<AgentConfig>, guard: Guard) -> Self {
+        Self {
+            sup,
+            reporter,
+            config,
+            guard,
+        }
     }
 
     /// Admits the caller (authentication before validation: an unknown
@@ -166,8 +174,8 @@ impl pb::agent_server::Agent for AgentService {
         request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::ProxyStatus>, Status> {
         self.guard.read(&request, "GetStatus")?;
-        let status = self.sup.status().await.ok_or_else(shutting_down)?;
-        Ok(Response::new(status_pb(&status)))
+        let report = self.reporter.report().await;
+        Ok(Response::new(status_pb(&report)))
     }
 
     async fn start(
@@ -202,6 +210,7 @@ impl pb::agent_server::Agent for AgentService {
             .sup
             .operation(id.clone())
             .await
+            .map_err(call_status)?
             .ok_or_else(|| Status::not_found(format!("id: no operation {id:?}")))?;
         Ok(Response::new(operation_pb(&op)))
     }
@@ -218,9 +227,56 @@ impl pb::agent_server::Agent for AgentService {
             .sup
             .watch_operation(id.clone())
             .await
+            .map_err(call_status)?
             .ok_or_else(|| Status::not_found(format!("id: no operation {id:?}")))?;
         Ok(Response::new(Box::pin(operation_stream(rx))))
     }
+
+    type WatchStatusStream = Pin<Box<dyn Stream<Item = Result<pb::ProxyStatus, Status>> + Send>>;
+
+    async fn watch_status(
+        &self,
+        request: Request<pb::WatchStatusRequest>,
+    ) -> Result<Response<Self::WatchStatusStream>, Status> {
+        self.guard.read(&request, "WatchStatus")?;
+        let heartbeat = requests::heartbeat(request.get_ref())?;
+        Ok(Response::new(Box::pin(status_stream(
+            self.reporter.clone(),
+            heartbeat,
+        ))))
+    }
+}
+
+/// The status now, then at every change and after every `heartbeat` of
+/// silence; ends when the agent shuts down. A change goes out at once, with
+/// the usage sampled last (a watcher must not see a state late because a
+/// sample was being taken); the first status and every heartbeat carry usage
+/// no older than the sampler's maximum age.
+fn status_stream(
+    reporter: Reporter,
+    heartbeat: Duration,
+) -> impl Stream<Item = Result<pb::ProxyStatus, Status>> {
+    let changes = reporter.changes();
+    futures::stream::unfold(
+        (reporter, changes, true),
+        move |(reporter, mut changes, first)| async move {
+            let changed = if first {
+                false
+            } else {
+                tokio::select! {
+                    changed = changes.changed() => { changed.ok()?; true }
+                    _ = tokio::time::sleep(heartbeat) => false,
+                }
+            };
+            changes.mark_unchanged();
+            let report = if changed {
+                reporter.report_now()
+            } else {
+                reporter.report().await
+            };
+            Some((Ok(status_pb(&report)), (reporter, changes, false)))
+        },
+    )
 }
 
 /// Every change of the operation, ending with its final state.
@@ -240,12 +296,16 @@ fn operation_stream(
     })
 }
 
-fn shutting_down() -> Status {
-    Status::unavailable("the agent is shutting down")
+fn call_status(e: CallError) -> Status {
+    match e {
+        CallError::Overloaded(full) => Status::resource_exhausted(full.to_string()),
+        CallError::ShuttingDown => Status::unavailable(e.to_string()),
+    }
 }
 
 fn submit_status(e: SubmitError) -> Status {
     match &e {
+        SubmitError::Overloaded(full) => Status::resource_exhausted(full.to_string()),
         SubmitError::Log(operation::LogError::Busy { .. })
         | SubmitError::NotServing { .. }
         | SubmitError::ListenersLost { .. } => Status::failed_precondition(e.to_string()),
@@ -309,21 +369,34 @@ pub fn operation_pb(op: &operation::Operation) -> pb::Operation {
         pid: op.pid.unwrap_or(0),
         previous_pid: op.previous_pid.unwrap_or(0),
         events: op.events.clone(),
+        proxy_state: op.proxy_state.map_or(0, |s| state_pb(s) as i32),
     }
 }
 
-fn process_pb(p: &supervisor::ProcessInfo) -> pb::ProxyProcess {
+fn state_pb(state: ProxyState) -> pb::ProxyState {
+    match state {
+        ProxyState::Running => pb::ProxyState::Running,
+        ProxyState::Stopped => pb::ProxyState::Stopped,
+        ProxyState::Starting => pb::ProxyState::Starting,
+        ProxyState::Stopping => pb::ProxyState::Stopping,
+        ProxyState::Restarting => pb::ProxyState::Restarting,
+        ProxyState::Upgrading => pb::ProxyState::Upgrading,
+        ProxyState::Unavailable => pb::ProxyState::Unavailable,
+    }
+}
+
+fn process_pb(p: &supervisor::ProcessInfo, usage: Option<Usage>) -> pb::ProxyProcess {
     pb::ProxyProcess {
         pid: p.pid,
         version: p.version.clone(),
         binary: p.binary.display().to_string(),
         started_at: Some(timestamp(p.started_at)),
         uptime: Some(duration(p.started_at.elapsed().unwrap_or_default())),
-        usage: Some(pb::ProcessUsage {
-            cpu_percent: p.cpu_percent,
-            memory_bytes: p.memory_bytes,
+        usage: usage.map(|u| pb::ProcessUsage {
+            cpu_percent: u.cpu_percent,
+            memory_bytes: u.memory_bytes,
         }),
-        open_connections: p.open_connections,
+        open_connections: usage.map_or(0, |u| u.open_connections),
         binary_info: p.binary_info.as_ref().map(|i| pb::BinaryInfo {
             version: i.version.clone(),
             build: i.build.clone(),
@@ -334,18 +407,11 @@ fn process_pb(p: &supervisor::ProcessInfo) -> pb::ProxyProcess {
     }
 }
 
-fn status_pb(s: &supervisor::Status) -> pb::ProxyStatus {
+pub fn status_pb(report: &Report) -> pb::ProxyStatus {
+    let s = &report.status;
     let serving = s.serving.as_ref();
     pb::ProxyStatus {
-        state: match s.state {
-            ProxyState::Running => pb::ProxyState::Running,
-            ProxyState::Stopped => pb::ProxyState::Stopped,
-            ProxyState::Starting => pb::ProxyState::Starting,
-            ProxyState::Stopping => pb::ProxyState::Stopping,
-            ProxyState::Restarting => pb::ProxyState::Restarting,
-            ProxyState::Upgrading => pb::ProxyState::Upgrading,
-            ProxyState::Unavailable => pb::ProxyState::Unavailable,
-        } as i32,
+        state: state_pb(s.state) as i32,
         pid: serving.map_or(0, |p| p.pid),
         version: serving.map_or_else(String::new, |p| p.version.clone()),
         uptime: serving.map(|p| duration(p.started_at.elapsed().unwrap_or_default())),
@@ -362,12 +428,12 @@ fn status_pb(s: &supervisor::Status) -> pb::ProxyStatus {
                 } as i32,
             })
             .collect(),
-        serving: serving.map(process_pb),
+        serving: serving.map(|p| process_pb(p, report.usage(p.pid))),
         draining: s
             .draining
             .iter()
             .map(|(p, deadline)| pb::DrainingProcess {
-                process: Some(process_pb(p)),
+                process: Some(process_pb(p, report.usage(p.pid))),
                 deadline: Some(timestamp(*deadline)),
             })
             .collect(),
@@ -375,5 +441,6 @@ fn status_pb(s: &supervisor::Status) -> pb::ProxyStatus {
         desired_running: s.desired_running,
         last_exit: s.last_exit.clone().unwrap_or_default(),
         notices: s.notices.clone(),
+        usage_age: report.usage_age().map(duration),
     }
 }

@@ -74,7 +74,7 @@ pub struct Request {
     pub binary: Option<Executable>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Operation {
     pub id: String,
     pub kind: Kind,
@@ -87,6 +87,8 @@ pub struct Operation {
     pub pid: Option<u32>,
     pub previous_pid: Option<u32>,
     pub events: Vec<String>,
+    /// Once finished: the ODP's state it left (what a health gate checks).
+    pub proxy_state: Option<crate::supervisor::ProxyState>,
 }
 
 impl Operation {
@@ -190,6 +192,7 @@ impl Log {
             pid: None,
             previous_pid,
             events: Vec::new(),
+            proxy_state: None,
         };
         let (tx, rx) = watch::channel(op);
         self.ops.insert(id.clone(), tx);

@@ -114,6 +114,28 @@ pub fn operation_id(raw: &str) -> Result<String, Status> {
     Ok(raw.to_string())
 }
 
+/// WatchStatus's heartbeat when the request names none.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+const MIN_HEARTBEAT: Duration = Duration::from_secs(1);
+const MAX_HEARTBEAT: Duration = Duration::from_secs(3600);
+
+/// WatchStatus's heartbeat: 1 s to 1 h (a shorter one would make the agent
+/// sample its processes for a watcher many times a second).
+pub fn heartbeat(r: &pb::WatchStatusRequest) -> Result<Duration, Status> {
+    let Some(d) = r.heartbeat else {
+        return Ok(DEFAULT_HEARTBEAT);
+    };
+    let d = duration("heartbeat", d, MAX_HEARTBEAT)?;
+    if d < MIN_HEARTBEAT {
+        return Err(Status::invalid_argument(format!(
+            "heartbeat: {} is shorter than the {} minimum",
+            humantime::format_duration(d),
+            humantime::format_duration(MIN_HEARTBEAT)
+        )));
+    }
+    Ok(d)
+}
+
 /// A `google.protobuf.Duration` that must be non-negative, well formed and
 /// at most `max`.
 pub fn duration(field: &str, d: prost_types::Duration, max: Duration) -> Result<Duration, Status> {

@@ -1,26 +1,14 @@
-//! `odp-agent --config FILE`: the agent daemon of one ODP host.
-use std::{path::PathBuf, process::ExitCode};
+//! `odp-agent --config FILE`: the agent daemon of one ODP host
+//! (`--check` examines the configuration instead).
+use std::process::ExitCode;
 
 use clap::Parser;
 use odp_agent::{
+    command_line::AgentArgs as Args,
     config::AgentConfig,
     config_file::{ConfigError, EX_CONFIG},
-    telemetry::{self, LogFormat},
+    preflight, telemetry,
 };
-
-#[derive(Parser)]
-#[command(version, about = "Controls the local obproxy (ODP) over gRPC")]
-struct Args {
-    /// The agent's TOML configuration.
-    #[arg(long, short, required_unless_present = "demo")]
-    config: Option<PathBuf>,
-    /// Run on the embedded default instead: loopback ports 2889 (gRPC) and
-    /// 2883 (SQL) and 2885 (RPC), the obproxy stand-in as obproxy, started at once.
-    #[arg(long, conflicts_with = "config")]
-    demo: bool,
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-}
 
 fn main() -> ExitCode {
     // First, while single-threaded: as PID 1 the agent forks and PID 1
@@ -29,6 +17,9 @@ fn main() -> ExitCode {
         return ExitCode::from(code);
     }
     let args = Args::parse();
+    if let (true, Some(path)) = (args.check, &args.config) {
+        return preflight::agent::check(path).finish("odp-agent");
+    }
     telemetry::init(args.log_format);
     odp_agent::panics::install("odp-agent");
     // Everything the daemon creates is its own (0700 directories, 0600

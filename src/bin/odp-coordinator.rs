@@ -1,28 +1,18 @@
-//! `odp-coordinator --config FILE`: cluster-wide operations across agents.
-use std::{path::PathBuf, process::ExitCode};
+//! `odp-coordinator --config FILE`: cluster-wide operations across agents
+//! (`--check` examines the configuration instead).
+use std::process::ExitCode;
 
 use clap::Parser;
 use odp_agent::{
-    config_file::EX_CONFIG,
-    coordinator::config::CoordinatorConfig,
-    telemetry::{self, LogFormat},
+    command_line::CoordinatorArgs as Args, config_file::EX_CONFIG,
+    coordinator::config::CoordinatorConfig, preflight, telemetry,
 };
-
-#[derive(Parser)]
-#[command(
-    version,
-    about = "Runs Stop All / Start All / Restart All across ODP agents"
-)]
-struct Args {
-    /// The coordinator's TOML configuration.
-    #[arg(long, short)]
-    config: PathBuf,
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.check {
+        return preflight::coordinator::check(&args.config).finish("odp-coordinator");
+    }
     telemetry::init(args.log_format);
     odp_agent::panics::install("odp-coordinator");
     // Everything the daemon creates is its own (0700 directories, 0600

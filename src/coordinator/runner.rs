@@ -6,7 +6,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use futures::{StreamExt, stream::FuturesUnordered};
+use futures::{FutureExt, StreamExt, stream::FuturesUnordered};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -19,7 +19,8 @@ use super::{
 use crate::{error_chain::describe, metrics::coordinator::CoordinatorMetrics, proto::agent as pb};
 
 /// How long an ODP may take to report the intended state after its
-/// operation succeeded (the health gate), and how often it is asked.
+/// operation succeeded (the health gate), and how often it is asked when the
+/// operation's own last update did not show it.
 const GATE_TIMEOUT: Duration = Duration::from_secs(10);
 const GATE_INTERVAL: Duration = Duration::from_millis(250);
 /// How soon a task write the store refused is tried again: once the disk
@@ -252,6 +253,24 @@ impl Runner {
         self.record().await;
     }
 
+    fn note_operation(&mut self, i: usize, op_id: String, previous_pid: u32) {
+        let s = &mut self.task.subtasks[i];
+        s.operation_id = Some(op_id);
+        s.previous_pid = (previous_pid != 0).then_some(previous_pid);
+    }
+
+    fn note_outcome(&mut self, i: usize, outcome: Outcome) {
+        let s = &mut self.task.subtasks[i];
+        s.state = outcome.state;
+        self.metrics.subtask_finished(s.state);
+        s.last_error = outcome.error;
+        s.pid = outcome.pid;
+        s.proxy_state = outcome.proxy_state;
+        s.reconcile = false;
+        s.finished_at = Some(SystemTime::now());
+        tracing::info!(odp = %s.agent, state = ?s.state, error = ?s.last_error, "subtask done");
+    }
+
     /// Runs one batch to its end.
     async fn run_batch(&mut self, todo: &[usize]) -> BatchEnd {
         // A subtask already running was interrupted by a coordinator restart,
@@ -327,7 +346,9 @@ impl Runner {
             })
             .collect();
         drop(op_tx);
-        loop {
+        let mut done = false;
+        while !done {
+            let mut changed = false;
             tokio::select! {
                 _ = self.shutdown.cancelled() => return BatchEnd::Shutdown,
                 // What the store refused is written as soon as it can be.
@@ -338,29 +359,39 @@ impl Runner {
                 // batch finishes does not start the next one.
                 _ = self.cancel.cancelled(), if !self.task.cancel_requested => {
                     self.task.cancel_requested = true;
-                    self.publish();
+                    changed = true;
                 }
                 Some((i, op_id, previous_pid)) = op_rx.recv() => {
-                    let s = &mut self.task.subtasks[i];
-                    s.operation_id = Some(op_id);
-                    s.previous_pid = (previous_pid != 0).then_some(previous_pid);
-                    self.publish();
+                    self.note_operation(i, op_id, previous_pid);
+                    changed = true;
                 }
                 next = running.next() => match next {
                     Some((i, outcome)) => {
-                        let s = &mut self.task.subtasks[i];
-                        s.state = outcome.state;
-                        self.metrics.subtask_finished(s.state);
-                        s.last_error = outcome.error;
-                        s.pid = outcome.pid;
-                        s.proxy_state = outcome.proxy_state;
-                        s.reconcile = false;
-                        s.finished_at = Some(SystemTime::now());
-                        tracing::info!(odp = %s.agent, state = ?s.state, error = ?s.last_error, "subtask done");
-                        self.publish();
+                        self.note_outcome(i, outcome);
+                        changed = true;
                     }
-                    None => break,
+                    None => done = true,
                 },
+            }
+            // What else is ready now goes into the same write: the ODPs of a
+            // batch tend to answer and finish together, and each write is an
+            // fsync the next batch would wait for.
+            while let Ok((i, op_id, previous_pid)) = op_rx.try_recv() {
+                self.note_operation(i, op_id, previous_pid);
+                changed = true;
+            }
+            while !done {
+                match running.next().now_or_never() {
+                    Some(Some((i, outcome))) => {
+                        self.note_outcome(i, outcome);
+                        changed = true;
+                    }
+                    Some(None) => done = true,
+                    None => break,
+                }
+            }
+            if changed {
+                self.publish();
             }
         }
         BatchEnd::Done
@@ -448,6 +479,17 @@ async fn subtask(
             proxy_state: 0,
         };
     }
+    // The health gate follows the operation's stream: its last update says
+    // the state it left the ODP in. Only when that is not the intended one
+    // (or an older agent does not say) is the agent asked again.
+    if op.proxy_state() == expected {
+        return Outcome {
+            state: SubtaskState::Succeeded,
+            error: None,
+            pid: (op.pid != 0).then_some(op.pid),
+            proxy_state: op.proxy_state,
+        };
+    }
     gate(pool, agent, expected, &format!("operation {}", op.id)).await
 }
 
@@ -496,7 +538,8 @@ async fn follow(
         })
 }
 
-/// The health gate: done only when the agent reports the intended state.
+/// The health gate by asking: done only when the agent reports the intended
+/// state.
 async fn gate(pool: &AgentPool, agent: &str, expected: pb::ProxyState, what: &str) -> Outcome {
     let fail = |e: &super::agents::AgentError| Outcome {
         state: if e.is_unreachable() {

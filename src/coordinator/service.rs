@@ -239,13 +239,14 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         let odps = statuses
             .into_iter()
             .map(|(agent, s)| match s {
-                Ok(s) => pb::OdpStatus {
+                Ok(seen) => pb::OdpStatus {
                     agent,
-                    state: s.state,
-                    pid: s.pid,
-                    version: s.version.clone(),
+                    state: seen.status.state,
+                    pid: seen.status.pid,
+                    version: seen.status.version.clone(),
                     error: String::new(),
-                    status: Some(s),
+                    age: Some(dur(seen.age)),
+                    status: Some(seen.status),
                 },
                 Err(e) => pb::OdpStatus {
                     agent,
@@ -254,6 +255,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                     version: String::new(),
                     error: describe(&e),
                     status: None,
+                    age: None,
                 },
             })
             .collect();

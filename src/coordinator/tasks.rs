@@ -15,6 +15,7 @@ use crate::{error_chain::describe, metrics::coordinator::CoordinatorMetrics};
 use super::{
     agents::AgentPool,
     config::CoordinatorConfig,
+    live_status::{LiveStatus, Seen},
     rules::{self, Odp},
     runner::Runner,
     store::{Store, StoreError},
@@ -77,6 +78,8 @@ pub struct Tasks {
     config: Arc<CoordinatorConfig>,
     store: Arc<Store>,
     pool: Arc<AgentPool>,
+    /// Every agent's status as it pushes it.
+    statuses: Arc<LiveStatus>,
     live: Mutex<HashMap<String, Live>>,
     /// Serialises RetryTask, so two concurrent retries cannot both find the
     /// task idle and start two runners.
@@ -95,10 +98,19 @@ impl Tasks {
         shutdown: CancellationToken,
         metrics: Arc<CoordinatorMetrics>,
     ) -> Arc<Self> {
+        let agents = config.clusters.iter().flat_map(|c| c.agents.clone());
+        let statuses = LiveStatus::start(
+            pool.clone(),
+            agents,
+            config.agents.status_timeout,
+            &tracker,
+            shutdown.clone(),
+        );
         Arc::new(Self {
             config,
             store,
             pool,
+            statuses,
             live: Mutex::new(HashMap::new()),
             retrying: Mutex::new(()),
             tracker,
@@ -143,6 +155,9 @@ impl Tasks {
             admit(&existing.id, true).map_err(TaskError::NotRecorded)?;
             return Ok(self.snapshot(&existing.id)?.unwrap_or(existing));
         }
+        // Asked, not read from the live view: a rule checked against a status
+        // a moment old could refuse (or admit) what the agents' state of now
+        // would not.
         let statuses = self.pool.statuses(&cluster.agents).await;
         let odps: Vec<Odp> = cluster
             .agents
@@ -307,18 +322,12 @@ impl Tasks {
     pub async fn cluster_status(
         &self,
         name: &str,
-    ) -> Result<
-        Vec<(
-            String,
-            Result<crate::proto::agent::ProxyStatus, super::agents::AgentError>,
-        )>,
-        TaskError,
-    > {
+    ) -> Result<Vec<(String, Result<Seen, super::agents::AgentError>)>, TaskError> {
         let cluster = self
             .config
             .cluster(name)
             .ok_or_else(|| TaskError::UnknownCluster(name.to_string()))?;
-        let statuses = self.pool.statuses(&cluster.agents).await;
+        let statuses = self.statuses.statuses(&cluster.agents).await;
         Ok(cluster.agents.iter().cloned().zip(statuses).collect())
     }
 

@@ -42,6 +42,7 @@ impl Class {
         if path == "/grpc.health.v1.Health/Watch"
             || method == "ServerReflectionInfo"
             || method == "WatchOperation"
+            || method == "WatchStatus"
             || method == "WatchTask"
         {
             return Class::Stream;
@@ -209,6 +210,7 @@ mod tests {
             Class::of("/odp.agent.v1.Agent/WatchOperation"),
             Class::Stream
         );
+        assert_eq!(Class::of("/odp.agent.v1.Agent/WatchStatus"), Class::Stream);
         assert_eq!(Class::of("/grpc.health.v1.Health/Watch"), Class::Stream);
         assert_eq!(
             Class::of("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),

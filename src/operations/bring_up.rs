@@ -49,7 +49,8 @@ pub async fn bring_up(
         Phase::Spawning,
         format!("reading the version of {}", binary.path().display()),
     );
-    let version = version::probe(&binary, &cfg.home).await?;
+    // `-V` only for a binary not seen before (or changed since).
+    let version = version::of(&binary, &cfg.home).await?;
     let features = version::features(&version);
     if !features.ipv6
         && let Some(&addr) = cfg.listen.iter().find(|a| a.is_ipv6())

@@ -34,6 +34,9 @@ use crate::{
 /// How long a SIGKILLed process may take to be gone before we call it stuck.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
+/// obproxy's local config before 4.3; `--check` says when it is missing.
+pub use bring_up::CONFIG_BIN;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]

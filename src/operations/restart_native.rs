@@ -197,6 +197,7 @@ async fn wait_for_child(
     within: Duration,
 ) -> Result<Found, Error> {
     let deadline = Instant::now() + within;
+    let mut old_gone: Option<Instant> = None;
     loop {
         for stranger in ctl.strangers().await? {
             if procfs::parent_pid(stranger.pid()).ok() == Some(old) {
@@ -206,8 +207,14 @@ async fn wait_for_child(
         if let Some(child) = serving_other_than(ctl, old).await? {
             return Ok(Found::Adopted(child));
         }
+        // The parent may leave before its child is adopted (the exit is seen
+        // first, the adoption follows in its own step): keep looking a little
+        // longer, then say no one serves.
         if ctl.facts(old).await?.is_none() {
-            return Err(Error::NotServing);
+            let gone = *old_gone.get_or_insert_with(Instant::now);
+            if gone.elapsed() >= FOUND_AFTER_FORK {
+                return Err(Error::NotServing);
+            }
         }
         if Instant::now() >= deadline {
             // Take the command back, so it does not fire later by surprise.

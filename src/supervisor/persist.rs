@@ -1,5 +1,10 @@
 //! Writing down what the supervisor owns (the state file), so that a new
-//! agent finds it all again; and what happens when the disk refuses: an
+//! agent finds it all again. Each write is durable (fsync), so writes are
+//! kept to the moments a restarted agent would act on differently: the
+//! desire, the listeners, a promotion, an exit. A new process is not written
+//! down for itself before its promotion: recovery kills one still starting
+//! whether it was recorded or not (one that holds our listener unrecorded is
+//! killed as a stray). And when the disk refuses: an
 //! operation is admitted only once its intent is written (fail closed: a
 //! request that cannot be recorded is refused before obproxy is touched),
 //! a write that fails later is retried until the disk takes it again, and
