@@ -1,6 +1,8 @@
 //! Compiles `proto/` with a Rust-native protobuf compiler (protox), so a
 //! build needs no system `protoc`, and keeps the descriptor set for server
-//! reflection.
+//! reflection. Also turns `ODP_TEST_SKIP_ROOT=1` into the `skip_root` cfg,
+//! under which the tests that need root (a tmpfs, network namespaces) are
+//! ignored (and say why).
 use std::{env, fs, path::PathBuf};
 
 use prost::Message;
@@ -10,9 +12,19 @@ const PROTOS: &[&str] = &[
     "odp/coordinator/v1/coordinator.proto",
 ];
 
+/// Set to 1 where the tests cannot run as root: the tests that mount file
+/// systems or make network namespaces are then built as ignored, with that
+/// reason, instead of failing.
+const SKIP_ROOT: &str = "ODP_TEST_SKIP_ROOT";
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {
         println!("cargo:rerun-if-changed=proto/{proto}");
+    }
+    println!("cargo:rustc-check-cfg=cfg(skip_root)");
+    println!("cargo:rerun-if-env-changed={SKIP_ROOT}");
+    if env::var(SKIP_ROOT).as_deref() == Ok("1") {
+        println!("cargo:rustc-cfg=skip_root");
     }
     let fds = protox::compile(PROTOS, ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);

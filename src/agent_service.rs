@@ -17,6 +17,7 @@ use tracing::Instrument;
 
 use crate::{
     config::AgentConfig,
+    error_chain::describe,
     listeners,
     operation::{self, Kind, OnAdmit, Phase},
     proto::agent as pb,
@@ -312,6 +313,12 @@ fn submit_status(e: SubmitError) -> Status {
             Status::already_exists(e.to_string())
         }
         SubmitError::ShuttingDown => Status::unavailable(e.to_string()),
+        // A full disk is a resource running out; a read-only or failing one
+        // must be fixed first. Either way nothing was done.
+        SubmitError::Unrecorded(source) if source.is_storage_full() => {
+            Status::resource_exhausted(describe(&e))
+        }
+        SubmitError::Unrecorded(_) => Status::failed_precondition(describe(&e)),
         SubmitError::NotRecorded(reason) => guard::not_recorded(reason),
     }
 }

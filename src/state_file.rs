@@ -42,6 +42,14 @@ pub enum StateFileError {
     },
 }
 
+impl StateFileError {
+    /// The disk (or the user's quota) is full: space, not a fault, is missing.
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, StateFileError::Write { source, .. }
+            if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
@@ -162,7 +170,9 @@ pub fn load(dir: &Path) -> Result<Option<AgentState>, StateFileError> {
 }
 
 /// Replaces the state file so that a reader sees either the old or the new
-/// state, never half of one, even across a power loss.
+/// state, never half of one, even across a power loss. A write that fails
+/// (a full or read-only disk) leaves the previous file as it was and no
+/// temporary file behind.
 pub fn save(dir: &Path, state: &AgentState) -> Result<(), StateFileError> {
     let path = path(dir);
     let tmp = dir.join(format!("{FILE}.tmp"));
@@ -171,12 +181,24 @@ pub fn save(dir: &Path, state: &AgentState) -> Result<(), StateFileError> {
         source,
     };
     let body = serde_json::to_vec_pretty(state).map_err(|e| err(std::io::Error::other(e)))?;
-    let unsafe_dir = |e: files::FileError| err(std::io::Error::other(describe(&e)));
-    files::check_writable_dir(dir).map_err(unsafe_dir)?;
-    let mut f = files::create_private(&tmp).map_err(unsafe_dir)?;
-    f.write_all(&body).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, &path).map_err(err)?;
+    // The io error itself when there is one, so a full disk reads as one.
+    let unusable = |e: files::FileError| match e {
+        files::FileError::Io { source, .. } => err(source),
+        other => err(std::io::Error::other(describe(&other))),
+    };
+    files::check_writable_dir(dir).map_err(unusable)?;
+    let written = (|| {
+        let mut f = files::create_private(&tmp).map_err(unusable)?;
+        f.write_all(&body).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        std::fs::rename(&tmp, &path).map_err(err)
+    })();
+    if let Err(e) = written {
+        // Half a file must not stay: it would hold the space a later write
+        // needs, and it is not the state.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
@@ -220,6 +242,18 @@ mod tests {
         };
         save(dir.path(), &state).unwrap();
         assert_eq!(load(dir.path()).unwrap(), Some(state));
+    }
+
+    #[test]
+    fn a_write_that_fails_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // The rename cannot replace a non-empty directory: the write fails
+        // after the temporary file was written in full.
+        std::fs::create_dir_all(path(dir.path()).join("in-the-way")).unwrap();
+        let e = save(dir.path(), &AgentState::default()).unwrap_err();
+        assert!(matches!(e, StateFileError::Write { .. }), "{e}");
+        assert!(!e.is_storage_full());
+        assert!(!dir.path().join(format!("{FILE}.tmp")).exists());
     }
 
     #[test]

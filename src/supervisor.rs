@@ -50,7 +50,7 @@ use crate::{
     operation::{self, Admission, Kind, LogError, OnAdmit, Operation, Phase, Request},
     operations,
     signals::ChildSignal,
-    state_file,
+    state_file::{self, StateFileError},
 };
 
 /// Time a draining obproxy gets beyond its window to close what is left
@@ -111,6 +111,10 @@ pub enum SubmitError {
     NotServing { state: ProxyState },
     #[error("HOT restart refused: {reason}")]
     ListenersLost { reason: String },
+    /// The operation's intent could not be written down: refused before
+    /// anything was done.
+    #[error("refused before touching obproxy: cannot record the agent's state")]
+    Unrecorded(#[source] StateFileError),
     /// The admission could not be recorded (the audit log): refused.
     #[error("{0}")]
     NotRecorded(String),
@@ -289,6 +293,8 @@ enum Msg {
     Respawn,
     /// A child changed state: reap orphans re-parented to us.
     Sweep,
+    /// Time to try a failed state write again.
+    RecordRetry,
     Step(Step),
 }
 
@@ -558,6 +564,8 @@ pub struct Supervisor {
     /// taken back after an agent restart): HOT restart is refused meanwhile.
     listener_problem: Option<String>,
     respawn: respawn::Backoff,
+    /// The state on disk is behind (a write failed): operations are refused.
+    unrecorded: Option<persist::Unrecorded>,
     /// Counts what only the supervisor sees end: operations and drains.
     metrics: Arc<AgentMetrics>,
     /// SHOW PROXYINFO BINARY asked of the serving process: when, and how
@@ -613,6 +621,7 @@ impl Supervisor {
             notices: Vec::new(),
             listener_problem: None,
             respawn: respawn::Backoff::default(),
+            unrecorded: None,
             metrics,
             proxyinfo: proxyinfo::Asking::default(),
         };
@@ -704,6 +713,7 @@ impl Supervisor {
             } => self.on_drain_deadline(pid, deadline, open),
             Msg::Respawn => self.on_respawn(),
             Msg::Sweep => self.reap_orphans(),
+            Msg::RecordRetry => self.on_record_retry(),
             Msg::Step(step) => self.on_step(step),
         }
     }
@@ -744,15 +754,34 @@ impl Supervisor {
             });
         }
         let admission = self.log.admit(&request, serving)?;
-        if let Some(on_admit) = on_admit {
-            let (Admission::Replay(rx) | Admission::New(rx)) = &admission;
-            let id = rx.borrow().id.clone();
-            if let Err(reason) = on_admit(&id, matches!(admission, Admission::Replay(_))) {
-                if matches!(admission, Admission::New(_)) {
+        let replayed = matches!(admission, Admission::Replay(_));
+        let (Admission::Replay(rx) | Admission::New(rx)) = &admission;
+        let id = rx.borrow().id.clone();
+        // Fail closed: what cannot be written down is not done. Written
+        // before the audit line, which then says what really happened.
+        let intent = if replayed {
+            None
+        } else {
+            match self.record_intent(request.kind) {
+                Ok(intent) => Some(intent),
+                Err(e) => {
+                    tracing::warn!(op_id = %id, kind = request.kind.name(), error = %crate::error_chain::describe(&e), "operation refused: the agent's state cannot be recorded");
                     self.log.withdraw(&id);
+                    return Err(SubmitError::Unrecorded(e));
                 }
-                return Err(SubmitError::NotRecorded(reason));
             }
+        };
+        if let Some(on_admit) = on_admit
+            && let Err(reason) = on_admit(&id, replayed)
+        {
+            if let Some(intent) = intent {
+                self.log.withdraw(&id);
+                self.withdraw_intent(intent);
+            }
+            return Err(SubmitError::NotRecorded(reason));
+        }
+        if let Some(intent) = intent {
+            self.commit_intent(intent);
         }
         match admission {
             Admission::Replay(rx) => Ok(rx),
@@ -851,11 +880,15 @@ impl Supervisor {
     fn on_step(&mut self, step: Step) {
         match step {
             Step::SetDesired(running) => {
+                // Usually already written when the operation was admitted.
+                let changed = self.desired_running != running;
                 self.desired_running = running;
                 if !running {
                     self.respawn.settled();
                 }
-                self.persist();
+                if changed {
+                    self.persist();
+                }
             }
             Step::BindListeners { rpc, reply } => {
                 let _ = reply.send(self.bind_listeners(rpc));

@@ -108,6 +108,10 @@ impl AgentPool {
         })
     }
 
+    pub fn timeouts(&self) -> AgentTimeouts {
+        self.timeouts
+    }
+
     /// How the status streams reach the agents.
     pub fn streams(&self) -> &Connector {
         &self.streams
@@ -123,9 +127,16 @@ impl AgentPool {
             message: e.to_string(),
         };
         let scheme = if self.tls.is_some() { "https" } else { "http" };
+        // While a call is open (an operation followed), the connection is
+        // pinged every status_timeout and dropped when a ping is not answered
+        // within it: an agent cut off (or frozen) mid-operation is noticed in
+        // seconds, not at operation_timeout.
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{agent}"))
             .map_err(unusable)?
             .connect_timeout(self.timeouts.connect_timeout)
+            .http2_keep_alive_interval(self.timeouts.status_timeout)
+            .keep_alive_timeout(self.timeouts.status_timeout)
+            .keep_alive_while_idle(false)
             .tcp_nodelay(true);
         if let Some(tls) = &self.tls {
             endpoint = endpoint.tls_config(tls.clone()).map_err(unusable)?;
@@ -135,18 +146,33 @@ impl AgentPool {
         Ok(AgentClient::new(ch))
     }
 
+    /// Forgets the agent's channel when a call found it unreachable: the
+    /// next call connects afresh. A lazy channel keeps the error of a
+    /// connect that failed after its caller gave up and hands it to the next
+    /// call, so an agent back on the network would otherwise first look
+    /// unreachable once more.
+    fn settle<T>(&self, agent: &str, result: Result<T, AgentError>) -> Result<T, AgentError> {
+        if result.as_ref().is_err_and(AgentError::is_unreachable) {
+            let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+            channels.remove(agent);
+        }
+        result
+    }
+
     /// The agent's status, or why it could not be had within the deadline.
     pub async fn status(&self, agent: &str) -> Result<pb::ProxyStatus, AgentError> {
         let mut client = self.client(agent)?;
         let timeout = self.timeouts.status_timeout;
-        match tokio::time::timeout(timeout, client.get_status(pb::GetStatusRequest {})).await {
-            Ok(Ok(r)) => Ok(r.into_inner()),
-            Ok(Err(status)) => Err(AgentError::from_status(agent, status)),
-            Err(_) => Err(AgentError::Timeout {
-                agent: agent.to_string(),
-                timeout,
-            }),
-        }
+        let result =
+            match tokio::time::timeout(timeout, client.get_status(pb::GetStatusRequest {})).await {
+                Ok(Ok(r)) => Ok(r.into_inner()),
+                Ok(Err(status)) => Err(AgentError::from_status(agent, status)),
+                Err(_) => Err(AgentError::Timeout {
+                    agent: agent.to_string(),
+                    timeout,
+                }),
+            };
+        self.settle(agent, result)
     }
 
     /// One of the agent's operations by id.
@@ -154,14 +180,15 @@ impl AgentPool {
         let mut client = self.client(agent)?;
         let timeout = self.timeouts.status_timeout;
         let call = client.get_operation(pb::GetOperationRequest { id: id.to_string() });
-        match tokio::time::timeout(timeout, call).await {
+        let result = match tokio::time::timeout(timeout, call).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
             Ok(Err(status)) => Err(AgentError::from_status(agent, status)),
             Err(_) => Err(AgentError::Timeout {
                 agent: agent.to_string(),
                 timeout,
             }),
-        }
+        };
+        self.settle(agent, result)
     }
 
     /// Every agent's status, asked in parallel; the slowest bounds the call.
@@ -214,14 +241,15 @@ impl AgentPool {
             }
         };
         let timeout = self.timeouts.request_timeout;
-        match tokio::time::timeout(timeout, call).await {
+        let result = match tokio::time::timeout(timeout, call).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
             Ok(Err(status)) => Err(AgentError::from_status(agent, status)),
             Err(_) => Err(AgentError::Timeout {
                 agent: agent.to_string(),
                 timeout,
             }),
-        }
+        };
+        self.settle(agent, result)
     }
 
     /// Follows an operation until it finishes, calling `progress` on each
@@ -261,13 +289,14 @@ impl AgentPool {
                 }),
             }
         };
-        tokio::time::timeout(timeout, follow)
+        let result = tokio::time::timeout(timeout, follow)
             .await
             .unwrap_or_else(|_| {
                 Err(AgentError::Timeout {
                     agent: agent.to_string(),
                     timeout,
                 })
-            })
+            });
+        self.settle(agent, result)
     }
 }

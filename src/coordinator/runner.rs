@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{
-    agents::{AgentPool, Command},
+    agents::{AgentError, AgentPool, Command},
     store::Store,
     task::{Kind, Mode, State, SubtaskState, Task},
 };
@@ -23,6 +23,9 @@ use crate::{error_chain::describe, metrics::coordinator::CoordinatorMetrics, pro
 /// operation's own last update did not show it.
 const GATE_TIMEOUT: Duration = Duration::from_secs(10);
 const GATE_INTERVAL: Duration = Duration::from_millis(250);
+/// How soon a task write the store refused is tried again: once the disk
+/// has room (or is writable) again, the task goes on within this.
+const STORE_RETRY: Duration = Duration::from_secs(1);
 
 pub struct Runner {
     pub task: Task,
@@ -43,12 +46,60 @@ struct Outcome {
     proxy_state: i32,
 }
 
+/// How a batch ended.
+#[derive(Debug, PartialEq, Eq)]
+enum BatchEnd {
+    /// Every ODP of the batch came to an end (or none started: cancelled
+    /// while the store refused the batch).
+    Done,
+    /// The coordinator is shutting down: the store keeps the task running.
+    Shutdown,
+}
+
 impl Runner {
-    fn publish(&mut self) {
-        if let Err(e) = self.store.save(&self.task) {
-            tracing::error!(task_id = %self.task.id, error = %describe(&e), "cannot write the task");
-        }
+    /// Writes the task to the store and shows it to its watchers. A write
+    /// the store refuses is shown (`store_error`) and retried by the next
+    /// one; callers that must not go on unwritten use [`Runner::record`].
+    fn publish(&mut self) -> bool {
+        let saved = self.save();
+        self.show();
+        saved
+    }
+
+    /// Shows the task as it is now to GetTask and WatchTask.
+    fn show(&self) {
         self.tx.send_replace(self.task.clone());
+    }
+
+    fn save(&mut self) -> bool {
+        match self.store.save(&self.task) {
+            Ok(()) => {
+                if self.task.store_error.take().is_some() {
+                    tracing::info!("the task is recorded again");
+                }
+                true
+            }
+            Err(e) => {
+                let error = describe(&e);
+                if self.task.store_error.is_none() {
+                    tracing::error!(error = %error, "cannot write the task; no agent is called until it is written");
+                }
+                self.task.store_error = Some(error);
+                false
+            }
+        }
+    }
+
+    /// Writes the task, waiting as long as the store refuses. False if the
+    /// coordinator shuts down first.
+    async fn record(&mut self) -> bool {
+        while !self.publish() {
+            tokio::select! {
+                _ = tokio::time::sleep(STORE_RETRY) => {}
+                _ = self.shutdown.cancelled() => return false,
+            }
+        }
+        true
     }
 
     fn command(&self) -> Command {
@@ -138,8 +189,8 @@ impl Runner {
                     }
                 }
                 self.task.current_batch = batch;
-                if !self.run_batch(&todo).await {
-                    return; // shutting down: the store keeps the task running
+                if self.run_batch(&todo).await == BatchEnd::Shutdown {
+                    return; // the store keeps the task running
                 }
                 ran_a_batch = true;
             }
@@ -148,14 +199,14 @@ impl Runner {
                 self.mark_remaining(SubtaskState::Cancelled, "the task was cancelled");
             }
             drop(running); // before finish() shows the final state
-            self.finish();
+            self.finish().await;
             tracing::info!(state = ?self.task.state, error = ?self.task.error, "task finished");
         }
         .instrument(span)
         .await
     }
 
-    fn finish(&mut self) {
+    async fn finish(&mut self) {
         let subs = &self.task.subtasks;
         let failed: Vec<String> = subs
             .iter()
@@ -196,7 +247,10 @@ impl Runner {
         }
         self.task.finished_at = Some(SystemTime::now());
         self.metrics.task_finished(self.task.kind, self.task.state);
-        self.publish();
+        // The task stays live (GetTask answers from memory) until its end is
+        // in the store; a coordinator stopped first resumes it from the
+        // store and finds every operation again by its request id.
+        self.record().await;
     }
 
     fn note_operation(&mut self, i: usize, op_id: String, previous_pid: u32) {
@@ -212,35 +266,59 @@ impl Runner {
         s.last_error = outcome.error;
         s.pid = outcome.pid;
         s.proxy_state = outcome.proxy_state;
+        s.reconcile = false;
         s.finished_at = Some(SystemTime::now());
         tracing::info!(odp = %s.agent, state = ?s.state, error = ?s.last_error, "subtask done");
     }
 
-    /// Runs one batch to its end; false if the coordinator is shutting down.
-    async fn run_batch(&mut self, todo: &[usize]) -> bool {
-        let now = SystemTime::now();
-        // A subtask already running was interrupted by a coordinator restart:
-        // its agent is asked about that operation before anything is resent.
+    /// Runs one batch to its end.
+    async fn run_batch(&mut self, todo: &[usize]) -> BatchEnd {
+        // A subtask already running was interrupted by a coordinator restart,
+        // and one retried after its agent was unreachable may have run: its
+        // agent is asked about that operation before anything is resent.
         let resumed: Vec<Option<(String, Option<u32>)>> = todo
             .iter()
             .map(|&i| {
                 let s = &self.task.subtasks[i];
-                (s.state == SubtaskState::Running)
+                (s.state == SubtaskState::Running || s.reconcile)
                     .then(|| s.operation_id.clone().map(|id| (id, s.previous_pid)))
                     .flatten()
             })
             .collect();
-        for &i in todo {
-            let s = &mut self.task.subtasks[i];
-            if s.state == SubtaskState::Pending {
-                s.attempts += 1;
-                s.started_at = Some(now);
-                s.finished_at = None;
+        // Written down before any RPC of this batch is sent: while the store
+        // refuses, the batch waits, shown as not started.
+        let before: Vec<_> = todo
+            .iter()
+            .map(|&i| self.task.subtasks[i].clone())
+            .collect();
+        // A cancel ends the wait unless an operation is already in flight
+        // (a resumed attempt), which is followed to its end regardless.
+        let in_flight = before.iter().any(|s| s.state == SubtaskState::Running);
+        loop {
+            let now = SystemTime::now();
+            for &i in todo {
+                let s = &mut self.task.subtasks[i];
+                if s.state == SubtaskState::Pending {
+                    s.attempts += 1;
+                    s.started_at = Some(now);
+                    s.finished_at = None;
+                }
+                s.state = SubtaskState::Running;
             }
-            s.state = SubtaskState::Running;
+            if self.save() {
+                break;
+            }
+            for (&i, s) in todo.iter().zip(&before) {
+                self.task.subtasks[i] = s.clone();
+            }
+            self.show();
+            tokio::select! {
+                _ = tokio::time::sleep(STORE_RETRY) => {}
+                _ = self.cancel.cancelled(), if !in_flight => return BatchEnd::Done,
+                _ = self.shutdown.cancelled() => return BatchEnd::Shutdown,
+            }
         }
-        // Written down before any RPC of this batch is sent.
-        self.publish();
+        self.show();
         let command = self.command();
         let expected = self.expected();
         let (op_tx, mut op_rx) = mpsc::unbounded_channel::<(usize, String, u32)>();
@@ -272,7 +350,11 @@ impl Runner {
         while !done {
             let mut changed = false;
             tokio::select! {
-                _ = self.shutdown.cancelled() => return false,
+                _ = self.shutdown.cancelled() => return BatchEnd::Shutdown,
+                // What the store refused is written as soon as it can be.
+                _ = tokio::time::sleep(STORE_RETRY), if self.task.store_error.is_some() => {
+                    self.publish();
+                }
                 // Written down at once, so a coordinator restarted while this
                 // batch finishes does not start the next one.
                 _ = self.cancel.cancelled(), if !self.task.cancel_requested => {
@@ -312,7 +394,7 @@ impl Runner {
                 self.publish();
             }
         }
-        true
+        BatchEnd::Done
     }
 }
 
@@ -385,13 +467,9 @@ async fn subtask(
         }
     };
     on_operation(op.id.clone(), op.previous_pid);
-    let op = if op.state() == pb::OperationState::Running {
-        match pool.follow(agent, &op.id, |_| {}).await {
-            Ok(op) => op,
-            Err(e) => return fail(&e),
-        }
-    } else {
-        op
+    let op = match follow(pool, agent, op).await {
+        Ok(op) => op,
+        Err(e) => return fail(&e),
     };
     if op.state() == pb::OperationState::Failed {
         return Outcome {
@@ -413,6 +491,51 @@ async fn subtask(
         };
     }
     gate(pool, agent, expected, &format!("operation {}", op.id)).await
+}
+
+/// Follows an operation to its end. A watch that breaks (a dropped
+/// connection, an agent that missed its keepalive pings, or the coordinator
+/// itself frozen for a while) is not yet an unreachable agent: it is asked
+/// for the operation once, within `status_timeout`, and followed again if it
+/// answers. All of it within `operation_timeout`.
+async fn follow(
+    pool: &AgentPool,
+    agent: &str,
+    op: pb::Operation,
+) -> Result<pb::Operation, AgentError> {
+    let timeout = pool.timeouts().operation_timeout;
+    let follow = async {
+        let mut op = op;
+        while op.state() == pb::OperationState::Running {
+            op = match pool.follow(agent, &op.id, |_| {}).await {
+                Ok(done) => done,
+                Err(e) if e.is_unreachable() => {
+                    tracing::info!(odp = %agent, op_id = %op.id, error = %describe(&e), "lost the operation's watch; asking the agent again");
+                    let again = match pool.operation(agent, &op.id).await {
+                        Ok(again) => again,
+                        // A restarted agent that forgot it: what became of
+                        // the operation is unknown, as for an unreachable
+                        // agent (a retry asks again before it acts).
+                        Err(forgot) if forgot.is_not_found() => return Err(e),
+                        Err(other) => return Err(other),
+                    };
+                    // Reachable but its watch broke: not in a tight loop.
+                    tokio::time::sleep(GATE_INTERVAL).await;
+                    again
+                }
+                Err(e) => return Err(e),
+            };
+        }
+        Ok(op)
+    };
+    tokio::time::timeout(timeout, follow)
+        .await
+        .unwrap_or_else(|_| {
+            Err(AgentError::Timeout {
+                agent: agent.to_string(),
+                timeout,
+            })
+        })
 }
 
 /// The health gate by asking: done only when the agent reports the intended

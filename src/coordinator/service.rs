@@ -195,6 +195,12 @@ fn task_status(e: TaskError) -> Status {
         | TaskError::NothingToRetry { .. } => Status::failed_precondition(message),
         TaskError::RequestIdReused { .. } => Status::already_exists(message),
         TaskError::Store(_) => Status::internal(message),
+        // A full disk is a resource running out; a read-only or failing one
+        // must be fixed first. Either way no agent was called.
+        TaskError::Unrecorded(source) if source.is_storage_full() => {
+            Status::resource_exhausted(message)
+        }
+        TaskError::Unrecorded(_) => Status::failed_precondition(message),
         TaskError::NotRecorded(reason) => guard::not_recorded(&reason),
     }
 }
@@ -448,5 +454,6 @@ pub fn task_pb(t: &task::Task) -> pb::Task {
         batches: t.batches,
         current_batch: t.current_batch,
         cancel_requested: t.cancel_requested,
+        store_error: t.store_error.clone().unwrap_or_default(),
     }
 }

@@ -35,6 +35,17 @@ pub enum StoreError {
     Dir(#[source] crate::security::files::FileError),
 }
 
+impl StoreError {
+    /// The disk under the store is full: space, not a fault, is missing.
+    pub fn is_storage_full(&self) -> bool {
+        let source = match self {
+            StoreError::Open { source, .. } | StoreError::Query { source, .. } => source,
+            StoreError::Corrupt { .. } | StoreError::Dir(_) => return false,
+        };
+        source.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+    }
+}
+
 /// Writes are small (one task's JSON) and synchronous; the mutex orders them.
 pub struct Store {
     conn: Mutex<Connection>,

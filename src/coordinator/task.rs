@@ -91,6 +91,12 @@ pub struct Subtask {
     /// both coordinator and agent, a different pid proves it happened.
     #[serde(default)]
     pub previous_pid: Option<u32>,
+    /// Retried after its agent was unreachable, so whether the last attempt
+    /// happened is unknown: the retry asks for that attempt's operation and
+    /// resends the same request id (the agent answers with what it already
+    /// did) instead of starting the operation a second time.
+    #[serde(default)]
+    pub reconcile: bool,
     pub pid: Option<u32>,
     /// The agent's `ProxyState` wire value as last seen.
     pub proxy_state: i32,
@@ -113,6 +119,10 @@ pub struct Task {
     pub batches: u32,
     pub current_batch: u32,
     pub cancel_requested: bool,
+    /// Why the task's latest state is not in the store (a full or read-only
+    /// disk); None once it is. Never stored itself.
+    #[serde(skip)]
+    pub store_error: Option<String>,
 }
 
 impl Task {
@@ -140,6 +150,7 @@ impl Task {
                 last_error: None,
                 operation_id: None,
                 previous_pid: None,
+                reconcile: false,
                 pid: None,
                 proxy_state: 0,
             })
@@ -161,6 +172,7 @@ impl Task {
             batches,
             current_batch: 0,
             cancel_requested: false,
+            store_error: None,
         }
     }
 

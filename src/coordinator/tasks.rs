@@ -45,6 +45,9 @@ pub enum TaskError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The task could not be written down, so no agent was called.
+    #[error("refused before any agent was called: cannot record the task")]
+    Unrecorded(#[source] StoreError),
     /// The admission could not be recorded (the audit log): refused.
     #[error("{0}")]
     NotRecorded(String),
@@ -184,7 +187,7 @@ impl Tasks {
                 admit(&existing.id, true).map_err(TaskError::NotRecorded)?;
                 return Ok(self.snapshot(&existing.id)?.unwrap_or(existing));
             }
-            return Err(e.into());
+            return Err(TaskError::Unrecorded(e));
         }
         // Audited before it runs; a line that cannot be written takes the
         // task back (no agent has been called).
@@ -275,23 +278,42 @@ impl Tasks {
         if self.live().contains_key(id) {
             return Err(TaskError::StillRunning { id: id.to_string() });
         }
-        let mut task = self.get(id)?;
-        if task.state == State::Succeeded {
-            return Err(TaskError::NothingToRetry { id: task.id });
+        let original = self.get(id)?;
+        if original.state == State::Succeeded {
+            return Err(TaskError::NothingToRetry { id: original.id });
         }
+        let mut task = original.clone();
         for s in &mut task.subtasks {
-            if s.state != SubtaskState::Succeeded {
-                s.state = SubtaskState::Pending;
-                s.generation += 1;
+            match s.state {
+                SubtaskState::Succeeded => continue,
+                // Whether its last attempt happened is unknown: the same
+                // request id asks the agent, which answers with what it did
+                // (or does it now, once).
+                SubtaskState::Unreachable => s.reconcile = true,
+                // A new attempt: what the last one did is no longer its news.
+                _ => {
+                    s.generation += 1;
+                    s.reconcile = false;
+                    s.operation_id = None;
+                    s.previous_pid = None;
+                }
             }
+            s.state = SubtaskState::Pending;
         }
         task.state = State::Running;
         task.finished_at = None;
         task.error = None;
         task.cancel_requested = false;
         task.current_batch = 0;
-        admit(&task.id, false).map_err(TaskError::NotRecorded)?;
-        self.store.save(&task)?;
+        // Written down first (what cannot be is not done), then audited; a
+        // line that cannot be written puts the task back as it was.
+        self.store.save(&task).map_err(TaskError::Unrecorded)?;
+        if let Err(reason) = admit(&task.id, false) {
+            if let Err(e) = self.store.save(&original) {
+                tracing::error!(task_id = %task.id, error = %describe(&e), "cannot put back a task whose retry was not recorded");
+            }
+            return Err(TaskError::NotRecorded(reason));
+        }
         tracing::info!(task_id = %task.id, "task retried");
         self.launch(task.clone());
         Ok(task)

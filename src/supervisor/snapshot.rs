@@ -115,6 +115,7 @@ impl Supervisor {
                 .iter()
                 .cloned()
                 .chain(self.listener_problem.clone())
+                .chain(self.unrecorded_notice())
                 .chain(self.admin_notices())
                 .collect(),
         }

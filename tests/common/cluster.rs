@@ -8,13 +8,40 @@ use std::{
 };
 
 use odp_agent::proto::coordinator::{self as pb, coordinator_client::CoordinatorClient};
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 
 use super::{Agent, Log, Options, PATIENCE, log_field, spawn_logged};
 
 pub const COORDINATOR: &str = env!("CARGO_BIN_EXE_odp-coordinator");
 pub const ODPCTL: &str = env!("CARGO_BIN_EXE_odpctl");
 pub const CLUSTER: &str = "test";
+
+/// How the coordinator is configured beyond its agents.
+pub struct Settings {
+    /// Agent addresses beyond the agents' own (e.g. a dead one).
+    pub extra: Vec<String>,
+    /// TOML appended to the configuration (e.g. `[metrics]`, `[agents.tls]`).
+    pub more: String,
+    /// The keys of `[agents]` (timeouts).
+    pub agents: String,
+    /// `[store] path` (default `tasks.db` in the coordinator's directory).
+    pub store: Option<PathBuf>,
+    /// How the test's clients reach a coordinator configured with `[tls]`
+    /// in `more`; None: plain gRPC.
+    pub client_tls: Option<ClientTlsConfig>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            extra: vec![],
+            more: String::new(),
+            agents: "status_timeout = \"3s\"".to_string(),
+            store: None,
+            client_tls: None,
+        }
+    }
+}
 
 pub struct Cluster {
     pub agents: Vec<Agent>,
@@ -23,6 +50,8 @@ pub struct Cluster {
     pub coordinator: Child,
     pub addr: SocketAddr,
     pub log: Arc<Log>,
+    /// See [`Settings::client_tls`].
+    pub client_tls: Option<ClientTlsConfig>,
 }
 
 impl Cluster {
@@ -47,8 +76,28 @@ impl Cluster {
     /// As [`Cluster::with_agents`], with `more` TOML appended to the
     /// coordinator's configuration (e.g. a `[metrics]` section).
     pub fn with_config(agents: Vec<Agent>, extra: &[String], more: &str) -> Self {
+        Self::with_settings(
+            agents,
+            Settings {
+                extra: extra.to_vec(),
+                more: more.to_string(),
+                ..Settings::default()
+            },
+        )
+    }
+
+    /// A coordinator over `agents` configured by `settings`.
+    pub fn with_settings(agents: Vec<Agent>, settings: Settings) -> Self {
+        let Settings {
+            extra,
+            more,
+            agents: agent_keys,
+            store,
+            client_tls,
+        } = settings;
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("coordinator.toml");
+        let store = store.unwrap_or_else(|| PathBuf::from("tasks.db"));
         let addrs: Vec<String> = agents
             .iter()
             .map(|a| a.grpc.to_string())
@@ -61,14 +110,14 @@ impl Cluster {
 listen = "127.0.0.1:0"
 {loopback}
 [store]
-path = "tasks.db"
+path = {store:?}
 [agents]
-status_timeout = "3s"
+{agent_keys}
 [[clusters]]
 name = "{CLUSTER}"
 agents = {addrs:?}
 {more}"#,
-                loopback = super::open_loopback(more),
+                loopback = super::open_loopback(&more),
             ),
         )
         .unwrap();
@@ -80,13 +129,19 @@ agents = {addrs:?}
             coordinator,
             addr,
             log,
+            client_tls,
         }
     }
 
     pub async fn client(&self) -> CoordinatorClient<Channel> {
-        CoordinatorClient::connect(format!("http://{}", self.addr))
-            .await
-            .unwrap()
+        match &self.client_tls {
+            Some(tls) => {
+                CoordinatorClient::new(super::tls_channel(self.addr, tls.clone()).await.unwrap())
+            }
+            None => CoordinatorClient::connect(format!("http://{}", self.addr))
+                .await
+                .unwrap(),
+        }
     }
 
     /// Follows a task to its end.

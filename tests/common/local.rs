@@ -16,7 +16,7 @@ pub const NOBODY: u32 = 65534;
 
 /// The agent's local socket (the default: `grpc.sock` in its state dir).
 pub fn socket(agent: &Agent) -> PathBuf {
-    agent.dir.path().join("state/grpc.sock")
+    agent.state.join("grpc.sock")
 }
 
 /// A gRPC channel over the Unix socket at `path`.

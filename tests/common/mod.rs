@@ -9,10 +9,12 @@ mod echo;
 pub mod local;
 mod log;
 pub mod mariadb;
+pub mod netns;
 pub mod pki;
 pub mod ports;
 pub mod standin;
 pub mod sysbench;
+pub mod tmpfs;
 pub mod txn_load;
 
 // Not every test binary uses each of them.
@@ -61,6 +63,11 @@ pub struct Options {
     /// loopback address on port 0 each).
     pub listen: &'static str,
     pub rpc_listen: &'static str,
+    /// `[server] listen` (default `127.0.0.1:0`).
+    pub grpc_listen: Option<String>,
+    /// `[state] dir` (default `state` in the agent's directory), e.g. on a
+    /// small file system a test fills.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -75,6 +82,8 @@ impl Default for Options {
             more: String::new(),
             listen: r#"["127.0.0.1:0"]"#,
             rpc_listen: r#"["127.0.0.1:0"]"#,
+            grpc_listen: None,
+            state_dir: None,
         }
     }
 }
@@ -83,6 +92,8 @@ impl Default for Options {
 pub struct Agent {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
+    /// `[state] dir`.
+    pub state: PathBuf,
     pub grpc: SocketAddr,
     pub child: Child,
     pub log: Arc<Log>,
@@ -110,11 +121,16 @@ impl Agent {
             .chain(opts.args.iter().cloned())
             .collect();
         let config = dir.path().join("agent.toml");
+        let state = opts
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("state"));
+        let grpc_listen = opts.grpc_listen.as_deref().unwrap_or("127.0.0.1:0");
         std::fs::write(
             &config,
             format!(
                 r#"[server]
-listen = "127.0.0.1:0"
+listen = "{grpc_listen}"
 {}
 {}
 
@@ -129,7 +145,7 @@ start_timeout = "{}"
 stop_timeout = "{}"
 
 [state]
-dir = "state"
+dir = {state:?}
 {}
 {}"#,
                 opts.server,
@@ -152,6 +168,7 @@ dir = "state"
         Self {
             dir,
             config,
+            state,
             grpc,
             child,
             log,
@@ -295,7 +312,7 @@ dir = "state"
 
     /// The audit log (`<state>/audit.log`), one JSON value per line.
     pub fn audit(&self) -> Vec<serde_json::Value> {
-        audit_lines(&self.dir.path().join("state/audit.log"))
+        audit_lines(&self.state.join("audit.log"))
     }
 
     /// A client over TLS to this agent, as `tls` says (CA, certificate).
@@ -308,7 +325,7 @@ dir = "state"
 
     /// What obproxy (the stand-in) printed, for failure messages.
     pub fn obproxy_output(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("state/obproxy.out")).unwrap_or_default()
+        std::fs::read_to_string(self.state.join("obproxy.out")).unwrap_or_default()
     }
 
     pub fn logs(&self) -> String {
@@ -548,6 +565,16 @@ fn write_env(binary: &Path, env: &[(&str, &str)]) {
         .map(|(k, v)| format!("export {k}='{v}'\n"))
         .collect();
     std::fs::write(format!("{}.env", binary.display()), text).unwrap();
+}
+
+/// Fails the test, saying why, where it cannot run: mounting file systems
+/// and making network namespaces need root (CI has it). Built with
+/// `ODP_TEST_SKIP_ROOT=1`, those tests are ignored instead, with that reason.
+pub fn require_root(what: &str) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "{what} needs root: run the tests as root, or build them with ODP_TEST_SKIP_ROOT=1 to have them ignored"
+    );
 }
 
 pub fn signal(pid: u32, sig: i32) {
