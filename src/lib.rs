@@ -10,7 +10,8 @@
 //!   SIGUSR2 exit) and the agent's own SIGTERM/SIGINT.
 //! - [`supervisor`] is the one owner of listeners, processes and the
 //!   [`operation`] log; [`operations`] are the start/stop/restart scripts
-//!   that drive it step by step.
+//!   that drive it step by step. [`change_feed`] lets every watcher of an
+//!   operation or a task see every change.
 //! - [`error_chain`] renders an error with its causes on one line.
 //! - [`agent_service`] translates gRPC to supervisor calls; [`agent`] wires
 //!   the daemon; [`proto`] holds the generated code.
@@ -30,6 +31,7 @@
 pub mod adoption;
 pub mod agent;
 pub mod agent_service;
+pub mod change_feed;
 pub mod config;
 pub mod config_file;
 pub mod coordinator;

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    change_feed::Watcher,
     config::AgentConfig,
     listeners::{ListenerError, Listeners},
     metrics::agent::AgentMetrics,
@@ -142,7 +143,7 @@ enum Msg {
         oneshot::Sender<Result<watch::Receiver<Operation>, SubmitError>>,
     ),
     GetOperation(String, oneshot::Sender<Option<Operation>>),
-    WatchOperation(String, oneshot::Sender<Option<watch::Receiver<Operation>>>),
+    WatchOperation(String, oneshot::Sender<Option<Watcher<Operation>>>),
     Signal(ChildSignal),
     Exited {
         pid: u32,
@@ -241,7 +242,7 @@ impl Handle {
         self.ask(|tx| Msg::GetOperation(id, tx)).await.flatten()
     }
 
-    pub async fn watch_operation(&self, id: String) -> Option<watch::Receiver<Operation>> {
+    pub async fn watch_operation(&self, id: String) -> Option<Watcher<Operation>> {
         self.ask(|tx| Msg::WatchOperation(id, tx)).await.flatten()
     }
 
