@@ -69,7 +69,11 @@ async fn a_session_held_through_a_hot_restart_keeps_working_until_it_closes() {
     let status = agent.status().await;
     assert_eq!(status.serving.as_ref().unwrap().open_connections, 1);
     assert_eq!(
-        status.draining[0].process.as_ref().unwrap().open_connections,
+        status.draining[0]
+            .process
+            .as_ref()
+            .unwrap()
+            .open_connections,
         1,
         "the new session went to the draining process"
     );
@@ -202,7 +206,8 @@ async fn exit_timeout_zero_ends_the_old_process_by_its_grace_deadline() {
     // Sooner is fine (a drain that honours the request would cut at once); later is not.
     let late = SystemTime::now().duration_since(deadline);
     assert!(
-        late.as_ref().map_or(true, |l| *l < Duration::from_millis(700)),
+        late.as_ref()
+            .map_or(true, |l| *l < Duration::from_millis(700)),
         "cut {late:?} after its deadline"
     );
     let done = agent.wait_op(&op).await;
