@@ -40,13 +40,18 @@ async fn an_agent_that_accepts_and_never_answers_is_unavailable_after_status_tim
     let agent = Agent::start().await;
     let cluster = Cluster::with_agents(vec![agent], &[refused.clone(), mute.clone()]);
     let started = Instant::now();
-    let status = cluster
-        .client()
+    let call = async {
+        cluster
+            .client()
+            .await
+            .get_cluster_status(pb::GetClusterStatusRequest {
+                cluster: CLUSTER.into(),
+            })
+            .await
+    };
+    let status = tokio::time::timeout(common::PATIENCE, call)
         .await
-        .get_cluster_status(pb::GetClusterStatusRequest {
-            cluster: CLUSTER.into(),
-        })
-        .await
+        .expect("GetClusterStatus hung on the silent agent")
         .unwrap()
         .into_inner();
     let took = started.elapsed();
