@@ -76,7 +76,13 @@ pub fn agent_request(data: &[u8], obproxy: &ObproxyConfig) -> Outcome {
     let result = match which % 5 {
         0 => decode::<apb::StartRequest>(bytes).map(|r| agent::start(&r).map(|_| ())),
         1 => decode::<apb::StopRequest>(bytes).map(|r| agent::stop(&r).map(|_| ())),
-        2 => decode::<apb::RestartRequest>(bytes).map(|r| agent::restart(&r, obproxy).map(|_| ())),
+        2 => decode::<apb::RestartRequest>(bytes).map(|r| {
+            agent::restart(&r, obproxy).map(|accepted| {
+                if let Some(binary) = &accepted.binary {
+                    assert_runnable_upgrade(binary, obproxy);
+                }
+            })
+        }),
         3 => decode::<apb::GetOperationRequest>(bytes)
             .map(|r| agent::operation_id(&r.id).map(|_| ())),
         _ => decode::<apb::WatchOperationRequest>(bytes)
@@ -152,6 +158,26 @@ pub fn authorization(data: &[u8]) -> Outcome {
             Outcome::Refused("authorization".into())
         }
     }
+}
+
+/// An accepted hot-upgrade `binary` is what will run: an executable file inside the upgrade
+/// directory, with every symlink and `..` already resolved.
+fn assert_runnable_upgrade(binary: &Path, obproxy: &ObproxyConfig) {
+    let dir = std::fs::canonicalize(&obproxy.upgrade_dir).expect("the fixture's upgrade_dir");
+    assert!(
+        binary.starts_with(&dir),
+        "accepted {binary:?}, outside the upgrade directory {dir:?}"
+    );
+    assert_eq!(
+        std::fs::canonicalize(binary).ok().as_deref(),
+        Some(binary),
+        "accepted {binary:?} unresolved"
+    );
+    let meta = std::fs::metadata(binary).expect("an accepted binary exists");
+    assert!(
+        meta.is_file() && meta.permissions().mode() & 0o111 != 0,
+        "accepted {binary:?}, which is not an executable file"
+    );
 }
 
 fn decode<M: Message + Default>(bytes: &[u8]) -> Option<M> {

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{
-    Agent, Options, alive,
+    alive,
     cluster::{CLUSTER, Cluster},
 };
 use odp_agent::proto::{agent as apb, coordinator as pb};
