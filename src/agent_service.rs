@@ -18,6 +18,7 @@ use tracing::Instrument;
 use crate::{
     change_feed::Watcher,
     config::AgentConfig,
+    listeners,
     operation::{self, Kind, Phase},
     proto::agent as pb,
     security::guard::Guard,
@@ -222,6 +223,7 @@ pub fn operation_pb(op: &operation::Operation) -> pb::Operation {
             Kind::RestartHot => pb::OperationKind::RestartHot,
             Kind::RestartForce => pb::OperationKind::RestartForce,
             Kind::Respawn => pb::OperationKind::Respawn,
+            Kind::TakeOver => pb::OperationKind::TakeOver,
         } as i32,
         state: match op.state {
             operation::State::Running => pb::OperationState::Running,
@@ -283,9 +285,13 @@ fn status_pb(s: &supervisor::Status) -> pb::ProxyStatus {
         listeners: s
             .listeners
             .iter()
-            .map(|(addr, inode)| pb::Listener {
+            .map(|(kind, addr, inode)| pb::Listener {
                 address: addr.to_string(),
                 socket_inode: *inode,
+                kind: match kind {
+                    listeners::Kind::Sql => pb::ListenerKind::Sql,
+                    listeners::Kind::Rpc => pb::ListenerKind::Rpc,
+                } as i32,
             })
             .collect(),
         serving: serving.map(process_pb),

@@ -1,5 +1,6 @@
 //! The agent's configuration: the TOML file parsed once, at start, into typed
 //! values; the rest of the agent never sees strings from the file.
+pub mod obproxy_args;
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -51,6 +52,12 @@ pub struct ObproxyConfig {
     pub optstr: Option<String>,
     /// SQL listeners the agent binds, holds and hands over.
     pub listen: Vec<SocketAddr>,
+    /// RPC listeners (obproxy 4.3+) the agent binds, holds and hands over as
+    /// `OBPROXY_INHERITED_RPC_FD` / `_RPC_IPV6_FD`. None: obproxy's default,
+    /// port 2885 on the SQL listeners' addresses.
+    pub rpc_listen: Option<Vec<SocketAddr>>,
+    /// The user's `-o` leaves 4.3's RPC service on (its default).
+    pub rpc_service: bool,
     pub hot_upgrade_exit_timeout: Duration,
     pub start_timeout: Duration,
     pub stop_timeout: Duration,
@@ -91,6 +98,8 @@ struct RawObproxy {
     #[serde(default)]
     args: Vec<String>,
     listen: Vec<SocketAddr>,
+    #[serde(default)]
+    rpc_listen: Option<Vec<SocketAddr>>,
     #[serde(
         default = "default_exit_timeout",
         deserialize_with = "config_file::duration"
@@ -137,6 +146,7 @@ home = {home:?}
 binary = {binary:?}
 args = ["-n", "demo", "-c", "democluster"]
 listen = ["127.0.0.1:2883"]
+rpc_listen = ["127.0.0.1:2885"]
 hot_upgrade_exit_timeout = "30s"
 start_timeout = "60s"
 stop_timeout = "10s"
@@ -207,7 +217,13 @@ dir = {state:?}
                 return Err(err(key, "must be longer than zero".into()));
             }
         }
-        let (args, optstr) = split_args(&o.args).map_err(|reason| err("obproxy.args", reason))?;
+        let (args, optstr) =
+            obproxy_args::split(&o.args).map_err(|reason| err("obproxy.args", reason))?;
+        let rpc_service = !obproxy_args::rpc_service_off(optstr.as_deref());
+        if let Some(rpc) = &o.rpc_listen {
+            check_rpc_listen(&o.listen, rpc, rpc_service)
+                .map_err(|reason| err("obproxy.rpc_listen", reason))?;
+        }
         let upgrade_dir = match &o.upgrade_dir {
             Some(dir) if dir.as_os_str().is_empty() => {
                 return Err(err("obproxy.upgrade_dir", "must not be empty".into()));
@@ -236,6 +252,8 @@ dir = {state:?}
                 args,
                 optstr,
                 listen: o.listen,
+                rpc_listen: o.rpc_listen,
+                rpc_service,
                 hot_upgrade_exit_timeout: o.hot_upgrade_exit_timeout,
                 start_timeout: o.start_timeout,
                 stop_timeout: o.stop_timeout,
@@ -248,68 +266,59 @@ dir = {state:?}
     }
 }
 
-/// Takes the user's `-o` string out of the arguments (obproxy keeps only the
-/// last `-o`, so the agent must merge its own items into that one string) and
-/// refuses flags that would fight the agent.
-fn split_args(args: &[String]) -> Result<(Vec<String>, Option<String>), String> {
-    let mut rest = Vec::new();
-    let mut optstr: Option<String> = None;
-    let mut iter = args.iter();
-    while let Some(arg) = iter.next() {
-        let value = match arg.as_str() {
-            "-o" | "--optstr" => Some(
-                iter.next()
-                    .ok_or_else(|| format!("{arg} needs a value"))?
-                    .clone(),
-            ),
-            a if a.starts_with("--optstr=") => Some(a["--optstr=".len()..].to_string()),
-            a if a.starts_with("-o") && a.len() > 2 => Some(a[2..].to_string()),
-            "-p" | "--listen_port" => {
-                return Err(format!(
-                    "{arg}: the agent holds the SQL listeners; set [obproxy] listen instead"
-                ));
-            }
-            a if a.starts_with("--listen_port=") || (a.starts_with("-p") && a.len() > 2) => {
-                return Err(format!(
-                    "{a}: the agent holds the SQL listeners; set [obproxy] listen instead"
-                ));
-            }
-            "-V" | "--version" | "-R" | "--releaseid" => {
-                return Err(format!("{arg} makes obproxy print and exit; remove it"));
-            }
-            _ => {
-                rest.push(arg.clone());
-                None
-            }
-        };
-        if let Some(value) = value {
-            if optstr.is_some() {
-                return Err(
-                    "more than one -o: obproxy keeps only the last one, so write every item in one -o \"k=v,k=v\""
-                        .into(),
-                );
-            }
-            if optstr_items(&value).any(|(k, _)| k == "hot_upgrade_exit_timeout") {
-                return Err(
-                    "-o hot_upgrade_exit_timeout: set [obproxy] hot_upgrade_exit_timeout instead, so the agent and obproxy agree on the drain window"
-                        .into(),
-                );
-            }
-            optstr = Some(value);
+/// obproxy's default `rpc_listen_port`.
+pub const DEFAULT_RPC_PORT: u16 = 2885;
+
+impl ObproxyConfig {
+    /// The RPC listeners to hold for a 4.3+ obproxy with its RPC service on:
+    /// as configured, or obproxy's own default (port 2885 on the addresses
+    /// of the SQL listeners, as obproxy binds `local_bound_ip`).
+    pub fn rpc_addrs(&self) -> Vec<SocketAddr> {
+        match &self.rpc_listen {
+            Some(addrs) => addrs.clone(),
+            None => self
+                .listen
+                .iter()
+                .map(|a| SocketAddr::new(a.ip(), DEFAULT_RPC_PORT))
+                .collect(),
         }
     }
-    Ok((rest, optstr))
 }
 
-/// `k=v,k=v` items of an obproxy `-o` string.
-pub fn optstr_items(optstr: &str) -> impl Iterator<Item = (&str, &str)> {
-    optstr
-        .split(',')
-        .filter(|i| !i.trim().is_empty())
-        .map(|i| match i.split_once('=') {
-            Some((k, v)) => (k.trim(), v.trim()),
-            None => (i.trim(), ""),
-        })
+/// obproxy applies one `ip_listen_mode` to SQL and RPC alike, and with mode
+/// 3 an inherited RPC start uses both RPC fds: the families must match.
+fn check_rpc_listen(
+    sql: &[SocketAddr],
+    rpc: &[SocketAddr],
+    rpc_service: bool,
+) -> Result<(), String> {
+    if !rpc_service {
+        return Err(
+            "-o enable_obproxy_rpc_service=false turns the RPC service off; remove one of them"
+                .into(),
+        );
+    }
+    let v4 = rpc.iter().filter(|a| a.is_ipv4()).count();
+    let v6 = rpc.iter().filter(|a| a.is_ipv6()).count();
+    let sql_v6 = sql.iter().filter(|a| a.is_ipv6()).count();
+    if v4 != 1 || v6 != sql_v6.min(1) {
+        return Err(format!(
+            "obproxy inherits one IPv4 RPC listener, and an IPv6 one exactly when [obproxy] listen \
+             has one (ip_listen_mode covers both; OBPROXY_INHERITED_RPC_FD, OBPROXY_INHERITED_RPC_IPV6_FD); \
+             got {v4} IPv4 and {v6} IPv6 for {sql_v6} IPv6 SQL listener(s). To turn RPC off, put \
+             enable_obproxy_rpc_service=false in -o"
+        ));
+    }
+    for r in rpc {
+        if r.port() != 0
+            && sql
+                .iter()
+                .any(|s| s.port() == r.port() && s.is_ipv4() == r.is_ipv4())
+        {
+            return Err(format!("{r} takes the port of an SQL listener"));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -362,6 +371,46 @@ dir = "/var/lib/odp-agent"
     fn the_drain_window_in_optstr_is_refused() {
         let text = GOOD.replace("enable_metadb=false", "hot_upgrade_exit_timeout=1000");
         assert_eq!(parse(&text).unwrap_err().key, "obproxy.args");
+    }
+
+    #[test]
+    fn rpc_listen_defaults_to_port_2885_on_the_sql_addresses() {
+        let c = parse(GOOD).unwrap();
+        assert!(c.obproxy.rpc_service);
+        assert_eq!(
+            c.obproxy.rpc_addrs(),
+            [
+                "0.0.0.0:2885".parse::<SocketAddr>().unwrap(),
+                "[::]:2885".parse().unwrap()
+            ]
+        );
+        let text = GOOD.replace(
+            "hot_upgrade_exit_timeout",
+            "rpc_listen = [\"0.0.0.0:3885\", \"[::]:3885\"]\nhot_upgrade_exit_timeout",
+        );
+        assert_eq!(parse(&text).unwrap().obproxy.rpc_addrs()[0].port(), 3885);
+    }
+
+    #[test]
+    fn rpc_listen_must_match_the_sql_families_and_the_rpc_service() {
+        let with = |rpc: &str| {
+            GOOD.replace(
+                "hot_upgrade_exit_timeout",
+                &format!("rpc_listen = {rpc}\nhot_upgrade_exit_timeout"),
+            )
+        };
+        let e = parse(&with(r#"["0.0.0.0:2885"]"#)).unwrap_err();
+        assert_eq!(e.key, "obproxy.rpc_listen");
+        assert!(e.reason.contains("ip_listen_mode"), "{e}");
+        let e = parse(&with(r#"[]"#)).unwrap_err();
+        assert!(e.reason.contains("enable_obproxy_rpc_service=false"), "{e}");
+        let e = parse(&with(r#"["0.0.0.0:2883", "[::]:2885"]"#)).unwrap_err();
+        assert!(e.reason.contains("port of an SQL listener"), "{e}");
+        let off = with(r#"["0.0.0.0:2885", "[::]:2885"]"#)
+            .replace("enable_metadb=false", "enable_obproxy_rpc_service=false");
+        assert_eq!(parse(&off).unwrap_err().key, "obproxy.rpc_listen");
+        let off = GOOD.replace("enable_metadb=false", "enable_obproxy_rpc_service=false");
+        assert!(!parse(&off).unwrap().obproxy.rpc_service);
     }
 
     #[test]

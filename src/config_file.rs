@@ -21,11 +21,13 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// The reason may quote the file (a TOML error does): a secret in it is
+    /// masked, since the message goes to the log and the terminal.
     pub fn new(path: &Path, key: impl Into<String>, reason: impl Into<String>) -> Self {
         Self {
             path: path.to_path_buf(),
             key: key.into(),
-            reason: reason.into(),
+            reason: crate::redact::text(&reason.into()),
         }
     }
 }

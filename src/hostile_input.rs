@@ -224,6 +224,8 @@ pub fn fixture(dir: &Path) -> std::io::Result<ObproxyConfig> {
         args: vec![],
         optstr: None,
         listen: vec![std::net::SocketAddr::from(([127, 0, 0, 1], 2883))],
+        rpc_listen: None,
+        rpc_service: true,
         hot_upgrade_exit_timeout: std::time::Duration::from_secs(30),
         start_timeout: std::time::Duration::from_secs(60),
         stop_timeout: std::time::Duration::from_secs(10),

@@ -12,7 +12,8 @@
 //!   [`operation`] log; [`operations`] are the start/stop/restart scripts
 //!   that drive it step by step. [`change_feed`] lets every watcher of an
 //!   operation or a task see every change.
-//! - [`error_chain`] renders an error with its causes on one line.
+//! - [`error_chain`] renders an error with its causes on one line;
+//!   [`redact`] masks the secrets obproxy's arguments may carry.
 //! - [`agent_service`] translates gRPC to supervisor calls; [`agent`] wires
 //!   the daemon; [`proto`] holds the generated code.
 //! - [`state_file`] is what the agent remembers on disk; [`adoption`]
@@ -21,6 +22,8 @@
 //! - [`security`] is TLS, callers' roles and the audit log;
 //!   [`hostile_input`] is what no input may do to the daemons (run by the
 //!   fuzzers).
+//! - [`container_init`] is the minimal init the agent leaves behind when it
+//!   is started as PID 1 (a container's entrypoint).
 //! - [`systemd`] is what systemd is told (ready, stopping, watchdog);
 //!   [`metrics`] owns the Prometheus registries and the `/metrics` endpoint;
 //!   [`telemetry`] sets up the logs.
@@ -34,6 +37,7 @@ pub mod agent_service;
 pub mod change_feed;
 pub mod config;
 pub mod config_file;
+pub mod container_init;
 pub mod coordinator;
 pub mod error_chain;
 pub mod grpc_server;
@@ -46,6 +50,7 @@ pub mod obproxy;
 pub mod operation;
 pub mod operations;
 pub mod proto;
+pub mod redact;
 pub mod security;
 pub mod signals;
 pub mod sim;

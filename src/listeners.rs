@@ -1,5 +1,7 @@
-//! The SQL listening sockets the agent binds, holds and hands to every
-//! obproxy it starts, so the port never closes while the ODP is meant to be up.
+//! The listening sockets the agent binds, holds and hands to every obproxy it
+//! starts, so the port never closes while the ODP is meant to be up: the SQL
+//! listeners, and for obproxy 4.3+ the RPC listeners (which obproxy would
+//! otherwise bind itself, failing while the old process holds the port).
 use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd, OwnedFd, RawFd},
@@ -15,17 +17,35 @@ const BACKLOG: i32 = 4096;
 pub enum ListenerError {
     #[error("fd {fd} is not a listening TCP socket")]
     NotAListener { fd: RawFd },
-    #[error("cannot bind SQL listener {addr}")]
+    #[error("cannot bind {kind} listener {addr}")]
     Bind {
+        kind: Kind,
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
 }
 
+/// Which service a listener is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Sql,
+    Rpc,
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kind::Sql => "SQL",
+            Kind::Rpc => "RPC",
+        })
+    }
+}
+
 /// One held listener.
 #[derive(Debug)]
 pub struct Listener {
+    pub kind: Kind,
     /// What the configuration asked for (port 0 = any).
     pub configured: SocketAddr,
     /// What the kernel gave.
@@ -54,57 +74,78 @@ impl Listener {
     }
 }
 
-/// The listeners of one ODP, in configured order.
+/// The listeners of one ODP, in configured order: SQL, and RPC while an
+/// obproxy that serves RPC needs them.
 #[derive(Debug, Default)]
 pub struct Listeners {
     held: Vec<Listener>,
+    rpc: Vec<Listener>,
+}
+
+/// Binds every configured address. A port of 0 takes the port `previous`
+/// had for the same address, so a stop/start keeps the port stable.
+fn bind_all(
+    kind: Kind,
+    configured: &[SocketAddr],
+    previous: &[SocketAddr],
+) -> Result<Vec<Listener>, ListenerError> {
+    let mut held = Vec::with_capacity(configured.len());
+    for (i, &addr) in configured.iter().enumerate() {
+        let mut target = addr;
+        if addr.port() == 0
+            && let Some(prev) = previous.get(i)
+        {
+            target.set_port(prev.port());
+        }
+        held.push(bind_one(kind, addr, target)?);
+    }
+    Ok(held)
 }
 
 impl Listeners {
-    /// Binds every configured address. A port of 0 takes the port `previous`
-    /// had for the same address, so a stop/start keeps the port stable.
+    /// Binds the SQL listeners (see [`bind_all`] for port 0).
     pub fn bind(configured: &[SocketAddr], previous: &[SocketAddr]) -> Result<Self, ListenerError> {
-        let mut held = Vec::with_capacity(configured.len());
-        for (i, &addr) in configured.iter().enumerate() {
-            let mut target = addr;
-            if addr.port() == 0
-                && let Some(prev) = previous.get(i)
-            {
-                target.set_port(prev.port());
-            }
-            held.push(bind_one(addr, target)?);
+        Ok(Self {
+            held: bind_all(Kind::Sql, configured, previous)?,
+            rpc: Vec::new(),
+        })
+    }
+
+    /// Binds the RPC listeners unless they are held already.
+    pub fn bind_rpc(
+        &mut self,
+        configured: &[SocketAddr],
+        previous: &[SocketAddr],
+    ) -> Result<(), ListenerError> {
+        if self.rpc.is_empty() {
+            self.rpc = bind_all(Kind::Rpc, configured, previous)?;
         }
-        Ok(Self { held })
+        Ok(())
+    }
+
+    /// Lets the RPC listeners go (no process that serves RPC is left to
+    /// hand them to; a process that inherited them keeps its own copy).
+    pub fn close_rpc(&mut self) {
+        self.rpc.clear();
     }
 
     /// Listeners taken back from a running obproxy (pidfd_getfd), in
     /// configured order; each must be a listening TCP socket.
     pub fn adopt(configured: &[SocketAddr], fds: Vec<OwnedFd>) -> Result<Self, ListenerError> {
-        let mut held = Vec::with_capacity(fds.len());
-        for (i, fd) in fds.into_iter().enumerate() {
-            let sock = socket2::SockRef::from(&fd);
-            let bound = sock
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_socket())
-                .ok_or(ListenerError::NotAListener { fd: fd.as_raw_fd() })?;
-            if !sock.is_listener().unwrap_or(false) {
-                return Err(ListenerError::NotAListener { fd: fd.as_raw_fd() });
-            }
-            let inode = nix::sys::stat::fstat(&fd)
-                .map_err(|e| ListenerError::Bind {
-                    addr: bound,
-                    source: e.into(),
-                })?
-                .st_ino;
-            held.push(Listener {
-                configured: configured.get(i).copied().unwrap_or(bound),
-                bound,
-                inode,
-                fd,
-            });
-        }
-        Ok(Self { held })
+        Ok(Self {
+            held: adopt_all(Kind::Sql, configured, fds)?,
+            rpc: Vec::new(),
+        })
+    }
+
+    /// RPC listeners taken back from a running obproxy, as [`Listeners::adopt`].
+    pub fn adopt_rpc(
+        &mut self,
+        configured: &[SocketAddr],
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), ListenerError> {
+        self.rpc = adopt_all(Kind::Rpc, configured, fds)?;
+        Ok(())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -123,28 +164,93 @@ impl Listeners {
         self.held.iter().map(|l| l.inode).collect()
     }
 
-    /// The environment obproxy reads in `handle_inherited_sockets()`.
-    pub fn inherit_env(&self) -> Vec<(String, String)> {
-        let v4 = self.held.iter().find(|l| l.bound.is_ipv4());
-        let v6 = self.held.iter().find(|l| l.bound.is_ipv6());
+    /// The RPC listeners held (empty unless an obproxy 4.3+ needs them).
+    pub fn rpc(&self) -> impl Iterator<Item = &Listener> {
+        self.rpc.iter()
+    }
+
+    pub fn rpc_bound_addrs(&self) -> Vec<SocketAddr> {
+        self.rpc.iter().map(|l| l.bound).collect()
+    }
+
+    /// The environment obproxy reads in `handle_inherited_sockets()`; the
+    /// RPC variables only `with_rpc` (obproxy before 4.3 has no RPC service).
+    pub fn inherit_env(&self, with_rpc: bool) -> Vec<(String, String)> {
+        let fd_of = |set: &[Listener], v6: bool| {
+            set.iter()
+                .find(|l| l.bound.is_ipv6() == v6)
+                .map(Listener::raw_fd)
+        };
         let mut env = Vec::new();
-        if let Some(l) = v4 {
-            env.push(("OBPROXY_INHERITED_FD".into(), l.raw_fd().to_string()));
+        if let Some(fd) = fd_of(&self.held, false) {
+            env.push(("OBPROXY_INHERITED_FD".into(), fd.to_string()));
             env.push((
                 "OBPROXY_INHERITED_IPV6_FD".into(),
-                v6.map_or(-1, Listener::raw_fd).to_string(),
+                fd_of(&self.held, true).unwrap_or(-1).to_string(),
             ));
+        }
+        if with_rpc {
+            // obproxy reads each RPC variable only when it is set.
+            if let Some(fd) = fd_of(&self.rpc, false) {
+                env.push(("OBPROXY_INHERITED_RPC_FD".into(), fd.to_string()));
+            }
+            if let Some(fd) = fd_of(&self.rpc, true) {
+                env.push(("OBPROXY_INHERITED_RPC_IPV6_FD".into(), fd.to_string()));
+            }
         }
         env
     }
 
-    pub fn raw_fds(&self) -> Vec<RawFd> {
-        self.held.iter().map(Listener::raw_fd).collect()
+    /// The fds to hand over (close-on-exec cleared in the child).
+    pub fn raw_fds(&self, with_rpc: bool) -> Vec<RawFd> {
+        let rpc = if with_rpc { &self.rpc[..] } else { &[] };
+        self.held.iter().chain(rpc).map(Listener::raw_fd).collect()
     }
 }
 
-fn bind_one(configured: SocketAddr, target: SocketAddr) -> Result<Listener, ListenerError> {
+/// Sockets taken from a running obproxy, in configured order; each must be a
+/// listening TCP socket.
+fn adopt_all(
+    kind: Kind,
+    configured: &[SocketAddr],
+    fds: Vec<OwnedFd>,
+) -> Result<Vec<Listener>, ListenerError> {
+    let mut held = Vec::with_capacity(fds.len());
+    for (i, fd) in fds.into_iter().enumerate() {
+        let sock = socket2::SockRef::from(&fd);
+        let bound = sock
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .ok_or(ListenerError::NotAListener { fd: fd.as_raw_fd() })?;
+        if !sock.is_listener().unwrap_or(false) {
+            return Err(ListenerError::NotAListener { fd: fd.as_raw_fd() });
+        }
+        let inode = nix::sys::stat::fstat(&fd)
+            .map_err(|e| ListenerError::Bind {
+                kind,
+                addr: bound,
+                source: e.into(),
+            })?
+            .st_ino;
+        held.push(Listener {
+            kind,
+            configured: configured.get(i).copied().unwrap_or(bound),
+            bound,
+            inode,
+            fd,
+        });
+    }
+    Ok(held)
+}
+
+fn bind_one(
+    kind: Kind,
+    configured: SocketAddr,
+    target: SocketAddr,
+) -> Result<Listener, ListenerError> {
     let err = |source| ListenerError::Bind {
+        kind,
         addr: target,
         source,
     };
@@ -173,6 +279,7 @@ fn bind_one(configured: SocketAddr, target: SocketAddr) -> Result<Listener, List
         .map_err(|e| err(e.into()))?
         .st_ino;
     Ok(Listener {
+        kind,
         configured,
         bound,
         inode,
@@ -199,9 +306,32 @@ mod tests {
     #[test]
     fn inherit_env_names_the_ipv4_fd_and_no_ipv6() {
         let l = Listeners::bind(&["127.0.0.1:0".parse().unwrap()], &[]).unwrap();
-        let env = l.inherit_env();
+        let env = l.inherit_env(true);
         assert_eq!(env[0].0, "OBPROXY_INHERITED_FD");
-        assert_eq!(env[0].1, l.raw_fds()[0].to_string());
+        assert_eq!(env[0].1, l.raw_fds(true)[0].to_string());
         assert_eq!(env[1], ("OBPROXY_INHERITED_IPV6_FD".into(), "-1".into()));
+        assert_eq!(env.len(), 2, "no RPC listener held: {env:?}");
+    }
+
+    #[test]
+    fn rpc_listeners_are_handed_over_only_when_asked() {
+        let mut l = Listeners::bind(&["127.0.0.1:0".parse().unwrap()], &[]).unwrap();
+        l.bind_rpc(
+            &["127.0.0.1:0".parse().unwrap(), "[::1]:0".parse().unwrap()],
+            &[],
+        )
+        .unwrap();
+        let rpc: Vec<_> = l.rpc().map(|r| r.raw_fd().to_string()).collect();
+        let env = l.inherit_env(true);
+        assert_eq!(env[2], ("OBPROXY_INHERITED_RPC_FD".into(), rpc[0].clone()));
+        assert_eq!(
+            env[3],
+            ("OBPROXY_INHERITED_RPC_IPV6_FD".into(), rpc[1].clone())
+        );
+        assert_eq!(l.raw_fds(true).len(), 3);
+        assert_eq!(l.inherit_env(false).len(), 2);
+        assert_eq!(l.raw_fds(false).len(), 1);
+        l.close_rpc();
+        assert_eq!(l.inherit_env(true).len(), 2);
     }
 }

@@ -178,6 +178,7 @@ home = "odp-{i}"
 binary = {standin:?}
 args = {args:?}
 listen = ["127.0.0.1:0"]
+rpc_listen = ["127.0.0.1:0"]
 hot_upgrade_exit_timeout = "{exit}ms"
 start_timeout = "30s"
 stop_timeout = "5s"

@@ -27,6 +27,8 @@ pub enum Kind {
     RestartForce,
     /// The agent's own start after obproxy died while it should run.
     Respawn,
+    /// Adopting an obproxy the agent did not start (found at start-up).
+    TakeOver,
 }
 
 impl Kind {
@@ -37,6 +39,7 @@ impl Kind {
             Kind::RestartHot => "hot restart",
             Kind::RestartForce => "force restart",
             Kind::Respawn => "respawn",
+            Kind::TakeOver => "take-over",
         }
     }
 }
@@ -152,7 +155,8 @@ impl Log {
             && let Some(feed) = self.ops.get(id)
         {
             let used = feed.borrow().kind;
-            let joined_respawn = used == Kind::Respawn && request.kind == Kind::Start;
+            let joined_respawn =
+                matches!(used, Kind::Respawn | Kind::TakeOver) && request.kind == Kind::Start;
             if used != request.kind && !joined_respawn {
                 return Err(LogError::RequestIdReused {
                     request_id: rid.clone(),
@@ -165,8 +169,10 @@ impl Log {
         }
         if let Some(current) = self.current() {
             // A Start while the agent is already starting obproxy again after
-            // a crash asks for exactly that: it joins the respawn.
-            if request.kind == Kind::Start && current.kind == Kind::Respawn {
+            // a crash (or taking over a running one) asks for exactly that:
+            // it joins that operation.
+            if request.kind == Kind::Start && matches!(current.kind, Kind::Respawn | Kind::TakeOver)
+            {
                 if let Some(rid) = &request.request_id {
                     self.by_request.insert(rid.clone(), current.id.clone());
                 }

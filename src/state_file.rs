@@ -57,6 +57,9 @@ pub struct RecordedProcess {
     /// Seconds since the epoch.
     pub started_at: f64,
     pub drain_deadline: Option<f64>,
+    /// It was handed the RPC listeners (obproxy 4.3+).
+    #[serde(default)]
+    pub rpc: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,6 +75,11 @@ pub struct AgentState {
     /// Where the listeners were last bound (a port 0 keeps its port).
     #[serde(default)]
     pub last_bound: Vec<SocketAddr>,
+    /// The RPC listeners held (obproxy 4.3+), and where they were last bound.
+    #[serde(default)]
+    pub rpc_listeners: Vec<RecordedListener>,
+    #[serde(default)]
+    pub last_rpc_bound: Vec<SocketAddr>,
     pub processes: Vec<RecordedProcess>,
     /// obproxy processes started so far (restarts = this minus one).
     pub started_count: u32,
@@ -153,8 +161,14 @@ mod tests {
                 role: Role::Draining,
                 started_at: 1.5,
                 drain_deadline: Some(31.5),
+                rpc: true,
             }],
             last_bound: vec![],
+            rpc_listeners: vec![RecordedListener {
+                bound: "127.0.0.1:2885".parse().unwrap(),
+                inode: 43,
+            }],
+            last_rpc_bound: vec![],
             started_count: 3,
             last_exit: None,
         };

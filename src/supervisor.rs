@@ -2,8 +2,12 @@
 //! processes and the operation log. The gRPC service, the signal thread, the
 //! exit watchers and the running operation all talk to it through messages,
 //! so no lock guards process state.
+mod handover;
 mod recovery;
 mod respawn;
+mod take_over;
+
+pub use take_over::Adoption;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -20,10 +24,10 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     change_feed::Watcher,
     config::AgentConfig,
-    listeners::{ListenerError, Listeners},
+    listeners::{self, ListenerError, Listeners},
     metrics::agent::AgentMetrics,
     obproxy::{
-        launch::{self, LaunchSpec},
+        launch::{Handover, Plan},
         pidfd::{self, Exit, Pidfd},
         procfs,
         spawner::{SpawnError, Spawned, Spawner},
@@ -66,7 +70,8 @@ pub struct Status {
     pub desired_running: bool,
     pub serving: Option<ProcessInfo>,
     pub draining: Vec<(ProcessInfo, SystemTime)>,
-    pub listeners: Vec<(SocketAddr, u64)>,
+    /// Held listeners: SQL first, then RPC.
+    pub listeners: Vec<(listeners::Kind, SocketAddr, u64)>,
     pub restart_count: u32,
     pub operation: Option<Operation>,
     pub last_exit: Option<String>,
@@ -96,6 +101,28 @@ pub enum StepError {
     Spawn(#[from] SpawnError),
     #[error("the SQL listeners are not held")]
     NoListeners,
+    #[error("the RPC listeners are not held")]
+    NoRpcListeners,
+    #[error("the agent holds the SQL listeners, but a bootstrap start must bind the port itself")]
+    ListenersHeld,
+    #[error(
+        "obproxy must bind the SQL port itself once (a bootstrap start) and cannot be told \
+         \"any port\": [obproxy] listen {addrs:?} needs one fixed port for all its addresses"
+    )]
+    BootstrapPort { addrs: Vec<SocketAddr> },
+    #[error("cannot reserve {addr} for obproxy's bootstrap start")]
+    Reserve {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot take fd {fd} (a listener) from pid {pid} (pidfd_getfd, Linux 5.6+)")]
+    TakeListener {
+        pid: u32,
+        fd: i32,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("pid {pid} is not an obproxy of this agent")]
     UnknownPid { pid: u32 },
     #[error("cannot send {signal} to pid {pid}")]
@@ -114,6 +141,8 @@ pub enum StepError {
 pub struct ListenerInfo {
     pub probe_addrs: Vec<SocketAddr>,
     pub inodes: Vec<u64>,
+    /// The RPC listeners held (empty when none is).
+    pub rpc_inodes: Vec<u64>,
 }
 
 use state_file::Role;
@@ -134,6 +163,8 @@ struct Process {
     ending: bool,
     /// When it was handed over to drain: its exit times the drain (metrics).
     drain_started: Option<Instant>,
+    /// It was handed the RPC listeners (obproxy 4.3+ with RPC on).
+    rpc: bool,
 }
 
 enum Msg {
@@ -153,6 +184,7 @@ enum Msg {
         result: Result<Spawned, SpawnError>,
         binary: PathBuf,
         version: String,
+        rpc: bool,
         reply: oneshot::Sender<Result<u32, StepError>>,
     },
     DrainDeadline {
@@ -170,13 +202,25 @@ enum Msg {
 /// Requests from the running operation.
 pub enum Step {
     SetDesired(bool),
-    BindListeners(oneshot::Sender<Result<ListenerInfo, StepError>>),
+    /// SQL listeners, and RPC listeners too with `rpc`.
+    BindListeners {
+        rpc: bool,
+        reply: oneshot::Sender<Result<ListenerInfo, StepError>>,
+    },
     CloseListeners(oneshot::Sender<()>),
     Spawn {
         binary: PathBuf,
         version: String,
-        exit_timeout: Duration,
+        plan: Plan,
         reply: oneshot::Sender<Result<u32, StepError>>,
+    },
+    /// Where a bootstrap start will listen (checked before it is spawned).
+    BootstrapAddrs(oneshot::Sender<Result<Vec<SocketAddr>, StepError>>),
+    /// A bootstrap start listens on these fds: the agent holds them now.
+    TakeListeners {
+        pid: u32,
+        fds: Vec<i32>,
+        reply: oneshot::Sender<Result<ListenerInfo, StepError>>,
     },
     WaitReady {
         pid: u32,
@@ -198,6 +242,11 @@ pub enum Step {
         pid: u32,
         drain_window: Option<Duration>,
         reply: oneshot::Sender<Option<u32>>,
+    },
+    /// Makes a process the agent did not start the serving one (take-over).
+    Adopt {
+        adoption: Box<Adoption>,
+        reply: oneshot::Sender<Result<u32, StepError>>,
     },
     /// Pids the agent holds, by role: (serving, draining, starting).
     Processes(oneshot::Sender<(Option<u32>, Vec<u32>, Vec<u32>)>),
@@ -277,6 +326,10 @@ pub struct Supervisor {
     listeners: Listeners,
     /// Addresses the listeners had, so port 0 stays the same port.
     last_bound: Vec<SocketAddr>,
+    last_rpc_bound: Vec<SocketAddr>,
+    /// A free port held (bound, not listening) for a bootstrap start until
+    /// the agent holds the listener obproxy binds on it.
+    port_reservation: Vec<socket2::Socket>,
     processes: BTreeMap<u32, Process>,
     ready_waiters: HashMap<u32, oneshot::Sender<Result<(), Exit>>>,
     /// Spawns sent to the spawner thread and not registered yet.
@@ -319,6 +372,8 @@ impl Supervisor {
             shutdown,
             listeners: Listeners::default(),
             last_bound: Vec::new(),
+            last_rpc_bound: Vec::new(),
+            port_reservation: Vec::new(),
             processes: BTreeMap::new(),
             ready_waiters: HashMap::new(),
             spawns_in_flight: 0,
@@ -379,9 +434,10 @@ impl Supervisor {
                 result,
                 binary,
                 version,
+                rpc,
                 reply,
             } => {
-                let _ = reply.send(self.on_spawned(result, binary, version));
+                let _ = reply.send(self.on_spawned(result, binary, version, rpc));
             }
             Msg::DrainDeadline { pid, deadline } => {
                 // Only the draining process whose window this was: the pid may
@@ -457,6 +513,7 @@ impl Supervisor {
                 Kind::RestartForce => ProxyState::Restarting,
                 // Down while it should run: the respawn is the cure, not the state.
                 Kind::Respawn => ProxyState::Unavailable,
+                Kind::TakeOver => ProxyState::Starting,
                 Kind::RestartHot => {
                     let upgrading = self.processes.values().any(|p| {
                         p.role == Role::Starting && p.binary != self.config.obproxy.binary
@@ -524,7 +581,12 @@ impl Supervisor {
             desired_running: self.desired_running,
             serving,
             draining,
-            listeners: self.listeners.iter().map(|l| (l.bound, l.inode)).collect(),
+            listeners: self
+                .listeners
+                .iter()
+                .chain(self.listeners.rpc())
+                .map(|l| (l.kind, l.bound, l.inode))
+                .collect(),
             restart_count: self.started_count.saturating_sub(1),
             operation: self.log.current(),
             last_exit: self.last_exit.clone(),
@@ -574,6 +636,7 @@ impl Supervisor {
         result: Result<Spawned, SpawnError>,
         binary: PathBuf,
         version: String,
+        rpc: bool,
     ) -> Result<u32, StepError> {
         self.spawns_in_flight = self.spawns_in_flight.saturating_sub(1);
         let early = std::mem::take(&mut self.early_ready);
@@ -596,6 +659,7 @@ impl Supervisor {
                 drain_deadline: None,
                 ending: false,
                 drain_started: None,
+                rpc,
             },
         );
         tracing::info!(pid, "obproxy spawned");
@@ -657,6 +721,15 @@ impl Supervisor {
                 })
                 .collect(),
             last_bound: self.last_bound.clone(),
+            rpc_listeners: self
+                .listeners
+                .rpc()
+                .map(|l| RecordedListener {
+                    bound: l.bound,
+                    inode: l.inode,
+                })
+                .collect(),
+            last_rpc_bound: self.last_rpc_bound.clone(),
             processes: self
                 .processes
                 .iter()
@@ -669,6 +742,7 @@ impl Supervisor {
                     role: p.role,
                     started_at: state_file::to_epoch(p.started_at),
                     drain_deadline: p.drain_deadline.map(state_file::to_epoch),
+                    rpc: p.rpc,
                 })
                 .collect(),
             started_count: self.started_count,
@@ -716,14 +790,21 @@ impl Supervisor {
                 }
                 self.persist();
             }
-            Step::BindListeners(reply) => {
-                let _ = reply.send(self.bind_listeners());
+            Step::BindListeners { rpc, reply } => {
+                let _ = reply.send(self.bind_listeners(rpc));
+            }
+            Step::BootstrapAddrs(reply) => {
+                let _ = reply.send(self.bootstrap_bind().map(|b| b.addrs()));
+            }
+            Step::TakeListeners { pid, fds, reply } => {
+                let _ = reply.send(self.take_listeners(pid, &fds));
             }
             Step::CloseListeners(reply) => {
                 if !self.listeners.is_empty() {
                     tracing::info!(addrs = ?self.listeners.bound_addrs(), "closing SQL listeners");
                 }
                 self.listeners = Listeners::default();
+                self.port_reservation.clear();
                 self.listener_problem = None;
                 self.persist();
                 let _ = reply.send(());
@@ -731,9 +812,9 @@ impl Supervisor {
             Step::Spawn {
                 binary,
                 version,
-                exit_timeout,
+                plan,
                 reply,
-            } => self.spawn(binary, version, exit_timeout, reply),
+            } => self.spawn(binary, version, plan, reply),
             Step::WaitReady { pid, reply } => match self.processes.get(&pid) {
                 Some(p) if p.ready => {
                     let _ = reply.send(Ok(()));
@@ -774,6 +855,9 @@ impl Supervisor {
                 reply,
             } => {
                 let _ = reply.send(self.promote(pid, drain_window));
+            }
+            Step::Adopt { adoption, reply } => {
+                let _ = reply.send(self.adopt(*adoption));
             }
             Step::Processes(reply) => {
                 let by = |role| {
@@ -819,46 +903,28 @@ impl Supervisor {
                         }
                     }
                 });
+                self.release_unused_rpc();
                 self.maybe_schedule_respawn();
             }
         }
-    }
-
-    fn bind_listeners(&mut self) -> Result<ListenerInfo, StepError> {
-        if self.listeners.is_empty() {
-            self.listeners = Listeners::bind(&self.config.obproxy.listen, &self.last_bound)?;
-            self.last_bound = self.listeners.bound_addrs();
-            self.listener_problem = None;
-            tracing::info!(addrs = ?self.last_bound, inodes = ?self.listeners.inodes(), "SQL listeners bound");
-            self.persist();
-        }
-        Ok(ListenerInfo {
-            probe_addrs: self.listeners.iter().map(|l| l.probe_addr()).collect(),
-            inodes: self.listeners.inodes(),
-        })
     }
 
     fn spawn(
         &mut self,
         binary: PathBuf,
         version: String,
-        exit_timeout: Duration,
+        plan: Plan,
         reply: oneshot::Sender<Result<u32, StepError>>,
     ) {
-        if self.listeners.is_empty() {
-            let _ = reply.send(Err(StepError::NoListeners));
-            return;
-        }
-        let cfg = &self.config.obproxy;
-        let spec = LaunchSpec {
-            binary: binary.clone(),
-            args: launch::args(cfg, exit_timeout),
-            home: cfg.home.clone(),
-            env: self.listeners.inherit_env(),
-            inherit_fds: self.listeners.raw_fds(),
-            output: self.config.state.dir.join("obproxy.out"),
+        let spec = match self.launch_spec(binary.clone(), &plan) {
+            Ok(spec) => spec,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
         };
-        tracing::info!(binary = %binary.display(), args = ?spec.args, env = ?spec.env, "spawning obproxy");
+        let rpc = plan.handover == Handover::Inherit { rpc: true };
+        tracing::info!(binary = %binary.display(), args = ?crate::redact::args(&spec.args), env = ?spec.env, "spawning obproxy");
         self.spawns_in_flight += 1;
         let tx = self.tx.clone();
         self.spawner.spawn(spec, move |result| {
@@ -866,6 +932,7 @@ impl Supervisor {
                 result,
                 binary,
                 version,
+                rpc,
                 reply,
             });
         });
@@ -895,6 +962,7 @@ impl Supervisor {
                 self.notices.clear();
             }
         }
+        self.release_unused_rpc();
         self.persist();
         previous
     }

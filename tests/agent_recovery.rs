@@ -11,7 +11,7 @@ use std::{
 
 use common::{Agent, Load, Options, alive, echo};
 use odp_agent::proto::agent as pb;
-use tokio::{io::AsyncReadExt, net::TcpStream};
+use tokio::io::AsyncReadExt;
 
 fn hot(window: Duration, binary: &str) -> pb::RestartRequest {
     pb::RestartRequest {
@@ -37,10 +37,9 @@ async fn killing_the_agent_while_obproxy_serves_changes_nothing_for_clients() {
     let after = agent.status().await;
     assert_eq!(after.state(), pb::ProxyState::Running);
     assert_eq!(after.pid, pid, "the serving obproxy was re-adopted");
-    assert_eq!(
-        after.listeners[0].socket_inode,
-        before.listeners[0].socket_inode
-    );
+    // SQL and RPC (4.3) listeners alike were taken back: the same sockets.
+    assert_eq!(after.listeners.len(), 2);
+    assert_eq!(after.listeners, before.listeners);
     assert_eq!(after.version, "4.3.1.0");
     assert!(after.notices.is_empty(), "{:?}", after.notices);
 
@@ -53,10 +52,7 @@ async fn killing_the_agent_while_obproxy_serves_changes_nothing_for_clients() {
         .await
         .unwrap();
     assert_eq!(op.state(), pb::OperationState::Succeeded, "{}", op.error);
-    assert_eq!(
-        agent.status().await.listeners[0].socket_inode,
-        before.listeners[0].socket_inode
-    );
+    assert_eq!(agent.status().await.listeners, before.listeners);
 
     let report = load.finish().await;
     assert!(report.ok > 0);
@@ -117,7 +113,7 @@ async fn killing_the_agent_during_a_drain_keeps_the_drains_deadline() {
     let inode = agent.status().await.listeners[0].socket_inode;
     let addr = agent.sql_addr().await;
     // A session that never ends keeps the old process draining.
-    let mut session = TcpStream::connect(addr).await.unwrap();
+    let mut session = common::connect(addr).await.unwrap();
     echo(&mut session, b"held").await.unwrap();
     let load = Load::start(addr);
 
@@ -310,33 +306,49 @@ fn handle_child_signals() {
 fn spawn_holder(agent: &Agent, serving: u32) -> Child {
     handle_child_signals();
     let environ = std::fs::read(format!("/proc/{serving}/environ")).unwrap();
-    let fd: i32 = environ
-        .split(|b| *b == 0)
-        .find_map(|v| v.strip_prefix(b"OBPROXY_INHERITED_FD="))
-        .map(|v| String::from_utf8_lossy(v).parse().unwrap())
-        .expect("the serving obproxy inherited its listener");
-    // SAFETY: pidfd_open and pidfd_getfd return new fds (or -1), closed below.
-    let (pidfd, listener) = unsafe {
-        let pidfd = libc::syscall(libc::SYS_pidfd_open, serving as i32, 0) as i32;
-        assert!(pidfd >= 0, "{}", std::io::Error::last_os_error());
-        let listener = libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) as i32;
-        assert!(listener >= 0, "{}", std::io::Error::last_os_error());
-        (pidfd, listener)
-    };
+    // SAFETY: pidfd_open returns a new fd (or -1), closed below.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, serving as i32, 0) } as i32;
+    assert!(pidfd >= 0, "{}", std::io::Error::last_os_error());
+    // Every listener the serving obproxy inherited (SQL, and RPC on 4.3), under the same
+    // variable, as our own copies.
+    let inherited: Vec<(&str, i32)> = ["OBPROXY_INHERITED_FD", "OBPROXY_INHERITED_RPC_FD"]
+        .into_iter()
+        .filter_map(|var| {
+            let prefix = format!("{var}=");
+            let fd: i32 = environ
+                .split(|b| *b == 0)
+                .find_map(|v| v.strip_prefix(prefix.as_bytes()))
+                .map(|v| String::from_utf8_lossy(v).parse().unwrap())?;
+            // SAFETY: pidfd_getfd returns a new fd (or -1), closed below.
+            let ours = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) } as i32;
+            assert!(ours >= 0, "{}", std::io::Error::last_os_error());
+            Some((var, ours))
+        })
+        .collect();
+    assert!(
+        !inherited.is_empty(),
+        "the serving obproxy inherited no listener"
+    );
     let out = std::fs::File::create(agent.dir.path().join("holder.out")).unwrap();
     let mut command = Command::new(common::STANDIN);
     command
         .current_dir(agent.home())
-        .env("OBPROXY_INHERITED_FD", listener.to_string())
-        .args(["-n", "testapp", "-o", "hot_upgrade_exit_timeout=30s"])
+        .args(["-n", "testapp", "-o", "hot_upgrade_exit_timeout=30000000"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(out);
-    // SAFETY: only fcntl between fork and exec: the child keeps the listener.
+    for (var, fd) in &inherited {
+        command.env(var, fd.to_string());
+    }
+    let fds: Vec<i32> = inherited.iter().map(|(_, fd)| *fd).collect();
+    // SAFETY: only fcntl between fork and exec: the child keeps the listeners.
     unsafe {
+        let fds = fds.clone();
         command.pre_exec(move || {
-            if libc::fcntl(listener, libc::F_SETFD, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
+            for fd in &fds {
+                if libc::fcntl(*fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -344,7 +356,9 @@ fn spawn_holder(agent: &Agent, serving: u32) -> Child {
     let child = command.spawn().unwrap();
     // SAFETY: our copies; the child has its own.
     unsafe {
-        libc::close(listener);
+        for fd in fds {
+            libc::close(fd);
+        }
         libc::close(pidfd);
     }
     let log = agent.dir.path().join("holder.out");

@@ -116,6 +116,7 @@ async fn start_all_restart_all_and_stop_all_end_to_end() {
 async fn hot_restart_is_refused_unless_every_odp_runs_321_or_later() {
     let cluster = Cluster::start(3).await;
     cluster.agents[2].set_standin_env(&[("ODP_STANDIN_VERSION", "3.1.0")]);
+    // A fresh home: the agent bootstraps the 3.1 obproxy (it binds the port itself once).
     // One ODP stopped: refused, naming it, and nothing touched.
     cluster.agents[0].start_proxy().await;
     cluster.agents[2].start_proxy().await;

@@ -39,9 +39,7 @@ async fn the_agent_counts_a_start_and_a_hot_restart_with_its_drain() {
     let op = agent.restart(pb::RestartMode::Hot, true).await.unwrap();
     assert_eq!(op.state(), pb::OperationState::Succeeded, "{}", op.error);
     // One client session on the new process.
-    let mut session = tokio::net::TcpStream::connect(agent.sql_addr().await)
-        .await
-        .unwrap();
+    let mut session = common::connect(agent.sql_addr().await).await.unwrap();
     common::echo(&mut session, b"counted").await.unwrap();
 
     let body = scrape(addr).await;

@@ -123,9 +123,10 @@ async fn mutual_tls_admits_the_operator_denies_the_viewer_and_audits_both() {
         let error = status_over(&agent, tls)
             .await
             .expect_err(&format!("{what} was let in"));
-        // Refused by TLS (the connection fails), never by a handler's status.
+        // Refused by TLS: the connection fails (the client's own codes for a dead
+        // connection), never a handler's status.
         assert!(
-            ["transport", "Unavailable", "Unknown"]
+            ["transport", "Unavailable", "Unknown", "Cancelled"]
                 .iter()
                 .any(|how| error.starts_with(how)),
             "{what}: {error}"
@@ -637,6 +638,12 @@ async fn grpcurl_and_odpctl_reach_a_tls_agent_with_a_client_certificate() {
     // Without a client certificate the handshake is refused.
     let out = grpcurl(&[], Some("odp.agent.v1.Agent/GetStatus"));
     assert!(!out.status.success());
+    // At the dial, that is the handshake; a handler's refusal would print its status code.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Failed to dial target host") && !stderr.contains("Code:"),
+        "{stderr}"
+    );
 
     let odpctl = |who: &str| {
         Command::new(ODPCTL)
@@ -661,6 +668,9 @@ async fn grpcurl_and_odpctl_reach_a_tls_agent_with_a_client_certificate() {
     assert_eq!(status["state"], "PROXY_STATE_RUNNING", "{status}");
     let out = odpctl("expired");
     assert_eq!(out.status.code(), Some(2));
+    // The connection failed (the handshake), no handler answered.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("transport error"), "{stderr}");
 
     let audit = agent.audit();
     assert_eq!(

@@ -274,6 +274,8 @@ mod tests {
             args: vec![],
             optstr: None,
             listen: vec!["127.0.0.1:0".parse().unwrap()],
+            rpc_listen: None,
+            rpc_service: true,
             hot_upgrade_exit_timeout: Duration::from_secs(1),
             start_timeout: Duration::from_secs(1),
             stop_timeout: Duration::from_secs(1),

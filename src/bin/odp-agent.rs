@@ -15,7 +15,7 @@ struct Args {
     #[arg(long, short, required_unless_present = "demo")]
     config: Option<PathBuf>,
     /// Run on the embedded default instead: loopback ports 2889 (gRPC) and
-    /// 2883 (SQL), the obproxy stand-in as obproxy, started at once.
+    /// 2883 (SQL) and 2885 (RPC), the obproxy stand-in as obproxy, started at once.
     #[arg(long, conflicts_with = "config")]
     demo: bool,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -23,6 +23,11 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // First, while single-threaded: as PID 1 the agent forks and PID 1
+    // stays a minimal init (obproxy never signals readiness to PID 1).
+    if let Some(code) = odp_agent::container_init::split_if_pid1() {
+        return ExitCode::from(code);
+    }
     let args = Args::parse();
     telemetry::init(args.log_format);
     let loaded = match &args.config {
@@ -73,7 +78,7 @@ fn demo_config() -> Result<AgentConfig, ConfigError> {
     let standin = exe.with_file_name("obproxy-standin");
     let dir = std::env::temp_dir().join("odp-agent-demo");
     eprintln!(
-        "odp-agent: demo on the embedded default: gRPC 127.0.0.1:2889, SQL 127.0.0.1:2883, \
+        "odp-agent: demo on the embedded default: gRPC 127.0.0.1:2889, SQL 127.0.0.1:2883, RPC 127.0.0.1:2885, \
          obproxy = {}, files under {}",
         standin.display(),
         dir.display()

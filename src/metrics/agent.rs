@@ -209,6 +209,7 @@ fn kind_label(kind: Kind) -> &'static str {
         Kind::RestartHot => "restart_hot",
         Kind::RestartForce => "restart_force",
         Kind::Respawn => "respawn",
+        Kind::TakeOver => "take_over",
     }
 }
 

@@ -1,6 +1,7 @@
 //! The obproxy process as the agent sees it: how it is launched, how its
-//! version is read, how it is watched and signalled, and what `/proc` says
-//! about it.
+//! version is read, how it is watched and signalled, what `/proc` says
+//! about it, and how one the agent did not start is found.
+pub mod discovery;
 pub mod launch;
 pub mod pidfd;
 pub mod procfs;

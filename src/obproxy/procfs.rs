@@ -1,7 +1,11 @@
 //! What `/proc` says about a process: the sockets it holds, its client
 //! connections, its start time. Identity is judged by the listener's socket
 //! inode, never by process name (killing by name caused port clashes).
-use std::{collections::HashSet, fs, io};
+use std::{
+    collections::HashSet,
+    fs, io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
 
 /// Inodes of every socket in the process's fd table.
 pub fn socket_inodes(pid: u32) -> io::Result<HashSet<u64>> {
@@ -132,6 +136,99 @@ fn established_inodes<'a>(table: &'a str, ports: &'a [u16]) -> impl Iterator<Ite
     })
 }
 
+/// Every process that holds the socket `inode` in its fd table (a listener
+/// is shared by every obproxy that inherited it). Processes that vanish or
+/// cannot be read while we look are skipped.
+pub fn pids_holding_socket(inode: u64) -> io::Result<Vec<u32>> {
+    let want = format!("socket:[{inode}]");
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc")? {
+        let Some(pid) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        let holds = fds
+            .filter_map(Result::ok)
+            .any(|fd| fs::read_link(fd.path()).is_ok_and(|t| t.as_os_str() == want.as_str()));
+        if holds {
+            pids.push(pid);
+        }
+    }
+    Ok(pids)
+}
+
+/// The listening TCP sockets on `port` (any address), with their inodes,
+/// from `/proc/net/tcp` and `/proc/net/tcp6`.
+pub fn listeners_on(port: u16) -> io::Result<Vec<(SocketAddr, u64)>> {
+    let mut found = Vec::new();
+    for (table, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
+        let text = match fs::read_to_string(table) {
+            Ok(t) => t,
+            // No IPv6 on this host.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && v6 => continue,
+            Err(e) => return Err(e),
+        };
+        found.extend(listening_rows(&text, v6).filter(|(addr, _)| addr.port() == port));
+    }
+    Ok(found)
+}
+
+/// The inode of the socket listening on exactly `addr`, if any.
+pub fn listening_inode(addr: SocketAddr) -> io::Result<Option<u64>> {
+    Ok(listeners_on(addr.port())?
+        .into_iter()
+        .find(|(a, _)| *a == addr)
+        .map(|(_, inode)| inode))
+}
+
+/// LISTEN rows (state 0A) of a `/proc/net/tcp{,6}` table.
+fn listening_rows(table: &str, v6: bool) -> impl Iterator<Item = (SocketAddr, u64)> + '_ {
+    table.lines().skip(1).filter_map(move |line| {
+        let mut cols = line.split_ascii_whitespace();
+        let local = parse_addr(cols.nth(1)?, v6)?;
+        if cols.nth(1)? != "0A" {
+            return None;
+        }
+        Some((local, cols.nth(5)?.parse().ok()?))
+    })
+}
+
+/// `0100007F:0B43` or 32 hex digits and a port: the kernel prints each
+/// 32-bit word of the address as a number in host order.
+fn parse_addr(text: &str, v6: bool) -> Option<SocketAddr> {
+    let (ip, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |i: usize| -> Option<[u8; 4]> {
+        Some(
+            u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16)
+                .ok()?
+                .to_ne_bytes(),
+        )
+    };
+    let ip: IpAddr = if v6 {
+        if ip.len() != 32 {
+            return None;
+        }
+        let mut bytes = [0u8; 16];
+        for i in 0..4 {
+            bytes[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+        }
+        Ipv6Addr::from(bytes).into()
+    } else {
+        if ip.len() != 8 {
+            return None;
+        }
+        Ipv4Addr::from(word(0)?).into()
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
 /// The process's start time in clock ticks since boot (`/proc/<pid>/stat`
 /// field 22): with the pid it names one process for the life of the host.
 pub fn start_ticks(pid: u32) -> io::Result<u64> {
@@ -149,6 +246,22 @@ pub fn start_ticks(pid: u32) -> io::Result<u64> {
         .ok_or_else(|| io::Error::other("no start time in /proc/<pid>/stat"))
 }
 
+/// When the process started, from its start ticks and the boot time: for a
+/// process the agent did not start (taken over), whose uptime it reports.
+pub fn started_at(pid: u32) -> io::Result<std::time::SystemTime> {
+    let ticks = start_ticks(pid)?;
+    let stat = fs::read_to_string("/proc/stat")?;
+    let btime: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())
+        .ok_or_else(|| io::Error::other("no btime in /proc/stat"))?;
+    // SAFETY: sysconf takes a name and returns a number.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let secs = std::time::Duration::from_secs(btime)
+        + std::time::Duration::from_millis(ticks.saturating_mul(1000) / hz);
+    Ok(std::time::UNIX_EPOCH + secs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,7 +277,29 @@ mod tests {
     }
 
     #[test]
+    fn a_listener_is_found_by_address_and_its_holders_by_inode() {
+        let v4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = v4.local_addr().unwrap();
+        let inode = nix::sys::stat::fstat(&v4).unwrap().st_ino;
+        assert_eq!(listening_inode(addr).unwrap(), Some(inode));
+        assert_eq!(pids_holding_socket(inode).unwrap(), [std::process::id()]);
+        // A connection to it is no listener.
+        let _c = std::net::TcpStream::connect(addr).unwrap();
+        assert_eq!(listeners_on(addr.port()).unwrap(), [(addr, inode)]);
+        if let Ok(v6) = std::net::TcpListener::bind("[::1]:0") {
+            let addr = v6.local_addr().unwrap();
+            let inode = nix::sys::stat::fstat(&v6).unwrap().st_ino;
+            assert_eq!(listening_inode(addr).unwrap(), Some(inode));
+        }
+    }
+
+    #[test]
     fn our_own_start_time_is_readable() {
         assert!(start_ticks(std::process::id()).unwrap() > 0);
+        let age = started_at(std::process::id())
+            .unwrap()
+            .elapsed()
+            .unwrap_or_default();
+        assert!(age < std::time::Duration::from_secs(3600), "{age:?}");
     }
 }

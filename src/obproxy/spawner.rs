@@ -3,7 +3,7 @@
 //! spawning from a pooled thread would signal obproxy at random moments.
 use std::{
     fs::OpenOptions,
-    os::unix::process::CommandExt,
+    os::unix::{fs::OpenOptionsExt, process::CommandExt},
     process::{Command, Stdio},
     sync::mpsc,
     time::SystemTime,
@@ -79,9 +79,11 @@ fn spawn(spec: &LaunchSpec) -> Result<Spawned, SpawnError> {
     if let Some(dir) = spec.output.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
+    // obproxy echoes its argv (secrets in -o included) to stderr: owner only.
     let out = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&spec.output)
         .map_err(|source| SpawnError::Output {
             path: spec.output.display().to_string(),

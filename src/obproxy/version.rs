@@ -69,9 +69,48 @@ pub fn at_least(version: &str, minimum: &str) -> bool {
     a >= b
 }
 
+/// What differs between obproxy's version lines, as far as the agent's
+/// launch is concerned (read from obproxy's source, tags v3.2.3 to v4.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Features {
+    /// 4.1+: reads `OBPROXY_INHERITED_IPV6_FD` and knows `ip_listen_mode`
+    /// (3.2.x and 4.0 read only the IPv4 fd).
+    pub ipv6: bool,
+    /// 4.3+: the RPC service (`enable_obproxy_rpc_service`, on by default,
+    /// `rpc_listen_port`), bound unless inherited as `OBPROXY_INHERITED_RPC_FD`.
+    pub rpc_service: bool,
+    /// Before 4.3: an inherited start reads `etc/obproxy_config.bin` and
+    /// aborts without it; only a start that was not inherited writes it.
+    pub needs_config_bin: bool,
+}
+
+/// The version from which each feature exists.
+pub const IPV6_SINCE: &str = "4.1.0";
+pub const RPC_SINCE: &str = "4.3.0";
+
+pub fn features(version: &str) -> Features {
+    Features {
+        ipv6: at_least(version, IPV6_SINCE),
+        rpc_service: at_least(version, RPC_SINCE),
+        needs_config_bin: !at_least(version, RPC_SINCE),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_version_line_has_its_features() {
+        let f = features("3.2.3");
+        assert!(!f.ipv6 && !f.rpc_service && f.needs_config_bin);
+        let f = features("4.0.0");
+        assert!(!f.ipv6 && !f.rpc_service && f.needs_config_bin);
+        let f = features("4.2.3.0");
+        assert!(f.ipv6 && !f.rpc_service && f.needs_config_bin);
+        let f = features("4.3.1.0");
+        assert!(f.ipv6 && f.rpc_service && !f.needs_config_bin);
+    }
 
     #[test]
     fn parses_the_first_line_of_obproxy_v() {

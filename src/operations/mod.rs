@@ -1,11 +1,13 @@
 //! The operations themselves, one file each, written as straight-line async
 //! scripts. They own no state: every step is a request to the supervisor.
+mod bootstrap;
 mod bring_up;
 mod respawn;
 mod restart_force;
 mod restart_hot;
 mod start;
 mod stop;
+mod take_over;
 
 use std::{sync::Arc, time::Duration};
 
@@ -15,7 +17,7 @@ use tracing::Instrument;
 use crate::{
     config::AgentConfig,
     error_chain::describe,
-    obproxy::{pidfd::Exit, version::VersionError},
+    obproxy::{launch::Plan, pidfd::Exit, version::VersionError},
     operation::{Kind, Phase, Request},
     supervisor::{Handle, ListenerInfo, Step, StepError},
 };
@@ -29,12 +31,14 @@ pub enum Error {
     Step(#[from] StepError),
     #[error(transparent)]
     Version(#[from] VersionError),
+    #[error(transparent)]
+    Discovery(#[from] crate::obproxy::discovery::DiscoveryError),
     #[error("obproxy pid {pid} {exit} before it was ready")]
     DiedBeforeReady { pid: u32, exit: Exit },
     #[error("obproxy pid {pid} was not ready within start_timeout {}; killed it", humantime::format_duration(*timeout))]
     NotReady { pid: u32, timeout: Duration },
     #[error(
-        "obproxy pid {pid} signalled readiness but does not hold the SQL listener (socket inodes {inodes:?}); killed it"
+        "obproxy pid {pid} signalled readiness but does not hold the listeners it was handed (socket inodes {inodes:?}); killed it"
     )]
     NotHoldingListeners { pid: u32, inodes: Vec<u64> },
     #[error(
@@ -53,6 +57,32 @@ pub enum Error {
     Unkillable { pid: u32 },
     #[error("no obproxy is serving; a hot restart needs one")]
     NotServing,
+    #[error(
+        "obproxy {version} cannot inherit the IPv6 listener {addr}: it reads \
+         OBPROXY_INHERITED_IPV6_FD from 4.1 on; remove {addr} from [obproxy] listen or run obproxy 4.1 or later"
+    )]
+    Ipv6Unsupported {
+        version: String,
+        addr: std::net::SocketAddr,
+    },
+    #[error(
+        "obproxy {version} needs {} for an inherited start and it is missing (obproxy 4.3 writes it \
+         only on its own restart path), so a HOT restart onto it would abort: a FORCE restart, or \
+         Stop and Start, lets it bind the port itself once and write the file", path.display()
+    )]
+    NeedsConfigBin {
+        version: String,
+        path: std::path::PathBuf,
+    },
+    #[error(
+        "obproxy pid {pid} (a bootstrap start) did not listen on {addrs:?} within start_timeout {}; killed it",
+        humantime::format_duration(*timeout)
+    )]
+    NotListening {
+        pid: u32,
+        addrs: Vec<std::net::SocketAddr>,
+        timeout: Duration,
+    },
     #[error("the agent is shutting down")]
     Gone,
 }
@@ -88,10 +118,29 @@ impl Ctl {
         self.sup.notify(Step::SetDesired(running));
     }
 
-    async fn bind_listeners(&self) -> Result<ListenerInfo, Error> {
+    /// SQL listeners, and RPC listeners too with `rpc`.
+    async fn bind_listeners(&self, rpc: bool) -> Result<ListenerInfo, Error> {
         Ok(self
             .sup
-            .step(Step::BindListeners)
+            .step(|reply| Step::BindListeners { rpc, reply })
+            .await
+            .ok_or(Error::Gone)??)
+    }
+
+    /// Where a bootstrap start will listen.
+    async fn bootstrap_addrs(&self) -> Result<Vec<std::net::SocketAddr>, Error> {
+        Ok(self
+            .sup
+            .step(Step::BootstrapAddrs)
+            .await
+            .ok_or(Error::Gone)??)
+    }
+
+    /// Holds the listeners a bootstrap start bound (its fd numbers).
+    async fn take_listeners(&self, pid: u32, fds: Vec<i32>) -> Result<ListenerInfo, Error> {
+        Ok(self
+            .sup
+            .step(|reply| Step::TakeListeners { pid, fds, reply })
             .await
             .ok_or(Error::Gone)??)
     }
@@ -104,14 +153,14 @@ impl Ctl {
         &self,
         binary: std::path::PathBuf,
         version: String,
-        exit_timeout: Duration,
+        plan: Plan,
     ) -> Result<u32, Error> {
         Ok(self
             .sup
             .step(|reply| Step::Spawn {
                 binary,
                 version,
-                exit_timeout,
+                plan,
                 reply,
             })
             .await
@@ -224,6 +273,7 @@ pub async fn run(ctl: Ctl, request: Request) {
             Kind::RestartForce => restart_force::run(&ctl).await,
             Kind::RestartHot => restart_hot::run(&ctl, &request).await,
             Kind::Respawn => respawn::run(&ctl).await,
+            Kind::TakeOver => take_over::run(&ctl).await,
         };
         ctl.sup.notify(Step::Finish {
             op: ctl.id.clone(),

@@ -20,7 +20,10 @@ impl Supervisor {
         let dir = self.config.state.dir.clone();
         let state = match state_file::load(&dir) {
             Ok(Some(state)) => state,
-            Ok(None) => return,
+            Ok(None) => {
+                self.maybe_take_over();
+                return;
+            }
             Err(e) => {
                 // Keep the evidence, start with no memory rather than not at all.
                 let path = state_file::path(&dir);
@@ -36,6 +39,11 @@ impl Supervisor {
             state.last_bound.clone()
         } else {
             state.listeners.iter().map(|l| l.bound).collect()
+        };
+        self.last_rpc_bound = if state.rpc_listeners.is_empty() {
+            state.last_rpc_bound.clone()
+        } else {
+            state.rpc_listeners.iter().map(|l| l.bound).collect()
         };
         let inodes: Vec<u64> = state.listeners.iter().map(|l| l.inode).collect();
         let now = SystemTime::now();
@@ -65,6 +73,7 @@ impl Supervisor {
                 // The drain's start was not recorded; its duration goes unmeasured.
                 drain_started: None,
                 ending: false,
+                rpc: rec.rpc,
             };
             match rec.role {
                 Role::Starting => {
@@ -129,6 +138,7 @@ impl Supervisor {
                 }
             }
         }
+        self.take_rpc_back(&holders, &state.rpc_listeners);
         if self.desired_running && self.serving_pid().is_none() {
             tracing::warn!("obproxy should run but none serves: it died while the agent was away");
             self.respawn.found_dead();

@@ -15,13 +15,16 @@ use std::time::{Duration, Instant};
 
 use mysql_async::{Conn, OptsBuilder};
 
+use super::ports::reserve_port;
+
 /// How long `mariadbd` may take to say it is ready: InnoDB's start-up on a busy machine.
 const STARTUP: Duration = Duration::from_secs(60);
 
 pub struct MariaDb {
     child: Child,
     pub port: u16,
-    _port: ReservedPort,
+    /// Its port, held for it (see [`reserve_port`]).
+    _port: socket2::Socket,
     _dir: tempfile::TempDir,
 }
 
@@ -65,8 +68,8 @@ impl MariaDb {
              CREATE DATABASE IF NOT EXISTS odp;\n",
         )
         .unwrap();
-        let reserved = ReservedPort::new();
-        let port = reserved.port;
+        // mariadbd binds with SO_REUSEADDR, so it can bind over the reservation.
+        let (reserved, port) = reserve_port(std::net::Ipv4Addr::LOCALHOST.into());
         let mut child = Command::new(mariadbd)
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
@@ -168,30 +171,4 @@ pub fn find(program: &str) -> Option<PathBuf> {
         .chain(["/usr/sbin", "/usr/local/sbin"].map(PathBuf::from))
         .map(|dir| dir.join(program))
         .find(|candidate| candidate.is_file())
-}
-
-/// A loopback port held for a server that binds it itself (`mariadbd`): bound with
-/// SO_REUSEADDR and never listening. The kernel gives a port with a socket bound to it to no
-/// one else (neither a bind to port 0 nor an outgoing connect picks it), a connect to it is
-/// refused until the server listens, and the server, which binds with SO_REUSEADDR too, may
-/// share it. Held until the server is gone, so no other test can take it in between.
-pub struct ReservedPort {
-    _socket: socket2::Socket,
-    pub port: u16,
-}
-
-impl ReservedPort {
-    pub fn new() -> Self {
-        let socket =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        socket.set_reuse_address(true).unwrap();
-        socket
-            .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
-            .unwrap();
-        let port = socket.local_addr().unwrap().as_socket().unwrap().port();
-        Self {
-            _socket: socket,
-            port,
-        }
-    }
 }

@@ -4,10 +4,19 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+mod echo;
+mod log;
 pub mod mariadb;
 pub mod pki;
+pub mod ports;
+pub mod standin;
 pub mod sysbench;
 pub mod txn_load;
+
+// Not every test binary uses each of them.
+#[allow(unused_imports)]
+pub use echo::{Load, LoadReport, connect, echo, round_trip};
+pub use log::Log;
 
 use std::{
     io::{BufRead, BufReader},
@@ -15,8 +24,8 @@ use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Arc, Condvar, LockResult, Mutex, MutexGuard, mpsc},
-    time::{Duration, Instant},
+    sync::{Arc, mpsc},
+    time::Duration,
 };
 
 use odp_agent::proto::agent::{self as pb, agent_client::AgentClient};
@@ -46,6 +55,10 @@ pub struct Options {
     /// More sections appended to the configuration, e.g. `[tls]` and
     /// `[[auth.certificates]]` (see [`pki::Pki::agent_toml`]).
     pub more: String,
+    /// `[obproxy] listen` and `rpc_listen` as TOML arrays (default: one
+    /// loopback address on port 0 each).
+    pub listen: &'static str,
+    pub rpc_listen: &'static str,
 }
 
 impl Default for Options {
@@ -58,6 +71,8 @@ impl Default for Options {
             metrics: false,
             server: String::new(),
             more: String::new(),
+            listen: r#"["127.0.0.1:0"]"#,
+            rpc_listen: r#"["127.0.0.1:0"]"#,
         }
     }
 }
@@ -104,7 +119,8 @@ listen = "127.0.0.1:0"
 home = "odp"
 binary = "bin/obproxy"
 args = {args:?}
-listen = ["127.0.0.1:0"]
+listen = {listen}
+rpc_listen = {rpc_listen}
 hot_upgrade_exit_timeout = "{}"
 start_timeout = "{}"
 stop_timeout = "{}"
@@ -123,6 +139,8 @@ dir = "state"
                     ""
                 },
                 opts.more,
+                listen = opts.listen,
+                rpc_listen = opts.rpc_listen,
             ),
         )
         .unwrap();
@@ -412,42 +430,6 @@ pub fn spawn_logged(mut command: Command, what: &str) -> (Child, SocketAddr, Arc
     (child, addr.parse().unwrap(), log)
 }
 
-/// A daemon's stderr, line by line, with a way to wait for a line.
-#[derive(Default)]
-pub struct Log {
-    lines: Mutex<Vec<String>>,
-    grew: Condvar,
-}
-
-impl Log {
-    pub fn lock(&self) -> LockResult<MutexGuard<'_, Vec<String>>> {
-        self.lines.lock()
-    }
-
-    fn push(&self, line: String) {
-        self.lines.lock().unwrap().push(line);
-        self.grew.notify_all();
-    }
-
-    /// Waits (up to [`PATIENCE`]) for a line that `matches`, and returns it.
-    pub fn wait_for(&self, matches: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + PATIENCE;
-        let mut lines = self.lines.lock().unwrap();
-        loop {
-            if let Some(line) = lines.iter().find(|l| matches(l)) {
-                return line.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "no such log line in time:\n{}",
-                lines.join("\n")
-            );
-            lines = self.grew.wait_timeout(lines, left).unwrap().0;
-        }
-    }
-}
-
 /// A TLS connection to `addr` (https), as `tls` says.
 pub async fn tls_channel(
     addr: SocketAddr,
@@ -595,68 +577,4 @@ pub fn processes_in(dir: &Path) -> Vec<u32> {
         .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir))
         .filter(|pid| alive(*pid))
         .collect()
-}
-
-/// One request/response through the proxy (the stand-in echoes without a
-/// backend).
-pub async fn echo(stream: &mut TcpStream, message: &[u8]) -> std::io::Result<()> {
-    stream.write_all(message).await?;
-    let mut buf = vec![0; message.len()];
-    tokio::time::timeout(PATIENCE, stream.read_exact(&mut buf))
-        .await
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-    assert_eq!(buf, message);
-    Ok(())
-}
-
-/// A client load running beside a test: a fresh connection per request,
-/// counting what failed and how.
-pub struct Load {
-    stop: tokio_util::sync::CancellationToken,
-    task: tokio::task::JoinHandle<LoadReport>,
-}
-
-#[derive(Debug, Default, Clone)]
-pub struct LoadReport {
-    pub ok: u64,
-    pub refused: u64,
-    pub failed: u64,
-    pub errors: Vec<String>,
-}
-
-impl Load {
-    pub fn start(addr: SocketAddr) -> Self {
-        let stop = tokio_util::sync::CancellationToken::new();
-        let token = stop.clone();
-        let task = tokio::spawn(async move {
-            let mut report = LoadReport::default();
-            while !token.is_cancelled() {
-                match round_trip(addr).await {
-                    Ok(()) => report.ok += 1,
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                        report.refused += 1
-                    }
-                    Err(e) => {
-                        report.failed += 1;
-                        if report.errors.len() < 5 {
-                            report.errors.push(e.to_string());
-                        }
-                    }
-                }
-            }
-            report
-        });
-        Self { stop, task }
-    }
-
-    pub async fn finish(self) -> LoadReport {
-        self.stop.cancel();
-        self.task.await.unwrap()
-    }
-}
-
-/// Connects and proves the connection is served.
-pub async fn round_trip(addr: SocketAddr) -> std::io::Result<()> {
-    let mut stream = TcpStream::connect(addr).await?;
-    echo(&mut stream, b"ping").await
 }

@@ -1,79 +1,96 @@
-//! Stopping: the stop signals (SIGUSR1 drain, SIGTERM/SIGINT quick exit) and the drain they start, which lets sessions leave at transaction boundaries as its allowance shrinks and ends when no connection is left or its window runs out.
+//! Stopping: what asked for it (SIGUSR1 drain, SIGTERM/SIGINT quick exit, `proxy_local_cmd = 1`) and the drain itself, which lets sessions leave at transaction boundaries as its allowance shrinks and ends when no connection is left or its window runs out.
 
 use std::future::pending;
 use std::time::Duration;
 
-use tokio::signal::unix::{Signal, SignalKind, signal};
-use tokio::time::{Instant, MissedTickBehavior, interval, sleep_until};
+use tokio::time::{Instant, sleep_until};
 
 use crate::forward::{Acceptors, Connections};
-use crate::options::Window;
+use crate::proxy::Proxy;
+use crate::signals::{Received, Signals};
 
 /// What asked the process to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
     /// SIGUSR1: graceful drain over `hot_upgrade_exit_timeout`.
     Drain,
-    /// SIGTERM or SIGINT: drain over `delay_exit_time`, at most 500 ms.
+    /// SIGTERM or SIGINT: drain over `delay_exit_time`; obproxy then counts the exit as an
+    /// abort (`OB_GOT_SIGNAL_ABORTING`, v4.3.1:src/obproxy/ob_proxy_main.cpp:907-923).
     Quick(&'static str),
+    /// `proxy_local_cmd = 1`: the same quick window, as `OB_SERVER_IS_STOPPING`
+    /// (v4.3.1:src/obproxy/obutils/ob_hot_upgrade_processor.cpp:1751-1758).
+    LocalExit,
 }
 
 impl Stop {
-    pub fn signal_name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Stop::Drain => "SIGUSR1",
             Stop::Quick(name) => name,
+            Stop::LocalExit => "proxy_local_cmd=1",
+        }
+    }
+
+    /// Whether the exit counts as normal, which is when obproxy tells its parent with
+    /// SIGUSR2 (`g_proxy_fatal_errcode == OB_SUCCESS`, v4.3.1:src/obproxy/iocore/net/ob_unix_net.cpp:85-94).
+    pub fn is_normal(self) -> bool {
+        self == Stop::Drain
+    }
+}
+
+/// A drain window: `-1` in obproxy's config means no limit, `0` means cut at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    Unlimited,
+    Within(Duration),
+}
+
+impl Window {
+    /// `hot_upgrade_exit_timeout` in microseconds, as the SIGUSR1 handler reads it at that
+    /// moment (v4.3.1:src/obproxy/ob_proxy_main.cpp:887-889): the window is fixed then, and
+    /// a later `ALTER` changes the next drain, not this one.
+    pub fn exit_timeout(proxy: &Proxy) -> Window {
+        match proxy.config().int("hot_upgrade_exit_timeout") {
+            us if us < 0 => Window::Unlimited,
+            us => Window::Within(Duration::from_micros(us as u64)),
+        }
+    }
+
+    /// `delay_exit_time` (100 ms to 500 ms), read at the signal (:918-920).
+    pub fn delay_exit(proxy: &Proxy) -> Window {
+        Window::Within(proxy.config().time("delay_exit_time"))
+    }
+
+    fn deadline(self) -> Option<Instant> {
+        match self {
+            Window::Unlimited => None,
+            // A window too long to represent is as good as none.
+            Window::Within(d) => Instant::now().checked_add(d),
         }
     }
 }
 
-/// The stop signals, listened to from start-up on. When they are to be ignored no handler is
-/// installed at all, so the SIG_IGN set before the runtime started stays in force.
-pub struct StopSignals {
-    usr1: Option<Signal>,
-    term: Option<Signal>,
-    int: Option<Signal>,
-}
-
-impl StopSignals {
-    pub fn install(ignored: bool) -> std::io::Result<Self> {
-        if ignored {
-            return Ok(StopSignals {
-                usr1: None,
-                term: None,
-                int: None,
-            });
-        }
-        Ok(StopSignals {
-            usr1: Some(signal(SignalKind::user_defined1())?),
-            term: Some(signal(SignalKind::terminate())?),
-            int: Some(signal(SignalKind::interrupt())?),
-        })
-    }
-
-    pub async fn next(&mut self) -> Stop {
-        tokio::select! {
-            _ = recv(&mut self.usr1) => Stop::Drain,
-            _ = recv(&mut self.term) => Stop::Quick("SIGTERM"),
-            _ = recv(&mut self.int) => Stop::Quick("SIGINT"),
-        }
-    }
-}
-
-async fn recv(signal: &mut Option<Signal>) {
-    // No handler, or the runtime shutting down, means it never fires.
-    match signal {
-        Some(signal) => {
-            if signal.recv().await.is_none() {
-                pending().await
+impl std::fmt::Display for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Window::Unlimited => f.write_str("unlimited"),
+            // "1s500ms", not "1s 500ms": log values must not contain spaces.
+            Window::Within(d) => {
+                let text = humantime::format_duration(*d).to_string();
+                f.write_str(&text.replace(' ', ""))
             }
         }
-        None => pending().await,
     }
 }
 
-/// How often sessions idle at a boundary look at the shrinking allowance again.
-const BEAT: Duration = Duration::from_millis(100);
+/// A signal that is not a stop: SIGUSR2 makes a 4.1+ process forget its native child
+/// (v4.3.1:src/obproxy/ob_proxy_main.cpp:896-906); SIGHUP changes nothing here.
+pub fn other_signal(proxy: &Proxy, signal: Received) {
+    if signal == Received::Usr2 {
+        crate::native::forget_child(proxy);
+    }
+    event!("signal received", "signal={}", signal.name());
+}
 
 /// How many sessions a drain still allows to stay open: obproxy's linear shrink from the
 /// count at the start to zero at the window end, rounded up (`need_active_count` in
@@ -111,41 +128,33 @@ impl Allowance {
     }
 }
 
-/// How long each kind of stop lets connections finish.
-#[derive(Debug, Clone, Copy)]
-pub struct Windows {
-    pub drain: Window,
-    pub quick: Duration,
-}
-
 /// Stops accepting (the listeners stay open), then lets MySQL sessions leave at transaction
 /// boundaries while the allowance shrinks, waits for the rest to close by themselves until
-/// the window ends, and cuts whatever is left. SIGUSR1 is acted on once; SIGTERM/SIGINT
-/// during a drain shorten it to `delay_exit_time`, as in obproxy, with a new allowance from
-/// the sessions still open. Returns the stop that decided the exit: a SIGTERM during a
-/// SIGUSR1 drain takes over.
+/// the window ends, and cuts whatever is left. During it, SIGTERM/SIGINT restart the window
+/// at `delay_exit_time` and make the exit an abort; a SIGUSR1 not yet acted on restarts it at
+/// `hot_upgrade_exit_timeout` (both handlers just set a new end, ob_proxy_main.cpp:872-923),
+/// each time with a new allowance from the sessions still open. Returns the stop that
+/// decided how the exit counts.
 pub async fn drain(
     first: Stop,
     acceptors: Acceptors,
+    proxy: &Proxy,
     connections: &Connections,
-    signals: &mut StopSignals,
-    windows: Windows,
+    signals: &mut Signals,
 ) -> Stop {
-    acceptors.stop().await;
+    acceptors.stop(proxy).await;
     let mut stop = first;
     let mut window = match stop {
-        Stop::Drain => windows.drain,
-        Stop::Quick(_) => Window::Within(windows.quick),
+        Stop::Drain => Window::exit_timeout(proxy),
+        Stop::Quick(_) | Stop::LocalExit => Window::delay_exit(proxy),
     };
     let open = connections.begin_drain(window);
     event!(
         "drain begun",
         "signal={} open_connections={open} window={window}",
-        stop.signal_name(),
+        stop.name(),
     );
-    let mut deadline = deadline_of(window);
-    let mut beat = interval(BEAT);
-    beat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut deadline = window.deadline();
     loop {
         tokio::select! {
             // Checked first so a window of 0 with no connection reads as idle, not cut.
@@ -155,17 +164,29 @@ pub async fn drain(
                 return stop;
             }
             _ = until(deadline) => break,
-            next = signals.next() => match next {
-                Stop::Quick(_) if stop == Stop::Drain => {
-                    stop = next;
-                    window = Window::Within(windows.quick);
-                    deadline = deadline_of(window);
+            signal = signals.next() => {
+                let restarted = match signal {
+                    Received::Term | Received::Int => {
+                        stop = Stop::Quick(signal.name());
+                        Some(Window::delay_exit(proxy))
+                    }
+                    Received::Usr1 if proxy.act_on_sigusr1() => Some(Window::exit_timeout(proxy)),
+                    Received::Usr1 => {
+                        event!("signal ignored", "signal=SIGUSR1 reason=already-acted-on");
+                        None
+                    }
+                    other => {
+                        other_signal(proxy, other);
+                        None
+                    }
+                };
+                if let Some(new) = restarted {
+                    window = new;
+                    deadline = window.deadline();
                     connections.begin_drain(window);
-                    event!("drain shortened", "signal={} window={window}", stop.signal_name());
+                    event!("drain restarted", "signal={} window={window}", signal.name());
                 }
-                _ => event!("signal ignored", "signal={} reason=already-stopping", next.signal_name()),
-            },
-            _ = beat.tick() => connections.beat(),
+            }
         }
     }
     connections.cut_all();
@@ -178,14 +199,6 @@ pub async fn drain(
         "reason=window cut={cut} closed_at_boundary={at_boundary}"
     );
     stop
-}
-
-fn deadline_of(window: Window) -> Option<Instant> {
-    match window {
-        Window::Unlimited => None,
-        // A window too long to represent is as good as none.
-        Window::Within(d) => Instant::now().checked_add(d),
-    }
 }
 
 async fn until(deadline: Option<Instant>) {

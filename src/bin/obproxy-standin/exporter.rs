@@ -1,27 +1,69 @@
-//! The Prometheus exporter port (`-l`): bound anew by every process, never inherited, and optional: a start goes on without it when the port is taken.
+//! The Prometheus exporter port (`prometheus_listen_port`, 2884 by default, or `-l`): bound anew by every process at init, never inherited, and optional: a start goes on without it when the port is taken. A native restart closes it before forking and opens it again on rollback.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 
 const BODY: &str = "odp_standin_up 1\n";
 
-/// Binds 0.0.0.0:`port` and serves a one-metric page until the process exits. Like obproxy
-/// ("if fail to init prometheus, do not stop the startup"), a failed bind is logged and the
-/// start goes on without an exporter; the result says which.
-pub fn start(port: u16) -> Option<SocketAddr> {
-    match bind(port) {
-        Ok(listener) => {
-            let addr = listener.local_addr().ok();
-            tokio::spawn(serve(listener));
-            addr
+/// The exporter, running or not.
+pub struct Exporter {
+    port: u16,
+    running: Option<(SocketAddr, JoinHandle<()>)>,
+}
+
+impl Exporter {
+    /// `init_prometheus` binds at init whether or not `enable_prometheus` is on
+    /// (v4.3.1:src/obproxy/prometheus/ob_prometheus_processor.cpp:481-495); like obproxy
+    /// ("if fail to init prometheus, do not stop the startup", v4.3.1:src/obproxy/ob_proxy.cpp:218-223)
+    /// a failed bind is logged and the start goes on without an exporter.
+    pub fn start(port: u16) -> Self {
+        let mut exporter = Exporter {
+            port,
+            running: None,
+        };
+        exporter.create();
+        exporter
+    }
+
+    /// `create_exposer`: what a rollback of a native restart does
+    /// (v4.3.1:src/obproxy/obutils/ob_hot_upgrade_processor.cpp:1774).
+    pub fn create(&mut self) {
+        if self.running.is_some() {
+            return;
         }
-        Err(e) => {
-            event!("fail to init prometheus processor", "port={port} error={e}");
-            None
+        match bind(self.port) {
+            Ok(listener) => {
+                let addr = listener.local_addr().unwrap_or_else(|_| {
+                    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, self.port))
+                });
+                self.running = Some((addr, tokio::spawn(serve(listener))));
+            }
+            Err(e) => event!(
+                "fail to init prometheus processor",
+                "port={} error={e}",
+                self.port
+            ),
         }
+    }
+
+    /// `destroy_exposer`, before a native restart forks, so the child can bind the port
+    /// (ob_hot_upgrade_processor.cpp:1720). Returns once the port is closed.
+    pub async fn destroy(&mut self) {
+        if let Some((_, task)) = self.running.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// For the logs: the address served, or `failed`.
+    pub fn describe(&self) -> String {
+        self.running
+            .as_ref()
+            .map_or_else(|| "failed".to_owned(), |(addr, _)| addr.to_string())
     }
 }
 

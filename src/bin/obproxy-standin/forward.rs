@@ -11,9 +11,11 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::drain::Allowance;
-use crate::listener::Listeners;
-use crate::options::{Backend, Window};
-use crate::session;
+use crate::drain::Window;
+use crate::listener::ListenSocket;
+use crate::login::{self, Login};
+use crate::proxy::{Accepting, Proxy};
+use crate::{admin, session};
 
 /// The open client connections, what a drain allows of them, and the switch that cuts
 /// them all when a window ends.
@@ -44,12 +46,10 @@ impl Census {
     }
 }
 
-/// What sessions watch during a drain: the allowance once it begins, and a beat that makes
-/// idle sessions at a boundary look again as the allowance shrinks.
+/// What sessions look at when they complete a response: the allowance, once a drain began.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct DrainState {
     allowance: Option<Allowance>,
-    beat: u64,
 }
 
 /// A session's leave at a boundary, for its log line.
@@ -80,11 +80,6 @@ impl Connections {
         initial
     }
 
-    /// Asks the sessions idle at a boundary to look at the allowance again.
-    pub fn beat(&self) {
-        self.0.drain.send_modify(|d| d.beat += 1);
-    }
-
     /// Resolves once no client connection is left.
     pub async fn all_closed(&self) {
         let mut census = self.0.census.subscribe();
@@ -105,7 +100,7 @@ impl Connections {
         )
     }
 
-    fn track(&self) -> Tracked {
+    pub fn track(&self) -> Tracked {
         self.0.census.send_modify(|c| c.open += 1);
         Tracked {
             connections: self.clone(),
@@ -123,10 +118,6 @@ pub struct Tracked {
 impl Tracked {
     pub fn draining(&self) -> bool {
         self.connections.0.drain.borrow().allowance.is_some()
-    }
-
-    pub fn drain_watch(&self) -> watch::Receiver<DrainState> {
-        self.connections.0.drain.subscribe()
     }
 
     pub fn cut_switch(&self) -> watch::Receiver<bool> {
@@ -176,74 +167,85 @@ impl Drop for Tracked {
     }
 }
 
-/// How accepted connections are served.
-#[derive(Clone)]
-pub struct Service {
-    /// Where connections are forwarded; `None` echoes.
-    pub backend: Option<Arc<Backend>>,
-    /// During a drain, also close sessions that sit idle at a boundary (as obproxy's
-    /// documentation describes), not only those completing a response (as its source
-    /// does, `standin_strict`).
-    pub close_idle: bool,
-}
-
-/// The running accept loops. Stopping them stops `accept()` only: the listening sockets stay
-/// open, so connections still arriving queue for whichever process accepts next.
+/// The running accept loops. They accept while the process's switch says so (see
+/// [`Accepting`]); the listening sockets stay open throughout, so connections arriving while
+/// they do not queue for whichever process accepts next.
 pub struct Acceptors {
-    stop: watch::Sender<bool>,
     loops: Vec<JoinHandle<()>>,
 }
 
 impl Acceptors {
     pub fn none() -> Self {
-        Acceptors {
-            stop: watch::channel(false).0,
-            loops: Vec::new(),
-        }
+        Acceptors { loops: Vec::new() }
     }
 
+    /// Starts one loop per socket. Each first takes every connection already queued, as
+    /// obproxy's accept threads do the moment they start (v4.3.1:src/obproxy/iocore/net/ob_unix_net_processor.cpp:161-211),
+    /// so that what happens next (4.3's RPC bind, v4.3.1:src/obproxy/ob_proxy.cpp:428-431)
+    /// happens to clients already accepted.
     pub fn start(
-        listeners: &Listeners,
-        service: Service,
+        sockets: &[ListenSocket],
+        proxy: &Arc<Proxy>,
         connections: &Connections,
     ) -> anyhow::Result<Self> {
         let mut acceptors = Self::none();
-        for socket in listeners.serving() {
+        for socket in sockets {
             let listener = socket.accept_handle()?;
+            loop {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        client.set_nonblocking(true)?;
+                        let client = TcpStream::from_std(client)?;
+                        tokio::spawn(serve(client, proxy.clone(), connections.track()));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        event!("accept failed", "error={e}");
+                        break;
+                    }
+                }
+            }
+            let listener = TcpListener::from_std(listener)?;
             acceptors.loops.push(tokio::spawn(accept_loop(
                 listener,
-                acceptors.stop.subscribe(),
-                service.clone(),
+                proxy.clone(),
                 connections.clone(),
             )));
         }
         Ok(acceptors)
     }
 
-    /// Returns once no loop will call `accept()` again.
-    pub async fn stop(self) {
-        self.stop.send_replace(true);
+    /// Stops accepting for good (a drain); returns once no loop will call `accept()` again.
+    pub async fn stop(self, proxy: &Proxy) {
+        proxy.set_accepting(Accepting::Stopped);
         for accept_loop in self.loops {
             let _ = accept_loop.await;
         }
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
-    service: Service,
-    connections: Connections,
-) {
+async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, connections: Connections) {
+    let mut switch = proxy.accepting();
     loop {
+        let state = *switch.borrow_and_update();
+        match state {
+            Accepting::Stopped => break,
+            Accepting::Paused => {
+                if switch.changed().await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            Accepting::Yes => {}
+        }
         tokio::select! {
-            // Checked first so that nothing is accepted once a stop is asked for.
+            // Checked first so that nothing is accepted once a pause or stop is asked for.
             biased;
-            _ = raised(&mut stop) => break,
+            changed = switch.changed() => if changed.is_err() { break },
             accepted = listener.accept() => match accepted {
                 Ok((client, _)) => {
                     let tracked = connections.track();
-                    tokio::spawn(serve(client, service.clone(), tracked));
+                    tokio::spawn(serve(client, proxy.clone(), tracked));
                 }
                 Err(e) => {
                     // Typically EMFILE: back off briefly rather than spin on the same error.
@@ -257,33 +259,61 @@ async fn accept_loop(
 }
 
 /// Serves one client until it closes, its backend closes, it leaves at a boundary during a
-/// drain, or every connection is cut.
-async fn serve(client: TcpStream, service: Service, tracked: Tracked) {
+/// drain, or every connection is cut: first its login (see `login`), then the admin session,
+/// the relay to the backend, or the echo.
+async fn serve(client: TcpStream, proxy: Arc<Proxy>, tracked: Tracked) {
     let mut cut = tracked.cut_switch();
-    let Some(backend) = service.backend else {
-        tokio::select! {
-            _ = echo(client) => {}
-            // An echo knows nothing of transactions: it counts as cut mid-way.
-            _ = raised(&mut cut) => tracked.record_cut(false),
-        }
+    let Ok(peer) = client.peer_addr() else {
         return;
     };
-    let server = tokio::select! {
-        server = TcpStream::connect(&backend.addrs[..]) => server,
-        _ = raised(&mut cut) => return tracked.record_cut(false),
+    let login = match proxy.backend.clone() {
+        None => tokio::select! {
+            login = login::own(client, &proxy, peer) => login,
+            _ = raised(&mut cut) => return tracked.record_cut(false),
+        },
+        Some(backend) => {
+            let server = tokio::select! {
+                server = TcpStream::connect(&backend.addrs[..]) => server,
+                _ = raised(&mut cut) => return tracked.record_cut(false),
+            };
+            let server = match server {
+                Ok(server) => server,
+                // The client is closed by dropping it: nothing else could serve it.
+                Err(e) => {
+                    return event!(
+                        "backend connect failed",
+                        "backend={} error={e}",
+                        backend.name
+                    );
+                }
+            };
+            tokio::select! {
+                login = login::through(client, server, &proxy, peer) => login,
+                _ = raised(&mut cut) => return tracked.record_cut(false),
+            }
+        }
     };
-    match server {
-        Ok(server) => session::relay(client, server, tracked, service.close_idle).await,
-        // The client is closed by dropping it: nothing else could serve it.
-        Err(e) => event!(
-            "backend connect failed",
-            "backend={} error={e}",
-            backend.name
-        ),
+    match login {
+        Login::Admin(admin) => admin::serve(admin, proxy, tracked).await,
+        Login::Relay {
+            client,
+            server,
+            session,
+        } => session::relay_from(client, server, tracked, session).await,
+        Login::Echo { client, pending } => tokio::select! {
+            _ = echo(client, pending) => {}
+            // An echo knows nothing of transactions: it counts as cut mid-way.
+            _ = raised(&mut cut) => tracked.record_cut(false),
+        },
+        Login::Done => {}
     }
 }
 
-async fn echo(mut client: TcpStream) {
+/// Echoes what was already read, then everything else.
+async fn echo(mut client: TcpStream, pending: Vec<u8>) {
+    if client.write_all(&pending).await.is_err() {
+        return;
+    }
     let (mut from, mut to) = client.split();
     if tokio::io::copy(&mut from, &mut to).await.is_ok() {
         // Pass the client's half-close back, as a forwarded backend would.

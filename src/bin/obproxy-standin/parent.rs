@@ -16,13 +16,14 @@ pub fn daemonize() -> nix::Result<()> {
     nix::unistd::daemon(true, false)
 }
 
-/// Like obproxy: `prctl(PR_SET_PDEATHSIG, SIGHUP)`, and SIGHUP itself is ignored, so the
-/// parent's (forking thread's) death is noticed but does not kill the proxy. SIGUSR2, which
-/// obproxy takes as "my child exited cleanly", is ignored too rather than fatal.
+/// Like obproxy: `prctl(PR_SET_PDEATHSIG, SIGHUP)` (v4.3.1:src/obproxy/ob_proxy_main.cpp:648),
+/// so the death of the thread that forked it is noticed. SIGHUP is ignored until the
+/// runtime installs its handler (see `signals`), which replaces SIG_IGN; a handler, unlike
+/// SIG_IGN, does not survive into a native child's exec.
 ///
 /// Call after daemonizing: the death signal does not survive a fork.
 pub fn arm_death_signal() -> nix::Result<()> {
-    ignore(&[Signal::SIGHUP, Signal::SIGUSR2])?;
+    ignore(&[Signal::SIGHUP])?;
     nix::sys::prctl::set_pdeathsig(Signal::SIGHUP)
 }
 
@@ -41,9 +42,10 @@ pub struct Notice {
     pub sent: bool,
 }
 
-/// Sends `sig` to the current parent unless it is pid 1 (an orphan has nobody to tell),
-/// the rule obproxy applies to its readiness SIGUSR1 and exit SIGUSR2. A daemon's launcher
-/// that has not exited yet is skipped too.
+/// Sends `sig` to the current parent unless it is pid 1, the rule obproxy applies to its
+/// readiness SIGUSR1 (v4.3.1:src/obproxy/ob_proxy.cpp:456-460) and exit SIGUSR2
+/// (v4.3.1:src/obproxy/iocore/net/ob_unix_net.cpp:88-92). A daemon's launcher that has not
+/// exited yet is skipped too: signalling it could kill it before its own `_exit`.
 pub fn notify(sig: Signal) -> Notice {
     let parent = getppid();
     let sent = parent.as_raw() != 1

@@ -47,14 +47,17 @@ enum End {
 }
 
 /// Relays until either side closes, the session leaves at a boundary, or the window end
-/// cuts it; both sockets are closed on return.
-pub async fn relay(
+/// cuts it; both sockets are closed on return. `session` has seen the login already.
+pub async fn relay_from(
     mut client: TcpStream,
     mut server: TcpStream,
     mut tracked: Tracked,
-    close_idle: bool,
+    session: mysql::Session,
 ) {
-    let watch = Mutex::new(Watch::default());
+    let watch = Mutex::new(Watch {
+        session,
+        ..Watch::default()
+    });
     let delivered = Notify::new();
     let client_fd = client.as_raw_fd();
     let mut cut = tracked.cut_switch();
@@ -75,7 +78,7 @@ pub async fn relay(
             &watch,
             &delivered,
         );
-        let leave = leave_when_allowed(&mut tracked, &watch, &delivered, client_fd, close_idle);
+        let leave = leave_when_allowed(&mut tracked, &watch, &delivered, client_fd);
         tokio::select! {
             _ = async { tokio::try_join!(up, down) } => End::Closed,
             leave = leave => End::Left(leave),
@@ -141,32 +144,23 @@ async fn pump(
 }
 
 /// Waits until the session may leave: a drain is on, it allows fewer sessions than are
-/// open, and this one is at a boundary with nothing waiting from its client. Looks again
-/// whenever a response has reached the client and, when idle sessions may be closed, on
-/// every beat of the drain.
+/// open, and this one has just completed a response that leaves it at a boundary with
+/// nothing waiting from its client. obproxy looks only then, in
+/// `handle_transaction_complete` (v4.3.1:src/obproxy/proxy/mysql/ob_mysql_client_session.cpp:1248-1270),
+/// so a session idle at a boundary stays until the window end.
 async fn leave_when_allowed(
     tracked: &mut Tracked,
     watch: &Mutex<Watch>,
     delivered: &Notify,
     client_fd: RawFd,
-    close_idle: bool,
 ) -> Leave {
-    let mut drain = tracked.drain_watch();
     loop {
-        tokio::select! {
-            _ = delivered.notified() => {}
-            changed = drain.changed(), if close_idle => {
-                if changed.is_err() {
-                    // The census is gone: only the process exit is left.
-                    std::future::pending::<()>().await;
-                }
-            }
-        }
+        delivered.notified().await;
         let ready = {
             let mut w = lock(watch);
             // Taken on every look, so that only completions since the last one count.
             let completed = w.session.take_completed();
-            tracked.draining() && w.at_boundary() && (close_idle || completed)
+            tracked.draining() && w.at_boundary() && completed
         };
         if ready && !has_pending_input(client_fd) {
             if let Some(leave) = tracked.try_leave() {
@@ -178,7 +172,7 @@ async fn leave_when_allowed(
 
 /// Whether the client has already sent something we have not read: the start of its next
 /// command, which must not be dropped by closing now.
-fn has_pending_input(fd: RawFd) -> bool {
+pub fn has_pending_input(fd: RawFd) -> bool {
     let mut byte = [0u8; 1];
     // A peek that does not block: nothing is consumed, and an empty socket says EAGAIN.
     matches!(

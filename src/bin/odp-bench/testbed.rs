@@ -95,6 +95,7 @@ home = "odp"
 binary = {standin:?}
 args = {args:?}
 listen = ["127.0.0.1:0"]
+rpc_listen = ["127.0.0.1:0"]
 hot_upgrade_exit_timeout = "{}"
 start_timeout = "60s"
 stop_timeout = "10s"
