@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod e2e;
 mod echo;
 mod log;
 pub mod mariadb;
