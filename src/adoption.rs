@@ -108,6 +108,7 @@ mod tests {
             role: Role::Serving,
             started_at: 0.0,
             drain_deadline: None,
+            exit_window_us: None,
             rpc: false,
         }
     }

@@ -223,6 +223,7 @@ pub fn operation_pb(op: &operation::Operation) -> pb::Operation {
             Kind::RestartHot => pb::OperationKind::RestartHot,
             Kind::RestartForce => pb::OperationKind::RestartForce,
             Kind::Respawn => pb::OperationKind::Respawn,
+            Kind::AdoptNative => pb::OperationKind::AdoptNative,
             Kind::TakeOver => pb::OperationKind::TakeOver,
         } as i32,
         state: match op.state {
@@ -263,6 +264,13 @@ fn process_pb(p: &supervisor::ProcessInfo) -> pb::ProxyProcess {
             memory_bytes: p.memory_bytes,
         }),
         open_connections: p.open_connections,
+        binary_info: p.binary_info.as_ref().map(|i| pb::BinaryInfo {
+            version: i.version.clone(),
+            build: i.build.clone(),
+            revision: i.revision.clone(),
+            build_time: i.build_time.clone(),
+            md5: i.md5.clone(),
+        }),
     }
 }
 

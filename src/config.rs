@@ -10,6 +10,7 @@ use std::{
 use serde::Deserialize;
 
 use crate::{
+    admin_sql::{AdminSettings, RestartStrategy},
     config_file::{self, ConfigError, MetricsSection},
     security::config::{AuditConfig, AuthConfig, Security, TlsConfig},
 };
@@ -65,6 +66,8 @@ pub struct ObproxyConfig {
     /// `RestartRequest.binary` must resolve inside it), so a caller cannot
     /// make the agent run an arbitrary program.
     pub upgrade_dir: PathBuf,
+    /// Admin SQL (`sys_password_file`) and the HOT restart strategy.
+    pub admin: AdminSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -118,6 +121,11 @@ struct RawObproxy {
     /// Relative to home, or absolute; default: the binary's directory.
     #[serde(default)]
     upgrade_dir: Option<PathBuf>,
+    /// Relative to the configuration file, or absolute.
+    #[serde(default)]
+    sys_password_file: Option<PathBuf>,
+    #[serde(default)]
+    restart_strategy: RestartStrategy,
 }
 
 fn default_binary() -> PathBuf {
@@ -234,6 +242,9 @@ dir = {state:?}
                 .map_or_else(|| home.clone(), Path::to_path_buf),
         };
         let state_dir = base.join(&raw.state.dir);
+        let password_file = o.sys_password_file.as_ref().map(|f| base.join(f));
+        let admin = AdminSettings::resolve(password_file.as_deref(), o.restart_strategy)
+            .map_err(|(key, reason)| err(key, reason))?;
         config_file::check_max_message_bytes(path, raw.server.max_message_bytes)?;
         let security = Security::resolve(
             path,
@@ -258,6 +269,7 @@ dir = {state:?}
                 start_timeout: o.start_timeout,
                 stop_timeout: o.stop_timeout,
                 upgrade_dir,
+                admin,
             },
             state: StateConfig { dir: state_dir },
             metrics: raw.metrics.map(|m| m.listen),

@@ -229,5 +229,6 @@ pub fn fixture(dir: &Path) -> std::io::Result<ObproxyConfig> {
         hot_upgrade_exit_timeout: std::time::Duration::from_secs(30),
         start_timeout: std::time::Duration::from_secs(60),
         stop_timeout: std::time::Duration::from_secs(10),
+        admin: Default::default(),
     })
 }

@@ -3,6 +3,8 @@
 //! Layout:
 //! - [`config_file`] loads TOML with errors naming file, key and reason;
 //!   [`config`] is the agent's typed configuration.
+//! - [`admin_sql`] is obproxy's admin SQL as `root@proxysys` (drain window,
+//!   native restart, what the binary reports).
 //! - [`listeners`] binds and holds the SQL listening sockets handed to obproxy.
 //! - [`obproxy`] is the process itself: its command line, version, pidfd,
 //!   `/proc` facts and the long-lived thread it is forked from.
@@ -31,6 +33,7 @@
 //!   (refused, reset, cut), for the load tests and `odp-bench`;
 //!   [`local_cluster`] runs agents, stand-ins and a coordinator on loopback
 //!   for the demo and benchmarks; [`sim`] is a simulated agent for scale.
+pub mod admin_sql;
 pub mod adoption;
 pub mod agent;
 pub mod agent_service;

@@ -27,6 +27,9 @@ pub enum Kind {
     RestartForce,
     /// The agent's own start after obproxy died while it should run.
     Respawn,
+    /// obproxy restarted itself (proxy_local_cmd = 2, enable_auto_restart)
+    /// and the agent took its child on as the serving process.
+    AdoptNative,
     /// Adopting an obproxy the agent did not start (found at start-up).
     TakeOver,
 }
@@ -39,6 +42,7 @@ impl Kind {
             Kind::RestartHot => "hot restart",
             Kind::RestartForce => "force restart",
             Kind::Respawn => "respawn",
+            Kind::AdoptNative => "native restart adoption",
             Kind::TakeOver => "take-over",
         }
     }

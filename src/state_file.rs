@@ -57,6 +57,11 @@ pub struct RecordedProcess {
     /// Seconds since the epoch.
     pub started_at: f64,
     pub drain_deadline: Option<f64>,
+    /// Its `hot_upgrade_exit_timeout` in µs as far as the agent knows (the
+    /// `-o` it was started with, or what admin SQL set since): the window it
+    /// drains with. None: unknown.
+    #[serde(default)]
+    pub exit_window_us: Option<u64>,
     /// It was handed the RPC listeners (obproxy 4.3+).
     #[serde(default)]
     pub rpc: bool,
@@ -161,6 +166,7 @@ mod tests {
                 role: Role::Draining,
                 started_at: 1.5,
                 drain_deadline: Some(31.5),
+                exit_window_us: Some(30_000_000),
                 rpc: true,
             }],
             last_bound: vec![],

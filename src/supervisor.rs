@@ -2,7 +2,10 @@
 //! processes and the operation log. The gRPC service, the signal thread, the
 //! exit watchers and the running operation all talk to it through messages,
 //! so no lock guards process state.
+mod exits;
 mod handover;
+mod native;
+mod proxyinfo;
 mod recovery;
 mod respawn;
 mod take_over;
@@ -22,13 +25,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    admin_sql::BinaryInfo,
     change_feed::Watcher,
     config::AgentConfig,
     listeners::{self, ListenerError, Listeners},
     metrics::agent::AgentMetrics,
     obproxy::{
         launch::{Handover, Plan},
-        pidfd::{self, Exit, Pidfd},
+        pidfd::{Exit, Pidfd},
         procfs,
         spawner::{SpawnError, Spawned, Spawner},
     },
@@ -62,6 +66,8 @@ pub struct ProcessInfo {
     pub cpu_percent: f32,
     pub memory_bytes: u64,
     pub open_connections: u32,
+    /// What the process reported over admin SQL (SHOW PROXYINFO BINARY).
+    pub binary_info: Option<BinaryInfo>,
 }
 
 #[derive(Debug, Clone)]
@@ -134,6 +140,8 @@ pub enum StepError {
     },
     #[error("the agent is shutting down")]
     ShuttingDown,
+    #[error(transparent)]
+    Native(#[from] native::NativeChildError),
 }
 
 /// What an operation learns when the listeners are held.
@@ -146,6 +154,35 @@ pub struct ListenerInfo {
 }
 
 use state_file::Role;
+
+/// How the previous serving process drains once another is promoted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drain {
+    /// SIGKILL this long after the hand-over unless it has exited by then.
+    pub kill_after: Duration,
+    /// The new process could not bind obproxy's Prometheus port, which the
+    /// old one held (the agent's own hot restart; a native one keeps it).
+    pub exporter_lost: bool,
+}
+
+/// What the supervisor knows about one of its processes.
+#[derive(Debug, Clone)]
+pub struct ProcessFacts {
+    /// Its `hot_upgrade_exit_timeout`; None: unknown.
+    pub exit_window: Option<Duration>,
+    pub binary: PathBuf,
+    pub exe: Option<PathBuf>,
+    pub version: String,
+}
+
+/// Facts an operation learned about a process.
+#[derive(Debug, Clone)]
+pub enum FactUpdate {
+    /// Admin SQL changed its drain window.
+    ExitWindow(Duration),
+    Version(String),
+    BinaryInfo(BinaryInfo),
+}
 
 struct Process {
     pidfd: Arc<Pidfd>,
@@ -163,6 +200,14 @@ struct Process {
     ending: bool,
     /// When it was handed over to drain: its exit times the drain (metrics).
     drain_started: Option<Instant>,
+    /// Its `hot_upgrade_exit_timeout` (from its `-o`, or set over admin SQL
+    /// since): the window it drains with. None: unknown.
+    exit_window: Option<Duration>,
+    /// What it reported over admin SQL, once asked.
+    binary_info: Option<BinaryInfo>,
+    /// For the child of a native restart the agent asked for: its parent,
+    /// whose exit is then the hand-over, not a crash.
+    native_parent: Option<u32>,
     /// It was handed the RPC listeners (obproxy 4.3+ with RPC on).
     rpc: bool,
 }
@@ -184,8 +229,14 @@ enum Msg {
         result: Result<Spawned, SpawnError>,
         binary: PathBuf,
         version: String,
+        exit_window: Duration,
         rpc: bool,
         reply: oneshot::Sender<Result<u32, StepError>>,
+    },
+    /// The answer to SHOW PROXYINFO BINARY asked of the serving `pid`.
+    BinaryInfo {
+        pid: u32,
+        result: Result<BinaryInfo, String>,
     },
     DrainDeadline {
         pid: u32,
@@ -236,12 +287,31 @@ pub enum Step {
         reply: oneshot::Sender<Result<(), StepError>>,
     },
     /// Makes `pid` the serving process; the previous one starts draining
-    /// until `drain_window` (plus grace) or, without a window, is returned
+    /// (SIGKILLed at `drain.kill_after`) or, without a drain, is returned
     /// for the caller to end.
     Promote {
         pid: u32,
-        drain_window: Option<Duration>,
+        drain: Option<Drain>,
         reply: oneshot::Sender<Option<u32>>,
+    },
+    Facts {
+        pid: u32,
+        reply: oneshot::Sender<Option<ProcessFacts>>,
+    },
+    Update {
+        pid: u32,
+        update: FactUpdate,
+    },
+    /// Processes that hold our listeners but are not ours (a native
+    /// restart's child): pidfds opened after the pid was found holding them.
+    Strangers(oneshot::Sender<Vec<Arc<Pidfd>>>),
+    /// Records the child `parent` forked for a native restart as starting.
+    AdoptChild {
+        parent: u32,
+        child: u32,
+        version: String,
+        exit_window: Duration,
+        reply: oneshot::Sender<Result<(), StepError>>,
     },
     /// Makes a process the agent did not start the serving one (take-over).
     Adopt {
@@ -351,6 +421,9 @@ pub struct Supervisor {
     system: Option<sysinfo::System>,
     /// Counts what only the supervisor sees end: operations and drains.
     metrics: Arc<AgentMetrics>,
+    /// SHOW PROXYINFO BINARY asked of the serving process: when, and how
+    /// the last attempt went.
+    proxyinfo: proxyinfo::Asking,
 }
 
 impl Supervisor {
@@ -388,6 +461,7 @@ impl Supervisor {
             respawn: respawn::Backoff::default(),
             system: sysinfo::System::new().ok(),
             metrics,
+            proxyinfo: proxyinfo::Asking::default(),
         };
         (sup, handle)
     }
@@ -434,21 +508,14 @@ impl Supervisor {
                 result,
                 binary,
                 version,
+                exit_window,
                 rpc,
                 reply,
             } => {
-                let _ = reply.send(self.on_spawned(result, binary, version, rpc));
+                let _ = reply.send(self.on_spawned(result, binary, version, exit_window, rpc));
             }
-            Msg::DrainDeadline { pid, deadline } => {
-                // Only the draining process whose window this was: the pid may
-                // belong to a later process of ours by now.
-                let due =
-                    |p: &&Process| p.role == Role::Draining && p.drain_deadline == Some(deadline);
-                if let Some(p) = self.processes.get(&pid).filter(due) {
-                    tracing::warn!(pid, "drain window over; SIGKILL");
-                    let _ = p.pidfd.signal(Signal::SIGKILL);
-                }
-            }
+            Msg::BinaryInfo { pid, result } => self.on_binary_info(pid, result),
+            Msg::DrainDeadline { pid, deadline } => self.on_drain_deadline(pid, deadline),
             Msg::Respawn => self.on_respawn(),
             Msg::Sweep => self.reap_orphans(),
             Msg::Step(step) => self.on_step(step),
@@ -513,6 +580,8 @@ impl Supervisor {
                 Kind::RestartForce => ProxyState::Restarting,
                 // Down while it should run: the respawn is the cure, not the state.
                 Kind::Respawn => ProxyState::Unavailable,
+                // The child of a native restart serves already.
+                Kind::AdoptNative => ProxyState::Running,
                 Kind::TakeOver => ProxyState::Starting,
                 Kind::RestartHot => {
                     let upgrading = self.processes.values().any(|p| {
@@ -534,6 +603,8 @@ impl Supervisor {
     }
 
     fn status(&mut self) -> Status {
+        // Version and build from obproxy itself, once per serving process.
+        self.ask_binary_info();
         let pids: Vec<sysinfo::Pid> = self
             .processes
             .keys()
@@ -563,6 +634,7 @@ impl Supervisor {
                 cpu_percent: usage.map_or(0.0, |u| u.cpu_usage()),
                 memory_bytes: usage.map_or(0, |u| u.memory()),
                 open_connections: procfs::client_connections(pid, &sessions),
+                binary_info: p.binary_info.clone(),
             }
         };
         let serving = self
@@ -595,6 +667,7 @@ impl Supervisor {
                 .iter()
                 .cloned()
                 .chain(self.listener_problem.clone())
+                .chain(self.admin_notices())
                 .collect(),
         }
     }
@@ -636,6 +709,7 @@ impl Supervisor {
         result: Result<Spawned, SpawnError>,
         binary: PathBuf,
         version: String,
+        exit_window: Duration,
         rpc: bool,
     ) -> Result<u32, StepError> {
         self.spawns_in_flight = self.spawns_in_flight.saturating_sub(1);
@@ -659,6 +733,9 @@ impl Supervisor {
                 drain_deadline: None,
                 ending: false,
                 drain_started: None,
+                exit_window: Some(exit_window),
+                binary_info: None,
+                native_parent: None,
                 rpc,
             },
         );
@@ -668,43 +745,6 @@ impl Supervisor {
         self.persist();
         self.watch_exit(pidfd);
         Ok(pid)
-    }
-
-    /// Reports the process's exit to the supervisor (also for processes
-    /// adopted from a previous agent, which are not our children).
-    fn watch_exit(&self, pidfd: Arc<Pidfd>) {
-        let pid = pidfd.pid();
-        let tx = self.tx.clone();
-        let shutdown = self.shutdown.clone();
-        self.tracker.spawn(async move {
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                res = pidfd.exited() => {
-                    if let Err(e) = res {
-                        tracing::error!(pid, error = %e, "cannot watch obproxy for exit");
-                    }
-                    let exit = pidfd::reap(pid);
-                    let _ = tx.send(Msg::Exited { pid, exit });
-                }
-            }
-        });
-    }
-
-    /// SIGKILLs `pid` at `deadline` unless it has exited by then.
-    fn schedule_drain_deadline(&self, pid: u32, deadline: SystemTime) {
-        let wait = deadline
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
-        let tx = self.tx.clone();
-        let shutdown = self.shutdown.clone();
-        self.tracker.spawn(async move {
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = tokio::time::sleep(wait) => {
-                    let _ = tx.send(Msg::DrainDeadline { pid, deadline });
-                }
-            }
-        });
     }
 
     /// Writes the state file; a failure is logged, not fatal (the agent keeps
@@ -742,6 +782,7 @@ impl Supervisor {
                     role: p.role,
                     started_at: state_file::to_epoch(p.started_at),
                     drain_deadline: p.drain_deadline.map(state_file::to_epoch),
+                    exit_window_us: p.exit_window.map(|w| w.as_micros() as u64),
                     rpc: p.rpc,
                 })
                 .collect(),
@@ -751,34 +792,6 @@ impl Supervisor {
         if let Err(e) = state_file::save(&self.config.state.dir, &state) {
             tracing::error!(error = %crate::error_chain::describe(&e), "cannot record the agent's state");
         }
-    }
-
-    fn on_exit(&mut self, pid: u32, exit: Exit) {
-        let Some(p) = self.processes.remove(&pid) else {
-            return;
-        };
-        if let Some(started) = p.drain_started {
-            self.metrics.drain_finished(started.elapsed());
-        }
-        let expected = p.ending || p.role == Role::Draining;
-        if expected {
-            tracing::info!(pid, %exit, role = ?p.role, "obproxy exited");
-        } else {
-            tracing::warn!(pid, %exit, role = ?p.role, "obproxy exited unexpectedly");
-            self.last_exit = Some(format!("pid {pid} {exit}"));
-            if p.role == Role::Serving {
-                self.respawn
-                    .crashed(p.started_at.elapsed().unwrap_or_default());
-            }
-        }
-        if let Some(w) = self.ready_waiters.remove(&pid) {
-            let _ = w.send(Err(exit.clone()));
-        }
-        for w in self.exit_waiters.remove(&pid).unwrap_or_default() {
-            let _ = w.send(exit.clone());
-        }
-        self.persist();
-        self.maybe_schedule_respawn();
     }
 
     fn on_step(&mut self, step: Step) {
@@ -849,12 +862,29 @@ impl Supervisor {
                 };
                 let _ = reply.send(result);
             }
-            Step::Promote {
-                pid,
-                drain_window,
+            Step::Promote { pid, drain, reply } => {
+                let _ = reply.send(self.promote(pid, drain));
+            }
+            Step::Facts { pid, reply } => {
+                let _ = reply.send(self.processes.get(&pid).map(|p| ProcessFacts {
+                    exit_window: p.exit_window,
+                    binary: p.binary.clone(),
+                    exe: p.exe.clone(),
+                    version: p.version.clone(),
+                }));
+            }
+            Step::Update { pid, update } => self.update_facts(pid, update),
+            Step::Strangers(reply) => {
+                let _ = reply.send(self.strangers());
+            }
+            Step::AdoptChild {
+                parent,
+                child,
+                version,
+                exit_window,
                 reply,
             } => {
-                let _ = reply.send(self.promote(pid, drain_window));
+                let _ = reply.send(self.register_native_child(parent, child, version, exit_window));
             }
             Step::Adopt { adoption, reply } => {
                 let _ = reply.send(self.adopt(*adoption));
@@ -905,6 +935,7 @@ impl Supervisor {
                 });
                 self.release_unused_rpc();
                 self.maybe_schedule_respawn();
+                self.ask_binary_info();
             }
         }
     }
@@ -932,15 +963,16 @@ impl Supervisor {
                 result,
                 binary,
                 version,
+                exit_window: plan.exit_timeout,
                 rpc,
                 reply,
             });
         });
     }
 
-    fn promote(&mut self, pid: u32, drain_window: Option<Duration>) -> Option<u32> {
+    fn promote(&mut self, pid: u32, drain: Option<Drain>) -> Option<u32> {
         let previous = self.serving_pid().filter(|&old| old != pid);
-        let deadline = drain_window.map(|w| SystemTime::now() + w + DRAIN_GRACE);
+        let deadline = drain.map(|d| SystemTime::now() + d.kill_after);
         if let Some(old) = previous
             && let Some(p) = self.processes.get_mut(&old)
         {
@@ -950,17 +982,24 @@ impl Supervisor {
         }
         if let (Some(old), Some(deadline)) = (previous, deadline) {
             self.schedule_drain_deadline(old, deadline);
-            self.notices = vec![format!(
-                "pid {pid} started while pid {old} still held obproxy's Prometheus port; \
-                 obproxy then runs without its exporter until a restart that is not HOT"
-            )];
         }
         if let Some(p) = self.processes.get_mut(&pid) {
             p.role = Role::Serving;
-            self.respawn.settled();
-            if drain_window.is_none() {
-                self.notices.clear();
+            // A native restart's child signals its parent, not us: being
+            // promoted is how it counts as ready.
+            if !p.ready {
+                p.ready = true;
+                p.exe = procfs::exe(pid).ok();
             }
+            self.respawn.settled();
+            self.notices = match (previous, drain) {
+                (Some(old), Some(d)) if d.exporter_lost => vec![format!(
+                    "pid {pid} started while pid {old} still held obproxy's Prometheus port; \
+                     obproxy then runs without its exporter until a restart that is not HOT \
+                     (restart_strategy = \"native\" keeps it)"
+                )],
+                _ => Vec::new(),
+            };
         }
         self.release_unused_rpc();
         self.persist();

@@ -280,6 +280,7 @@ mod tests {
             start_timeout: Duration::from_secs(1),
             stop_timeout: Duration::from_secs(1),
             upgrade_dir: home.join("bin"),
+            admin: Default::default(),
         }
     }
 

@@ -209,6 +209,7 @@ fn kind_label(kind: Kind) -> &'static str {
         Kind::RestartHot => "restart_hot",
         Kind::RestartForce => "restart_force",
         Kind::Respawn => "respawn",
+        Kind::AdoptNative => "adopt_native",
         Kind::TakeOver => "take_over",
     }
 }
@@ -243,6 +244,7 @@ mod tests {
             cpu_percent: 0.0,
             memory_bytes: 0,
             open_connections,
+            binary_info: None,
         }
     }
 

@@ -129,6 +129,7 @@ mod tests {
             start_timeout: Duration::from_secs(60),
             stop_timeout: Duration::from_secs(10),
             upgrade_dir: "/h/bin".into(),
+            admin: Default::default(),
         }
     }
 

@@ -246,6 +246,14 @@ pub fn start_ticks(pid: u32) -> io::Result<u64> {
         .ok_or_else(|| io::Error::other("no start time in /proc/<pid>/stat"))
 }
 
+/// The process's parent (`/proc/<pid>/stat` field 4).
+pub fn parent_pid(pid: u32) -> io::Result<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok())
+        .ok_or_else(|| io::Error::other("no parent pid in /proc/<pid>/stat"))
+}
+
 /// When the process started, from its start ticks and the boot time: for a
 /// process the agent did not start (taken over), whose uptime it reports.
 pub fn started_at(pid: u32) -> io::Result<std::time::SystemTime> {
@@ -274,6 +282,14 @@ mod tests {
    2: 0100007F:D2A0 0100007F:0B43 01 00000000:00000000 00:00000000 00000000     0        0 333 1 0 20 4 30 10 -1\n";
         let inodes: Vec<u64> = established_inodes(table, &[0x0B43]).collect();
         assert_eq!(inodes, [222]);
+    }
+
+    #[test]
+    fn our_parent_is_read_from_stat() {
+        assert_eq!(
+            parent_pid(std::process::id()).unwrap(),
+            std::os::unix::process::parent_id()
+        );
     }
 
     #[test]

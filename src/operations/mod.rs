@@ -1,25 +1,33 @@
 //! The operations themselves, one file each, written as straight-line async
 //! scripts. They own no state: every step is a request to the supervisor.
+mod adopt_native;
 mod bootstrap;
 mod bring_up;
+mod drain_window;
 mod respawn;
 mod restart_force;
 mod restart_hot;
+mod restart_native;
 mod start;
 mod stop;
 mod take_over;
 
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use nix::sys::signal::Signal;
 use tracing::Instrument;
 
 use crate::{
+    admin_sql::{Admin, AdminError, RestartStrategy},
     config::AgentConfig,
     error_chain::describe,
-    obproxy::{launch::Plan, pidfd::Exit, version::VersionError},
+    obproxy::{
+        launch::Plan,
+        pidfd::{Exit, Pidfd},
+        version::VersionError,
+    },
     operation::{Kind, Phase, Request},
-    supervisor::{Handle, ListenerInfo, Step, StepError},
+    supervisor::{Drain, FactUpdate, Handle, ListenerInfo, ProcessFacts, Step, StepError},
 };
 
 /// How long a SIGKILLed process may take to be gone before we call it stuck.
@@ -57,6 +65,48 @@ pub enum Error {
     Unkillable { pid: u32 },
     #[error("no obproxy is serving; a hot restart needs one")]
     NotServing,
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error(
+        "pids {pids:?} hold the SQL listener but were not started by the agent: obproxy is \
+         restarting itself (proxy_local_cmd = 2); retry once it is done (the agent then adopts \
+         the new process), or use a FORCE restart"
+    )]
+    NativeRestartUnderway { pids: Vec<u32> },
+    #[error(
+        "exit_timeout {} is longer than the {} window pid {pid} was started with, and {reason}: \
+         obproxy would cut its sessions at {}; configure [obproxy] sys_password_file so the agent \
+         can lengthen it, or ask for at most {}",
+        humantime::format_duration(*requested), humantime::format_duration(*own),
+        humantime::format_duration(*own), humantime::format_duration(*own)
+    )]
+    WindowTooLong {
+        pid: u32,
+        requested: Duration,
+        own: Duration,
+        reason: String,
+    },
+    #[error(
+        "pid {pid} forked no child within {} of proxy_local_cmd = 2 (obproxy acts on it only \
+         while no other restart of its own is under way)",
+        humantime::format_duration(*waited)
+    )]
+    NoNativeChild { pid: u32, waited: Duration },
+    #[error(
+        "native child pid {pid} {exit} before it accepted connections; pid {parent} accepts again (obproxy's own rollback)"
+    )]
+    NativeChildDied { pid: u32, parent: u32, exit: Exit },
+    #[error(
+        "native child pid {pid} did not accept connections within start_timeout {}; it was \
+         killed (obproxy's hot_upgrade_rollback_timeout, set to it, or the agent shortly after), \
+         and pid {parent} accepts again (obproxy's own rollback)",
+        humantime::format_duration(*timeout)
+    )]
+    NativeNotReady {
+        pid: u32,
+        parent: u32,
+        timeout: Duration,
+    },
     #[error(
         "obproxy {version} cannot inherit the IPv6 listener {addr}: it reads \
          OBPROXY_INHERITED_IPV6_FD from 4.1 on; remove {addr} from [obproxy] listen or run obproxy 4.1 or later"
@@ -198,19 +248,89 @@ impl Ctl {
         }
     }
 
-    async fn promote(
-        &self,
-        pid: u32,
-        drain_window: Option<Duration>,
-    ) -> Result<Option<u32>, Error> {
+    /// Makes `pid` serve; returns the process that served before (now
+    /// draining with `drain`, or for the caller to end without one).
+    async fn promote(&self, pid: u32, drain: Option<Drain>) -> Result<Option<u32>, Error> {
         self.sup
-            .step(|reply| Step::Promote {
-                pid,
-                drain_window,
-                reply,
-            })
+            .step(|reply| Step::Promote { pid, drain, reply })
             .await
             .ok_or(Error::Gone)
+    }
+
+    async fn facts(&self, pid: u32) -> Result<Option<ProcessFacts>, Error> {
+        self.sup
+            .step(|reply| Step::Facts { pid, reply })
+            .await
+            .ok_or(Error::Gone)
+    }
+
+    fn update(&self, pid: u32, update: FactUpdate) {
+        self.sup.notify(Step::Update { pid, update });
+    }
+
+    /// Processes holding our listeners that the agent did not start.
+    async fn strangers(&self) -> Result<Vec<Arc<Pidfd>>, Error> {
+        self.sup.step(Step::Strangers).await.ok_or(Error::Gone)
+    }
+
+    /// A HOT restart needs to know who accepts: not while obproxy is
+    /// restarting itself behind the agent's back.
+    async fn refuse_strangers(&self) -> Result<(), Error> {
+        let strangers = self.strangers().await?;
+        if strangers.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::NativeRestartUnderway {
+                pids: strangers.iter().map(|s| s.pid()).collect(),
+            })
+        }
+    }
+
+    /// Admin SQL to the SQL listener at `addr`, if configured.
+    fn admin(&self, addr: SocketAddr) -> Option<Admin> {
+        let password = self.config.obproxy.admin.password.clone()?;
+        Some(Admin::new(addr, password))
+    }
+
+    /// Ends the processes that hold our listeners without being ours (the
+    /// child of a native restart): `first`, then SIGKILL after `grace`.
+    /// Asked again until none is left, since one may fork as we look.
+    async fn end_strangers(
+        &self,
+        phase: Phase,
+        first: Signal,
+        grace: Duration,
+    ) -> Result<(), Error> {
+        for _ in 0..3 {
+            let strangers = self.strangers().await?;
+            if strangers.is_empty() {
+                return Ok(());
+            }
+            let pids: Vec<u32> = strangers.iter().map(|s| s.pid()).collect();
+            self.progress(
+                phase,
+                format!(
+                    "pids {pids:?} hold the SQL listener but were not started by the agent \
+                     (obproxy's own restart); {first} to them too"
+                ),
+            );
+            for s in &strangers {
+                let _ = s.signal(first);
+            }
+            let gone = futures::future::join_all(strangers.iter().map(|s| s.exited()));
+            if tokio::time::timeout(grace, gone).await.is_ok() {
+                continue;
+            }
+            for s in &strangers {
+                let _ = s.signal(Signal::SIGKILL);
+            }
+            let gone = futures::future::join_all(strangers.iter().map(|s| s.exited()));
+            if tokio::time::timeout(KILL_WAIT, gone).await.is_err() {
+                let pid = pids.first().copied().unwrap_or_default();
+                return Err(Error::Unkillable { pid });
+            }
+        }
+        Ok(())
     }
 
     /// (serving, draining, starting) pids.
@@ -271,8 +391,12 @@ pub async fn run(ctl: Ctl, request: Request) {
             Kind::Start => start::run(&ctl).await,
             Kind::Stop => stop::run(&ctl).await,
             Kind::RestartForce => restart_force::run(&ctl).await,
-            Kind::RestartHot => restart_hot::run(&ctl, &request).await,
+            Kind::RestartHot => match ctl.config.obproxy.admin.restart_strategy {
+                RestartStrategy::Agent => restart_hot::run(&ctl, &request).await,
+                RestartStrategy::Native => restart_native::run(&ctl, &request).await,
+            },
             Kind::Respawn => respawn::run(&ctl).await,
+            Kind::AdoptNative => adopt_native::run(&ctl).await,
             Kind::TakeOver => take_over::run(&ctl).await,
         };
         ctl.sup.notify(Step::Finish {

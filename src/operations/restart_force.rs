@@ -23,6 +23,9 @@ pub async fn run(ctl: &Ctl) -> Result<Option<u32>, Error> {
         ctl.end_all(&pids, Signal::SIGKILL, Duration::from_secs(10))
             .await?;
     }
+    // Nothing obproxy forked for its own restart may serve beside the new one.
+    ctl.end_strangers(Phase::Killing, Signal::SIGKILL, Duration::from_secs(10))
+        .await?;
     let cfg = &ctl.config.obproxy;
     let pid = bring_up(
         ctl,

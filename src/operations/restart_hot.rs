@@ -1,30 +1,53 @@
 //! Hot restart (and hot upgrade onto another binary): the new obproxy starts
 //! on the same listener sockets while the old one keeps serving; only once
-//! the new one is ready is the old one told to drain (SIGUSR1). A new process
-//! that fails is killed and the old one never noticed anything.
+//! the new one is ready is the old one told to drain (SIGUSR1), with the
+//! window the request asked for (see `drain_window`). A new process that
+//! fails is killed and the old one never noticed anything.
 use nix::sys::signal::Signal;
 
 use super::{
     Ctl, Error,
     bring_up::{Probe, bring_up},
+    drain_window,
 };
-use crate::{operation::Phase, operation::Request, supervisor::DRAIN_GRACE};
+use crate::{operation::Phase, operation::Request};
 
 pub async fn run(ctl: &Ctl, request: &Request) -> Result<Option<u32>, Error> {
     let cfg = &ctl.config.obproxy;
     let old = ctl.serving_at_start.ok_or(Error::NotServing)?;
     let window = request.exit_timeout.unwrap_or(cfg.hot_upgrade_exit_timeout);
     let binary = request.binary.clone().unwrap_or_else(|| cfg.binary.clone());
-    let new = bring_up(ctl, binary, window, Probe::ListenerOnly).await?;
+    let listeners = ctl.bind_listeners(false).await?;
+    let addr = listeners.probe_addrs[0];
+    // Only the old process may accept while its window is set over SQL.
+    ctl.refuse_strangers().await?;
+    let settled = drain_window::settle(ctl, old, window, addr).await?;
+    // The new process drains, in its turn, with the configured window; a
+    // request's window is for this restart's old process only.
+    let new = match bring_up(
+        ctl,
+        binary,
+        cfg.hot_upgrade_exit_timeout,
+        Probe::ListenerOnly,
+    )
+    .await
+    {
+        Ok(new) => new,
+        Err(e) => {
+            drain_window::restore(ctl, old, &settled, addr).await;
+            return Err(e);
+        }
+    };
     // The new process serves from here on; the supervisor holds the old one's
-    // drain deadline (window + grace) and SIGKILLs it there.
-    ctl.promote(new, Some(window)).await?;
+    // drain deadline and SIGKILLs it there. (The process that served may have
+    // changed meanwhile, if obproxy restarted itself and was adopted.)
+    let old = ctl.promote(new, Some(settled.drain)).await?.unwrap_or(old);
     ctl.progress(
         Phase::Draining,
         format!(
-            "pid {new} serving; SIGUSR1 to pid {old} to drain within {} (+{} grace)",
+            "pid {new} serving; SIGUSR1 to pid {old} to drain within {} (SIGKILL at {})",
             humantime::format_duration(window),
-            humantime::format_duration(DRAIN_GRACE)
+            humantime::format_duration(settled.drain.kill_after)
         ),
     );
     ctl.signal(old, Signal::SIGUSR1).await?;

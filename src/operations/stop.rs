@@ -1,4 +1,5 @@
-//! Stop: SIGTERM, `stop_timeout`, SIGKILL; then close the listeners so load
+//! Stop: SIGTERM, `stop_timeout`, SIGKILL, for our processes and for any
+//! other that holds our listeners; then close the listeners so load
 //! balancers see the port down.
 use nix::sys::signal::Signal;
 
@@ -25,6 +26,14 @@ pub async fn run(ctl: &Ctl) -> Result<Option<u32>, Error> {
         );
         ctl.end_all(&pids, Signal::SIGTERM, grace).await?;
     }
+    // A child obproxy forked for its own restart holds the socket too: the
+    // port closes only once it is gone as well.
+    ctl.end_strangers(
+        Phase::Stopping,
+        Signal::SIGTERM,
+        ctl.config.obproxy.stop_timeout,
+    )
+    .await?;
     ctl.progress(
         Phase::ClosingListeners,
         "closing the SQL listeners".to_string(),

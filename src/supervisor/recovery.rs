@@ -2,7 +2,10 @@
 //! agent ran: re-adopt the obproxy processes it recorded (never signalling a
 //! pid whose identity is not confirmed), take the listeners back from them,
 //! finish what was interrupted, and reap orphans re-parented to us.
-use std::{sync::Arc, time::SystemTime};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use nix::sys::signal::Signal;
 
@@ -73,6 +76,9 @@ impl Supervisor {
                 // The drain's start was not recorded; its duration goes unmeasured.
                 drain_started: None,
                 ending: false,
+                exit_window: rec.exit_window_us.map(Duration::from_micros),
+                binary_info: None,
+                native_parent: None,
                 rpc: rec.rpc,
             };
             match rec.role {
@@ -110,6 +116,9 @@ impl Supervisor {
             }
             self.processes.insert(pid, process);
             self.watch_exit(pidfd);
+        }
+        if let Some(pidfd) = self.adopt_orphan_at_recovery(&state.processes, &inodes) {
+            holders.push((Role::Serving, pidfd));
         }
         self.kill_strays(&inodes, &rejected);
         // The listeners come back from a process that still holds them,
@@ -166,7 +175,11 @@ impl Supervisor {
             }
             let in_home =
                 std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| &cwd == home);
-            if !in_home {
+            // A child of an adopted obproxy is its own restart under way
+            // (adopted once its parent exits), not a spawn of ours.
+            let native =
+                procfs::parent_pid(pid).is_ok_and(|ppid| self.processes.contains_key(&ppid));
+            if !in_home || native {
                 continue;
             }
             if let Ok(pidfd) = Pidfd::open(pid)

@@ -66,6 +66,11 @@ impl Supervisor {
                 ending: false,
                 drain_started: None,
                 rpc,
+                // Whatever it was started with or set to since: unknown
+                // here (admin SQL sets it before a HOT restart drains it).
+                exit_window: None,
+                binary_info: None,
+                native_parent: None,
             },
         );
         self.listeners = listeners;

@@ -3,6 +3,7 @@
 //! (a log line, an operation update, a socket), bounded by a deadline.
 #![allow(dead_code)]
 
+pub mod admin_sql;
 pub mod cluster;
 pub mod e2e;
 mod echo;

@@ -21,10 +21,15 @@ trap 'echo "parent-got SIGUSR2" >&2' USR2
 "$@" &
 child=$!
 echo "parent-child $child" >&2
-while :; do
-  wait "$child"; status=$?
-  if [ "$status" -gt 128 ] && kill -0 "$child" 2>/dev/null; then continue; fi
-  break
+wait "$child"; status=$?
+# Above 128 is either the child's death by a signal or a trap interrupting the wait (even
+# when the child exited at that same moment). A second wait tells them apart: the shell
+# keeps an ended child's status, so it answers the same again for a real death, and the
+# child's own status (at once, or when it ends) after an interruption.
+while [ "$status" -gt 128 ]; do
+  wait "$child"; again=$?
+  [ "$again" = "$status" ] && break
+  status=$again
 done
 echo "parent-waited $status" >&2
 "#;
