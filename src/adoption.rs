@@ -1,14 +1,45 @@
 //! Re-adopting the obproxy processes a previous agent recorded. A pid is
 //! believed only when its start time, executable and listener socket all
-//! match the record; the pidfd is opened first and the checks made after, so
-//! a pid reused in between cannot slip through. The listener sockets are
-//! taken back from the serving process with pidfd_getfd.
-use std::os::fd::OwnedFd;
+//! match the record, and it looks like an obproxy of this agent whatever the
+//! record says (the state file may be forged): it runs as the agent's user,
+//! from an executable in `home` or `upgrade_dir`, with `home` as its working
+//! directory. The pidfd is opened first and the checks made after, so a pid
+//! reused in between cannot slip through. The listener sockets are taken
+//! back from the serving process with pidfd_getfd.
+use std::{
+    os::fd::OwnedFd,
+    path::{Path, PathBuf},
+};
 
 use crate::{
+    config::ObproxyConfig,
     obproxy::{pidfd::Pidfd, procfs},
-    state_file::{RecordedListener, RecordedProcess},
+    state_file::{RecordedListener, RecordedProcess, Role},
 };
+
+/// Where an obproxy of this agent runs from: what every adopted pid must
+/// match, whatever the state file says.
+#[derive(Debug, Clone)]
+pub struct Place {
+    home: PathBuf,
+    /// Its executable lies in one of these (home, upgrade_dir) or is the
+    /// configured binary.
+    dirs: Vec<PathBuf>,
+    binary: PathBuf,
+    uid: u32,
+}
+
+impl Place {
+    pub fn of(cfg: &ObproxyConfig) -> Self {
+        let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        Self {
+            home: real(&cfg.home),
+            dirs: vec![real(&cfg.home), real(&cfg.upgrade_dir)],
+            binary: real(&cfg.binary),
+            uid: nix::unistd::geteuid().as_raw(),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Rejected {
@@ -24,10 +55,19 @@ pub enum Rejected {
     },
     #[error("pid {pid} does not hold the listener socket(s) {inodes:?}")]
     NoListener { pid: u32, inodes: Vec<u64> },
+    #[error("pid {pid} is recorded as {role:?} without the executable it ran")]
+    NoExe { pid: u32, role: Role },
+    #[error("pid {pid} is not an obproxy of this agent: {reason}")]
+    Foreign { pid: u32, reason: String },
 }
 
-/// A pidfd for `rec` if and only if it is still the process we started.
-pub fn confirm(rec: &RecordedProcess, listener_inodes: &[u64]) -> Result<Pidfd, Rejected> {
+/// A pidfd for `rec` if and only if it is still the process we started,
+/// and it runs where an obproxy of this agent runs (`place`).
+pub fn confirm(
+    rec: &RecordedProcess,
+    listener_inodes: &[u64],
+    place: &Place,
+) -> Result<Pidfd, Rejected> {
     let pid = rec.pid;
     let pidfd = Pidfd::open(pid).map_err(|_| Rejected::Gone { pid })?;
     let found = procfs::start_ticks(pid).map_err(|_| Rejected::Gone { pid })?;
@@ -38,16 +78,25 @@ pub fn confirm(rec: &RecordedProcess, listener_inodes: &[u64]) -> Result<Pidfd, 
             found,
         });
     }
-    if let Some(recorded) = &rec.exe {
-        let found = procfs::exe(pid).map_err(|_| Rejected::Gone { pid })?;
-        if &found != recorded {
-            return Err(Rejected::OtherExe {
-                pid,
-                recorded: recorded.display().to_string(),
-                found: found.display().to_string(),
-            });
-        }
+    // A process that served or drained was ready, so its executable was
+    // recorded: without it, the record is not the agent's.
+    if rec.exe.is_none() && rec.role != Role::Starting {
+        return Err(Rejected::NoExe {
+            pid,
+            role: rec.role,
+        });
     }
+    let found = procfs::exe(pid).map_err(|_| Rejected::Gone { pid })?;
+    if let Some(recorded) = &rec.exe
+        && &found != recorded
+    {
+        return Err(Rejected::OtherExe {
+            pid,
+            recorded: recorded.display().to_string(),
+            found: found.display().to_string(),
+        });
+    }
+    runs_from(pid, &found, place).map_err(|reason| Rejected::Foreign { pid, reason })?;
     if !listener_inodes.is_empty() && !procfs::holds_listeners(pid, listener_inodes) {
         return Err(Rejected::NoListener {
             pid,
@@ -55,6 +104,50 @@ pub fn confirm(rec: &RecordedProcess, listener_inodes: &[u64]) -> Result<Pidfd, 
         });
     }
     Ok(pidfd)
+}
+
+/// Whether `pid`, running `exe`, is where an obproxy of this agent runs.
+fn runs_from(pid: u32, exe: &Path, place: &Place) -> Result<(), String> {
+    let uid = process_uid(pid).ok_or("its owner is unknown")?;
+    if uid != place.uid {
+        return Err(format!(
+            "it runs as uid {uid}, not the agent's {}",
+            place.uid
+        ));
+    }
+    if exe != place.binary && !place.dirs.iter().any(|d| exe.starts_with(d)) {
+        return Err(format!(
+            "its executable {} lies outside {}",
+            exe.display(),
+            place
+                .dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" and ")
+        ));
+    }
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).map_err(|e| e.to_string())?;
+    if cwd != place.home {
+        return Err(format!(
+            "its working directory is {}, not {}",
+            cwd.display(),
+            place.home.display()
+        ));
+    }
+    Ok(())
+}
+
+/// The real uid of `pid` (`Uid:` in /proc/<pid>/status).
+fn process_uid(pid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +188,18 @@ pub fn take_listeners(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state_file::Role;
+
+    /// Where the test process itself runs: its executable's directory and
+    /// its working directory.
+    fn here() -> Place {
+        let exe = procfs::exe(std::process::id()).unwrap();
+        Place {
+            home: std::env::current_dir().unwrap(),
+            dirs: vec![exe.parent().unwrap().to_path_buf()],
+            binary: exe,
+            uid: nix::unistd::geteuid().as_raw(),
+        }
+    }
 
     fn me() -> RecordedProcess {
         let pid = std::process::id();
@@ -115,7 +219,7 @@ mod tests {
 
     #[test]
     fn a_matching_process_is_confirmed() {
-        assert!(confirm(&me(), &[]).is_ok());
+        assert!(confirm(&me(), &[], &here()).is_ok());
     }
 
     #[test]
@@ -124,7 +228,10 @@ mod tests {
             start_ticks: me().start_ticks + 1,
             ..me()
         };
-        assert!(matches!(confirm(&rec, &[]), Err(Rejected::Reused { .. })));
+        assert!(matches!(
+            confirm(&rec, &[], &here()),
+            Err(Rejected::Reused { .. })
+        ));
     }
 
     #[test]
@@ -133,14 +240,68 @@ mod tests {
             exe: Some("/usr/sbin/obproxy-elsewhere".into()),
             ..me()
         };
-        assert!(matches!(confirm(&rec, &[]), Err(Rejected::OtherExe { .. })));
+        assert!(matches!(
+            confirm(&rec, &[], &here()),
+            Err(Rejected::OtherExe { .. })
+        ));
     }
 
     #[test]
     fn a_process_without_the_listener_is_rejected() {
         assert!(matches!(
-            confirm(&me(), &[1]),
+            confirm(&me(), &[1], &here()),
             Err(Rejected::NoListener { .. })
+        ));
+    }
+
+    #[test]
+    fn a_forged_record_without_an_executable_is_rejected() {
+        for role in [Role::Serving, Role::Draining] {
+            let rec = RecordedProcess {
+                exe: None,
+                role,
+                ..me()
+            };
+            assert!(matches!(
+                confirm(&rec, &[], &here()),
+                Err(Rejected::NoExe { .. })
+            ));
+        }
+        // A "starting" one is still checked for where it runs from.
+        let rec = RecordedProcess {
+            exe: None,
+            role: Role::Starting,
+            ..me()
+        };
+        assert!(confirm(&rec, &[], &here()).is_ok());
+    }
+
+    #[test]
+    fn a_process_running_from_elsewhere_is_rejected() {
+        let elsewhere = Place {
+            home: "/nonexistent-home".into(),
+            ..here()
+        };
+        assert!(matches!(
+            confirm(&me(), &[], &elsewhere),
+            Err(Rejected::Foreign { .. })
+        ));
+        let other_dirs = Place {
+            dirs: vec!["/nonexistent-bin".into()],
+            binary: "/nonexistent-bin/obproxy".into(),
+            ..here()
+        };
+        assert!(matches!(
+            confirm(&me(), &[], &other_dirs),
+            Err(Rejected::Foreign { .. })
+        ));
+        let other_user = Place {
+            uid: here().uid + 1,
+            ..here()
+        };
+        assert!(matches!(
+            confirm(&me(), &[], &other_user),
+            Err(Rejected::Foreign { .. })
         ));
     }
 

@@ -15,8 +15,10 @@ use crate::{
     obproxy::spawner::Spawner,
     operation::{Kind, Request},
     proto::agent::agent_server::AgentServer,
-    security::audit::AuditError,
+    sampling::{Sampler, SystemProbe},
+    security::{audit::AuditError, roles::Role},
     signals,
+    status_report::Reporter,
     supervisor::Supervisor,
     systemd,
 };
@@ -27,6 +29,8 @@ pub enum Error {
     Signals(#[source] std::io::Error),
     #[error("cannot start the spawner thread")]
     Spawner(#[source] std::io::Error),
+    #[error("cannot start the sampler thread")]
+    Sampler(#[source] std::io::Error),
     #[error(transparent)]
     Serve(#[from] ServeError),
     #[error(transparent)]
@@ -41,7 +45,10 @@ impl Error {
     pub fn is_config(&self) -> bool {
         matches!(
             self,
-            Error::Audit(_) | Error::Serve(ServeError::Tls { .. } | ServeError::TlsFiles(_))
+            Error::Audit(_)
+                | Error::Serve(
+                    ServeError::Tls { .. } | ServeError::TlsFiles(_) | ServeError::Socket(_)
+                )
         )
     }
 }
@@ -53,13 +60,18 @@ pub async fn run(config: AgentConfig, start_proxy: bool) -> Result<(), Error> {
     // Before anything starts: a daemon that cannot audit or serve TLS as
     // configured must not run at all.
     let guard = config.security.guard()?;
-    let mut server = grpc_server::builder(config.security.tls.as_ref())?;
+    // The TLS settings are checked (files, key permissions) before anything
+    // starts; the listeners' own servers are built below.
+    grpc_server::builder(config.security.tls.as_ref(), &config.server.limits)?;
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
 
     // Handlers first: a child's SIGUSR1 must never meet the default action.
+    // SIGHUP (logrotate) opens the audit log again.
     let (child_tx, child_rx) = mpsc::unbounded_channel();
-    signals::listen(child_tx, shutdown.clone()).map_err(Error::Signals)?;
+    let audit = guard.clone();
+    signals::listen(child_tx, shutdown.clone(), move || audit.reopen_audit())
+        .map_err(Error::Signals)?;
     // Processes that lose their parent (an obproxy's own children) come to
     // us and are reaped, instead of lingering as zombies.
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
@@ -75,39 +87,74 @@ pub async fn run(config: AgentConfig, start_proxy: bool) -> Result<(), Error> {
         shutdown.clone(),
         metrics.clone(),
     );
-    handle.forward_signals(child_rx);
-    tracker.spawn(supervisor.run());
+    // Signals go straight to the supervisor, no task in between.
+    tracker.spawn(supervisor.run(child_rx));
+    let sampler = Sampler::start(SystemProbe::default()).map_err(Error::Sampler)?;
+    let reporter = Reporter::new(handle.clone(), sampler);
 
-    let (listener, addr) = grpc_server::bind(config.server.listen).await?;
+    // Callers are served on threads of their own (see CallerRuntime): the
+    // supervisor and the operations keep this runtime to themselves.
+    let callers = grpc_server::CallerRuntime::new().map_err(ServeError::Runtime)?;
+    let settings = config.server.clone();
+    let bound = callers
+        .run(async move { grpc_server::bind_all(&settings).await })
+        .await??;
+    let addr = bound.addr;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AgentServer<AgentService>>().await;
-    let service = AgentServer::new(AgentService::new(handle.clone(), config.clone(), guard))
-        .max_decoding_message_size(config.server.max_message_bytes);
-    let router = server.add_service(health_service).add_service(service);
-    let router = grpc_server::with_reflection(router)?;
+    let routes = {
+        let (handle, reporter, config, guard) = (
+            handle.clone(),
+            reporter.clone(),
+            config.clone(),
+            guard.clone(),
+        );
+        move |mut server: grpc_server::Builder| {
+            let service = AgentServer::new(AgentService::new(
+                handle.clone(),
+                reporter.clone(),
+                config.clone(),
+                guard.clone(),
+            ))
+            .max_decoding_message_size(config.server.max_message_bytes);
+            grpc_server::with_reflection(
+                server
+                    .add_service(health_service.clone())
+                    .add_service(service),
+            )
+        }
+    };
 
     if let Some(listen) = config.metrics {
-        let endpoint = metrics::Endpoint::bind(listen).await?;
+        let endpoint = callers.run(metrics::Endpoint::bind(listen)).await??;
         tracing::info!(metrics_addr = %endpoint.addr, "metrics endpoint serving");
-        let router = metrics.router(handle.clone());
-        tracker.spawn(endpoint.serve(router, shutdown.clone()));
+        let router = metrics.router(reporter.clone());
+        tracker.spawn_on(endpoint.serve(router, shutdown.clone()), callers.handle());
     }
 
     tracing::info!(
         grpc_addr = %addr,
+        grpc_socket = ?bound.unix.as_ref().map(|(_, p)| p),
         pid = std::process::id(),
         tls = config.security.tls.is_some(),
+        loopback_role = %config.security.loopback_role,
         audit = %config.security.audit_path.display(),
         "odp-agent serving"
     );
+    if config.security.loopback_role == Role::Operator {
+        tracing::warn!(
+            "server.loopback_role = OBPROXY_MANAGER: every local user may operate over loopback TCP"
+        );
+    }
     // The gRPC listener is bound, so connections from here on are served.
     systemd::ready();
-    // Watchdog pings earned by a round trip through the supervisor: a
-    // wedged supervisor stops them and systemd restarts the agent.
+    // Watchdog pings earned by a round trip through the supervisor (on its
+    // supervision queue, which callers cannot fill): a wedged supervisor
+    // stops them and systemd restarts the agent.
     let probe = handle.clone();
     tracker.spawn(systemd::run(shutdown.clone(), move || {
         let probe = probe.clone();
-        async move { probe.status().await.is_some() }
+        async move { probe.ping().await }
     }));
     if start_proxy {
         let request = Request {
@@ -120,7 +167,17 @@ pub async fn run(config: AgentConfig, start_proxy: bool) -> Result<(), Error> {
             tracing::error!(error = %e, "cannot start obproxy");
         }
     }
-    let result = grpc_server::serve(router, listener, shutdown.clone()).await;
+    let result = callers
+        .run(grpc_server::serve_all(
+            routes,
+            config.security.tls.clone(),
+            config.server.clone(),
+            bound,
+            grpc_server::accept::RESERVED_FDS,
+            shutdown.clone(),
+        ))
+        .await
+        .and_then(|r| r);
     shutdown.cancel();
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())

@@ -19,10 +19,15 @@ use crate::{
     change_feed::Watcher,
     config::AgentConfig,
     listeners,
-    operation::{self, Kind, Phase},
+    operation::{self, Kind, OnAdmit, Phase},
     proto::agent as pb,
-    security::guard::Guard,
-    supervisor::{self, Handle, ProxyState, SubmitError},
+    sampling::Usage,
+    security::{
+        audit::Details,
+        guard::{self, Call, Guard},
+    },
+    status_report::{Report, Reporter},
+    supervisor::{self, CallError, Handle, ProxyState, SubmitError},
 };
 
 /// What the audit log names as the target of an agent's calls: its own ODP.
@@ -30,6 +35,7 @@ const TARGET: &str = "local";
 
 pub struct AgentService {
     sup: Handle,
+    reporter: Reporter,
     config: Arc<AgentConfig>,
     guard: Guard,
 }
@@ -60,15 +66,21 @@ mutation!(pb::StopRequest, "Stop");
 mutation!(pb::RestartRequest, "Restart");
 
 impl AgentService {
-    pub fn new(sup: Handle, config: Arc<AgentConfig>, guard: Guard) -> Self {
-        Self { sup, config, guard }
+    pub fn new(sup: Handle, reporter: Reporter, config: Arc<AgentConfig>, guard: Guard) -> Self {
+        Self {
+            sup,
+            reporter,
+            config,
+            guard,
+        }
     }
 
     /// Admits the caller (authentication before validation: an unknown
-    /// caller learns nothing about its arguments), validates, submits,
-    /// audits the outcome, then waits if asked. The audit line is written
-    /// once the agent has decided and before any wait, so a caller that
-    /// hangs up while waiting cannot leave its call unrecorded.
+    /// caller learns nothing about its arguments), validates, submits, then
+    /// waits if asked. The supervisor writes the audit line of an admitted
+    /// operation in the step that admits it, so a caller that hangs up at
+    /// any point cannot leave it unrecorded, and a line that cannot be
+    /// written refuses it; a call that is not admitted is recorded here.
     async fn mutate<T: Mutation>(
         &self,
         request: Request<T>,
@@ -76,16 +88,31 @@ impl AgentService {
     ) -> Result<Response<pb::Operation>, Status> {
         let request_id = request.get_ref().request_id().to_string();
         let caller = self.guard.write(&request, T::RPC, TARGET, &request_id)?;
-        let r = request.into_inner();
-        let submitted = match validate(&r) {
-            Ok(op) => self.submit(op).await,
-            Err(e) => Err(e),
+        let call = Call {
+            caller: &caller,
+            rpc: T::RPC,
+            target: TARGET,
+            request_id: &request_id,
         };
-        let id = submitted.as_ref().map(|rx| rx.borrow().id.clone());
-        let outcome = id.as_ref().map(String::as_str).map_err(|e| *e);
-        self.guard
-            .record(&caller, T::RPC, TARGET, &request_id, outcome);
-        let mut rx = submitted?;
+        let r = request.into_inner();
+        let op = match validate(&r) {
+            Ok(op) => op,
+            Err(e) => {
+                self.guard.record(&call, Vec::new(), &e);
+                return Err(e);
+            }
+        };
+        let details = self.details(&op);
+        let admit = self.guard.admission(&call, details.clone());
+        let mut rx = match self.submit(op, admit).await {
+            Ok(rx) => rx,
+            Err(SubmitError::NotRecorded(reason)) => return Err(guard::not_recorded(&reason)),
+            Err(e) => {
+                let status = submit_status(e);
+                self.guard.record(&call, details, &status);
+                return Err(status);
+            }
+        };
         if r.wait() {
             let _ = rx.wait_for(operation::Operation::is_finished).await;
         }
@@ -93,18 +120,50 @@ impl AgentService {
         Ok(Response::new(operation_pb(&op)))
     }
 
+    /// What the audit line says was asked: for a restart, its mode, and for
+    /// a hot one the binary and drain window it will use.
+    fn details(&self, op: &operation::Request) -> Details {
+        let cfg = &self.config.obproxy;
+        match op.kind {
+            Kind::RestartHot => vec![
+                ("mode", "RESTART_MODE_HOT".into()),
+                (
+                    "binary",
+                    op.binary
+                        .as_ref()
+                        .map_or(cfg.binary.as_path(), |b| b.path())
+                        .display()
+                        .to_string()
+                        .into(),
+                ),
+                (
+                    "exit_timeout",
+                    humantime::format_duration(
+                        op.exit_timeout.unwrap_or(cfg.hot_upgrade_exit_timeout),
+                    )
+                    .to_string()
+                    .into(),
+                ),
+            ],
+            Kind::RestartForce => vec![("mode", "RESTART_MODE_FORCE".into())],
+            Kind::Start | Kind::Stop | Kind::Respawn | Kind::TakeOver | Kind::AdoptNative => {
+                Vec::new()
+            }
+        }
+    }
+
     async fn submit(
         &self,
         request: operation::Request,
-    ) -> Result<watch::Receiver<operation::Operation>, Status> {
+        admit: OnAdmit,
+    ) -> Result<watch::Receiver<operation::Operation>, SubmitError> {
         let span = tracing::info_span!("rpc", kind = request.kind.name(), request_id = ?request.request_id);
         // Instrumented, not entered: an entered span held across an await
         // would leak into whatever else runs on this thread meanwhile.
         self.sup
-            .submit(request)
+            .submit_audited(request, admit)
             .instrument(span)
             .await
-            .map_err(submit_status)
     }
 }
 
@@ -115,8 +174,8 @@ impl pb::agent_server::Agent for AgentService {
         request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::ProxyStatus>, Status> {
         self.guard.read(&request, "GetStatus")?;
-        let status = self.sup.status().await.ok_or_else(shutting_down)?;
-        Ok(Response::new(status_pb(&status)))
+        let report = self.reporter.report().await;
+        Ok(Response::new(status_pb(&report)))
     }
 
     async fn start(
@@ -151,6 +210,7 @@ impl pb::agent_server::Agent for AgentService {
             .sup
             .operation(id.clone())
             .await
+            .map_err(call_status)?
             .ok_or_else(|| Status::not_found(format!("id: no operation {id:?}")))?;
         Ok(Response::new(operation_pb(&op)))
     }
@@ -167,9 +227,56 @@ impl pb::agent_server::Agent for AgentService {
             .sup
             .watch_operation(id.clone())
             .await
+            .map_err(call_status)?
             .ok_or_else(|| Status::not_found(format!("id: no operation {id:?}")))?;
         Ok(Response::new(Box::pin(operation_stream(watcher))))
     }
+
+    type WatchStatusStream = Pin<Box<dyn Stream<Item = Result<pb::ProxyStatus, Status>> + Send>>;
+
+    async fn watch_status(
+        &self,
+        request: Request<pb::WatchStatusRequest>,
+    ) -> Result<Response<Self::WatchStatusStream>, Status> {
+        self.guard.read(&request, "WatchStatus")?;
+        let heartbeat = requests::heartbeat(request.get_ref())?;
+        Ok(Response::new(Box::pin(status_stream(
+            self.reporter.clone(),
+            heartbeat,
+        ))))
+    }
+}
+
+/// The status now, then at every change and after every `heartbeat` of
+/// silence; ends when the agent shuts down. A change goes out at once, with
+/// the usage sampled last (a watcher must not see a state late because a
+/// sample was being taken); the first status and every heartbeat carry usage
+/// no older than the sampler's maximum age.
+fn status_stream(
+    reporter: Reporter,
+    heartbeat: Duration,
+) -> impl Stream<Item = Result<pb::ProxyStatus, Status>> {
+    let changes = reporter.changes();
+    futures::stream::unfold(
+        (reporter, changes, true),
+        move |(reporter, mut changes, first)| async move {
+            let changed = if first {
+                false
+            } else {
+                tokio::select! {
+                    changed = changes.changed() => { changed.ok()?; true }
+                    _ = tokio::time::sleep(heartbeat) => false,
+                }
+            };
+            changes.mark_unchanged();
+            let report = if changed {
+                reporter.report_now()
+            } else {
+                reporter.report().await
+            };
+            Some((Ok(status_pb(&report)), (reporter, changes, false)))
+        },
+    )
 }
 
 /// Every change of the operation, ending with its final state; a watcher that
@@ -187,12 +294,16 @@ fn operation_stream(
         })
 }
 
-fn shutting_down() -> Status {
-    Status::unavailable("the agent is shutting down")
+fn call_status(e: CallError) -> Status {
+    match e {
+        CallError::Overloaded(full) => Status::resource_exhausted(full.to_string()),
+        CallError::ShuttingDown => Status::unavailable(e.to_string()),
+    }
 }
 
 fn submit_status(e: SubmitError) -> Status {
     match &e {
+        SubmitError::Overloaded(full) => Status::resource_exhausted(full.to_string()),
         SubmitError::Log(operation::LogError::Busy { .. })
         | SubmitError::NotServing { .. }
         | SubmitError::ListenersLost { .. } => Status::failed_precondition(e.to_string()),
@@ -200,6 +311,7 @@ fn submit_status(e: SubmitError) -> Status {
             Status::already_exists(e.to_string())
         }
         SubmitError::ShuttingDown => Status::unavailable(e.to_string()),
+        SubmitError::NotRecorded(reason) => guard::not_recorded(reason),
     }
 }
 
@@ -249,21 +361,34 @@ pub fn operation_pb(op: &operation::Operation) -> pb::Operation {
         pid: op.pid.unwrap_or(0),
         previous_pid: op.previous_pid.unwrap_or(0),
         events: op.events.clone(),
+        proxy_state: op.proxy_state.map_or(0, |s| state_pb(s) as i32),
     }
 }
 
-fn process_pb(p: &supervisor::ProcessInfo) -> pb::ProxyProcess {
+fn state_pb(state: ProxyState) -> pb::ProxyState {
+    match state {
+        ProxyState::Running => pb::ProxyState::Running,
+        ProxyState::Stopped => pb::ProxyState::Stopped,
+        ProxyState::Starting => pb::ProxyState::Starting,
+        ProxyState::Stopping => pb::ProxyState::Stopping,
+        ProxyState::Restarting => pb::ProxyState::Restarting,
+        ProxyState::Upgrading => pb::ProxyState::Upgrading,
+        ProxyState::Unavailable => pb::ProxyState::Unavailable,
+    }
+}
+
+fn process_pb(p: &supervisor::ProcessInfo, usage: Option<Usage>) -> pb::ProxyProcess {
     pb::ProxyProcess {
         pid: p.pid,
         version: p.version.clone(),
         binary: p.binary.display().to_string(),
         started_at: Some(timestamp(p.started_at)),
         uptime: Some(duration(p.started_at.elapsed().unwrap_or_default())),
-        usage: Some(pb::ProcessUsage {
-            cpu_percent: p.cpu_percent,
-            memory_bytes: p.memory_bytes,
+        usage: usage.map(|u| pb::ProcessUsage {
+            cpu_percent: u.cpu_percent,
+            memory_bytes: u.memory_bytes,
         }),
-        open_connections: p.open_connections,
+        open_connections: usage.map_or(0, |u| u.open_connections),
         binary_info: p.binary_info.as_ref().map(|i| pb::BinaryInfo {
             version: i.version.clone(),
             build: i.build.clone(),
@@ -274,18 +399,11 @@ fn process_pb(p: &supervisor::ProcessInfo) -> pb::ProxyProcess {
     }
 }
 
-fn status_pb(s: &supervisor::Status) -> pb::ProxyStatus {
+pub fn status_pb(report: &Report) -> pb::ProxyStatus {
+    let s = &report.status;
     let serving = s.serving.as_ref();
     pb::ProxyStatus {
-        state: match s.state {
-            ProxyState::Running => pb::ProxyState::Running,
-            ProxyState::Stopped => pb::ProxyState::Stopped,
-            ProxyState::Starting => pb::ProxyState::Starting,
-            ProxyState::Stopping => pb::ProxyState::Stopping,
-            ProxyState::Restarting => pb::ProxyState::Restarting,
-            ProxyState::Upgrading => pb::ProxyState::Upgrading,
-            ProxyState::Unavailable => pb::ProxyState::Unavailable,
-        } as i32,
+        state: state_pb(s.state) as i32,
         pid: serving.map_or(0, |p| p.pid),
         version: serving.map_or_else(String::new, |p| p.version.clone()),
         uptime: serving.map(|p| duration(p.started_at.elapsed().unwrap_or_default())),
@@ -302,12 +420,12 @@ fn status_pb(s: &supervisor::Status) -> pb::ProxyStatus {
                 } as i32,
             })
             .collect(),
-        serving: serving.map(process_pb),
+        serving: serving.map(|p| process_pb(p, report.usage(p.pid))),
         draining: s
             .draining
             .iter()
             .map(|(p, deadline)| pb::DrainingProcess {
-                process: Some(process_pb(p)),
+                process: Some(process_pb(p, report.usage(p.pid))),
                 deadline: Some(timestamp(*deadline)),
             })
             .collect(),
@@ -315,5 +433,6 @@ fn status_pb(s: &supervisor::Status) -> pb::ProxyStatus {
         desired_running: s.desired_running,
         last_exit: s.last_exit.clone().unwrap_or_default(),
         notices: s.notices.clone(),
+        usage_age: report.usage_age().map(duration),
     }
 }

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::{
     admin_sql::{AdminSettings, RestartStrategy},
     config_file::{self, ConfigError, MetricsSection},
+    grpc_server::settings::{ServerSection, Settings},
     security::config::{AuditConfig, AuthConfig, Security, TlsConfig},
 };
 
@@ -21,24 +22,14 @@ pub const MAX_EXIT_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    pub server: ServerConfig,
+    /// gRPC: the TCP address, the local socket, the bounds on callers.
+    pub server: Settings,
     pub obproxy: ObproxyConfig,
     pub state: StateConfig,
     /// Where `GET /metrics` listens; None: no metrics endpoint.
     pub metrics: Option<SocketAddr>,
     /// TLS, callers' roles and the audit log (`[tls]`, `[auth]`, `[audit]`).
     pub security: Security,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerConfig {
-    /// gRPC address.
-    pub listen: SocketAddr,
-    /// Largest request message accepted; a bigger one is refused before it
-    /// is read, so no caller can make the agent buffer much.
-    #[serde(default = "config_file::default_max_message_bytes")]
-    pub max_message_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -79,7 +70,7 @@ pub struct StateConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    server: ServerConfig,
+    server: ServerSection,
     obproxy: RawObproxy,
     state: StateConfig,
     #[serde(default)]
@@ -245,18 +236,20 @@ dir = {state:?}
         let password_file = o.sys_password_file.as_ref().map(|f| base.join(f));
         let admin = AdminSettings::resolve(password_file.as_deref(), o.restart_strategy)
             .map_err(|(key, reason)| err(key, reason))?;
-        config_file::check_max_message_bytes(path, raw.server.max_message_bytes)?;
+        let server = raw
+            .server
+            .resolve(path, &base, state_dir.join("grpc.sock"))?;
         let security = Security::resolve(
             path,
             &base,
-            &raw.server.listen,
+            &raw.server,
             raw.tls,
             raw.auth,
             raw.audit,
             state_dir.join("audit.log"),
         )?;
         Ok(Self {
-            server: raw.server,
+            server,
             obproxy: ObproxyConfig {
                 home,
                 binary,

@@ -35,6 +35,10 @@ impl ConfigError {
 /// Reads and deserializes `path`; unknown keys are refused by the target
 /// types (`deny_unknown_fields`).
 pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    // What the file says decides what runs and who may call: nobody but its
+    // owner may be able to change it.
+    crate::security::files::check_config(path)
+        .map_err(|reason| ConfigError::new(path, "-", reason))?;
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::new(path, "-", format!("cannot read the file: {e}")))?;
     parse(path, &text)

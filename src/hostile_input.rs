@@ -13,6 +13,7 @@ use crate::{
     agent_service::requests as agent,
     config::{AgentConfig, ObproxyConfig},
     coordinator::{config::CoordinatorConfig, service::requests as coordinator},
+    obproxy::executable::Executable,
     proto::{agent as apb, coordinator as cpb},
     security::{
         config::{AuthConfig, TokenRule},
@@ -133,7 +134,7 @@ pub fn authorization(data: &[u8]) -> Outcome {
                 sha256: hex::encode(Sha256::digest(TOKEN.as_bytes())),
                 role: Role::Operator,
             }],
-            certificates: vec![],
+            ..Default::default()
         },
         false,
     );
@@ -160,23 +161,27 @@ pub fn authorization(data: &[u8]) -> Outcome {
     }
 }
 
-/// An accepted hot-upgrade `binary` is what will run: an executable file inside the upgrade
-/// directory, with every symlink and `..` already resolved.
-fn assert_runnable_upgrade(binary: &Path, obproxy: &ObproxyConfig) {
+/// An accepted hot-upgrade `binary` is what will run: the file it holds open is an
+/// executable file inside the upgrade directory (every symlink and `..` resolved), and the
+/// path it names for logs lies there too.
+fn assert_runnable_upgrade(binary: &Executable, obproxy: &ObproxyConfig) {
     let dir = std::fs::canonicalize(&obproxy.upgrade_dir).expect("the fixture's upgrade_dir");
+    let (opened, _) = binary.program();
+    let file = std::fs::read_link(&opened).expect("the opened file's path");
     assert!(
-        binary.starts_with(&dir),
-        "accepted {binary:?}, outside the upgrade directory {dir:?}"
+        file.starts_with(&dir),
+        "accepted {:?}, which opened {file:?}, outside the upgrade directory {dir:?}",
+        binary.path()
     );
-    assert_eq!(
-        std::fs::canonicalize(binary).ok().as_deref(),
-        Some(binary),
-        "accepted {binary:?} unresolved"
+    assert!(
+        binary.path().starts_with(&obproxy.upgrade_dir),
+        "accepted {:?}, named outside the upgrade directory",
+        binary.path()
     );
-    let meta = std::fs::metadata(binary).expect("an accepted binary exists");
+    let meta = std::fs::metadata(&opened).expect("an accepted binary exists");
     assert!(
         meta.is_file() && meta.permissions().mode() & 0o111 != 0,
-        "accepted {binary:?}, which is not an executable file"
+        "accepted {file:?}, which is not an executable file"
     );
 }
 

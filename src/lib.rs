@@ -12,8 +12,10 @@
 //!   SIGUSR2 exit) and the agent's own SIGTERM/SIGINT.
 //! - [`supervisor`] is the one owner of listeners, processes and the
 //!   [`operation`] log; [`operations`] are the start/stop/restart scripts
-//!   that drive it step by step. [`change_feed`] lets every watcher of an
-//!   operation or a task see every change.
+//!   that drive it step by step. [`sampling`] observes the processes (CPU,
+//!   memory, sessions) on a thread of its own; [`status_report`] joins the
+//!   supervisor's published status with those samples. [`change_feed`] lets
+//!   every watcher of an operation or a task see every change.
 //! - [`error_chain`] renders an error with its causes on one line;
 //!   [`redact`] masks the secrets obproxy's arguments may carry.
 //! - [`agent_service`] translates gRPC to supervisor calls; [`agent`] wires
@@ -24,11 +26,17 @@
 //! - [`security`] is TLS, callers' roles and the audit log;
 //!   [`hostile_input`] is what no input may do to the daemons (run by the
 //!   fuzzers).
+//! - [`command_line`] is the three programs' command lines (clap), with
+//!   their shell completions and man pages; [`preflight`] is the daemons'
+//!   `--check`.
 //! - [`container_init`] is the minimal init the agent leaves behind when it
 //!   is started as PID 1 (a container's entrypoint).
 //! - [`systemd`] is what systemd is told (ready, stopping, watchdog);
 //!   [`metrics`] owns the Prometheus registries and the `/metrics` endpoint;
-//!   [`telemetry`] sets up the logs.
+//!   [`telemetry`] sets up the logs (a lost log line never hurts the
+//!   daemon); [`panics`] makes a panic in any thread end the process.
+//! - [`grpc_server`] is how both daemons serve gRPC: TLS, the local socket,
+//!   and the bounds on connections, streams and calls in flight.
 //! - [`loadgen`] is client load against an ODP's SQL port, counted by outcome
 //!   (refused, reset, cut), for the load tests and `odp-bench`;
 //!   [`local_cluster`] runs agents, stand-ins and a coordinator on loopback
@@ -38,6 +46,7 @@ pub mod adoption;
 pub mod agent;
 pub mod agent_service;
 pub mod change_feed;
+pub mod command_line;
 pub mod config;
 pub mod config_file;
 pub mod container_init;
@@ -52,12 +61,16 @@ pub mod metrics;
 pub mod obproxy;
 pub mod operation;
 pub mod operations;
+pub mod panics;
+pub mod preflight;
 pub mod proto;
 pub mod redact;
+pub mod sampling;
 pub mod security;
 pub mod signals;
 pub mod sim;
 pub mod state_file;
+pub mod status_report;
 pub mod supervisor;
 pub mod systemd;
 pub mod telemetry;

@@ -121,6 +121,11 @@ fn spawn(
     })
 }
 
+/// A throwaway cluster of one user on loopback: its callers (odpctl, the
+/// coordinator calling the agents) operate over loopback TCP, which the
+/// daemons otherwise allow only READ_ONLY.
+const LOOPBACK_OPERATES: &str = "loopback_role = \"OBPROXY_MANAGER\"";
+
 /// A coordinator over `agents` (cluster `name`) with its files in `dir`.
 pub fn spawn_coordinator(
     bin_dir: &Path,
@@ -134,7 +139,7 @@ pub fn spawn_coordinator(
     }
     let config = dir.join("coordinator.toml");
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"tasks.db\"\n[[clusters]]\nname = \"{name}\"\nagents = {agents:?}\n"
+        "[server]\nlisten = \"127.0.0.1:0\"\n{LOOPBACK_OPERATES}\n[store]\npath = \"tasks.db\"\n[[clusters]]\nname = \"{name}\"\nagents = {agents:?}\n"
     );
     std::fs::write(&config, text).map_err(io_err(&config))?;
     spawn(&binary, &config, &dir.join("coordinator.log"), &[])
@@ -173,6 +178,7 @@ impl LocalCluster {
             let text = format!(
                 r#"[server]
 listen = "127.0.0.1:0"
+{LOOPBACK_OPERATES}
 [obproxy]
 home = "odp-{i}"
 binary = {standin:?}
@@ -198,7 +204,7 @@ dir = "agent-{i}"
         let addrs: Vec<String> = agents.iter().map(|a| a.addr.to_string()).collect();
         let config = dir.path().join("coordinator.toml");
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"tasks.db\"\n[[clusters]]\nname = \"{name}\"\nagents = {addrs:?}\n"
+            "[server]\nlisten = \"127.0.0.1:0\"\n{LOOPBACK_OPERATES}\n[store]\npath = \"tasks.db\"\n[[clusters]]\nname = \"{name}\"\nagents = {addrs:?}\n"
         );
         std::fs::write(&config, text).map_err(io_err(&config))?;
         let coordinator = spawn(

@@ -3,13 +3,15 @@
 //! callers watch every change (see [`crate::change_feed`]).
 use std::{
     collections::{HashMap, VecDeque},
-    path::PathBuf,
     time::{Duration, SystemTime},
 };
 
 use tokio::sync::watch;
 
-use crate::change_feed::{Feed, Watcher};
+use crate::{
+    change_feed::{Feed, Watcher},
+    obproxy::executable::Executable,
+};
 
 /// Finished operations kept for GetOperation and request-id replays.
 const KEEP_FINISHED: usize = 512;
@@ -75,11 +77,12 @@ pub struct Request {
     pub request_id: Option<String>,
     /// HOT only: the drain window for this restart.
     pub exit_timeout: Option<Duration>,
-    /// HOT only: another binary to move onto (absolute).
-    pub binary: Option<PathBuf>,
+    /// HOT only: another binary to move onto, opened when the request was
+    /// checked (that very file is what runs).
+    pub binary: Option<Executable>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Operation {
     pub id: String,
     pub kind: Kind,
@@ -92,6 +95,8 @@ pub struct Operation {
     pub pid: Option<u32>,
     pub previous_pid: Option<u32>,
     pub events: Vec<String>,
+    /// Once finished: the ODP's state it left (what a health gate checks).
+    pub proxy_state: Option<crate::supervisor::ProxyState>,
 }
 
 impl Operation {
@@ -112,6 +117,12 @@ pub enum LogError {
         asked: Kind,
     },
 }
+
+/// Run by the supervisor in the step that admits an operation (before it
+/// starts and before anyone is answered), with the operation's id and
+/// whether the request id was a replay: the audit log's line. An error
+/// withdraws the admission, so nothing is done.
+pub type OnAdmit = Box<dyn FnOnce(&str, bool) -> Result<(), String> + Send>;
 
 /// What a submission found.
 #[derive(Debug)]
@@ -207,6 +218,7 @@ impl Log {
             pid: None,
             previous_pid,
             events: Vec::new(),
+            proxy_state: None,
         };
         let feed = Feed::new(op, self.watch_buffer);
         let rx = feed.subscribe_latest();
@@ -218,6 +230,20 @@ impl Log {
         self.current = Some(id);
         self.trim();
         Ok(Admission::New(rx))
+    }
+
+    /// Takes back a new operation that must not run after all (its
+    /// admission could not be recorded); nothing of it remains.
+    pub fn withdraw(&mut self, id: &str) {
+        if self.current.as_deref() == Some(id) {
+            self.current = None;
+        }
+        self.order.retain(|o| o != id);
+        if let Some(feed) = self.ops.remove(id)
+            && let Some(rid) = &feed.borrow().request_id
+        {
+            self.by_request.remove(rid);
+        }
     }
 
     pub fn has_request(&self, request_id: &str) -> bool {
@@ -377,6 +403,17 @@ mod tests {
         let behind = watcher.next().await.unwrap().unwrap_err();
         assert_eq!((behind.skipped, behind.buffer), (6, 4));
         assert!(watcher.next().await.is_none());
+    }
+
+    #[test]
+    fn a_withdrawn_operation_leaves_nothing_behind() {
+        let mut log = Log::default();
+        let id = new_id(log.admit(&req(Kind::Start, Some("w1")), None).unwrap());
+        log.withdraw(&id);
+        assert!(log.current().is_none());
+        assert!(log.get(&id).is_none());
+        assert!(!log.has_request("w1"));
+        new_id(log.admit(&req(Kind::Start, Some("w1")), None).unwrap());
     }
 
     #[test]

@@ -17,11 +17,13 @@ pub struct ChildSignal {
 }
 
 /// Installs the handlers and starts the thread that reads them. SIGUSR1/2 go
-/// to `children`; SIGTERM/SIGINT cancel `shutdown`; SIGHUP is logged only.
-/// Installed before anything is spawned, so no early signal can kill us.
+/// to `children`; SIGTERM/SIGINT cancel `shutdown`; SIGHUP runs `on_hup`
+/// (logrotate's cue to reopen the audit log). Installed before anything is
+/// spawned, so no early signal can kill us.
 pub fn listen(
     children: mpsc::UnboundedSender<ChildSignal>,
     shutdown: CancellationToken,
+    on_hup: impl Fn() + Send + 'static,
 ) -> std::io::Result<()> {
     let mut signals = SignalsInfo::<WithOrigin>::new([SIGUSR1, SIGUSR2, SIGTERM, SIGINT, SIGHUP])?;
     std::thread::Builder::new()
@@ -39,6 +41,11 @@ pub fn listen(
                     SIGTERM | SIGINT => {
                         tracing::info!(signal = info.signal, sender = ?pid, "shutting down; obproxy keeps running");
                         shutdown.cancel();
+                    }
+                    SIGHUP => {
+                        tracing::info!(signal = info.signal, sender = ?pid, "reopening the audit log");
+                        crate::panics::injected("signals");
+                        on_hup();
                     }
                     other => tracing::info!(signal = other, sender = ?pid, "ignored signal"),
                 }

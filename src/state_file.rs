@@ -1,7 +1,10 @@
 //! The agent's state on disk: what it means obproxy to be (running or
 //! stopped), the listeners it holds, and every obproxy it owns with the facts
 //! that identify it. Written atomically (temp file, fsync, rename) at every
-//! change, so an agent that is killed finds it all again.
+//! change, so an agent that is killed finds it all again. Written only into
+//! a directory the agent owns and nobody else may write, as a 0600 file
+//! created afresh (a symlink planted in its place is removed, not followed):
+//! the next agent signals the pids it names.
 use std::{
     io::Write,
     net::SocketAddr,
@@ -10,6 +13,8 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+
+use crate::{error_chain::describe, security::files};
 
 const FILE: &str = "agent-state.json";
 
@@ -27,6 +32,8 @@ pub enum StateFileError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path} is not to be trusted: {reason}")]
+    Untrusted { path: PathBuf, reason: String },
     #[error("{path} is not a valid state file")]
     Corrupt {
         path: PathBuf,
@@ -111,13 +118,44 @@ pub fn path(dir: &Path) -> PathBuf {
 }
 
 /// The state a previous agent left, if any.
+/// Only a file of the agent's own user that nobody else may write is
+/// believed (it names pids to signal); a symlink is not followed.
 pub fn load(dir: &Path) -> Result<Option<AgentState>, StateFileError> {
+    use std::{
+        io::Read,
+        os::unix::fs::{MetadataExt, OpenOptionsExt},
+    };
     let path = path(dir);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path);
+    let mut file = match opened {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(StateFileError::Read { path, source }),
     };
+    let meta = file.metadata().map_err(|source| StateFileError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let me = nix::unistd::geteuid().as_raw();
+    if !meta.is_file() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+        return Err(StateFileError::Untrusted {
+            reason: format!(
+                "owner uid {} and mode {:o}; the agent (uid {me}) writes it 0600",
+                meta.uid(),
+                meta.mode() & 0o7777
+            ),
+            path,
+        });
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(|source| StateFileError::Read {
+            path: path.clone(),
+            source,
+        })?;
     serde_json::from_str(&text)
         .map(Some)
         .map_err(|source| StateFileError::Corrupt { path, source })
@@ -133,7 +171,9 @@ pub fn save(dir: &Path, state: &AgentState) -> Result<(), StateFileError> {
         source,
     };
     let body = serde_json::to_vec_pretty(state).map_err(|e| err(std::io::Error::other(e)))?;
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
+    let unsafe_dir = |e: files::FileError| err(std::io::Error::other(describe(&e)));
+    files::check_writable_dir(dir).map_err(unsafe_dir)?;
+    let mut f = files::create_private(&tmp).map_err(unsafe_dir)?;
     f.write_all(&body).map_err(err)?;
     f.sync_all().map_err(err)?;
     std::fs::rename(&tmp, &path).map_err(err)?;
@@ -180,6 +220,41 @@ mod tests {
         };
         save(dir.path(), &state).unwrap();
         assert_eq!(load(dir.path()).unwrap(), Some(state));
+    }
+
+    #[test]
+    fn a_symlink_planted_as_the_temp_file_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "ROOT-OWNED ORIGINAL CONTENT").unwrap();
+        let state = dir.path().join("state");
+        files::private_dir(&state).unwrap();
+        std::os::unix::fs::symlink(&victim, state.join(format!("{FILE}.tmp"))).unwrap();
+        save(&state, &AgentState::default()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&victim).unwrap(),
+            "ROOT-OWNED ORIGINAL CONTENT"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path(&state))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(load(&state).unwrap(), Some(AgentState::default()));
+    }
+
+    #[test]
+    fn a_directory_others_may_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = save(dir.path(), &AgentState::default()).unwrap_err();
+        assert!(
+            describe(&e).contains("refusing to write"),
+            "{}",
+            describe(&e)
+        );
     }
 
     #[test]

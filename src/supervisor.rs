@@ -2,12 +2,23 @@
 //! processes and the operation log. The gRPC service, the signal thread, the
 //! exit watchers and the running operation all talk to it through messages,
 //! so no lock guards process state.
+//!
+//! Supervision comes first: signals, exits, spawns, drain deadlines and the
+//! running operation's steps have a queue of their own that the supervisor
+//! serves before anything a caller asks. Callers' requests wait in bounded
+//! queues (a full one is answered at once, `RESOURCE_EXHAUSTED`), and none is
+//! worked on once its caller has gone. Status is never asked of it: it
+//! publishes a snapshot after every change ([`snapshot`]), which callers read
+//! without waiting, and it observes nothing itself (usage is
+//! [`crate::sampling`]'s).
 mod exits;
 mod handover;
 mod native;
+mod persist;
 mod proxyinfo;
 mod recovery;
 mod respawn;
+mod snapshot;
 mod take_over;
 
 pub use take_over::Adoption;
@@ -31,20 +42,28 @@ use crate::{
     listeners::{self, ListenerError, Listeners},
     metrics::agent::AgentMetrics,
     obproxy::{
+        executable::Executable,
         launch::{Handover, Plan},
         pidfd::{Exit, Pidfd},
         procfs,
         spawner::{SpawnError, Spawned, Spawner},
     },
-    operation::{self, Admission, Kind, LogError, Operation, Phase, Request},
+    operation::{self, Admission, Kind, LogError, OnAdmit, Operation, Phase, Request},
     operations,
     signals::ChildSignal,
-    state_file::{self, AgentState, RecordedListener, RecordedProcess},
+    state_file,
 };
 
 /// Time a draining obproxy gets beyond its window to close what is left
 /// before the agent SIGKILLs it.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// Callers' requests (GetOperation, WatchOperation) that may wait for the
+/// supervisor; more are refused until it catches up.
+pub const CALL_QUEUE: usize = 64;
+/// Mutating requests that may wait; a queue of their own, so reads cannot
+/// crowd out an operator's Stop.
+pub const SUBMIT_QUEUE: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProxyState {
@@ -57,20 +76,19 @@ pub enum ProxyState {
     Unavailable,
 }
 
-#[derive(Debug, Clone)]
+/// A process as the supervisor knows it: identity and counters only (its
+/// usage is sampled elsewhere, see [`crate::sampling`]).
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProcessInfo {
     pub pid: u32,
     pub version: String,
     pub binary: PathBuf,
     pub started_at: SystemTime,
-    pub cpu_percent: f32,
-    pub memory_bytes: u64,
-    pub open_connections: u32,
     /// What the process reported over admin SQL (SHOW PROXYINFO BINARY).
     pub binary_info: Option<BinaryInfo>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Status {
     pub state: ProxyState,
     pub desired_running: bool,
@@ -94,6 +112,28 @@ pub enum SubmitError {
     NotServing { state: ProxyState },
     #[error("HOT restart refused: {reason}")]
     ListenersLost { reason: String },
+    /// The admission could not be recorded (the audit log): refused.
+    #[error("{0}")]
+    NotRecorded(String),
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Overloaded(#[from] QueueFull),
+}
+
+/// A caller's request found its queue full.
+#[derive(Debug, thiserror::Error)]
+#[error("the agent has {capacity} {queue} waiting already; try again shortly")]
+pub struct QueueFull {
+    pub queue: &'static str,
+    pub capacity: usize,
+}
+
+/// Why a caller's read was not answered.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error(transparent)]
+    Overloaded(#[from] QueueFull),
     #[error("the agent is shutting down")]
     ShuttingDown,
 }
@@ -213,14 +253,15 @@ struct Process {
 }
 
 enum Msg {
-    Status(oneshot::Sender<Status>),
+    /// A round trip that proves the supervisor serves its queue (watchdog).
+    Ping(oneshot::Sender<()>),
     Submit(
         Request,
+        Option<OnAdmit>,
         oneshot::Sender<Result<watch::Receiver<Operation>, SubmitError>>,
     ),
     GetOperation(String, oneshot::Sender<Option<Operation>>),
     WatchOperation(String, oneshot::Sender<Option<Watcher<Operation>>>),
-    Signal(ChildSignal),
     Exited {
         pid: u32,
         exit: Exit,
@@ -242,6 +283,8 @@ enum Msg {
         pid: u32,
         /// Which drain: the pid may belong to a later process by then.
         deadline: SystemTime,
+        /// Its client sessions, counted just before (None: not in time).
+        open: Option<u32>,
     },
     /// Time to start obproxy again after it died (crash respawn).
     Respawn,
@@ -260,7 +303,7 @@ pub enum Step {
     },
     CloseListeners(oneshot::Sender<()>),
     Spawn {
-        binary: PathBuf,
+        binary: Executable,
         version: String,
         plan: Plan,
         reply: oneshot::Sender<Result<u32, StepError>>,
@@ -331,10 +374,56 @@ pub enum Step {
     },
 }
 
+thread_local! {
+    /// Set while this thread handles a supervisor message.
+    static HANDLING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is handling a supervisor message now: what must never
+/// run there (a kernel socket dump) checks it in debug builds.
+pub fn handling() -> bool {
+    HANDLING.with(std::cell::Cell::get)
+}
+
+/// Marks the handling of one message (the handlers are synchronous, so the
+/// thread does nothing else meanwhile).
+struct Handling;
+
+impl Handling {
+    fn enter() -> Self {
+        HANDLING.with(|h| h.set(true));
+        Self
+    }
+}
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        HANDLING.with(|h| h.set(false));
+    }
+}
+
 /// A cheap, cloneable way to talk to the supervisor.
 #[derive(Clone)]
 pub struct Handle {
+    /// Supervision: never refused (its senders are bounded in number).
     tx: mpsc::UnboundedSender<Msg>,
+    calls: mpsc::Sender<Msg>,
+    submits: mpsc::Sender<Msg>,
+    status: watch::Receiver<Arc<Status>>,
+    /// Someone asked for a status: the supervisor may ask obproxy about
+    /// itself (admin SQL), at most once per serving process. Coalesces.
+    asked: Arc<tokio::sync::Notify>,
+}
+
+/// Puts a caller's request in its bounded queue, or says why not.
+fn enqueue(queue: &mpsc::Sender<Msg>, msg: Msg, name: &'static str) -> Result<(), CallError> {
+    queue.try_send(msg).map_err(|e| match e {
+        mpsc::error::TrySendError::Full(_) => CallError::Overloaded(QueueFull {
+            queue: name,
+            capacity: queue.max_capacity(),
+        }),
+        mpsc::error::TrySendError::Closed(_) => CallError::ShuttingDown,
+    })
 }
 
 impl Handle {
@@ -344,25 +433,84 @@ impl Handle {
         rx.await.ok()
     }
 
-    pub async fn status(&self) -> Option<Status> {
-        self.ask(Msg::Status).await
+    async fn call<T>(
+        &self,
+        queue: &mpsc::Sender<Msg>,
+        name: &'static str,
+        make: impl FnOnce(oneshot::Sender<T>) -> Msg,
+    ) -> Result<T, CallError> {
+        let (tx, rx) = oneshot::channel();
+        enqueue(queue, make(tx), name)?;
+        rx.await.map_err(|_| CallError::ShuttingDown)
+    }
+
+    /// The latest status: published by the supervisor after every change,
+    /// read without waiting for it.
+    pub fn status(&self) -> Arc<Status> {
+        self.status.borrow().clone()
+    }
+
+    /// Wakes at every published change of the status.
+    pub fn status_changes(&self) -> watch::Receiver<Arc<Status>> {
+        self.status.clone()
+    }
+
+    /// Tells the supervisor a status was asked for (never waits; any number
+    /// of callers make one wake-up).
+    pub fn status_asked(&self) {
+        self.asked.notify_one();
+    }
+
+    /// Whether the supervisor serves its queue (a round trip through it).
+    pub async fn ping(&self) -> bool {
+        self.ask(Msg::Ping).await.is_some()
     }
 
     pub async fn submit(
         &self,
         request: Request,
     ) -> Result<watch::Receiver<Operation>, SubmitError> {
-        self.ask(|tx| Msg::Submit(request, tx))
+        self.submit_with(request, None).await
+    }
+
+    /// As [`Handle::submit`], with `on_admit` run in the step that admits
+    /// the operation: a caller that hangs up meanwhile cannot skip it.
+    pub async fn submit_audited(
+        &self,
+        request: Request,
+        on_admit: OnAdmit,
+    ) -> Result<watch::Receiver<Operation>, SubmitError> {
+        self.submit_with(request, Some(on_admit)).await
+    }
+
+    async fn submit_with(
+        &self,
+        request: Request,
+        on_admit: Option<OnAdmit>,
+    ) -> Result<watch::Receiver<Operation>, SubmitError> {
+        match self
+            .call(&self.submits, "mutating requests", |tx| {
+                Msg::Submit(request, on_admit, tx)
+            })
             .await
-            .unwrap_or(Err(SubmitError::ShuttingDown))
+        {
+            Ok(result) => result,
+            Err(CallError::Overloaded(full)) => Err(SubmitError::Overloaded(full)),
+            Err(CallError::ShuttingDown) => Err(SubmitError::ShuttingDown),
+        }
     }
 
-    pub async fn operation(&self, id: String) -> Option<Operation> {
-        self.ask(|tx| Msg::GetOperation(id, tx)).await.flatten()
+    pub async fn operation(&self, id: String) -> Result<Option<Operation>, CallError> {
+        self.call(&self.calls, "requests", |tx| Msg::GetOperation(id, tx))
+            .await
     }
 
-    pub async fn watch_operation(&self, id: String) -> Option<Watcher<Operation>> {
-        self.ask(|tx| Msg::WatchOperation(id, tx)).await.flatten()
+    pub async fn watch_operation(
+        &self,
+        id: String,
+    ) -> Result<Option<Watcher<Operation>>, CallError> {
+        self.call(&self.calls, "requests", |tx| Msg::WatchOperation(id, tx))
+            .await
     }
 
     pub async fn step<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Step) -> Option<T> {
@@ -372,24 +520,18 @@ impl Handle {
     pub fn notify(&self, step: Step) {
         let _ = self.tx.send(Msg::Step(step));
     }
-
-    /// Forwards the signals obproxy sends its parent.
-    pub fn forward_signals(&self, mut rx: mpsc::UnboundedReceiver<ChildSignal>) {
-        let tx = self.tx.clone();
-        tokio::spawn(async move {
-            while let Some(sig) = rx.recv().await {
-                if tx.send(Msg::Signal(sig)).is_err() {
-                    break;
-                }
-            }
-        });
-    }
 }
 
 pub struct Supervisor {
     config: Arc<AgentConfig>,
+    /// A handle for the operations it starts (they talk back through it).
+    handle: Handle,
     tx: mpsc::UnboundedSender<Msg>,
     rx: mpsc::UnboundedReceiver<Msg>,
+    calls: mpsc::Receiver<Msg>,
+    submits: mpsc::Receiver<Msg>,
+    /// Where the status snapshot is published.
+    status_tx: watch::Sender<Arc<Status>>,
     spawner: Spawner,
     tracker: TaskTracker,
     shutdown: CancellationToken,
@@ -417,8 +559,6 @@ pub struct Supervisor {
     /// taken back after an agent restart): HOT restart is refused meanwhile.
     listener_problem: Option<String>,
     respawn: respawn::Backoff,
-    /// Samples CPU and memory; None where the platform has no support.
-    system: Option<sysinfo::System>,
     /// Counts what only the supervisor sees end: operations and drains.
     metrics: Arc<AgentMetrics>,
     /// SHOW PROXYINFO BINARY asked of the serving process: when, and how
@@ -427,6 +567,8 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
+    /// Recovers what a previous agent left (see `recovery`) before it
+    /// returns; must be called inside the runtime.
     pub fn new(
         config: Arc<AgentConfig>,
         spawner: Spawner,
@@ -435,11 +577,24 @@ impl Supervisor {
         metrics: Arc<AgentMetrics>,
     ) -> (Self, Handle) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let handle = Handle { tx: tx.clone() };
-        let sup = Self {
+        let (calls_tx, calls) = mpsc::channel(CALL_QUEUE);
+        let (submits_tx, submits) = mpsc::channel(SUBMIT_QUEUE);
+        let (status_tx, status) = watch::channel(Arc::new(snapshot::initial()));
+        let handle = Handle {
+            tx: tx.clone(),
+            calls: calls_tx,
+            submits: submits_tx,
+            status,
+            asked: Arc::new(tokio::sync::Notify::new()),
+        };
+        let mut sup = Self {
             config,
+            handle: handle.clone(),
             tx,
             rx,
+            calls,
+            submits,
+            status_tx,
             spawner,
             tracker,
             shutdown,
@@ -459,42 +614,71 @@ impl Supervisor {
             notices: Vec::new(),
             listener_problem: None,
             respawn: respawn::Backoff::default(),
-            system: sysinfo::System::new().ok(),
             metrics,
             proxyinfo: proxyinfo::Asking::default(),
         };
+        // Before anyone can ask: the first status published is the
+        // recovered one.
+        sup.recover();
+        sup.watch_children();
+        sup.publish(None);
         (sup, handle)
     }
 
-    /// Serves messages until shutdown. obproxy processes are left running:
+    /// Serves messages until shutdown: supervision first (obproxy's signals
+    /// to its parent arrive straight from the signal thread, `signals`), then
+    /// mutating requests, then reads. obproxy processes are left running:
     /// the agent going away must never take the ODP down.
-    pub async fn run(mut self) {
-        self.recover();
-        self.watch_children();
+    pub async fn run(mut self, mut signals: mpsc::UnboundedReceiver<ChildSignal>) {
+        let asked = self.handle.asked.clone();
         loop {
             tokio::select! {
+                biased;
                 _ = self.shutdown.cancelled() => break,
-                msg = self.rx.recv() => match msg {
-                    Some(msg) => self.handle(msg),
-                    None => break,
-                },
+                Some(sig) = signals.recv() => {
+                    let _handling = Handling::enter();
+                    self.on_signal(sig);
+                }
+                Some(msg) = self.rx.recv() => self.handle(msg),
+                Some(msg) = self.submits.recv() => self.handle(msg),
+                _ = asked.notified() => self.on_status_asked(),
+                Some(msg) = self.calls.recv() => self.handle(msg),
+                else => break,
             }
+            self.publish(None);
         }
         tracing::info!(pids = ?self.processes.keys().collect::<Vec<_>>(), "supervisor stopped; obproxy left running");
     }
 
+    /// A status was asked for: obproxy's own account of its binary, once
+    /// per serving process (see `proxyinfo`).
+    fn on_status_asked(&mut self) {
+        let _handling = Handling::enter();
+        crate::panics::injected("supervisor");
+        self.ask_binary_info();
+    }
+
     fn handle(&mut self, msg: Msg) {
+        let _handling = Handling::enter();
         // What happens while an operation runs is logged as part of it.
         let _op = self
             .log
             .current_id()
             .map(|id| tracing::info_span!("operation", op_id = %id).entered());
         match msg {
-            Msg::Status(reply) => {
-                let _ = reply.send(self.status());
+            Msg::Ping(reply) => {
+                let _ = reply.send(());
             }
-            Msg::Submit(request, reply) => {
-                let _ = reply.send(self.submit(request));
+            // A caller that has gone gets no work done for it.
+            Msg::Submit(_, _, reply) if reply.is_closed() => {}
+            Msg::GetOperation(_, reply) if reply.is_closed() => {}
+            Msg::WatchOperation(_, reply) if reply.is_closed() => {}
+            Msg::Submit(request, on_admit, reply) => {
+                let result = self.submit(request, on_admit);
+                // Published before the answer, so the caller's next status
+                // shows what it started.
+                self.publish(None);
+                let _ = reply.send(result);
             }
             Msg::GetOperation(id, reply) => {
                 let _ = reply.send(self.log.get(&id));
@@ -502,7 +686,6 @@ impl Supervisor {
             Msg::WatchOperation(id, reply) => {
                 let _ = reply.send(self.log.watch(&id));
             }
-            Msg::Signal(sig) => self.on_signal(sig),
             Msg::Exited { pid, exit } => self.on_exit(pid, exit),
             Msg::Spawned {
                 result,
@@ -515,7 +698,11 @@ impl Supervisor {
                 let _ = reply.send(self.on_spawned(result, binary, version, exit_window, rpc));
             }
             Msg::BinaryInfo { pid, result } => self.on_binary_info(pid, result),
-            Msg::DrainDeadline { pid, deadline } => self.on_drain_deadline(pid, deadline),
+            Msg::DrainDeadline {
+                pid,
+                deadline,
+                open,
+            } => self.on_drain_deadline(pid, deadline, open),
             Msg::Respawn => self.on_respawn(),
             Msg::Sweep => self.reap_orphans(),
             Msg::Step(step) => self.on_step(step),
@@ -529,7 +716,11 @@ impl Supervisor {
             .map(|(pid, _)| *pid)
     }
 
-    fn submit(&mut self, request: Request) -> Result<watch::Receiver<Operation>, SubmitError> {
+    fn submit(
+        &mut self,
+        request: Request,
+        on_admit: Option<OnAdmit>,
+    ) -> Result<watch::Receiver<Operation>, SubmitError> {
         if self.shutdown.is_cancelled() {
             return Err(SubmitError::ShuttingDown);
         }
@@ -553,15 +744,24 @@ impl Supervisor {
                 reason: problem.clone(),
             });
         }
-        match self.log.admit(&request, serving)? {
+        let admission = self.log.admit(&request, serving)?;
+        if let Some(on_admit) = on_admit {
+            let (Admission::Replay(rx) | Admission::New(rx)) = &admission;
+            let id = rx.borrow().id.clone();
+            if let Err(reason) = on_admit(&id, matches!(admission, Admission::Replay(_))) {
+                if matches!(admission, Admission::New(_)) {
+                    self.log.withdraw(&id);
+                }
+                return Err(SubmitError::NotRecorded(reason));
+            }
+        }
+        match admission {
             Admission::Replay(rx) => Ok(rx),
             Admission::New(rx) => {
                 let op = rx.borrow().clone();
                 tracing::info!(op_id = %op.id, kind = op.kind.name(), request_id = ?op.request_id, "operation admitted");
                 let ctl = operations::Ctl::new(
-                    Handle {
-                        tx: self.tx.clone(),
-                    },
+                    self.handle.clone(),
                     self.config.clone(),
                     op.id.clone(),
                     serving,
@@ -569,106 +769,6 @@ impl Supervisor {
                 self.tracker.spawn(operations::run(ctl, request));
                 Ok(rx)
             }
-        }
-    }
-
-    fn state(&self) -> ProxyState {
-        if let Some(op) = self.log.current() {
-            return match op.kind {
-                Kind::Start => ProxyState::Starting,
-                Kind::Stop => ProxyState::Stopping,
-                Kind::RestartForce => ProxyState::Restarting,
-                // Down while it should run: the respawn is the cure, not the state.
-                Kind::Respawn => ProxyState::Unavailable,
-                // The child of a native restart serves already.
-                Kind::AdoptNative => ProxyState::Running,
-                Kind::TakeOver => ProxyState::Starting,
-                Kind::RestartHot => {
-                    let upgrading = self.processes.values().any(|p| {
-                        p.role == Role::Starting && p.binary != self.config.obproxy.binary
-                    });
-                    if upgrading {
-                        ProxyState::Upgrading
-                    } else {
-                        ProxyState::Restarting
-                    }
-                }
-            };
-        }
-        match (self.serving_pid(), self.desired_running) {
-            (Some(_), _) => ProxyState::Running,
-            (None, true) => ProxyState::Unavailable,
-            (None, false) => ProxyState::Stopped,
-        }
-    }
-
-    fn status(&mut self) -> Status {
-        // Version and build from obproxy itself, once per serving process.
-        self.ask_binary_info();
-        let pids: Vec<sysinfo::Pid> = self
-            .processes
-            .keys()
-            .map(|p| sysinfo::Pid::from_u32(*p))
-            .collect();
-        if let Some(system) = self.system.as_mut() {
-            system.refresh_processes_specifics(
-                sysinfo::ProcessesToUpdate::Some(&pids),
-                true,
-                sysinfo::ProcessRefreshKind::nothing()
-                    .with_cpu()
-                    .with_memory(),
-            );
-        }
-        let ports: Vec<u16> = self.listeners.iter().map(|l| l.bound.port()).collect();
-        let sessions = procfs::sessions_on(&ports);
-        let info = |pid: u32, p: &Process| {
-            let usage = self
-                .system
-                .as_ref()
-                .and_then(|s| s.process(sysinfo::Pid::from_u32(pid)));
-            ProcessInfo {
-                pid,
-                version: p.version.clone(),
-                binary: p.binary.clone(),
-                started_at: p.started_at,
-                cpu_percent: usage.map_or(0.0, |u| u.cpu_usage()),
-                memory_bytes: usage.map_or(0, |u| u.memory()),
-                open_connections: procfs::client_connections(pid, &sessions),
-                binary_info: p.binary_info.clone(),
-            }
-        };
-        let serving = self
-            .processes
-            .iter()
-            .find(|(_, p)| p.role == Role::Serving)
-            .map(|(pid, p)| info(*pid, p));
-        let draining = self
-            .processes
-            .iter()
-            .filter(|(_, p)| p.role == Role::Draining)
-            .map(|(pid, p)| (info(*pid, p), p.drain_deadline.unwrap_or(p.started_at)))
-            .collect();
-        Status {
-            state: self.state(),
-            desired_running: self.desired_running,
-            serving,
-            draining,
-            listeners: self
-                .listeners
-                .iter()
-                .chain(self.listeners.rpc())
-                .map(|l| (l.kind, l.bound, l.inode))
-                .collect(),
-            restart_count: self.started_count.saturating_sub(1),
-            operation: self.log.current(),
-            last_exit: self.last_exit.clone(),
-            notices: self
-                .notices
-                .iter()
-                .cloned()
-                .chain(self.listener_problem.clone())
-                .chain(self.admin_notices())
-                .collect(),
         }
     }
 
@@ -692,9 +792,10 @@ impl Supervisor {
         if sig.signal == libc::SIGUSR1 {
             tracing::info!(pid, "obproxy signalled readiness");
             p.ready = true;
-            // By now it has exec'd its final binary: record it for identity.
+            // By now it has exec'd its final binary: its identity, recorded
+            // with the promotion (a process that is not serving yet is killed
+            // at recovery whatever the record says, so no write is owed here).
             p.exe = procfs::exe(pid).ok();
-            self.persist();
             if let Some(w) = self.ready_waiters.remove(&pid) {
                 let _ = w.send(Ok(()));
             }
@@ -740,58 +841,12 @@ impl Supervisor {
             },
         );
         tracing::info!(pid, "obproxy spawned");
-        // Recorded before anything else happens to it, so an agent killed
-        // from here on finds it again.
-        self.persist();
+        // Not written down yet: an agent killed before the promotion finds
+        // the process holding our listener unrecorded and kills it, exactly
+        // as it would kill a recorded one still starting (the old process,
+        // or none, serves). The first write is the promotion's.
         self.watch_exit(pidfd);
         Ok(pid)
-    }
-
-    /// Writes the state file; a failure is logged, not fatal (the agent keeps
-    /// serving, it only loses its memory across a restart).
-    fn persist(&self) {
-        let state = AgentState {
-            desired_running: self.desired_running,
-            listeners: self
-                .listeners
-                .iter()
-                .map(|l| RecordedListener {
-                    bound: l.bound,
-                    inode: l.inode,
-                })
-                .collect(),
-            last_bound: self.last_bound.clone(),
-            rpc_listeners: self
-                .listeners
-                .rpc()
-                .map(|l| RecordedListener {
-                    bound: l.bound,
-                    inode: l.inode,
-                })
-                .collect(),
-            last_rpc_bound: self.last_rpc_bound.clone(),
-            processes: self
-                .processes
-                .iter()
-                .map(|(&pid, p)| RecordedProcess {
-                    pid,
-                    start_ticks: p.start_ticks,
-                    exe: p.exe.clone(),
-                    binary: p.binary.clone(),
-                    version: p.version.clone(),
-                    role: p.role,
-                    started_at: state_file::to_epoch(p.started_at),
-                    drain_deadline: p.drain_deadline.map(state_file::to_epoch),
-                    exit_window_us: p.exit_window.map(|w| w.as_micros() as u64),
-                    rpc: p.rpc,
-                })
-                .collect(),
-            started_count: self.started_count,
-            last_exit: self.last_exit.clone(),
-        };
-        if let Err(e) = state_file::save(&self.config.state.dir, &state) {
-            tracing::error!(error = %crate::error_chain::describe(&e), "cannot record the agent's state");
-        }
     }
 
     fn on_step(&mut self, step: Step) {
@@ -903,7 +958,7 @@ impl Supervisor {
                 if let Some(n) = &note {
                     tracing::info!(op_id = %op, ?phase, "{n}");
                 }
-                self.log.update(&op, |o| {
+                self.update_operation(&op, |o| {
                     o.phase = phase;
                     o.events.extend(note);
                 });
@@ -913,10 +968,15 @@ impl Supervisor {
                     Ok(pid) => tracing::info!(op_id = %op, pid = ?pid, "operation succeeded"),
                     Err(e) => tracing::warn!(op_id = %op, error = %e, "operation failed"),
                 }
-                self.log.update(&op, |o| {
-                    self.metrics.operation_finished(o.kind, result.is_ok());
+                let serving = self.serving_pid();
+                // What the operation leaves: the state once nothing runs.
+                let left = self.settled_state();
+                let metrics = self.metrics.clone();
+                self.update_operation(&op, |o| {
+                    metrics.operation_finished(o.kind, result.is_ok());
                     o.finished_at = Some(SystemTime::now());
                     o.phase = Phase::Done;
+                    o.proxy_state = Some(left);
                     match result {
                         Ok(pid) => {
                             o.state = operation::State::Succeeded;
@@ -924,11 +984,7 @@ impl Supervisor {
                         }
                         Err(e) => {
                             o.state = operation::State::Failed;
-                            o.pid = self
-                                .processes
-                                .iter()
-                                .find(|(_, p)| p.role == Role::Serving)
-                                .map(|(pid, _)| *pid);
+                            o.pid = serving;
                             o.error = Some(e);
                         }
                     }
@@ -942,7 +998,7 @@ impl Supervisor {
 
     fn spawn(
         &mut self,
-        binary: PathBuf,
+        binary: Executable,
         version: String,
         plan: Plan,
         reply: oneshot::Sender<Result<u32, StepError>>,
@@ -955,9 +1011,10 @@ impl Supervisor {
             }
         };
         let rpc = plan.handover == Handover::Inherit { rpc: true };
-        tracing::info!(binary = %binary.display(), args = ?crate::redact::args(&spec.args), env = ?spec.env, "spawning obproxy");
+        tracing::info!(binary = %binary.path().display(), args = ?crate::redact::args(&spec.args), env = ?spec.env, "spawning obproxy");
         self.spawns_in_flight += 1;
         let tx = self.tx.clone();
+        let binary = binary.path().to_path_buf();
         self.spawner.spawn(spec, move |result| {
             let _ = tx.send(Msg::Spawned {
                 result,

@@ -213,7 +213,7 @@ async fn a_recorded_pid_now_used_by_another_process_is_neither_adopted_nor_signa
         "pid": other.id(),
         "start_ticks": odp_agent::obproxy::procfs::start_ticks(other.id()).unwrap(),
         "exe": common::STANDIN,
-        "binary": common::STANDIN,
+        "binary": agent.home().join("bin/obproxy"),
         "version": "4.3.1.0",
         "role": "draining",
         "started_at": 0.0,
@@ -345,7 +345,9 @@ fn spawn_holder(agent: &Agent, serving: u32) -> Child {
         "the serving obproxy inherited no listener"
     );
     let out = std::fs::File::create(agent.dir.path().join("holder.out")).unwrap();
-    let mut command = Command::new(common::STANDIN);
+    // The stand-in as the agent's own obproxy runs it: from the link beside the wrapper, in
+    // the home (an agent adopts only what runs from its home or upgrade directory).
+    let mut command = Command::new(agent.home().join("bin/.obproxy-standin"));
     command
         .current_dir(agent.home())
         .args(["-n", "testapp", "-o", "hot_upgrade_exit_timeout=30000000"])

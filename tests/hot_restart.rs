@@ -66,8 +66,10 @@ async fn a_session_held_through_a_hot_restart_keeps_working_until_it_closes() {
     echo(&mut session, b"during").await.unwrap();
     let mut fresh = common::connect(addr).await.unwrap();
     echo(&mut fresh, b"fresh").await.unwrap();
-    let status = agent.status().await;
-    assert_eq!(status.serving.as_ref().unwrap().open_connections, 1);
+    // Sessions are sampled off the supervisor: wait for a sample that has the new one.
+    let status = agent
+        .wait_status(|s| s.serving.as_ref().is_some_and(|p| p.open_connections == 1))
+        .await;
     assert_eq!(
         status.draining[0]
             .process

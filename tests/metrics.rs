@@ -41,6 +41,10 @@ async fn the_agent_counts_a_start_and_a_hot_restart_with_its_drain() {
     // One client session on the new process.
     let mut session = common::connect(agent.sql_addr().await).await.unwrap();
     common::echo(&mut session, b"counted").await.unwrap();
+    // Sessions are sampled off the supervisor: the scrape that has the new one.
+    agent
+        .wait_status(|s| s.serving.as_ref().is_some_and(|p| p.open_connections == 1))
+        .await;
 
     let body = scrape(addr).await;
     expect(

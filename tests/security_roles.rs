@@ -93,7 +93,7 @@ async fn san_rules_match_dns_and_uri_sans_and_only_sans() {
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
     assert_eq!(
         denied.message(),
-        "Stop needs role OBPROXY_MANAGER; cert:robot-2 has READ_ONLY"
+        "Stop needs role OBPROXY_MANAGER; cert:spiffe://odp/viewer has READ_ONLY"
     );
 
     // The operator's CN as a DNS SAN is no subject CN; a certificate no rule names is
@@ -120,7 +120,8 @@ async fn san_rules_match_dns_and_uri_sans_and_only_sans() {
             .unwrap_or_else(|| panic!("{rid}: {audit:#?}"))
             .clone()
     };
-    assert_eq!(by("by-dns-san")["caller"], "cert:robot");
+    // Audited by the name that earned the role.
+    assert_eq!(by("by-dns-san")["caller"], "cert:ops.example.com");
     assert_eq!(by("by-dns-san")["outcome"], "ok");
     assert_eq!(by("by-uri-san")["role"], "READ_ONLY");
     assert_eq!(serving_pid(&agent, &pki).await, op.pid);

@@ -2,10 +2,12 @@
 //! warning, and keep the settings the daemons rely on.
 //!
 //! `verify` insists that `ExecStart=` names an executable, and the units name
-//! the installed path (/usr/local/bin). So each unit is verified as a copy in
-//! a temporary directory with only `ExecStart=`'s binary rewritten to the one
-//! cargo built: nothing is installed, and every other line is checked as
-//! shipped.
+//! the installed path (/usr/bin, where the packages put it). So each unit is
+//! verified as a copy in a temporary directory with only the binary of
+//! `ExecStartPre=` and `ExecStart=` rewritten to the one cargo built: nothing
+//! is installed, and every other line is checked as shipped. The man pages
+//! `Documentation=` names are not installed here either (`--man=no`);
+//! `tests/packages.rs` verifies the installed units with them.
 use std::{path::Path, process::Command};
 
 const UNITS: [(&str, &str); 2] = [
@@ -32,7 +34,7 @@ fn both_units_pass_systemd_analyze_verify_without_a_warning() {
     let mut paths = Vec::new();
     for (name, binary) in UNITS {
         let text = unit_text(name);
-        let installed = format!("ExecStart=/usr/local/bin/{name} ");
+        let installed = format!("ExecStart=/usr/bin/{name} ");
         assert!(
             text.contains(&installed),
             "{name}.service: expected {installed:?}...; update this test if the install path changed"
@@ -40,13 +42,13 @@ fn both_units_pass_systemd_analyze_verify_without_a_warning() {
         let path = dir.path().join(format!("{name}.service"));
         std::fs::write(
             &path,
-            text.replace(&installed, &format!("ExecStart={binary} ")),
+            text.replace(&format!("=/usr/bin/{name} "), &format!("={binary} ")),
         )
         .unwrap();
         paths.push(path);
     }
     let out = match Command::new("systemd-analyze")
-        .arg("verify")
+        .args(["verify", "--man=no"])
         .args(&paths)
         .output()
     {
@@ -109,5 +111,43 @@ fn restarting_the_agent_leaves_obproxy_alone() {
     // and outlives it.
     for bad in ["PrivateTmp=yes", "ProtectHome=yes", "ProtectHome=read-only"] {
         assert!(!lines.contains(&bad), "odp-agent.service has {bad}");
+    }
+}
+
+#[test]
+fn both_units_check_the_configuration_before_starting() {
+    for (name, _) in UNITS {
+        let text = unit_text(name);
+        let lines = settings(&text);
+        let start = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .unwrap_or_else(|| panic!("{name}.service lacks ExecStart="));
+        let config = start
+            .strip_prefix(&format!("/usr/bin/{name} --config "))
+            .unwrap_or_else(|| panic!("{name}.service: ExecStart={start}"));
+        let check = format!("ExecStartPre=/usr/bin/{name} --check --config {config}");
+        assert!(
+            lines.contains(&check.as_str()),
+            "{name}.service lacks {check}"
+        );
+    }
+}
+
+#[test]
+fn both_daemons_keep_their_files_private_and_have_descriptors_to_spare() {
+    for (name, _) in UNITS {
+        let text = unit_text(name);
+        let lines = settings(&text);
+        for want in ["UMask=0077", "StateDirectoryMode=0700"] {
+            assert!(lines.contains(&want), "{name}.service lacks {want}");
+        }
+        let nofile: u64 = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("LimitNOFILE="))
+            .unwrap_or_else(|| panic!("{name}.service lacks LimitNOFILE="))
+            .parse()
+            .unwrap();
+        assert!(nofile >= 65536, "{name}.service: LimitNOFILE={nofile}");
     }
 }

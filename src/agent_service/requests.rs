@@ -3,7 +3,6 @@
 //! field's name. Public so that the fuzz targets run exactly what the
 //! service runs.
 use std::{
-    os::unix::fs::PermissionsExt,
     path::{Component, Path, PathBuf},
     time::Duration,
 };
@@ -12,6 +11,8 @@ use tonic::Status;
 
 use crate::{
     config::{MAX_EXIT_TIMEOUT, ObproxyConfig},
+    error_chain::describe,
+    obproxy::executable::Executable,
     operation::{self, Kind},
     proto::agent as pb,
 };
@@ -113,6 +114,28 @@ pub fn operation_id(raw: &str) -> Result<String, Status> {
     Ok(raw.to_string())
 }
 
+/// WatchStatus's heartbeat when the request names none.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+const MIN_HEARTBEAT: Duration = Duration::from_secs(1);
+const MAX_HEARTBEAT: Duration = Duration::from_secs(3600);
+
+/// WatchStatus's heartbeat: 1 s to 1 h (a shorter one would make the agent
+/// sample its processes for a watcher many times a second).
+pub fn heartbeat(r: &pb::WatchStatusRequest) -> Result<Duration, Status> {
+    let Some(d) = r.heartbeat else {
+        return Ok(DEFAULT_HEARTBEAT);
+    };
+    let d = duration("heartbeat", d, MAX_HEARTBEAT)?;
+    if d < MIN_HEARTBEAT {
+        return Err(Status::invalid_argument(format!(
+            "heartbeat: {} is shorter than the {} minimum",
+            humantime::format_duration(d),
+            humantime::format_duration(MIN_HEARTBEAT)
+        )));
+    }
+    Ok(d)
+}
+
 /// A `google.protobuf.Duration` that must be non-negative, well formed and
 /// at most `max`.
 pub fn duration(field: &str, d: prost_types::Duration, max: Duration) -> Result<Duration, Status> {
@@ -133,15 +156,17 @@ pub fn duration(field: &str, d: prost_types::Duration, max: Duration) -> Result<
     Ok(d)
 }
 
-/// The binary of a hot upgrade: relative to home or absolute, and once every
-/// symlink and `..` is resolved, an executable file inside the configured
-/// upgrade directory. Anything else would let a caller run any program on
-/// the host as the agent's user. None: it is the configured binary.
+/// The binary of a hot upgrade: relative to home or absolute, naming a file
+/// inside the configured upgrade directory, opened there component by
+/// component with no symlink followed, and only if it is an executable file
+/// that root or the agent's user owns and nobody else may write. Anything
+/// else would let a caller (or whoever can write into the directory) run
+/// any program on the host as the agent's user. None: it is the configured
+/// binary.
 ///
-/// The canonical path is what gets executed, so a symlink swapped after this
-/// check cannot redirect the spawn (the directory itself is trusted: whoever
-/// can write there can already replace obproxy).
-pub fn binary(config: &ObproxyConfig, raw: &str) -> Result<Option<PathBuf>, Status> {
+/// The file opened here is the one whose version is read and that is
+/// executed, so nothing swapped on disk afterwards changes what runs.
+pub fn binary(config: &ObproxyConfig, raw: &str) -> Result<Option<Executable>, Status> {
     if raw.len() > MAX_PATH || raw.contains('\0') {
         return Err(Status::invalid_argument(format!(
             "binary: not a usable path ({} bytes{})",
@@ -159,32 +184,20 @@ pub fn binary(config: &ObproxyConfig, raw: &str) -> Result<Option<PathBuf>, Stat
         ))
     };
     // First by the names alone, so a caller cannot probe which files exist
-    // elsewhere on the host; then for real, through every symlink.
+    // elsewhere on the host; then opened for real beneath the directory.
     let lexical = normalized(&requested);
-    if !lexical.starts_with(normalized(&config.upgrade_dir)) {
+    let Ok(relative) = lexical.strip_prefix(normalized(&config.upgrade_dir)) else {
         return Err(outside(&lexical));
-    }
-    let dir = std::fs::canonicalize(&config.upgrade_dir).map_err(|e| {
-        Status::failed_precondition(format!(
+    };
+    if let Err(e) = std::fs::metadata(&config.upgrade_dir) {
+        return Err(Status::failed_precondition(format!(
             "binary: the upgrade directory {} is not usable: {e}",
             config.upgrade_dir.display()
-        ))
-    })?;
-    let path = std::fs::canonicalize(&requested)
-        .map_err(|e| Status::invalid_argument(format!("binary: {}: {e}", shown(raw))))?;
-    if !path.starts_with(&dir) {
-        return Err(outside(&path));
-    }
-    let meta = std::fs::metadata(&path)
-        .map_err(|e| Status::invalid_argument(format!("binary: {}: {e}", path.display())))?;
-    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
-        return Err(Status::invalid_argument(format!(
-            "binary: {} is not an executable file",
-            path.display()
         )));
     }
-    let configured = std::fs::canonicalize(&config.binary).ok();
-    Ok((configured.as_ref() != Some(&path)).then_some(path))
+    let exe = Executable::beneath(&config.upgrade_dir, relative)
+        .map_err(|e| Status::invalid_argument(format!("binary: {}", describe(&e))))?;
+    Ok((!exe.same_file_as(&config.binary)).then_some(exe))
 }
 
 /// `path` with `.` and `..` resolved by name (no filesystem access).
@@ -285,6 +298,7 @@ mod tests {
     }
 
     fn executable(path: &Path) {
+        use std::os::unix::fs::PermissionsExt;
         std::fs::write(path, "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
@@ -305,20 +319,24 @@ mod tests {
         std::os::unix::fs::symlink(home.join("bin/obproxy-4.4"), home.join("bin/current")).unwrap();
         let config = obproxy(&home);
 
-        let canonical = std::fs::canonicalize(home.join("bin/obproxy-4.4")).unwrap();
+        let opened = |raw: &str| {
+            binary(&config, raw)
+                .unwrap()
+                .map(|e| e.path().to_path_buf())
+        };
         assert_eq!(
-            binary(&config, "bin/obproxy-4.4").unwrap(),
-            Some(canonical.clone())
+            opened("bin/obproxy-4.4"),
+            Some(home.join("bin/obproxy-4.4"))
         );
         let absolute = home.join("bin/obproxy-4.4").display().to_string();
-        assert_eq!(binary(&config, &absolute).unwrap(), Some(canonical.clone()));
-        // A symlink that stays inside is followed to its target.
-        assert_eq!(binary(&config, "bin/current").unwrap(), Some(canonical));
+        assert_eq!(opened(&absolute), Some(home.join("bin/obproxy-4.4")));
         // The configured binary itself is no upgrade.
-        assert_eq!(binary(&config, "bin/obproxy").unwrap(), None);
+        assert_eq!(opened("bin/obproxy"), None);
 
         for bad in [
             "bin/link",
+            // No symlink is followed, even one that stays inside.
+            "bin/current",
             "bin/../obproxy-in-home",
             "../elsewhere/tool",
             "/bin/sh",

@@ -1,26 +1,14 @@
-//! `odp-agent --config FILE`: the agent daemon of one ODP host.
-use std::{path::PathBuf, process::ExitCode};
+//! `odp-agent --config FILE`: the agent daemon of one ODP host
+//! (`--check` examines the configuration instead).
+use std::process::ExitCode;
 
 use clap::Parser;
 use odp_agent::{
+    command_line::AgentArgs as Args,
     config::AgentConfig,
     config_file::{ConfigError, EX_CONFIG},
-    telemetry::{self, LogFormat},
+    preflight, telemetry,
 };
-
-#[derive(Parser)]
-#[command(version, about = "Controls the local obproxy (ODP) over gRPC")]
-struct Args {
-    /// The agent's TOML configuration.
-    #[arg(long, short, required_unless_present = "demo")]
-    config: Option<PathBuf>,
-    /// Run on the embedded default instead: loopback ports 2889 (gRPC) and
-    /// 2883 (SQL) and 2885 (RPC), the obproxy stand-in as obproxy, started at once.
-    #[arg(long, conflicts_with = "config")]
-    demo: bool,
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-}
 
 fn main() -> ExitCode {
     // First, while single-threaded: as PID 1 the agent forks and PID 1
@@ -29,45 +17,54 @@ fn main() -> ExitCode {
         return ExitCode::from(code);
     }
     let args = Args::parse();
+    if let (true, Some(path)) = (args.check, &args.config) {
+        return preflight::agent::check(path).finish("odp-agent");
+    }
     telemetry::init(args.log_format);
+    odp_agent::panics::install("odp-agent");
+    // Everything the daemon creates is its own (0700 directories, 0600
+    // files), whatever umask it was started with.
+    odp_agent::security::files::restrict_umask();
     let loaded = match &args.config {
         Some(path) => AgentConfig::load(path),
         None => demo_config(),
     };
     let config = match loaded.and_then(|c| {
-        std::fs::create_dir_all(&c.state.dir).map_err(|e| {
+        // The state directory holds what the agent trusts at its next start
+        // (which pids to signal): its own, 0700, nobody else's.
+        odp_agent::security::files::private_dir(&c.state.dir).map_err(|e| {
             ConfigError::new(
                 args.config.as_deref().unwrap_or(&c.state.dir),
                 "state.dir",
-                format!("cannot create {}: {e}", c.state.dir.display()),
+                odp_agent::error_chain::describe(&e),
             )
         })?;
         Ok(c)
     }) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("odp-agent: bad configuration: {e}");
+            odp_agent::say!("odp-agent: bad configuration: {e}");
             return ExitCode::from(EX_CONFIG as u8);
         }
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("odp-agent: cannot start the runtime: {e}");
+            odp_agent::say!("odp-agent: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(odp_agent::agent::run(config, args.demo)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is_config() => {
-            eprintln!(
+            odp_agent::say!(
                 "odp-agent: bad configuration: {}",
                 odp_agent::error_chain::describe(&e)
             );
             ExitCode::from(EX_CONFIG as u8)
         }
         Err(e) => {
-            eprintln!("odp-agent: {}", odp_agent::error_chain::describe(&e));
+            odp_agent::say!("odp-agent: {}", odp_agent::error_chain::describe(&e));
             ExitCode::FAILURE
         }
     }
@@ -77,7 +74,7 @@ fn demo_config() -> Result<AgentConfig, ConfigError> {
     let exe = std::env::current_exe().unwrap_or_default();
     let standin = exe.with_file_name("obproxy-standin");
     let dir = std::env::temp_dir().join("odp-agent-demo");
-    eprintln!(
+    odp_agent::say!(
         "odp-agent: demo on the embedded default: gRPC 127.0.0.1:2889, SQL 127.0.0.1:2883, RPC 127.0.0.1:2885, \
          obproxy = {}, files under {}",
         standin.display(),

@@ -1,54 +1,48 @@
-//! `odp-coordinator --config FILE`: cluster-wide operations across agents.
-use std::{path::PathBuf, process::ExitCode};
+//! `odp-coordinator --config FILE`: cluster-wide operations across agents
+//! (`--check` examines the configuration instead).
+use std::process::ExitCode;
 
 use clap::Parser;
 use odp_agent::{
-    config_file::EX_CONFIG,
-    coordinator::config::CoordinatorConfig,
-    telemetry::{self, LogFormat},
+    command_line::CoordinatorArgs as Args, config_file::EX_CONFIG,
+    coordinator::config::CoordinatorConfig, preflight, telemetry,
 };
-
-#[derive(Parser)]
-#[command(
-    version,
-    about = "Runs Stop All / Start All / Restart All across ODP agents"
-)]
-struct Args {
-    /// The coordinator's TOML configuration.
-    #[arg(long, short)]
-    config: PathBuf,
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.check {
+        return preflight::coordinator::check(&args.config).finish("odp-coordinator");
+    }
     telemetry::init(args.log_format);
+    odp_agent::panics::install("odp-coordinator");
+    // Everything the daemon creates is its own (0700 directories, 0600
+    // files), whatever umask it was started with.
+    odp_agent::security::files::restrict_umask();
     let config = match CoordinatorConfig::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("odp-coordinator: bad configuration: {e}");
+            odp_agent::say!("odp-coordinator: bad configuration: {e}");
             return ExitCode::from(EX_CONFIG as u8);
         }
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("odp-coordinator: cannot start the runtime: {e}");
+            odp_agent::say!("odp-coordinator: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(odp_agent::coordinator::daemon::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is_config() => {
-            eprintln!(
+            odp_agent::say!(
                 "odp-coordinator: bad configuration: {}",
                 odp_agent::error_chain::describe(&e)
             );
             ExitCode::from(EX_CONFIG as u8)
         }
         Err(e) => {
-            eprintln!("odp-coordinator: {}", odp_agent::error_chain::describe(&e));
+            odp_agent::say!("odp-coordinator: {}", odp_agent::error_chain::describe(&e));
             ExitCode::FAILURE
         }
     }

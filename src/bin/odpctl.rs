@@ -1,14 +1,17 @@
 //! `odpctl`: the operator's CLI for the coordinator (cluster operations and
 //! tasks) and for single agents, over TLS with a client certificate and/or a
 //! bearer token when the daemon asks for them.
-use std::{collections::HashMap, path::PathBuf, process::ExitCode, time::Duration};
+use std::{collections::HashMap, process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::Parser;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use odp_agent::proto::{
-    agent::{self as apb, agent_client::AgentClient},
-    coordinator::{self as pb, coordinator_client::CoordinatorClient},
+use odp_agent::{
+    command_line::odpctl::{AgentCmd, Cli, ClusterCmd, Output, TaskCmd, TlsArgs, Top},
+    proto::{
+        agent::{self as apb, agent_client::AgentClient},
+        coordinator::{self as pb, coordinator_client::CoordinatorClient},
+    },
 };
 use serde_json::{Value, json};
 use tonic::{
@@ -23,48 +26,6 @@ const TOKEN_ENV: &str = "ODPCTL_TOKEN";
 
 /// A connection to a daemon, every call carrying the token if there is one.
 type Conn = InterceptedService<Channel, BearerToken>;
-
-#[derive(Parser)]
-#[command(
-    version,
-    about = "Operate ODP clusters through odp-coordinator, or one odp-agent"
-)]
-struct Cli {
-    /// The coordinator's gRPC address.
-    #[arg(
-        long,
-        global = true,
-        default_value = "127.0.0.1:2890",
-        env = "ODPCTL_COORDINATOR"
-    )]
-    coordinator: String,
-    /// `table` for people, `json` for scripts.
-    #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
-    output: Output,
-    #[command(flatten)]
-    tls: TlsArgs,
-    #[command(subcommand)]
-    command: Top,
-}
-
-/// TLS to the daemon (https). A bearer token, if the daemon wants one, is
-/// read from the ODPCTL_TOKEN environment variable.
-#[derive(Args)]
-struct TlsArgs {
-    /// PEM CA that signed the daemon's certificate; turns TLS on.
-    #[arg(long, global = true, env = "ODPCTL_CACERT")]
-    cacert: Option<PathBuf>,
-    /// PEM client certificate (mutual TLS), with --key.
-    #[arg(long, global = true, env = "ODPCTL_CERT", requires_all = ["key", "cacert"])]
-    cert: Option<PathBuf>,
-    /// PEM private key of --cert.
-    #[arg(long, global = true, env = "ODPCTL_KEY", requires_all = ["cert", "cacert"])]
-    key: Option<PathBuf>,
-    /// The name to verify in the daemon's certificate, if not the host of
-    /// the address.
-    #[arg(long, global = true, requires = "cacert")]
-    tls_domain: Option<String>,
-}
 
 /// Adds `authorization: Bearer <token>` to every call.
 #[derive(Clone)]
@@ -100,125 +61,6 @@ impl Interceptor for BearerToken {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Output {
-    Table,
-    Json,
-}
-
-#[derive(Subcommand)]
-enum Top {
-    /// Clusters and their cluster-wide operations.
-    #[command(subcommand)]
-    Cluster(ClusterCmd),
-    /// Tasks: list, show, watch, cancel, retry.
-    #[command(subcommand)]
-    Task(TaskCmd),
-    /// One agent directly.
-    #[command(subcommand)]
-    Agent(AgentCmd),
-}
-
-#[derive(Subcommand)]
-enum ClusterCmd {
-    List,
-    /// Every ODP's state, fetched in parallel.
-    Status {
-        cluster: String,
-    },
-    /// Stop All.
-    Stop {
-        cluster: String,
-        #[command(flatten)]
-        rollout: RolloutArgs,
-    },
-    /// Start All.
-    Start {
-        cluster: String,
-        #[command(flatten)]
-        rollout: RolloutArgs,
-    },
-    /// Restart All: HOT by default (no connection dropped), --force to SIGKILL.
-    Restart {
-        cluster: String,
-        #[arg(long)]
-        force: bool,
-        /// HOT only: the drain window, e.g. 30s.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        exit_timeout: Option<Duration>,
-        #[command(flatten)]
-        rollout: RolloutArgs,
-    },
-}
-
-#[derive(Args)]
-struct RolloutArgs {
-    /// ODPs per batch: a count (2) or a percentage (25%). Default: all at once.
-    #[arg(long)]
-    batch: Option<String>,
-    /// Failed ODPs tolerated before no further batch starts.
-    #[arg(long, default_value_t = 0)]
-    max_failures: u32,
-    /// Wait between batches, e.g. 10s.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pause: Option<Duration>,
-    /// Makes a repeated command return the same task.
-    #[arg(long, default_value = "")]
-    request_id: String,
-    /// Print the task and return instead of following it.
-    #[arg(long)]
-    detach: bool,
-}
-
-#[derive(Subcommand)]
-enum TaskCmd {
-    List {
-        #[arg(long)]
-        cluster: Option<String>,
-        #[arg(long, default_value_t = 20)]
-        limit: u32,
-    },
-    Show {
-        id: String,
-    },
-    Watch {
-        id: String,
-    },
-    Cancel {
-        id: String,
-    },
-    Retry {
-        id: String,
-        #[arg(long)]
-        detach: bool,
-    },
-}
-
-#[derive(Subcommand)]
-enum AgentCmd {
-    Status(AgentAddr),
-    Start(AgentAddr),
-    Stop(AgentAddr),
-    Restart {
-        #[command(flatten)]
-        addr: AgentAddr,
-        #[arg(long)]
-        force: bool,
-        #[arg(long, value_parser = humantime::parse_duration)]
-        exit_timeout: Option<Duration>,
-        /// HOT only: move onto another obproxy binary.
-        #[arg(long)]
-        binary: Option<String>,
-    },
-}
-
-#[derive(Args)]
-struct AgentAddr {
-    /// The agent's gRPC address, HOST:PORT.
-    #[arg(long)]
-    addr: String,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -238,8 +80,30 @@ fn main() -> ExitCode {
     }
 }
 
-/// Connects to `addr`, over TLS if `--cacert` is given.
+/// Connects to `addr`: `unix:/path` is the daemon's local socket (the
+/// kernel tells it who calls); anything else is `host:port`, over TLS if
+/// `--cacert` is given.
 async fn connect(addr: &str, tls: &TlsArgs) -> Result<Conn> {
+    if let Some(path) = addr.strip_prefix("unix:") {
+        if tls.cacert.is_some() {
+            bail!("{addr}: the local socket speaks no TLS; drop --cacert");
+        }
+        let path = std::path::PathBuf::from(path);
+        let shown = path.display().to_string();
+        let channel = tonic::transport::Endpoint::from_static("http://localhost")
+            .connect_timeout(Duration::from_secs(5))
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move {
+                    tokio::net::UnixStream::connect(path)
+                        .await
+                        .map(hyper_util::rt::TokioIo::new)
+                }
+            }))
+            .await
+            .with_context(|| format!("cannot connect to the local socket {shown}"))?;
+        return Ok(InterceptedService::new(channel, BearerToken::from_env()?));
+    }
     let scheme = if tls.cacert.is_some() {
         "https"
     } else {
@@ -764,6 +628,7 @@ async fn agent(cmd: AgentCmd, tls: &TlsArgs, json_out: bool) -> Result<bool> {
                     version: s.version.clone(),
                     error: String::new(),
                     status: Some(s),
+                    age: None,
                 }],
             };
             if json_out {

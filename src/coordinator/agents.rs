@@ -6,7 +6,7 @@ use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use super::config::AgentTimeouts;
+use super::{config::AgentTimeouts, status_stream::Connector};
 use crate::{
     proto::agent::{self as pb, agent_client::AgentClient},
     security::{
@@ -83,10 +83,13 @@ pub struct AgentPool {
     /// verify; None: plain gRPC.
     tls: Option<ClientTlsConfig>,
     channels: Mutex<HashMap<String, Channel>>,
+    /// The status streams' own connections (see `status_stream`).
+    streams: Connector,
 }
 
 impl AgentPool {
     pub fn new(timeouts: AgentTimeouts, tls: Option<&TlsSection>) -> Result<Self, PoolError> {
+        let tls_section = tls;
         let tls = tls
             .map(|t| {
                 tls::client(
@@ -96,11 +99,18 @@ impl AgentPool {
                 )
             })
             .transpose()?;
+        let streams = Connector::new(tls_section, timeouts.connect_timeout)?;
         Ok(Self {
             timeouts,
             tls,
             channels: Mutex::new(HashMap::new()),
+            streams,
         })
+    }
+
+    /// How the status streams reach the agents.
+    pub fn streams(&self) -> &Connector {
+        &self.streams
     }
 
     fn client(&self, agent: &str) -> Result<AgentClient<Channel>, AgentError> {

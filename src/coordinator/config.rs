@@ -11,14 +11,14 @@ use serde::Deserialize;
 
 use crate::{
     config_file::{self, ConfigError, MetricsSection},
+    grpc_server::settings::{ServerSection, Settings},
     security::config::{AuditConfig, AuthConfig, ClientTlsConfig, Security, TlsConfig},
 };
 
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
-    pub listen: SocketAddr,
-    /// Largest request message accepted (`[server] max_message_bytes`).
-    pub max_message_bytes: usize,
+    /// gRPC: the TCP address, the local socket, the bounds on callers.
+    pub server: Settings,
     pub store_path: PathBuf,
     pub agents: AgentTimeouts,
     /// `[agents.tls]`: TLS (and the coordinator's client certificate) for
@@ -116,7 +116,7 @@ fn operation_timeout() -> Duration {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
-    server: RawServer,
+    server: ServerSection,
     store: RawStore,
     #[serde(default)]
     agents: RawAgents,
@@ -130,14 +130,6 @@ struct Raw {
     auth: AuthConfig,
     #[serde(default)]
     audit: AuditConfig,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawServer {
-    listen: SocketAddr,
-    #[serde(default = "config_file::default_max_message_bytes")]
-    max_message_bytes: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -246,28 +238,41 @@ impl CoordinatorConfig {
                 return Err(ConfigError::new(path, key, "must be longer than zero"));
             }
         }
-        let max_message_bytes =
-            config_file::check_max_message_bytes(path, raw.server.max_message_bytes)?;
         if raw.store.path.as_os_str().is_empty() {
             return Err(ConfigError::new(path, "store.path", "must not be empty"));
         }
         let store_path = base.join(raw.store.path);
-        // The audit log lives next to the task store, in the state the
-        // coordinator already owns.
+        // The audit log and the local socket live next to the task store,
+        // in the state the coordinator already owns.
         let default_audit = store_path.with_file_name("audit.log");
+        let server = raw
+            .server
+            .resolve(path, &base, store_path.with_file_name("grpc.sock"))?;
         let security = Security::resolve(
             path,
             &base,
-            &raw.server.listen,
+            &raw.server,
             raw.tls,
             raw.auth,
             raw.audit,
             default_audit,
         )?;
         let agent_tls = raw.agents.tls.map(|t| t.resolve(path, &base)).transpose()?;
+        // A coordinator holding a certificate the agents trust acts with
+        // their operator's role: whoever may call it must prove who they are,
+        // or any local user could stop every ODP through it.
+        if agent_tls.as_ref().is_some_and(|t| t.cert.is_some()) && !security.requires_credentials()
+        {
+            return Err(ConfigError::new(
+                path,
+                "agents.tls.cert",
+                "the coordinator presents this certificate to the agents, so its own callers must \
+                 present credentials too: configure [tls] with [[auth.certificates]] or \
+                 [[auth.tokens]] (local operators keep the Unix socket), or drop the certificate",
+            ));
+        }
         Ok(Self {
-            listen: raw.server.listen,
-            max_message_bytes,
+            server,
             store_path,
             agents: AgentTimeouts {
                 connect_timeout: raw.agents.connect_timeout,
@@ -356,6 +361,12 @@ agents = ["10.0.0.1:2889", "10.0.0.2:2889", "odp-3.example:2889"]
         let text = format!(
             "{GOOD}[agents.tls]\nca = \"pki/ca.pem\"\ncert = \"pki/c.pem\"\nkey = \"pki/c.key\"\ndomain = \"odp.example\"\n"
         );
+        // Holding a client certificate for the agents needs credentials of
+        // its own (see below); tokens give them here.
+        let text = format!(
+            "{text}[[auth.tokens]]\nname = \"ops\"\nsha256 = \"{}\"\nrole = \"OBPROXY_MANAGER\"\n",
+            "b".repeat(64)
+        );
         let tls = parse(&text).unwrap().agent_tls.unwrap();
         assert_eq!(tls.ca, PathBuf::from("/etc/pki/ca.pem"));
         assert_eq!(tls.domain.as_deref(), Some("odp.example"));
@@ -369,6 +380,24 @@ agents = ["10.0.0.1:2889", "10.0.0.2:2889", "odp-3.example:2889"]
         ))
         .unwrap_err();
         assert!(e.to_string().contains("verify"), "{e}");
+    }
+
+    #[test]
+    fn a_coordinator_with_agent_credentials_requires_credentials_itself() {
+        let with_cert = format!(
+            "{GOOD}[agents.tls]\nca = \"pki/ca.pem\"\ncert = \"pki/c.pem\"\nkey = \"pki/c.key\"\n"
+        );
+        let e = parse(&with_cert).unwrap_err();
+        assert_eq!(e.key, "agents.tls.cert");
+        // Tokens make every TCP caller present one.
+        let tokens = format!(
+            "{with_cert}[[auth.tokens]]\nname = \"ops\"\nsha256 = \"{}\"\nrole = \"OBPROXY_MANAGER\"\n",
+            "a".repeat(64)
+        );
+        assert!(parse(&tokens).is_ok());
+        // A CA alone (no certificate) grants nothing.
+        let ca_only = format!("{GOOD}[agents.tls]\nca = \"pki/ca.pem\"\n");
+        assert!(parse(&ca_only).is_ok());
     }
 
     #[test]

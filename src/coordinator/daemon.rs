@@ -17,7 +17,7 @@ use crate::{
     grpc_server::{self, SHUTDOWN_GRACE, ServeError},
     metrics::{self, MetricsError, coordinator::CoordinatorMetrics},
     proto::coordinator::coordinator_server::CoordinatorServer,
-    security::audit::AuditError,
+    security::{audit::AuditError, roles::Role},
     systemd,
 };
 
@@ -45,7 +45,10 @@ impl Error {
             self,
             Error::Audit(_)
                 | Error::Agents(_)
-                | Error::Serve(ServeError::Tls { .. } | ServeError::TlsFiles(_))
+                | Error::Store(StoreError::Dir(_))
+                | Error::Serve(
+                    ServeError::Tls { .. } | ServeError::TlsFiles(_) | ServeError::Socket(_)
+                )
         )
     }
 }
@@ -55,7 +58,9 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), Error> {
     // Before anything starts: a daemon that cannot audit or speak TLS as
     // configured must not run at all.
     let guard = config.security.guard()?;
-    let mut server = grpc_server::builder(config.security.tls.as_ref())?;
+    // The TLS settings are checked (files, key permissions) before anything
+    // starts; the listeners' own servers are built below.
+    grpc_server::builder(config.security.tls.as_ref(), &config.server.limits)?;
     let pool = Arc::new(AgentPool::new(config.agents, config.agent_tls.as_ref())?);
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -71,34 +76,57 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), Error> {
     );
 
     let stop = shutdown.clone();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(Error::Signals)?;
+    let signal = |kind| tokio::signal::unix::signal(kind).map_err(Error::Signals);
+    use tokio::signal::unix::SignalKind;
+    let mut term = signal(SignalKind::terminate())?;
+    // SIGHUP (logrotate) opens the audit log again; its default action
+    // would end the coordinator.
+    let mut hup = signal(SignalKind::hangup())?;
+    let audit = guard.clone();
     tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+                _ = hup.recv() => {
+                    tracing::info!(signal = "SIGHUP", "reopening the audit log");
+                    crate::panics::injected("coordinator-signals");
+                    audit.reopen_audit();
+                }
+            }
         }
         tracing::info!("shutting down; running tasks resume at the next start");
         stop.cancel();
     });
 
-    let (listener, addr) = grpc_server::bind(config.listen).await?;
+    let bound = grpc_server::bind_all(&config.server).await?;
+    let addr = bound.addr;
     let resumed = tasks.resume_all()?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<CoordinatorServer<CoordinatorService>>()
         .await;
-    let service = CoordinatorServer::new(CoordinatorService::new(tasks, metrics.clone(), guard))
-        .max_decoding_message_size(config.max_message_bytes);
-    let router = server.add_service(health_service).add_service(service);
-    let router = grpc_server::with_reflection(router)?;
+    let routes = |mut server: grpc_server::Builder| {
+        let service = CoordinatorServer::new(CoordinatorService::new(
+            tasks.clone(),
+            metrics.clone(),
+            guard.clone(),
+        ))
+        .max_decoding_message_size(config.server.max_message_bytes);
+        grpc_server::with_reflection(
+            server
+                .add_service(health_service.clone())
+                .add_service(service),
+        )
+    };
     if let Some(listen) = config.metrics {
         let endpoint = metrics::Endpoint::bind(listen).await?;
         tracing::info!(metrics_addr = %endpoint.addr, "metrics endpoint serving");
-        tracker.spawn(endpoint.serve(metrics.router(), shutdown.clone()));
+        tracker.spawn(endpoint.serve(metrics.clone().router(), shutdown.clone()));
     }
     tracing::info!(
         grpc_addr = %addr,
+        grpc_socket = ?bound.unix.as_ref().map(|(_, p)| p),
         pid = std::process::id(),
         resumed,
         tls = config.security.tls.is_some(),
@@ -106,6 +134,11 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), Error> {
         audit = %config.security.audit_path.display(),
         "odp-coordinator serving"
     );
+    if config.security.loopback_role == Role::Operator {
+        tracing::warn!(
+            "server.loopback_role = OBPROXY_MANAGER: every local user may operate over loopback TCP"
+        );
+    }
     // The gRPC listener is bound, so connections from here on are served.
     systemd::ready();
     // Watchdog pings earned by a cheap read of the task store (on a blocking
@@ -118,7 +151,18 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), Error> {
                 .unwrap_or(false)
         }
     }));
-    let result = grpc_server::serve(router, listener, shutdown.clone()).await;
+    // Connections to the agents and the task store's files come out of the
+    // same descriptor limit as the callers' connections.
+    let agents: usize = config.clusters.iter().map(|c| c.agents.len()).sum();
+    let result = grpc_server::serve_all(
+        routes,
+        config.security.tls.clone(),
+        config.server.clone(),
+        bound,
+        grpc_server::accept::RESERVED_FDS + agents as u64,
+        shutdown.clone(),
+    )
+    .await;
     shutdown.cancel();
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())

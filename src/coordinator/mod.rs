@@ -2,6 +2,8 @@
 //! the agents, run as persistent tasks.
 //!
 //! [`config`] (clusters and agents), [`agents`] (clients with deadlines),
+//! [`live_status`] (every agent's status as it pushes it, over
+//! [`status_stream`]s),
 //! [`rules`] (the console's preconditions), [`task`] (the task model),
 //! [`store`] (SQLite persistence), [`runner`] (one task's batches),
 //! [`tasks`] (create, resume, cancel, retry), [`service`] (gRPC
@@ -9,9 +11,11 @@
 pub mod agents;
 pub mod config;
 pub mod daemon;
+pub mod live_status;
 pub mod rules;
 pub mod runner;
 pub mod service;
+pub mod status_stream;
 pub mod store;
 pub mod task;
 pub mod tasks;

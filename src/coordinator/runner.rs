@@ -6,7 +6,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use futures::{StreamExt, stream::FuturesUnordered};
+use futures::{FutureExt, StreamExt, stream::FuturesUnordered};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -22,7 +22,8 @@ use crate::{
 };
 
 /// How long an ODP may take to report the intended state after its
-/// operation succeeded (the health gate), and how often it is asked.
+/// operation succeeded (the health gate), and how often it is asked when the
+/// operation's own last update did not show it.
 const GATE_TIMEOUT: Duration = Duration::from_secs(10);
 const GATE_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -205,6 +206,23 @@ impl Runner {
         self.feed.close();
     }
 
+    fn note_operation(&mut self, i: usize, op_id: String, previous_pid: u32) {
+        let s = &mut self.task.subtasks[i];
+        s.operation_id = Some(op_id);
+        s.previous_pid = (previous_pid != 0).then_some(previous_pid);
+    }
+
+    fn note_outcome(&mut self, i: usize, outcome: Outcome) {
+        let s = &mut self.task.subtasks[i];
+        s.state = outcome.state;
+        self.metrics.subtask_finished(s.state);
+        s.last_error = outcome.error;
+        s.pid = outcome.pid;
+        s.proxy_state = outcome.proxy_state;
+        s.finished_at = Some(SystemTime::now());
+        tracing::info!(odp = %s.agent, state = ?s.state, error = ?s.last_error, "subtask done");
+    }
+
     /// Runs one batch to its end; false if the coordinator is shutting down.
     async fn run_batch(&mut self, todo: &[usize]) -> bool {
         let now = SystemTime::now();
@@ -257,35 +275,48 @@ impl Runner {
             })
             .collect();
         drop(op_tx);
-        loop {
+        let mut done = false;
+        while !done {
+            let mut changed = false;
             tokio::select! {
                 _ = self.shutdown.cancelled() => return false,
                 // Written down at once, so a coordinator restarted while this
                 // batch finishes does not start the next one.
                 _ = self.cancel.cancelled(), if !self.task.cancel_requested => {
                     self.task.cancel_requested = true;
-                    self.publish();
+                    changed = true;
                 }
                 Some((i, op_id, previous_pid)) = op_rx.recv() => {
-                    let s = &mut self.task.subtasks[i];
-                    s.operation_id = Some(op_id);
-                    s.previous_pid = (previous_pid != 0).then_some(previous_pid);
-                    self.publish();
+                    self.note_operation(i, op_id, previous_pid);
+                    changed = true;
                 }
                 next = running.next() => match next {
                     Some((i, outcome)) => {
-                        let s = &mut self.task.subtasks[i];
-                        s.state = outcome.state;
-                        self.metrics.subtask_finished(s.state);
-                        s.last_error = outcome.error;
-                        s.pid = outcome.pid;
-                        s.proxy_state = outcome.proxy_state;
-                        s.finished_at = Some(SystemTime::now());
-                        tracing::info!(odp = %s.agent, state = ?s.state, error = ?s.last_error, "subtask done");
-                        self.publish();
+                        self.note_outcome(i, outcome);
+                        changed = true;
                     }
-                    None => break,
+                    None => done = true,
                 },
+            }
+            // What else is ready now goes into the same write: the ODPs of a
+            // batch tend to answer and finish together, and each write is an
+            // fsync the next batch would wait for.
+            while let Ok((i, op_id, previous_pid)) = op_rx.try_recv() {
+                self.note_operation(i, op_id, previous_pid);
+                changed = true;
+            }
+            while !done {
+                match running.next().now_or_never() {
+                    Some(Some((i, outcome))) => {
+                        self.note_outcome(i, outcome);
+                        changed = true;
+                    }
+                    Some(None) => done = true,
+                    None => break,
+                }
+            }
+            if changed {
+                self.publish();
             }
         }
         true
@@ -377,10 +408,22 @@ async fn subtask(
             proxy_state: 0,
         };
     }
+    // The health gate follows the operation's stream: its last update says
+    // the state it left the ODP in. Only when that is not the intended one
+    // (or an older agent does not say) is the agent asked again.
+    if op.proxy_state() == expected {
+        return Outcome {
+            state: SubtaskState::Succeeded,
+            error: None,
+            pid: (op.pid != 0).then_some(op.pid),
+            proxy_state: op.proxy_state,
+        };
+    }
     gate(pool, agent, expected, &format!("operation {}", op.id)).await
 }
 
-/// The health gate: done only when the agent reports the intended state.
+/// The health gate by asking: done only when the agent reports the intended
+/// state.
 async fn gate(pool: &AgentPool, agent: &str, expected: pb::ProxyState, what: &str) -> Outcome {
     let fail = |e: &super::agents::AgentError| Outcome {
         state: if e.is_unreachable() {

@@ -10,14 +10,17 @@ use tonic::{Request, Response, Status};
 
 use super::{
     task::{self, Kind, Mode, SubtaskState},
-    tasks::{TaskError, Tasks},
+    tasks::{NewTask, TaskError, Tasks},
 };
 use crate::{
     change_feed::Watcher,
     error_chain::describe,
     metrics::coordinator::CoordinatorMetrics,
     proto::{agent as apb, coordinator as pb},
-    security::guard::Guard,
+    security::{
+        audit::Details,
+        guard::{self, Call, Guard},
+    },
 };
 
 pub struct CoordinatorService {
@@ -36,23 +39,110 @@ impl CoordinatorService {
     }
 
     /// Admits the caller (before any validation: an unknown caller learns
-    /// nothing about its arguments), runs `call`, and audits the outcome
-    /// before answering.
+    /// nothing about its arguments) and runs `act`, which validates and
+    /// hands the task manager the hook that audits the admission in the step
+    /// that admits it. A call that is not admitted is audited here.
     async fn mutate<T: Mutation>(
         &self,
         request: Request<T>,
-        call: impl AsyncFnOnce(&T) -> Result<task::Task, Status>,
+        act: impl AsyncFnOnce(&T, &Call<'_>) -> Result<task::Task, Failed>,
     ) -> Result<Response<pb::Task>, Status> {
         let (target, request_id) = {
             let r = request.get_ref();
             (r.target().to_string(), r.request_id().to_string())
         };
         let caller = self.guard.write(&request, T::RPC, &target, &request_id)?;
-        let result = call(request.get_ref()).await;
-        let id = result.as_ref().map(|t| t.id.as_str());
-        self.guard.record(&caller, T::RPC, &target, &request_id, id);
-        result.map(|t| Response::new(task_pb(&t)))
+        let call = Call {
+            caller: &caller,
+            rpc: T::RPC,
+            target: &target,
+            request_id: &request_id,
+        };
+        match act(request.get_ref(), &call).await {
+            Ok(task) => Ok(Response::new(task_pb(&task))),
+            Err(failed) => {
+                if failed.audit {
+                    self.guard.record(&call, failed.details, &failed.status);
+                }
+                Err(failed.status)
+            }
+        }
     }
+
+    /// Creates a task, its admission audited with what was asked.
+    async fn create(&self, call: &Call<'_>, new: NewTask) -> Result<task::Task, Failed> {
+        let details = task_details(&new);
+        let admit = self.guard.admission(call, details.clone());
+        self.tasks
+            .create(new, admit)
+            .await
+            .map_err(|e| Failed::task(e, details))
+    }
+}
+
+/// A mutating call that was not admitted: what the caller is told, and
+/// whether (and with what) it still needs its audit line.
+struct Failed {
+    status: Status,
+    details: Details,
+    /// False when the audit line itself could not be written.
+    audit: bool,
+}
+
+impl Failed {
+    fn invalid(status: Status) -> Self {
+        Self {
+            status,
+            details: Vec::new(),
+            audit: true,
+        }
+    }
+
+    fn task(e: TaskError, details: Details) -> Self {
+        match e {
+            TaskError::NotRecorded(reason) => Self {
+                status: guard::not_recorded(&reason),
+                details,
+                audit: false,
+            },
+            e => Self {
+                status: task_status(e),
+                details,
+                audit: true,
+            },
+        }
+    }
+}
+
+/// What the audit line of a cluster operation says was asked.
+fn task_details(new: &NewTask) -> Details {
+    let mut details: Details = Vec::new();
+    if let Some(mode) = new.mode {
+        let mode = match mode {
+            Mode::Hot => "RESTART_MODE_HOT",
+            Mode::Force => "RESTART_MODE_FORCE",
+        };
+        details.push(("mode", mode.into()));
+    }
+    if let Some(t) = new.exit_timeout {
+        details.push((
+            "exit_timeout",
+            humantime::format_duration(t).to_string().into(),
+        ));
+    }
+    let r = &new.rollout;
+    if let Some(n) = r.batch_size {
+        details.push(("batch_size", n.into()));
+    }
+    if let Some(p) = r.batch_percent {
+        details.push(("batch_percent", p.into()));
+    }
+    details.push(("max_failures", r.max_failures.into()));
+    details.push((
+        "pause",
+        humantime::format_duration(r.pause).to_string().into(),
+    ));
+    details
 }
 
 /// A mutating request: its RPC name, what it acts on (a cluster or a task)
@@ -105,6 +195,7 @@ fn task_status(e: TaskError) -> Status {
         | TaskError::NothingToRetry { .. } => Status::failed_precondition(message),
         TaskError::RequestIdReused { .. } => Status::already_exists(message),
         TaskError::Store(_) => Status::internal(message),
+        TaskError::NotRecorded(reason) => guard::not_recorded(&reason),
     }
 }
 
@@ -142,13 +233,14 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         let odps = statuses
             .into_iter()
             .map(|(agent, s)| match s {
-                Ok(s) => pb::OdpStatus {
+                Ok(seen) => pb::OdpStatus {
                     agent,
-                    state: s.state,
-                    pid: s.pid,
-                    version: s.version.clone(),
+                    state: seen.status.state,
+                    pid: seen.status.pid,
+                    version: seen.status.version.clone(),
                     error: String::new(),
-                    status: Some(s),
+                    age: Some(dur(seen.age)),
+                    status: Some(seen.status),
                 },
                 Err(e) => pb::OdpStatus {
                     agent,
@@ -157,6 +249,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                     version: String::new(),
                     error: describe(&e),
                     status: None,
+                    age: None,
                 },
             })
             .collect();
@@ -170,16 +263,20 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::StopAllRequest>,
     ) -> Result<Response<pb::Task>, Status> {
-        self.mutate(request, async |r| self.create(requests::stop_all(r)?).await)
-            .await
+        self.mutate(request, async |r, call| {
+            let new = requests::stop_all(r).map_err(Failed::invalid)?;
+            self.create(call, new).await
+        })
+        .await
     }
 
     async fn start_all(
         &self,
         request: Request<pb::StartAllRequest>,
     ) -> Result<Response<pb::Task>, Status> {
-        self.mutate(request, async |r| {
-            self.create(requests::start_all(r)?).await
+        self.mutate(request, async |r, call| {
+            let new = requests::start_all(r).map_err(Failed::invalid)?;
+            self.create(call, new).await
         })
         .await
     }
@@ -188,8 +285,9 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::RestartAllRequest>,
     ) -> Result<Response<pb::Task>, Status> {
-        self.mutate(request, async |r| {
-            self.create(requests::restart_all(r)?).await
+        self.mutate(request, async |r, call| {
+            let new = requests::restart_all(r).map_err(Failed::invalid)?;
+            self.create(call, new).await
         })
         .await
     }
@@ -235,11 +333,13 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::CancelTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
-        self.mutate(request, async |r| {
+        self.mutate(request, async |r, call| {
+            let id = requests::task_id(&r.id).map_err(Failed::invalid)?;
+            let admit = self.guard.admission(call, Vec::new());
             self.tasks
-                .cancel(&requests::task_id(&r.id)?)
+                .cancel(&id, admit)
                 .await
-                .map_err(task_status)
+                .map_err(|e| Failed::task(e, Vec::new()))
         })
         .await
     }
@@ -248,18 +348,14 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::RetryTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
-        self.mutate(request, async |r| {
+        self.mutate(request, async |r, call| {
+            let id = requests::task_id(&r.id).map_err(Failed::invalid)?;
+            let admit = self.guard.admission(call, Vec::new());
             self.tasks
-                .retry(&requests::task_id(&r.id)?)
-                .map_err(task_status)
+                .retry(&id, admit)
+                .map_err(|e| Failed::task(e, Vec::new()))
         })
         .await
-    }
-}
-
-impl CoordinatorService {
-    async fn create(&self, new: super::tasks::NewTask) -> Result<task::Task, Status> {
-        self.tasks.create(new).await.map_err(task_status)
     }
 }
 

@@ -31,6 +31,8 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("task store directory")]
+    Dir(#[source] crate::security::files::FileError),
 }
 
 /// Writes are small (one task's JSON) and synchronous; the mutex orders them.
@@ -53,8 +55,10 @@ impl Store {
             path: path.to_path_buf(),
             source,
         };
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
+        if let Some(dir) = path.parent()
+            && let Err(e) = crate::security::files::private_dir(dir)
+        {
+            return Err(StoreError::Dir(e));
         }
         let conn = Connection::open(path).map_err(err)?;
         // WAL + FULL: a task written is on disk before the RPC it announces.
@@ -110,6 +114,19 @@ impl Store {
             .map_err(|source| StoreError::Query {
                 what: "save",
                 id: task.id.clone(),
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// Removes a task that must not run after all (its admission could not
+    /// be recorded).
+    pub fn delete(&self, id: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute("DELETE FROM tasks WHERE id = ?1", [id])
+            .map_err(|source| StoreError::Query {
+                what: "delete",
+                id: id.to_string(),
                 source,
             })?;
         Ok(())

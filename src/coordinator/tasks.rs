@@ -11,12 +11,14 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     change_feed::{Feed, Watcher},
+    error_chain::describe,
     metrics::coordinator::CoordinatorMetrics,
 };
 
 use super::{
     agents::AgentPool,
     config::CoordinatorConfig,
+    live_status::{LiveStatus, Seen},
     rules::{self, Odp},
     runner::Runner,
     store::{Store, StoreError},
@@ -46,7 +48,15 @@ pub enum TaskError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The admission could not be recorded (the audit log): refused.
+    #[error("{0}")]
+    NotRecorded(String),
 }
+
+/// Run in the step that admits a task (created, replayed, cancelled or
+/// retried), before anything is done, with the task's id and whether the
+/// request id was a replay: the audit log's line. An error refuses the call.
+pub type OnAdmit = Box<dyn FnOnce(&str, bool) -> Result<(), String> + Send>;
 
 /// A cluster operation as asked for (validated by the service).
 #[derive(Debug, Clone)]
@@ -77,6 +87,8 @@ pub struct Tasks {
     config: Arc<CoordinatorConfig>,
     store: Arc<Store>,
     pool: Arc<AgentPool>,
+    /// Every agent's status as it pushes it.
+    statuses: Arc<LiveStatus>,
     live: Mutex<HashMap<String, Live>>,
     /// Serialises RetryTask, so two concurrent retries cannot both find the
     /// task idle and start two runners.
@@ -95,10 +107,19 @@ impl Tasks {
         shutdown: CancellationToken,
         metrics: Arc<CoordinatorMetrics>,
     ) -> Arc<Self> {
+        let agents = config.clusters.iter().flat_map(|c| c.agents.clone());
+        let statuses = LiveStatus::start(
+            pool.clone(),
+            agents,
+            config.agents.status_timeout,
+            &tracker,
+            shutdown.clone(),
+        );
         Arc::new(Self {
             config,
             store,
             pool,
+            statuses,
             live: Mutex::new(HashMap::new()),
             retrying: Mutex::new(()),
             tracker,
@@ -124,7 +145,7 @@ impl Tasks {
         Ok(n)
     }
 
-    pub async fn create(self: &Arc<Self>, new: NewTask) -> Result<Task, TaskError> {
+    pub async fn create(self: &Arc<Self>, new: NewTask, admit: OnAdmit) -> Result<Task, TaskError> {
         let cluster = self
             .config
             .cluster(&new.cluster)
@@ -140,8 +161,12 @@ impl Tasks {
                     asked: new.kind,
                 });
             }
+            admit(&existing.id, true).map_err(TaskError::NotRecorded)?;
             return Ok(self.snapshot(&existing.id)?.unwrap_or(existing));
         }
+        // Asked, not read from the live view: a rule checked against a status
+        // a moment old could refuse (or admit) what the agents' state of now
+        // would not.
         let statuses = self.pool.statuses(&cluster.agents).await;
         let odps: Vec<Odp> = cluster
             .agents
@@ -168,9 +193,18 @@ impl Tasks {
             if let Some(rid) = &task.request_id
                 && let Ok(Some(existing)) = self.store.by_request_id(rid)
             {
+                admit(&existing.id, true).map_err(TaskError::NotRecorded)?;
                 return Ok(self.snapshot(&existing.id)?.unwrap_or(existing));
             }
             return Err(e.into());
+        }
+        // Audited before it runs; a line that cannot be written takes the
+        // task back (no agent has been called).
+        if let Err(reason) = admit(&task.id, false) {
+            if let Err(e) = self.store.delete(&task.id) {
+                tracing::error!(task_id = %task.id, error = %describe(&e), "cannot take back a task whose admission was not recorded");
+            }
+            return Err(TaskError::NotRecorded(reason));
         }
         tracing::info!(task_id = %task.id, cluster = %task.cluster, kind = task.kind.name(), "task created");
         self.launch(task.clone());
@@ -232,11 +266,15 @@ impl Tasks {
     /// Stops further batches. Answers once the cancel is in the store (or the
     /// task has ended), so a coordinator restarted right after still honours
     /// it.
-    pub async fn cancel(&self, id: &str) -> Result<Task, TaskError> {
-        let latest = self.live().get(id).map(|live| {
-            live.cancel.cancel();
-            live.feed.subscribe_latest()
-        });
+    pub async fn cancel(&self, id: &str, admit: OnAdmit) -> Result<Task, TaskError> {
+        let latest = match self.live().get(id) {
+            Some(live) => {
+                admit(id, false).map_err(TaskError::NotRecorded)?;
+                live.cancel.cancel();
+                Some(live.feed.subscribe_latest())
+            }
+            None => None,
+        };
         let Some(mut latest) = latest else {
             let task = self.get(id)?;
             return Err(TaskError::Finished {
@@ -258,7 +296,7 @@ impl Tasks {
     }
 
     /// Runs again every subtask that did not succeed, with new request ids.
-    pub fn retry(self: &Arc<Self>, id: &str) -> Result<Task, TaskError> {
+    pub fn retry(self: &Arc<Self>, id: &str, admit: OnAdmit) -> Result<Task, TaskError> {
         let _one_at_a_time = self.retrying.lock().unwrap_or_else(|e| e.into_inner());
         if self.live().contains_key(id) {
             return Err(TaskError::StillRunning { id: id.to_string() });
@@ -278,6 +316,7 @@ impl Tasks {
         task.error = None;
         task.cancel_requested = false;
         task.current_batch = 0;
+        admit(&task.id, false).map_err(TaskError::NotRecorded)?;
         self.store.save(&task)?;
         tracing::info!(task_id = %task.id, "task retried");
         self.launch(task.clone());
@@ -287,18 +326,12 @@ impl Tasks {
     pub async fn cluster_status(
         &self,
         name: &str,
-    ) -> Result<
-        Vec<(
-            String,
-            Result<crate::proto::agent::ProxyStatus, super::agents::AgentError>,
-        )>,
-        TaskError,
-    > {
+    ) -> Result<Vec<(String, Result<Seen, super::agents::AgentError>)>, TaskError> {
         let cluster = self
             .config
             .cluster(name)
             .ok_or_else(|| TaskError::UnknownCluster(name.to_string()))?;
-        let statuses = self.pool.statuses(&cluster.agents).await;
+        let statuses = self.statuses.statuses(&cluster.agents).await;
         Ok(cluster.agents.iter().cloned().zip(statuses).collect())
     }
 

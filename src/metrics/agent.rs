@@ -6,13 +6,7 @@ use std::{
     time::Duration,
 };
 
-use axum::{
-    Router,
-    extract::State,
-    http::StatusCode,
-    response::{IntoResponse, Response},
-    routing::get,
-};
+use axum::{Router, extract::State, response::Response, routing::get};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -21,12 +15,9 @@ use prometheus_client::{
 
 use crate::{
     operation::Kind,
-    supervisor::{Handle, ProxyState, Status},
+    status_report::{Report, Reporter},
+    supervisor::ProxyState,
 };
-
-/// How long a scrape waits for the supervisor's status before answering 503:
-/// a wedged supervisor shows as a failed scrape, not a hung one.
-const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Every state, so each scrape shows all of them (0 or 1) and a state that
 /// was left drops to 0 instead of vanishing.
@@ -113,6 +104,11 @@ impl AgentMetrics {
             "Operations finished, by kind and outcome",
             operations.clone(),
         );
+        registry.register(
+            "odp_log_write_errors",
+            "Log lines stderr did not take (dropped; logging goes on)",
+            crate::telemetry::write_errors(),
+        );
         let drain_duration = Histogram::new(DRAIN_BUCKETS);
         registry.register(
             "odp_drain_duration_seconds",
@@ -144,8 +140,9 @@ impl AgentMetrics {
         self.drain_duration.observe(took.as_secs_f64());
     }
 
-    /// The text a scrape answers with, its gauges set from `status`.
-    fn render(&self, status: &Status) -> Response {
+    /// The text a scrape answers with, its gauges set from `report`.
+    fn render(&self, report: &Report) -> Response {
+        let status = &report.status;
         let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         for s in STATES {
             let current = i64::from(s == status.state);
@@ -163,11 +160,12 @@ impl AgentMetrics {
         if restarts > counted {
             self.restarts.inc_by(restarts - counted);
         }
-        let serving = status.serving.as_ref().map_or(0, |p| p.open_connections);
+        let connections = |pid| report.usage(pid).map_or(0, |u| u.open_connections);
+        let serving = status.serving.as_ref().map_or(0, |p| connections(p.pid));
         let draining: u32 = status
             .draining
             .iter()
-            .map(|(p, _)| p.open_connections)
+            .map(|(p, _)| connections(p.pid))
             .sum();
         for (process, n) in [("serving", serving), ("draining", draining)] {
             self.open_connections
@@ -177,28 +175,17 @@ impl AgentMetrics {
         super::encode(&registry)
     }
 
-    /// `GET /metrics`, answered from the supervisor's status of the moment.
-    pub fn router(self: Arc<Self>, supervisor: Handle) -> Router {
+    /// `GET /metrics`, answered from the status of the moment (the
+    /// supervisor's published one, with sampled usage).
+    pub fn router(self: Arc<Self>, reporter: Reporter) -> Router {
         Router::new()
             .route("/metrics", get(scrape))
-            .with_state((self, supervisor))
+            .with_state((self, reporter))
     }
 }
 
-async fn scrape(State((metrics, supervisor)): State<(Arc<AgentMetrics>, Handle)>) -> Response {
-    match tokio::time::timeout(STATUS_TIMEOUT, supervisor.status()).await {
-        Ok(Some(status)) => metrics.render(&status),
-        Ok(None) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the agent is shutting down\n",
-        )
-            .into_response(),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the supervisor did not answer in time\n",
-        )
-            .into_response(),
-    }
+async fn scrape(State((metrics, reporter)): State<(Arc<AgentMetrics>, Reporter)>) -> Response {
+    metrics.render(&reporter.report().await)
 }
 
 /// Label values are stable snake_case names, not the log's wording.
@@ -233,23 +220,23 @@ mod tests {
     use axum::body::to_bytes;
 
     use super::*;
-    use crate::supervisor::ProcessInfo;
+    use crate::{
+        sampling::{Sample, Target, Usage},
+        supervisor::{ProcessInfo, Status},
+    };
 
-    fn process(pid: u32, open_connections: u32) -> ProcessInfo {
+    fn process(pid: u32) -> ProcessInfo {
         ProcessInfo {
             pid,
             version: "4.3.1.0".into(),
             binary: "bin/obproxy".into(),
             started_at: SystemTime::now(),
-            cpu_percent: 0.0,
-            memory_bytes: 0,
-            open_connections,
             binary_info: None,
         }
     }
 
-    async fn text(metrics: &AgentMetrics, status: &Status) -> String {
-        let body = metrics.render(status).into_body();
+    async fn text(metrics: &AgentMetrics, report: &Report) -> String {
+        let body = metrics.render(report).into_body();
         String::from_utf8(to_bytes(body, usize::MAX).await.unwrap().to_vec()).unwrap()
     }
 
@@ -262,15 +249,27 @@ mod tests {
         let status = Status {
             state: ProxyState::Running,
             desired_running: true,
-            serving: Some(process(10, 3)),
-            draining: vec![(process(9, 2), SystemTime::now())],
+            serving: Some(process(10)),
+            draining: vec![(process(9), SystemTime::now())],
             listeners: vec![],
             restart_count: 2,
             operation: None,
             last_exit: None,
             notices: vec![],
         };
-        let text = text(&metrics, &status).await;
+        let connections = |open_connections| Usage {
+            open_connections,
+            ..Default::default()
+        };
+        let report = Report {
+            status: Arc::new(status),
+            sample: Some(Arc::new(Sample {
+                taken_at: std::time::Instant::now(),
+                target: Target::default(),
+                usage: [(10, connections(3)), (9, connections(2))].into(),
+            })),
+        };
+        let text = text(&metrics, &report).await;
         for line in [
             "odp_proxy_state{state=\"running\"} 1",
             "odp_proxy_state{state=\"stopped\"} 0",

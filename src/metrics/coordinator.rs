@@ -68,6 +68,11 @@ impl CoordinatorMetrics {
             "Subtasks (one ODP of a task) ended, by final state",
             subtasks.clone(),
         );
+        registry.register(
+            "odp_log_write_errors",
+            "Log lines stderr did not take (dropped; logging goes on)",
+            crate::telemetry::write_errors(),
+        );
         let cluster_status_requests = Counter::default();
         registry.register(
             "odp_cluster_status_requests",

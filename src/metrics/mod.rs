@@ -14,6 +14,8 @@ use axum::{
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+use crate::grpc_server::{accept, conn::Conn, settings::Limits};
+
 /// What `prometheus_client` encodes (Prometheus reads it natively).
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -43,15 +45,60 @@ impl Endpoint {
     }
 
     /// Serves `router` until `shutdown`. A failure is logged, not returned:
-    /// losing the metrics must not take the daemon down.
+    /// losing the metrics must not take the daemon down. Scrapers get the
+    /// gRPC listeners' bounds: a few connections at once, a request within
+    /// the handshake timeout, closed when idle.
     pub async fn serve(self, router: Router, shutdown: CancellationToken) {
         let addr = self.addr;
-        let served = axum::serve(self.listener, router)
+        let cap = accept::fit_to_fd_limit(MAX_SCRAPERS, accept::RESERVED_FDS, "metrics");
+        let listener = Capped {
+            conns: Box::pin(accept::incoming(
+                self.listener,
+                cap,
+                false,
+                Limits::default(),
+            )),
+            addr,
+        };
+        let served = axum::serve(listener, router)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
         if let Err(error) = served {
             tracing::error!(metrics_addr = %addr, %error, "metrics endpoint failed");
         }
+    }
+}
+
+/// Connections the metrics endpoint admits at once.
+const MAX_SCRAPERS: usize = 16;
+
+type Conns = std::pin::Pin<
+    Box<dyn futures::Stream<Item = std::io::Result<Conn<tokio::net::TcpStream>>> + Send>,
+>;
+
+/// The metrics listener with the gRPC listeners' accept loop (cap, clocks,
+/// back-off when out of descriptors).
+struct Capped {
+    conns: Conns,
+    addr: SocketAddr,
+}
+
+impl axum::serve::Listener for Capped {
+    type Io = Conn<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, SocketAddr) {
+        use futures::StreamExt;
+        loop {
+            // The loop never ends and handles its own errors.
+            if let Some(Ok(conn)) = self.conns.next().await {
+                return (conn, self.addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.addr)
     }
 }
 

@@ -8,12 +8,17 @@ use std::{
     time::Duration,
 };
 
+use super::executable::Executable;
 use crate::config::ObproxyConfig;
 
 /// Everything the spawner thread needs to start one obproxy.
 #[derive(Debug, Clone)]
 pub struct LaunchSpec {
-    pub binary: PathBuf,
+    /// The file to exec, opened before its version was read.
+    pub binary: Executable,
+    /// The umask obproxy gets: the one the agent was started with (the
+    /// agent's own is 0077).
+    pub umask: u32,
     pub args: Vec<String>,
     pub home: PathBuf,
     pub env: Vec<(String, String)>,

@@ -2,6 +2,7 @@
 //! version is read, how it is watched and signalled, what `/proc` says
 //! about it, and how one the agent did not start is found.
 pub mod discovery;
+pub mod executable;
 pub mod launch;
 pub mod pidfd;
 pub mod procfs;

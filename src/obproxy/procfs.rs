@@ -87,21 +87,35 @@ pub fn holds_listeners(pid: u32, listener_inodes: &[u64]) -> bool {
     socket_inodes(pid).is_ok_and(|held| listener_inodes.iter().all(|i| held.contains(i)))
 }
 
-/// Inodes of the established TCP sockets whose local port is one of `ports`
-/// (the SQL listeners): every client session on this host's ODP. Read once
-/// per status and matched against each process's fds.
-pub fn sessions_on(ports: &[u16]) -> HashSet<u64> {
-    if ports.is_empty() {
+/// Inodes of the established TCP sockets on `listeners` (the SQL
+/// listeners): every client session on this host's ODP. Read once per sample
+/// and matched against each process's fds.
+pub fn sessions_on(listeners: &[std::net::SocketAddr]) -> HashSet<u64> {
+    // A dump walks the kernel's whole TCP table: never in the supervisor,
+    // which everything else waits for (the sampler thread takes them).
+    // Debug builds, which the tests run, enforce it.
+    debug_assert!(
+        !crate::supervisor::handling(),
+        "a socket dump in the supervisor"
+    );
+    if listeners.is_empty() {
         return HashSet::new();
     }
-    // The kernel filters by state for us; the tables are the fallback.
-    if let Ok(inodes) = super::sock_diag::sessions_on(ports) {
+    let mut ports: Vec<u16> = listeners.iter().map(|l| l.port()).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    // Only the families we listen on: each dump walks the whole table.
+    let v4 = listeners.iter().any(|l| l.is_ipv4());
+    let v6 = listeners.iter().any(|l| l.is_ipv6());
+    // The kernel filters by state (and port) for us; the tables are the fallback.
+    if let Ok(inodes) = super::sock_diag::sessions_on(&ports, v4, v6) {
         return inodes;
     }
     let mut inodes = HashSet::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+    let tables = [("/proc/net/tcp", v4), ("/proc/net/tcp6", v6)];
+    for (table, _) in tables.iter().filter(|(_, wanted)| *wanted) {
         if let Ok(text) = fs::read_to_string(table) {
-            inodes.extend(established_inodes(&text, ports));
+            inodes.extend(established_inodes(&text, &ports));
         }
     }
     inodes

@@ -1,7 +1,11 @@
 //! Client sessions on the SQL port, asked of the kernel with sock_diag
-//! netlink: only established (and close-wait) TCP sockets are returned, so a
-//! host with tens of thousands of TIME_WAIT sockets costs nothing, where
-//! reading `/proc/net/tcp` would format and parse every one of them.
+//! netlink: only established (and close-wait) TCP sockets on the listener's
+//! port are returned, so the thousands of TIME_WAIT sockets and other
+//! connections of a busy host are never formatted or parsed, where reading
+//! `/proc/net/tcp` would do both for every one of them. The kernel still
+//! walks its whole established hash for each dump (every bucket, about a
+//! millisecond on a large host), so dumps are taken off every request path
+//! (see `crate::sampling`), and only for the address families listened on.
 use std::{collections::HashSet, io, mem::size_of};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -16,11 +20,13 @@ const REQ_LEN: usize = 56;
 /// `struct inet_diag_msg` up to and including `idiag_inode`.
 const MSG_LEN: usize = 72;
 
-/// Inodes of the established TCP sockets whose local port is in `ports`.
-pub fn sessions_on(ports: &[u16]) -> io::Result<HashSet<u64>> {
+/// Inodes of the established TCP sockets whose local port is in `ports`,
+/// IPv4 sockets if `v4`, IPv6 sockets if `v6`.
+pub fn sessions_on(ports: &[u16], v4: bool, v6: bool) -> io::Result<HashSet<u64>> {
     let mut inodes = HashSet::new();
-    for family in [libc::AF_INET, libc::AF_INET6] {
-        dump(family as u8, ports, &mut inodes)?;
+    let families = [(libc::AF_INET, v4), (libc::AF_INET6, v6)];
+    for (family, _) in families.iter().filter(|(_, wanted)| *wanted) {
+        dump(*family as u8, ports, &mut inodes)?;
     }
     Ok(inodes)
 }
@@ -57,6 +63,11 @@ fn dump(family: u8, ports: &[u16], out: &mut HashSet<u64>) -> io::Result<()> {
     req[NLMSG_HDR + 1] = libc::IPPROTO_TCP as u8;
     let states = (1u32 << TCP_ESTABLISHED) | (1u32 << TCP_CLOSE_WAIT);
     req[NLMSG_HDR + 4..NLMSG_HDR + 8].copy_from_slice(&states.to_ne_bytes());
+    // With a single port the kernel filters on it (`id.idiag_sport`, network
+    // order) and sends nothing else; with several we filter below.
+    if let [port] = ports {
+        req[NLMSG_HDR + 8..NLMSG_HDR + 10].copy_from_slice(&port.to_be_bytes());
+    }
     // SAFETY: a zeroed sockaddr_nl addressed to the kernel (pid 0).
     let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     kernel.nl_family = libc::AF_NETLINK as u16;
@@ -128,8 +139,14 @@ mod tests {
         let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let (server, _) = listener.accept().unwrap();
         let inode = nix::sys::stat::fstat(&server).unwrap().st_ino;
-        let sessions = sessions_on(&[port]).unwrap();
+        let sessions = sessions_on(&[port], true, false).unwrap();
         assert!(sessions.contains(&inode), "{sessions:?} lacks {inode}");
+        // Without IPv6 listeners no IPv6 dump is made, and IPv4 sockets are
+        // not in one.
+        assert!(sessions_on(&[port], false, true).unwrap().is_empty());
+        // Several ports: the same answer, filtered here instead of in the kernel.
+        let both = sessions_on(&[port, port.wrapping_add(1)], true, false).unwrap();
+        assert_eq!(both, sessions);
         // The listener itself is not a session.
         let listening = nix::sys::stat::fstat(&listener).unwrap().st_ino;
         assert!(!sessions.contains(&listening));

@@ -2,14 +2,14 @@
 //! `PR_SET_PDEATHSIG`, which fires when the *thread* that forked it exits, so
 //! spawning from a pooled thread would signal obproxy at random moments.
 use std::{
-    fs::OpenOptions,
-    os::unix::{fs::OpenOptionsExt, process::CommandExt},
+    os::unix::process::CommandExt,
     process::{Command, Stdio},
     sync::mpsc,
     time::SystemTime,
 };
 
 use super::{launch::LaunchSpec, pidfd::Pidfd};
+use crate::security::files;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
@@ -57,6 +57,7 @@ impl Spawner {
             .name("obproxy-spawner".into())
             .spawn(move || {
                 for (spec, reply) in rx {
+                    crate::panics::injected("spawner");
                     reply(spawn(&spec));
                 }
             })?;
@@ -76,26 +77,24 @@ impl Spawner {
 }
 
 fn spawn(spec: &LaunchSpec) -> Result<Spawned, SpawnError> {
-    if let Some(dir) = spec.output.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    // obproxy echoes its argv (secrets in -o included) to stderr: owner only.
-    let out = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&spec.output)
-        .map_err(|source| SpawnError::Output {
-            path: spec.output.display().to_string(),
-            source,
-        })?;
+    // obproxy echoes its argv (secrets in -o included) to stderr: 0600, and
+    // never through a symlink planted in its place.
+    let out = files::append_private(&spec.output).map_err(|e| SpawnError::Output {
+        path: spec.output.display().to_string(),
+        source: std::io::Error::other(crate::error_chain::describe(&e)),
+    })?;
     let err = out.try_clone().map_err(|source| SpawnError::Output {
         path: spec.output.display().to_string(),
         source,
     })?;
     let fds = spec.inherit_fds.clone();
-    let mut cmd = Command::new(&spec.binary);
-    cmd.args(&spec.args)
+    // The very file that was opened (and whose version was read) is what
+    // runs; argv[0] keeps its path.
+    let (program, exe_fd) = spec.binary.program();
+    let umask = spec.umask;
+    let mut cmd = Command::new(program);
+    cmd.arg0(spec.binary.path())
+        .args(&spec.args)
         .current_dir(&spec.home)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         // systemd's notify socket and watchdog are the agent's, not obproxy's.
@@ -119,6 +118,12 @@ fn spawn(spec: &LaunchSpec) -> Result<Spawned, SpawnError> {
             let (clear, zero): (libc::c_ulong, libc::c_ulong) =
                 (libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0);
             libc::prctl(libc::PR_CAP_AMBIENT, clear, zero, zero, zero);
+            libc::umask(umask as libc::mode_t);
+            // An interpreter (#!) opens the script by its /proc/self/fd name
+            // after exec, so this one descriptor must survive it.
+            if libc::fcntl(exe_fd, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             for &fd in &fds {
                 // Clear FD_CLOEXEC on exactly the handed-over listeners; the
                 // flag is per fd table, so the agent's copies keep theirs.
@@ -131,7 +136,7 @@ fn spawn(spec: &LaunchSpec) -> Result<Spawned, SpawnError> {
     }
     let started_at = SystemTime::now();
     let child = cmd.spawn().map_err(|source| SpawnError::Exec {
-        binary: spec.binary.display().to_string(),
+        binary: spec.binary.path().display().to_string(),
         source,
     })?;
     let pid = child.id();

@@ -27,7 +27,7 @@ pub async fn run(ctl: &Ctl) -> Result<Option<u32>, Error> {
         Phase::WaitingReady,
         format!("reading the version of {}", facts.binary.display()),
     );
-    match version::probe(&facts.binary, &ctl.config.obproxy.home).await {
+    match version::probe_path(&facts.binary, &ctl.config.obproxy.home).await {
         Ok(v) if v == facts.version => {}
         Ok(v) => {
             ctl.update(pid, FactUpdate::Version(v.clone()));

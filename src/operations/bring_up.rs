@@ -3,13 +3,14 @@
 //! SIGUSR1 to us, then the listener check and a TCP probe as second
 //! opinions; for a bootstrap start, its own listener answering). On any
 //! failure the new process is killed.
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 
 use super::{Ctl, Error, bootstrap};
 use crate::{
     obproxy::{
+        executable::{Binary, Executable},
         launch::{Handover, Plan},
         procfs, version,
     },
@@ -36,16 +37,20 @@ pub const CONFIG_BIN: &str = "etc/obproxy_config.bin";
 /// Returns the pid of a ready obproxy that is not serving yet.
 pub async fn bring_up(
     ctl: &Ctl,
-    binary: PathBuf,
+    binary: impl Into<Binary>,
     exit_timeout: Duration,
     probe: Probe,
 ) -> Result<u32, Error> {
     let cfg = &ctl.config.obproxy;
+    // Opened once: its version is read from, and the process started from,
+    // this very file.
+    let binary = binary.into().open()?;
     ctl.progress(
         Phase::Spawning,
-        format!("reading the version of {}", binary.display()),
+        format!("reading the version of {}", binary.path().display()),
     );
-    let version = version::probe(&binary, &cfg.home).await?;
+    // `-V` only for a binary not seen before (or changed since).
+    let version = version::of(&binary, &cfg.home).await?;
     let features = version::features(&version);
     if !features.ipv6
         && let Some(&addr) = cfg.listen.iter().find(|a| a.is_ipv6())
@@ -121,7 +126,7 @@ pub async fn bring_up(
 /// cannot bind a port the agent listens on.
 async fn bootstrap_start(
     ctl: &Ctl,
-    binary: PathBuf,
+    binary: Executable,
     version: String,
     plan: Plan,
 ) -> Result<u32, Error> {

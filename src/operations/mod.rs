@@ -22,6 +22,7 @@ use crate::{
     config::AgentConfig,
     error_chain::describe,
     obproxy::{
+        executable::ExecutableError,
         launch::Plan,
         pidfd::{Exit, Pidfd},
         version::VersionError,
@@ -33,12 +34,17 @@ use crate::{
 /// How long a SIGKILLed process may take to be gone before we call it stuck.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
+/// obproxy's local config before 4.3; `--check` says when it is missing.
+pub use bring_up::CONFIG_BIN;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Step(#[from] StepError),
     #[error(transparent)]
     Version(#[from] VersionError),
+    #[error(transparent)]
+    Binary(#[from] ExecutableError),
     #[error(transparent)]
     Discovery(#[from] crate::obproxy::discovery::DiscoveryError),
     #[error("obproxy pid {pid} {exit} before it was ready")]
@@ -201,7 +207,7 @@ impl Ctl {
 
     async fn spawn(
         &self,
-        binary: std::path::PathBuf,
+        binary: crate::obproxy::executable::Executable,
         version: String,
         plan: Plan,
     ) -> Result<u32, Error> {

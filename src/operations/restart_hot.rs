@@ -10,13 +10,16 @@ use super::{
     bring_up::{Probe, bring_up},
     drain_window,
 };
-use crate::{operation::Phase, operation::Request};
+use crate::{obproxy::executable::Binary, operation::Phase, operation::Request};
 
 pub async fn run(ctl: &Ctl, request: &Request) -> Result<Option<u32>, Error> {
     let cfg = &ctl.config.obproxy;
     let old = ctl.serving_at_start.ok_or(Error::NotServing)?;
     let window = request.exit_timeout.unwrap_or(cfg.hot_upgrade_exit_timeout);
-    let binary = request.binary.clone().unwrap_or_else(|| cfg.binary.clone());
+    let binary = match request.binary.clone() {
+        Some(upgrade) => Binary::Opened(upgrade),
+        None => Binary::Configured(cfg.binary.clone()),
+    };
     let listeners = ctl.bind_listeners(false).await?;
     let addr = listeners.probe_addrs[0];
     // Only the old process may accept while its window is set over SQL.

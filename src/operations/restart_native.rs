@@ -40,13 +40,15 @@ fn format(d: Duration) -> humantime::FormattedDuration {
 pub async fn run(ctl: &Ctl, request: &Request) -> Result<Option<u32>, Error> {
     let cfg = &ctl.config.obproxy;
     let old = ctl.serving_at_start.ok_or(Error::NotServing)?;
-    if let Some(binary) = request.binary.as_ref().filter(|b| **b != cfg.binary) {
+    // The request names another binary only when it is not the configured
+    // one (see agent_service::requests::binary).
+    if let Some(binary) = request.binary.as_ref() {
         ctl.progress(
             Phase::Queued,
             format!(
                 "obproxy's own restart re-executes the running binary; moving onto {} takes \
                  the agent's own hot restart instead",
-                binary.display()
+                binary.path().display()
             ),
         );
         return restart_hot::run(ctl, request).await;
@@ -57,7 +59,7 @@ pub async fn run(ctl: &Ctl, request: &Request) -> Result<Option<u32>, Error> {
     ctl.refuse_strangers().await?;
     let facts = ctl.facts(old).await?.ok_or(Error::NotServing)?;
     // obproxy re-executes argv[0]: the child runs what that file is now.
-    let version = version::probe(&facts.binary, &cfg.home).await?;
+    let version = version::probe_path(&facts.binary, &cfg.home).await?;
     let admin = ctl.admin(addr).ok_or(AdminError::NotConfigured)?;
     let interval = prepare(ctl, &admin, old, window).await?;
     ctl.progress(
@@ -195,6 +197,7 @@ async fn wait_for_child(
     within: Duration,
 ) -> Result<Found, Error> {
     let deadline = Instant::now() + within;
+    let mut old_gone: Option<Instant> = None;
     loop {
         for stranger in ctl.strangers().await? {
             if procfs::parent_pid(stranger.pid()).ok() == Some(old) {
@@ -204,8 +207,14 @@ async fn wait_for_child(
         if let Some(child) = serving_other_than(ctl, old).await? {
             return Ok(Found::Adopted(child));
         }
+        // The parent may leave before its child is adopted (the exit is seen
+        // first, the adoption follows in its own step): keep looking a little
+        // longer, then say no one serves.
         if ctl.facts(old).await?.is_none() {
-            return Err(Error::NotServing);
+            let gone = *old_gone.get_or_insert_with(Instant::now);
+            if gone.elapsed() >= FOUND_AFTER_FORK {
+                return Err(Error::NotServing);
+            }
         }
         if Instant::now() >= deadline {
             // Take the command back, so it does not fire later by surprise.

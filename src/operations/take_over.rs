@@ -4,7 +4,7 @@
 //! serving process. It is neither signalled nor restarted.
 use super::{Ctl, Error};
 use crate::{
-    obproxy::{discovery, version},
+    obproxy::{discovery, executable::Executable, version},
     operation::Phase,
     supervisor::{Adoption, Step},
 };
@@ -28,7 +28,7 @@ pub async fn run(ctl: &Ctl) -> Result<Option<u32>, Error> {
     };
     let pid = found.pidfd.pid();
     // `-V` of the very binary it runs, even if replaced on disk since.
-    let running = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
+    let running = Executable::open(std::path::Path::new(&format!("/proc/{pid}/exe")))?;
     let version = version::probe(&running, &cfg.home).await?;
     ctl.progress(
         Phase::WaitingReady,

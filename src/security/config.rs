@@ -11,9 +11,9 @@ use serde::Deserialize;
 use super::{
     audit::{AuditError, AuditLog},
     guard::Guard,
-    roles::{Policy, Role},
+    roles::{LocalPrincipal, Policy, Role},
 };
-use crate::config_file::ConfigError;
+use crate::{config_file::ConfigError, grpc_server::settings::ServerSection};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,6 +38,20 @@ pub struct AuthConfig {
     pub tokens: Vec<TokenRule>,
     #[serde(default)]
     pub certificates: Vec<CertRule>,
+    /// Roles of callers on the local socket besides root and the daemon's
+    /// own user (who always operate).
+    #[serde(default)]
+    pub local: Vec<LocalRule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalRule {
+    /// A user, by name or uid.
+    pub user: Option<String>,
+    /// Or a group (primary or supplementary), by name or gid.
+    pub group: Option<String>,
+    pub role: Role,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -89,21 +103,27 @@ pub struct Security {
     pub tls: Option<TlsConfig>,
     pub auth: AuthConfig,
     pub audit_path: PathBuf,
+    /// `[[auth.local]]` with names resolved.
+    pub local: Vec<(LocalPrincipal, Role)>,
+    /// What a loopback caller without credentials may do (`[server]
+    /// loopback_role`, READ_ONLY by default); only without TLS and tokens.
+    pub loopback_role: Role,
 }
 
 impl Security {
     /// Resolves the sections of the file `path` (relative paths against
-    /// `base`) and checks them with the listen address; `default_audit` is
+    /// `base`) and checks them with the `[server]` section; `default_audit` is
     /// where the audit log goes unless `[audit] path` says otherwise.
     pub fn resolve(
         path: &Path,
         base: &Path,
-        listen: &SocketAddr,
+        server: &ServerSection,
         tls: Option<TlsConfig>,
         auth: AuthConfig,
         audit: AuditConfig,
         default_audit: PathBuf,
     ) -> Result<Self, ConfigError> {
+        let (listen, loopback_role) = (&server.listen, server.loopback_role);
         let tls = tls
             .map(|t| {
                 Ok::<_, ConfigError>(TlsConfig {
@@ -129,6 +149,15 @@ impl Security {
         }
         check(listen, tls.as_ref(), &auth)
             .map_err(|(key, reason)| ConfigError::new(path, key, reason))?;
+        if loopback_role.is_some() && (tls.is_some() || !auth.tokens.is_empty()) {
+            return Err(ConfigError::new(
+                path,
+                "server.loopback_role",
+                "only applies without [tls] and [[auth.tokens]]: with them every caller needs a credential",
+            ));
+        }
+        let local = resolve_local(&auth.local)
+            .map_err(|(key, reason)| ConfigError::new(path, key, reason))?;
         let audit_path = match audit.path {
             Some(p) => resolve_file(path, base, "audit.path", &p)?,
             None => default_audit,
@@ -137,16 +166,27 @@ impl Security {
             tls,
             auth,
             audit_path,
+            local,
+            loopback_role: loopback_role.unwrap_or(Role::ReadOnly),
         })
+    }
+
+    /// Whether a TCP caller must present a credential (a certificate or a
+    /// token): not on the loopback default.
+    pub fn requires_credentials(&self) -> bool {
+        self.tls.is_some() || !self.auth.tokens.is_empty()
+    }
+
+    /// The role policy the services apply.
+    pub fn policy(&self) -> Policy {
+        Policy::new(&self.auth, self.tls.is_some())
+            .with_local(self.local.clone(), self.loopback_role)
     }
 
     /// The guard the services call: the role policy and the opened audit log.
     pub fn guard(&self) -> Result<Guard, AuditError> {
         let audit = AuditLog::open(&self.audit_path)?;
-        Ok(Guard::new(
-            Policy::new(&self.auth, self.tls.is_some()),
-            Some(audit),
-        ))
+        Ok(Guard::new(self.policy(), Some(audit)))
     }
 }
 
@@ -188,6 +228,35 @@ impl ClientTlsConfig {
     }
 }
 
+/// `[[auth.local]]` rules with user and group names looked up.
+fn resolve_local(rules: &[LocalRule]) -> Result<Vec<(LocalPrincipal, Role)>, (String, String)> {
+    rules
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| {
+            let key = format!("auth.local[{i}]");
+            let who = match (&rule.user, &rule.group) {
+                (Some(user), None) => match user.parse::<u32>() {
+                    Ok(uid) => LocalPrincipal::Uid(uid),
+                    Err(_) => match nix::unistd::User::from_name(user) {
+                        Ok(Some(u)) => LocalPrincipal::Uid(u.uid.as_raw()),
+                        _ => return Err((key, format!("no user named {user:?} on this host"))),
+                    },
+                },
+                (None, Some(group)) => match group.parse::<u32>() {
+                    Ok(gid) => LocalPrincipal::Gid(gid),
+                    Err(_) => match nix::unistd::Group::from_name(group) {
+                        Ok(Some(g)) => LocalPrincipal::Gid(g.gid.as_raw()),
+                        _ => return Err((key, format!("no group named {group:?} on this host"))),
+                    },
+                },
+                _ => return Err((key, "give exactly one of user or group".into())),
+            };
+            Ok((who, rule.role))
+        })
+        .collect()
+}
+
 fn resolve_file(path: &Path, base: &Path, key: &str, file: &Path) -> Result<PathBuf, ConfigError> {
     if file.as_os_str().is_empty() {
         return Err(ConfigError::new(path, key, "must not be empty"));
@@ -208,6 +277,20 @@ pub fn check(
             return Err((
                 format!("auth.tokens[{i}].sha256"),
                 "must be 64 hex digits: the SHA-256 of the token, never the token itself".into(),
+            ));
+        }
+        // One token, one name and one role: a second rule for the same hash
+        // would silently decide who the caller is.
+        if let Some(first) = auth.tokens[..i]
+            .iter()
+            .position(|o| o.sha256.eq_ignore_ascii_case(&t.sha256))
+        {
+            return Err((
+                format!("auth.tokens[{i}].sha256"),
+                format!(
+                    "the same hash as auth.tokens[{first}] ({:?}): each token must be distinct",
+                    auth.tokens[first].name
+                ),
             ));
         }
         if t.name.is_empty() || t.name.len() > 64 {
@@ -277,7 +360,7 @@ mod tests {
                 sha256: "a".repeat(64),
                 role,
             }],
-            certificates: vec![],
+            ..Default::default()
         }
     }
 
@@ -322,6 +405,42 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn a_token_hash_given_twice_is_refused() {
+        let mut auth = token(Role::ReadOnly);
+        let mut second = auth.tokens[0].clone();
+        second.name = "other".into();
+        second.role = Role::Operator;
+        second.sha256 = second.sha256.to_uppercase();
+        auth.tokens.push(second);
+        let (key, reason) = check(&"127.0.0.1:1".parse().unwrap(), None, &auth).unwrap_err();
+        assert_eq!(key, "auth.tokens[1].sha256");
+        assert!(reason.contains("auth.tokens[0]"), "{reason}");
+    }
+
+    #[test]
+    fn local_rules_name_a_user_or_a_group() {
+        let rule = |user: Option<&str>, group: Option<&str>| LocalRule {
+            user: user.map(str::to_string),
+            group: group.map(str::to_string),
+            role: Role::Operator,
+        };
+        assert_eq!(
+            resolve_local(&[rule(Some("root"), None), rule(None, Some("0"))]).unwrap(),
+            vec![
+                (LocalPrincipal::Uid(0), Role::Operator),
+                (LocalPrincipal::Gid(0), Role::Operator)
+            ]
+        );
+        for bad in [
+            rule(None, None),
+            rule(Some("root"), Some("root")),
+            rule(Some("no-such-user-here"), None),
+        ] {
+            assert_eq!(resolve_local(&[bad]).unwrap_err().0, "auth.local[0]");
+        }
     }
 
     #[test]

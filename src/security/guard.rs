@@ -1,12 +1,14 @@
 //! What a gRPC handler calls around each request: `read` and `write`
-//! identify the caller and check its role (`write` audits a refusal),
-//! `record` audits the outcome of an admitted mutating call.
+//! identify the caller and check its role (`write` audits a refusal);
+//! [`Guard::admission`] makes the hook that writes an admitted call's line in
+//! the very step that admits it (and refuses the call if the line cannot be
+//! written); `record` audits a call that failed.
 use std::sync::Arc;
 
 use tonic::{Request, Status};
 
 use super::{
-    audit::{AuditLog, Entry},
+    audit::{AuditLog, Details, Entry},
     roles::{Caller, Policy, Role},
 };
 
@@ -14,6 +16,21 @@ use super::{
 pub struct Guard {
     policy: Arc<Policy>,
     audit: Option<Arc<AuditLog>>,
+}
+
+/// Called by whoever admits an operation or task, in the step that admits
+/// it and before anything is done or answered, with its id and whether it is
+/// a replay of an earlier request id. An error refuses it: nothing is done.
+pub type Admit = Box<dyn FnOnce(&str, bool) -> Result<(), String> + Send>;
+
+/// Who asked for a mutating call, and what for: everything its audit line
+/// says but the outcome.
+#[derive(Clone)]
+pub struct Call<'a> {
+    pub caller: &'a Caller,
+    pub rpc: &'static str,
+    pub target: &'a str,
+    pub request_id: &'a str,
 }
 
 impl Guard {
@@ -27,7 +44,17 @@ impl Guard {
     /// A guard that lets every caller operate and audits nothing (tests of
     /// the services themselves).
     pub fn open() -> Self {
-        Self::new(Policy::new(&Default::default(), false), None)
+        Self::new(
+            Policy::new(&Default::default(), false).with_local(vec![], Role::Operator),
+            None,
+        )
+    }
+
+    /// Opens the audit log again (SIGHUP, after logrotate moved it).
+    pub fn reopen_audit(&self) {
+        if let Some(audit) = &self.audit {
+            audit.reopen();
+        }
     }
 
     /// Admits a read-only call.
@@ -68,7 +95,9 @@ impl Guard {
         e: &Status,
     ) {
         if let Some(audit) = &self.audit {
-            audit.record(&Entry {
+            // A refusal that cannot be recorded is still a refusal; the
+            // failure is logged by the audit log.
+            let _ = audit.record(&Entry {
                 caller: caller.map_or("unknown", |c| c.identity.as_str()),
                 role: &caller.map_or_else(|| "-".to_string(), |c| c.role.to_string()),
                 rpc,
@@ -76,33 +105,64 @@ impl Guard {
                 request_id,
                 outcome: format!("denied: {}", e.message()),
                 id: None,
+                details: Vec::new(),
             });
         }
     }
 
-    /// Audits the outcome of an admitted mutating call: `Ok` with the id of
-    /// the operation or task it started or acted on, or why it failed.
-    pub fn record(
-        &self,
-        caller: &Caller,
-        rpc: &str,
-        target: &str,
-        request_id: &str,
-        result: Result<&str, &Status>,
-    ) {
+    /// The hook that records `call` as admitted (`ok`, with the id of what
+    /// it started or acted on, and `details`), for the code that admits it
+    /// to run in the same step.
+    pub fn admission(&self, call: &Call<'_>, details: Details) -> Admit {
+        let Some(audit) = self.audit.clone() else {
+            return Box::new(|_, _| Ok(()));
+        };
+        let caller = call.caller.identity.clone();
+        let role = call.caller.role.to_string();
+        let rpc = call.rpc;
+        let target = call.target.to_string();
+        let request_id = call.request_id.to_string();
+        Box::new(move |id: &str, replay: bool| {
+            let mut details = details;
+            if replay {
+                // The request id was seen before: nothing new was started.
+                details.push(("replay", true.into()));
+            }
+            audit
+                .record(&Entry {
+                    caller: &caller,
+                    role: &role,
+                    rpc,
+                    target: &target,
+                    request_id: &request_id,
+                    outcome: "ok".into(),
+                    id: Some(id),
+                    details,
+                })
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    /// Audits a mutating call that was not admitted: why it failed.
+    pub fn record(&self, call: &Call<'_>, details: Details, error: &Status) {
         if let Some(audit) = &self.audit {
-            audit.record(&Entry {
-                caller: &caller.identity,
-                role: &caller.role.to_string(),
-                rpc,
-                target,
-                request_id,
-                outcome: match result {
-                    Ok(_) => "ok".into(),
-                    Err(e) => format!("error: {:?}: {}", e.code(), e.message()),
-                },
-                id: result.ok(),
+            let _ = audit.record(&Entry {
+                caller: &call.caller.identity,
+                role: &call.caller.role.to_string(),
+                rpc: call.rpc,
+                target: call.target,
+                request_id: call.request_id,
+                outcome: format!("error: {:?}: {}", error.code(), error.message()),
+                id: None,
+                details,
             });
         }
     }
+}
+
+/// What a caller is told when its admission could not be recorded.
+pub fn not_recorded(reason: &str) -> Status {
+    Status::unavailable(format!(
+        "{reason}; the call was refused and nothing was done (every admitted call must be audited)"
+    ))
 }

@@ -5,9 +5,11 @@
 //! [`config`] (the `[tls]`, `[auth]`, `[audit]` sections), [`tls`] (rustls
 //! server and client settings), [`roles`] (identifying callers and checking
 //! their role), [`audit`] (the append-only log), [`guard`] (what a service
-//! handler calls: admit, then record).
+//! handler calls: admit, then record), [`files`] (the daemons' private files
+//! and the permission checks on what they trust).
 pub mod audit;
 pub mod config;
+pub mod files;
 pub mod guard;
 pub mod roles;
 pub mod tls;

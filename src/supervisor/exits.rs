@@ -12,6 +12,9 @@ use crate::obproxy::{
     procfs,
 };
 
+/// How long the count of a drain's last sessions may hold up its SIGKILL.
+const COUNT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Supervisor {
     /// Reports the process's exit to the supervisor (also for processes
     /// adopted from a previous agent, which are not our children).
@@ -33,18 +36,25 @@ impl Supervisor {
         });
     }
 
-    /// SIGKILLs `pid` at `deadline` unless it has exited by then.
+    /// SIGKILLs `pid` at `deadline` unless it has exited by then. The
+    /// sessions it still holds are counted first, off the supervisor (a count
+    /// walks the kernel's socket table), and come with the deadline.
     pub(super) fn schedule_drain_deadline(&self, pid: u32, deadline: SystemTime) {
         let wait = deadline
             .duration_since(SystemTime::now())
             .unwrap_or_default();
         let tx = self.tx.clone();
         let shutdown = self.shutdown.clone();
+        let listeners: Vec<std::net::SocketAddr> = self.listeners.bound_addrs();
         self.tracker.spawn(async move {
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 _ = tokio::time::sleep(wait) => {
-                    let _ = tx.send(Msg::DrainDeadline { pid, deadline });
+                    let count = tokio::task::spawn_blocking(move || {
+                        procfs::client_connections(pid, &procfs::sessions_on(&listeners))
+                    });
+                    let open = tokio::time::timeout(COUNT_WAIT, count).await.ok().and_then(Result::ok);
+                    let _ = tx.send(Msg::DrainDeadline { pid, deadline, open });
                 }
             }
         });
@@ -52,15 +62,14 @@ impl Supervisor {
 
     /// The drain window of `pid` is over: SIGKILL, and the operation says
     /// how many sessions that cut.
-    pub(super) fn on_drain_deadline(&mut self, pid: u32, deadline: SystemTime) {
+    pub(super) fn on_drain_deadline(&mut self, pid: u32, deadline: SystemTime, open: Option<u32>) {
         // Only the draining process whose window this was: the pid may
         // belong to a later process of ours by now.
         let due = |p: &&Process| p.role == Role::Draining && p.drain_deadline == Some(deadline);
         if let Some(p) = self.processes.get(&pid).filter(due) {
-            let ports: Vec<u16> = self.listeners.iter().map(|l| l.bound.port()).collect();
-            let open = procfs::client_connections(pid, &procfs::sessions_on(&ports));
             tracing::warn!(pid, open, "drain window over; SIGKILL");
             let _ = p.pidfd.signal(Signal::SIGKILL);
+            let open = open.map_or_else(|| "uncounted".to_string(), |n| n.to_string());
             self.note(format!(
                 "drain deadline of pid {pid}: SIGKILL; its {open} client session(s) still open were cut"
             ));

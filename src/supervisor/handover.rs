@@ -4,7 +4,7 @@
 //! serving process uses them; a bootstrap start binds the SQL port itself and
 //! the agent takes the listener from it (pidfd_getfd) and holds it from then
 //! on.
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{net::SocketAddr, sync::Arc};
 
 use super::{ListenerInfo, Role, StepError, Supervisor};
 use crate::{
@@ -12,6 +12,7 @@ use crate::{
     error_chain::describe,
     listeners::Listeners,
     obproxy::{
+        executable::Executable,
         launch::{self, Bind, Handover, LaunchSpec, Plan, Ports},
         pidfd::Pidfd,
         procfs,
@@ -51,7 +52,7 @@ impl Supervisor {
     /// The command line, environment and fds of a new process.
     pub(super) fn launch_spec(
         &mut self,
-        binary: PathBuf,
+        binary: Executable,
         plan: &Plan,
     ) -> Result<LaunchSpec, StepError> {
         let config = self.config.clone();
@@ -93,6 +94,7 @@ impl Supervisor {
         Ok(LaunchSpec {
             args: launch::args(cfg, plan, &ports),
             binary,
+            umask: crate::security::files::inherited_umask(),
             home: cfg.home.clone(),
             env,
             inherit_fds,

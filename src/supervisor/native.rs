@@ -266,7 +266,7 @@ impl Supervisor {
             exit_timeout: None,
             binary: None,
         };
-        match self.submit(request) {
+        match self.submit(request, None) {
             Ok(rx) => {
                 let id = rx.borrow().id.clone();
                 self.log.update(&id, |o| {

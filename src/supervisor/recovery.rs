@@ -53,8 +53,9 @@ impl Supervisor {
         let mut holders: Vec<(Role, Arc<Pidfd>)> = Vec::new();
         // Recorded pids we could not confirm: never signalled, strays or not.
         let mut rejected = Vec::new();
+        let place = adoption::Place::of(&self.config.obproxy);
         for rec in &state.processes {
-            let pidfd = match adoption::confirm(rec, &inodes) {
+            let pidfd = match adoption::confirm(rec, &inodes, &place) {
                 Ok(pidfd) => Arc::new(pidfd),
                 Err(e) => {
                     tracing::warn!(pid = rec.pid, reason = %e, "not adopting the recorded obproxy; it will not be signalled");

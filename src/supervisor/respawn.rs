@@ -90,7 +90,7 @@ impl Supervisor {
             exit_timeout: None,
             binary: None,
         };
-        if let Err(e) = self.submit(request) {
+        if let Err(e) = self.submit(request, None) {
             tracing::error!(error = %e, "cannot respawn obproxy");
         }
     }

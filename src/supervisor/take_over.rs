@@ -34,7 +34,7 @@ impl Supervisor {
             exit_timeout: None,
             binary: None,
         };
-        if let Err(e) = self.submit(request) {
+        if let Err(e) = self.submit(request, None) {
             tracing::error!(error = %e, "cannot take over the running obproxy");
         }
     }

@@ -59,6 +59,7 @@ impl Cluster {
             format!(
                 r#"[server]
 listen = "127.0.0.1:0"
+{loopback}
 [store]
 path = "tasks.db"
 [agents]
@@ -66,7 +67,8 @@ status_timeout = "3s"
 [[clusters]]
 name = "{CLUSTER}"
 agents = {addrs:?}
-{more}"#
+{more}"#,
+                loopback = super::open_loopback(more),
             ),
         )
         .unwrap();

@@ -7,6 +7,7 @@ pub mod admin_sql;
 pub mod cluster;
 pub mod e2e;
 mod echo;
+pub mod local;
 mod log;
 pub mod mariadb;
 pub mod pki;
@@ -116,6 +117,7 @@ impl Agent {
                 r#"[server]
 listen = "127.0.0.1:0"
 {}
+{}
 
 [obproxy]
 home = "odp"
@@ -132,6 +134,7 @@ dir = "state"
 {}
 {}"#,
                 opts.server,
+                open_loopback(&format!("{}{}", opts.server, opts.more)),
                 opts.exit_timeout,
                 opts.start_timeout,
                 opts.stop_timeout,
@@ -516,12 +519,35 @@ pub fn sample(body: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// Without credentials in `more`, test callers on loopback operate (the
+/// daemons' default is READ_ONLY there; the security tests prove that).
+pub fn open_loopback(more: &str) -> &'static str {
+    if more.contains("[tls]") || more.contains("[[auth.tokens]]") || more.contains("loopback_role")
+    {
+        ""
+    } else {
+        "loopback_role = \"OBPROXY_MANAGER\""
+    }
+}
+
 fn write_wrapper(path: &Path, env: &[(&str, &str)]) {
     // The wrapper sources `<binary>.env` at every start, so a test can change
-    // how the next obproxy behaves; `exec` keeps the pid and the parent.
+    // how the next obproxy behaves; `exec` keeps the pid and the parent. It
+    // runs a link to the stand-in beside it: the agent adopts only an
+    // obproxy whose executable lies in its home or upgrade directory. The
+    // env file is named in full: the agent runs the file it opened, so $0 is
+    // a /proc/self/fd name.
+    let standin = path.with_file_name(".obproxy-standin");
+    if !standin.exists() && std::fs::hard_link(STANDIN, &standin).is_err() {
+        std::fs::copy(STANDIN, &standin).unwrap();
+    }
     std::fs::write(
         path,
-        format!("#!/bin/sh\n[ -f \"$0.env\" ] && . \"$0.env\"\nexec {STANDIN} \"$@\"\n"),
+        format!(
+            "#!/bin/sh\n[ -f \"{path}.env\" ] && . \"{path}.env\"\nexec {standin} \"$@\"\n",
+            path = path.display(),
+            standin = standin.display()
+        ),
     )
     .unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -74,7 +74,15 @@ impl Ca {
 impl Pki {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            // The daemons refuse a private key others may read.
+            if name.ends_with(".key") {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            }
+        };
         let (ca, ca_pem) = Ca::new("odp test CA");
         write("ca.pem", &ca_pem);
         let server = ExtendedKeyUsagePurpose::ServerAuth;

@@ -1,16 +1,18 @@
 //! `odp-bench restart-modes`: the same client load through one ODP while it is restarted in
 //! each of three ways (HOT, FORCE, and Stop-then-Start as deployment tools do today), and
-//! what each cost the clients and how long it took until the new process served.
+//! what each cost the clients and how long it took until the new process served. The load
+//! runs in a process of its own; every figure is min / median / max over the runs.
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
-use odp_agent::{
-    loadgen::{Load, LoadConfig, Report},
-    proto::agent as pb,
-};
-use tokio_util::sync::CancellationToken;
+use odp_agent::proto::agent as pb;
 
-use crate::testbed::{LogLine, Options, Testbed};
+use crate::{
+    load_process::{self, LoadProcess, Summary},
+    proc_stat,
+    stats::{Spread, median, print_table},
+    testbed::{LogLine, Options, Testbed},
+};
 
 /// Successful requests before the first round and after every round: proof that the ODP is
 /// serving again before the next restart, and that the last one's losses are all counted.
@@ -26,7 +28,10 @@ pub struct Args {
     /// Long-lived sessions, each reconnecting every --session-requests requests.
     #[arg(long, default_value_t = 4)]
     sessions: usize,
-    /// Restarts per mode.
+    /// Runs, each on a fresh agent (the figures are min / median / max over them).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Restarts per mode and run (after one uncounted HOT restart per run).
     #[arg(long, default_value_t = 10)]
     rounds: usize,
     /// The obproxy start-up time the stand-in simulates.
@@ -74,13 +79,26 @@ struct Round {
 struct ModeResult {
     mode: Mode,
     rounds: Vec<Round>,
-    report: Report,
+    load: Summary,
+    /// CPU time of the load generator's process during this mode.
+    load_cpu: Duration,
+}
+
+/// One run: a fresh agent through the three modes.
+struct RunResult {
+    modes: Vec<ModeResult>,
+    wall: Duration,
+    /// CPU time of the agent and every obproxy it ran (reaped children included).
+    agent_cpu: Duration,
+    /// CPU time of this process (the echo backend and the orchestration).
+    bench_cpu: Duration,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     println!(
-        "load: {} fresh-connection clients + {} sessions (reconnecting every {} requests), \
-         {} think time; stand-in start-up delay {}; {} rounds per mode; HOT drain window {}",
+        "load (its own process): {} fresh-connection clients + {} sessions (reconnecting every \
+         {} requests), {} think time; stand-in start-up delay {}; {} rounds per mode; HOT drain \
+         window {}; {} runs, figures min / median / max over them",
         args.clients,
         args.sessions,
         args.session_requests,
@@ -88,13 +106,26 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         humantime::format_duration(args.start_delay),
         args.rounds,
         humantime::format_duration(args.exit_timeout),
+        args.runs,
     );
+    let mut runs = Vec::new();
+    for n in 1..=args.runs {
+        eprintln!("run {n}/{}", args.runs);
+        runs.push(one_run(&args).await?);
+    }
+    print_results(&runs, &args);
+    Ok(())
+}
+
+async fn one_run(args: &Args) -> anyhow::Result<RunResult> {
     let mut testbed = Testbed::start(&Options {
         start_delay: args.start_delay,
         exit_timeout: args.exit_timeout,
     })
     .await?;
-    let result = run_modes(&testbed, &args).await;
+    let started = Instant::now();
+    let bench_cpu = proc_stat::own_cpu();
+    let result = run_modes(&testbed, args).await;
     if let Err(e) = &result {
         eprintln!(
             "odp-bench: {e:#}\nthe agent's last lines:\n{}\nfiles kept in {}",
@@ -102,10 +133,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             testbed.keep_files().display()
         );
     }
+    let agent_cpu = testbed.cpu();
+    let wall = started.elapsed();
+    let bench_cpu = proc_stat::own_cpu().saturating_sub(bench_cpu);
     testbed.shutdown().await?;
-    let results = result?;
-    print_table(&results, &args);
-    Ok(())
+    Ok(RunResult {
+        modes: result?,
+        wall,
+        agent_cpu,
+        bench_cpu,
+    })
 }
 
 async fn run_modes(testbed: &Testbed, args: &Args) -> anyhow::Result<Vec<ModeResult>> {
@@ -131,49 +168,45 @@ async fn run_modes(testbed: &Testbed, args: &Args) -> anyhow::Result<Vec<ModeRes
         .context("no SQL listener after Start")?
         .address
         .parse()?;
-    let load = LoadConfig {
+    // The agent's first restart reads the binary's version; later ones know it.
+    restart(testbed, Mode::Hot, args).await.context("warm-up")?;
+    let load = load_process::Args {
+        target,
         clients: args.clients,
         sessions: args.sessions,
-        session_requests: Some(args.session_requests),
+        session_requests: args.session_requests,
         pause: args.pause,
-        // The whole benchmark must end even if a restart hangs.
-        duration: Some(Duration::from_secs(600)),
-        ..LoadConfig::new(target)
+        request_timeout: Duration::from_secs(10),
     };
 
     let mut results = Vec::new();
     for mode in [Mode::Hot, Mode::Force, Mode::StopStart] {
-        let run = Load::start(load.clone(), CancellationToken::new())?;
-        run.wait_for_ok(SETTLE_OK).await;
+        let mut run = LoadProcess::start(&load)?;
+        run.wait_ok(SETTLE_OK, STALL).await?;
         let mut rounds = Vec::new();
         for round in 1..=args.rounds {
             let timed = restart(testbed, mode, args)
                 .await
                 .with_context(|| format!("{} round {round}", mode.name()))?;
             rounds.push(timed);
-            let settled =
-                tokio::time::timeout(STALL, run.wait_for_ok(run.progress().ok + SETTLE_OK)).await;
-            eprintln!(
-                "{} round {round}/{}: {:?}",
-                mode.name(),
-                args.rounds,
-                run.progress()
-            );
-            if settled.is_err() || run.is_stopped() {
-                let report = run.stop().await;
+            let before = run.progress().await?;
+            let after = run.wait_ok(before.ok + SETTLE_OK, STALL).await?;
+            eprintln!("{} round {round}/{}: {after:?}", mode.name(), args.rounds);
+            if after.ok < before.ok + SETTLE_OK {
+                let (summary, _) = run.stop().await?;
                 bail!(
-                    "{} round {round}: the load made no progress for {}; {report}",
+                    "{} round {round}: the load made no progress for {}; {summary:?}",
                     mode.name(),
                     humantime::format_duration(STALL)
                 );
             }
         }
-        let report = run.stop().await;
-        eprintln!("{}: {report}", mode.name());
+        let (load, load_cpu) = run.stop().await?;
         results.push(ModeResult {
             mode,
             rounds,
-            report,
+            load,
+            load_cpu,
         });
     }
     Ok(results)
@@ -273,7 +306,7 @@ async fn restart(testbed: &Testbed, mode: Mode, args: &Args) -> anyhow::Result<R
 /// agent's own log timestamps. A readiness signal that overtakes the spawner's report is
 /// logged at debug level only; the "pid N is ready" note (after the agent's own checks) then
 /// stands in for it.
-fn startup_marks(log: &[LogLine], pid: u32) -> Option<(SystemTime, SystemTime)> {
+pub fn startup_marks(log: &[LogLine], pid: u32) -> Option<(SystemTime, SystemTime)> {
     let pid_field = format!("pid={pid}");
     let has_pid = |l: &&LogLine| l.text.split_whitespace().any(|w| w == pid_field);
     let checked = format!("pid {pid} is ready");
@@ -289,24 +322,7 @@ fn startup_marks(log: &[LogLine], pid: u32) -> Option<(SystemTime, SystemTime)> 
     Some((spawning.at, ready.at))
 }
 
-fn median(mut values: Vec<Duration>) -> Duration {
-    if values.is_empty() {
-        return Duration::ZERO;
-    }
-    values.sort_unstable();
-    let mid = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values[mid]
-    } else {
-        (values[mid - 1] + values[mid]) / 2
-    }
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.0} ms", d.as_secs_f64() * 1e3)
-}
-
-fn print_table(results: &[ModeResult], args: &Args) {
+fn print_results(runs: &[RunResult], args: &Args) {
     let header = [
         "mode",
         "ok requests",
@@ -318,79 +334,45 @@ fn print_table(results: &[ModeResult], args: &Args) {
         "agent overhead",
         "p99 fresh req",
     ];
-    let rows: Vec<[String; 9]> = results
+    let modes = [Mode::Hot, Mode::Force, Mode::StopStart];
+    let of = |mode: Mode| {
+        runs.iter()
+            .flat_map(move |r| r.modes.iter().filter(move |m| m.mode == mode))
+    };
+    let count =
+        |mode, f: fn(&ModeResult) -> u64| Spread::of(of(mode).map(|m| f(m) as f64)).show(0, "");
+    let times = |mode, f: fn(&Round) -> Duration| {
+        Spread::ms(of(mode).map(|m| median(m.rounds.iter().map(f)))).show(1, "ms")
+    };
+    let rows: Vec<Vec<String>> = modes
         .iter()
-        .map(|r| {
-            let to_serving = median(r.rounds.iter().map(|x| x.to_serving).collect());
-            let startup = median(r.rounds.iter().map(|x| x.startup).collect());
-            let overhead = median(
-                r.rounds
-                    .iter()
-                    .map(|x| x.to_serving.saturating_sub(x.startup))
-                    .collect(),
-            );
-            [
-                r.mode.name().to_string(),
-                r.report.ok.to_string(),
-                r.report.failed_requests().to_string(),
-                r.report.refused.to_string(),
-                r.report.cut_sessions.to_string(),
-                ms(to_serving),
-                ms(startup),
-                ms(overhead),
-                ms(r.report.fresh.p99),
+        .map(|&mode| {
+            vec![
+                mode.name().to_string(),
+                count(mode, |m| m.load.counts.ok),
+                count(mode, |m| m.load.counts.reset + m.load.counts.failed),
+                count(mode, |m| m.load.counts.refused),
+                count(mode, |m| m.load.counts.cut),
+                times(mode, |r| r.to_serving),
+                times(mode, |r| r.startup),
+                times(mode, |r| r.to_serving.saturating_sub(r.startup)),
+                Spread::ms(of(mode).map(|m| m.load.fresh_p99)).show(1, "ms"),
             ]
         })
         .collect();
-    let mut widths = header.map(|h| h.chars().count());
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: &[String]| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .enumerate()
-            .map(|(i, (c, w))| {
-                let pad = w - c.chars().count();
-                // Names left, figures right.
-                if i == 0 {
-                    format!("{c}{}", " ".repeat(pad))
-                } else {
-                    format!("{}{c}", " ".repeat(pad))
-                }
-            })
-            .collect();
-        println!("| {} |", padded.join(" | "));
-    };
     println!();
-    line(&header.map(String::from));
-    println!(
-        "|{}|",
-        widths
-            .iter()
-            .enumerate()
-            .map(|(i, w)| if i == 0 {
-                format!(":{}", "-".repeat(w + 1))
-            } else {
-                format!("{}:", "-".repeat(w + 1))
-            })
-            .collect::<Vec<_>>()
-            .join("|")
-    );
-    for row in &rows {
-        line(row);
-    }
+    print_table(&header, &rows);
     println!();
     println!(
-        "Counts are totals over {} rounds per mode; times are medians over the rounds.",
+        "Each cell: min / median / max over {} runs; a run's count is its total over {} rounds, \
+         its time the median over them.",
+        runs.len(),
         args.rounds
     );
     println!(
         "- failed requests: fresh-connection requests reset (ECONNRESET, EPIPE, EOF mid-reply), \
-         timed out or answered wrongly."
+         timed out or answered wrongly. A SIGKILL (FORCE) resets the requests the killed \
+         process had accepted and not yet answered."
     );
     println!(
         "- refused conns: connects refused (ECONNREFUSED); a worker pauses 10 ms after a failure, \
@@ -404,12 +386,12 @@ fn print_table(results: &[ModeResult], args: &Args) {
         "- RPC→serving: from sending the first RPC (Restart; for stop+start, Stop) to the \
          operation reporting the new process serving (HOT: its Draining phase; others: done)."
     );
-    for r in results {
-        let before = median(r.rounds.iter().map(|x| x.before_spawn).collect());
+    for mode in modes {
+        let before = Spread::ms(of(mode).map(|m| median(m.rounds.iter().map(|x| x.before_spawn))));
         println!(
             "    {}: {} of it before the agent began spawning the new process",
-            r.mode.name(),
-            ms(before)
+            mode.name(),
+            before.show(1, "ms")
         );
     }
     println!(
@@ -419,10 +401,22 @@ fn print_table(results: &[ModeResult], args: &Args) {
     );
     println!(
         "- agent overhead: RPC→serving minus start-up, i.e. what the agent adds to the \
-         process's own start: gRPC, `obproxy -V`, stopping the old process (FORCE, stop+start), \
-         the readiness checks and reporting back."
+         process's own start: gRPC, stopping the old process (FORCE, stop+start), the \
+         readiness checks, the state file and reporting back."
     );
     println!("- p99 fresh req: connect + request + reply of fresh-connection requests.");
+    println!(
+        "CPU per run: load generator {}, agent + obproxy {}, this process (echo backend) {}, \
+         over {} of wall time (2 cores give at most twice the wall time).",
+        Spread::of(
+            runs.iter()
+                .map(|r| r.modes.iter().map(|m| m.load_cpu.as_secs_f64()).sum())
+        )
+        .show(1, "s"),
+        Spread::of(runs.iter().map(|r| r.agent_cpu.as_secs_f64())).show(1, "s"),
+        Spread::of(runs.iter().map(|r| r.bench_cpu.as_secs_f64())).show(1, "s"),
+        Spread::of(runs.iter().map(|r| r.wall.as_secs_f64())).show(1, "s"),
+    );
 }
 
 #[cfg(test)]
@@ -472,16 +466,5 @@ mod tests {
             ready.duration_since(spawning).unwrap(),
             Duration::from_millis(6)
         );
-    }
-
-    #[test]
-    fn the_median_of_an_even_count_is_the_mean_of_the_middle_two() {
-        let ms = |v: &[u64]| v.iter().map(|&m| Duration::from_millis(m)).collect();
-        assert_eq!(median(ms(&[5, 1, 3])), Duration::from_millis(3));
-        assert_eq!(
-            median(ms(&[4, 1, 3, 2])),
-            Duration::from_millis(2) + Duration::from_micros(500)
-        );
-        assert_eq!(median(vec![]), Duration::ZERO);
     }
 }

@@ -3,6 +3,7 @@
 //! the time one ODP's hot restart takes on its own.
 use std::time::{Duration, Instant};
 
+use crate::stats::{Spread, median, print_table};
 use anyhow::Context;
 use odp_agent::{
     local_cluster::{LocalCluster, Options},
@@ -23,9 +24,12 @@ pub struct Args {
     /// The obproxy start-up time the stand-in simulates.
     #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
     start_delay: Duration,
-    /// Single-ODP restarts timed for the ideal.
+    /// Single-ODP restarts timed for the ideal (per run).
     #[arg(long, default_value_t = 5)]
     samples: usize,
+    /// Runs, each on a fresh cluster.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
 }
 
 async fn watch(
@@ -43,7 +47,77 @@ async fn watch(
     last.context("no task update")
 }
 
+/// One batch size in one run.
+struct BatchRun {
+    batch: u32,
+    batches: u32,
+    took: Duration,
+    ideal: Duration,
+    slowest: Duration,
+    gap: Duration,
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    println!(
+        "rolling HOT Restart All of {} real agents + stand-ins (start-up {} ms); batches of {:?}; \
+         {} runs on fresh clusters, figures min / median / max over them",
+        args.odps,
+        args.start_delay.as_millis(),
+        args.batches,
+        args.runs
+    );
+    let mut ones = Vec::new();
+    let mut batches: Vec<BatchRun> = Vec::new();
+    for n in 1..=args.runs {
+        eprintln!("run {n}/{}", args.runs);
+        let (one, runs) = one_run(&args).await?;
+        ones.push(one);
+        batches.extend(runs);
+    }
+    println!(
+        "one ODP alone (a run's median of {}): {}",
+        args.samples,
+        Spread::ms(ones.iter().copied()).show(0, "ms")
+    );
+    let rows: Vec<Vec<String>> = args
+        .batches
+        .iter()
+        .map(|&b| {
+            let of: Vec<&BatchRun> = batches.iter().filter(|r| r.batch == b).collect();
+            let secs = |f: fn(&BatchRun) -> Duration| {
+                Spread::of(of.iter().map(|r| f(r).as_secs_f64())).show(2, "s")
+            };
+            vec![
+                b.to_string(),
+                of.first().map_or(0, |r| r.batches).to_string(),
+                secs(|r| r.took),
+                secs(|r| r.ideal),
+                Spread::of(
+                    of.iter()
+                        .map(|r| (r.took.as_secs_f64() / r.ideal.as_secs_f64() - 1.0) * 100.0),
+                )
+                .show(1, "%"),
+                Spread::ms(of.iter().map(|r| r.slowest)).show(0, "ms"),
+                Spread::ms(of.iter().map(|r| r.gap)).show(1, "ms"),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "batch size",
+            "batches",
+            "took",
+            "ideal (batches x one ODP)",
+            "over ideal",
+            "slowest ODP per batch (mean)",
+            "between batches (mean)",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+async fn one_run(args: &Args) -> anyhow::Result<(Duration, Vec<BatchRun>)> {
     let mut opts = Options::beside_me(args.odps);
     opts.start_delay = Some(args.start_delay);
     opts.exit_timeout = Duration::from_secs(5);
@@ -63,6 +137,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "Start All: {}",
         started.error
     );
+    // Every agent restarts once first: the first restart reads the binary's version.
+    let warm = coord
+        .restart_all(pb::RestartAllRequest {
+            cluster: cluster.name.clone(),
+            mode: apb::RestartMode::Hot as i32,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let warm = watch(&mut coord, &warm.id).await?;
+    anyhow::ensure!(
+        warm.state() == pb::TaskState::Succeeded,
+        "Restart All: {}",
+        warm.error
+    );
 
     // One ODP restarted on its own: what a batch costs at best.
     let mut agent = AgentClient::connect(format!("http://{}", cluster.agents[0].addr)).await?;
@@ -80,18 +169,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         anyhow::ensure!(op.state() == apb::OperationState::Succeeded, "{}", op.error);
         single.push(t.elapsed());
     }
-    single.sort();
-    let one = single[single.len() / 2];
-    println!(
-        "rolling HOT Restart All of {} real agents + stand-ins (start-up {} ms); one ODP alone: {:.0} ms (median of {})",
-        args.odps,
-        args.start_delay.as_millis(),
-        one.as_secs_f64() * 1e3,
-        args.samples
-    );
-    println!(
-        "| batch size | batches | took | ideal (batches x one ODP) | over ideal | slowest ODP per batch (mean) | between batches (mean) |\n|---:|---:|---:|---:|---:|---:|---:|"
-    );
+    let one = median(single);
+    let mut runs = Vec::new();
     for &batch in &args.batches {
         let t = Instant::now();
         let task = coord
@@ -110,17 +189,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "Restart All: {}",
             done.error
         );
-        let ideal = one * done.batches;
         let (slowest, gap) = batch_times(&done);
-        println!(
-            "| {batch} | {} | {:.2} s | {:.2} s | {:+.0}% | {:.0} ms | {:.0} ms |",
-            done.batches,
-            took.as_secs_f64(),
-            ideal.as_secs_f64(),
-            (took.as_secs_f64() / ideal.as_secs_f64() - 1.0) * 100.0,
-            slowest.as_secs_f64() * 1e3,
-            gap.as_secs_f64() * 1e3,
-        );
+        runs.push(BatchRun {
+            batch,
+            batches: done.batches,
+            took,
+            ideal: one * done.batches,
+            slowest,
+            gap,
+        });
     }
     let stopped = coord
         .stop_all(pb::StopAllRequest {
@@ -130,7 +207,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await?
         .into_inner();
     watch(&mut coord, &stopped.id).await?;
-    Ok(())
+    Ok((one, runs))
 }
 
 fn secs(t: &Option<prost_types::Timestamp>) -> f64 {

@@ -40,6 +40,7 @@ pub struct Testbed {
     dir: tempfile::TempDir,
     backend: Option<EchoBackend>,
     agent: Child,
+    grpc: SocketAddr,
     client: AgentClient<Channel>,
     log: Arc<AgentLog>,
 }
@@ -61,11 +62,7 @@ impl AgentLog {
 
 impl Testbed {
     pub async fn start(opts: &Options) -> anyhow::Result<Self> {
-        let bin_dir = std::env::current_exe()
-            .context("where is odp-bench")?
-            .parent()
-            .context("odp-bench has no directory")?
-            .to_path_buf();
+        let bin_dir = bin_dir()?;
         let agent_bin = sibling(&bin_dir, "odp-agent")?;
         let standin = sibling(&bin_dir, "obproxy-standin")?;
 
@@ -89,6 +86,8 @@ impl Testbed {
             format!(
                 r#"[server]
 listen = "127.0.0.1:0"
+# The bench drives the agent over loopback TCP (READ_ONLY by default).
+loopback_role = "OBPROXY_MANAGER"
 
 [obproxy]
 home = "odp"
@@ -139,6 +138,7 @@ dir = "state"
             dir,
             backend: Some(backend),
             agent,
+            grpc,
             client,
             log,
         })
@@ -151,8 +151,28 @@ dir = "state"
         self.dir.path().to_path_buf()
     }
 
+    /// The agent's gRPC address.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        Some(self.grpc)
+    }
+
+    /// The echo backend the stand-ins forward to.
+    pub fn backend_addr(&self) -> Option<SocketAddr> {
+        self.backend.as_ref().map(EchoBackend::addr)
+    }
+
     pub fn client(&self) -> AgentClient<Channel> {
         self.client.clone()
+    }
+
+    /// CPU time of the agent and of every obproxy it ran: those it reaped count in its
+    /// children's time, the running ones are added.
+    pub fn cpu(&self) -> Duration {
+        let running: Duration = processes_in(&self.dir.path().join("odp"))
+            .into_iter()
+            .map(crate::proc_stat::cpu)
+            .sum();
+        crate::proc_stat::cpu(self.agent.id()) + running
     }
 
     /// The agent's log lines stamped at or after `since`, once `done` holds for them (or
@@ -230,7 +250,17 @@ impl Drop for Testbed {
     }
 }
 
-fn sibling(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+/// Where odp-bench is, and the binaries built beside it.
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    Ok(std::env::current_exe()
+        .context("where is odp-bench")?
+        .parent()
+        .context("odp-bench has no directory")?
+        .to_path_buf())
+}
+
+/// `name` beside odp-bench, or an error saying how to build it.
+pub fn sibling(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
     let path = dir.join(name);
     if !path.is_file() {
         bail!(

@@ -1,0 +1,315 @@
+//! One agent's status stream (`WatchStatus`) on an HTTP/2 connection of its own, made with
+//! h2 alone. The coordinator keeps one of these open to every agent, so what each costs in
+//! memory is what a coordinator of 10,000 ODPs costs: tonic's channel would add a request
+//! queue, a dispatch queue and a decode buffer (some 26 KiB an agent, doubling the total),
+//! none of which a single long-lived stream needs. Over TLS (`[agents.tls]`) it presents the
+//! coordinator's certificate as every other call to the agents does.
+use std::{io, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use bytes::{Buf, Bytes, BytesMut};
+use prost::Message;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
+
+use crate::security::tls::TlsFileError;
+use crate::{proto::agent as pb, security::config::ClientTlsConfig as TlsSection};
+
+/// gRPC's status code for an RPC the server does not offer.
+const UNIMPLEMENTED: i32 = 12;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("cannot connect to {agent}")]
+    Connect {
+        agent: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{agent} did not answer within {}", humantime::format_duration(*timeout))]
+    Timeout { agent: String, timeout: Duration },
+    #[error("HTTP/2 with {agent} failed")]
+    Http2 {
+        agent: String,
+        #[source]
+        source: h2::Error,
+    },
+    #[error("{agent} answered gRPC status {code}: {message}")]
+    Status {
+        agent: String,
+        code: i32,
+        message: String,
+    },
+    #[error("{agent} sent a status that does not decode")]
+    Decode {
+        agent: String,
+        #[source]
+        source: prost::DecodeError,
+    },
+}
+
+impl StreamError {
+    /// The agent does not offer WatchStatus (an older agent).
+    pub fn is_unimplemented(&self) -> bool {
+        matches!(self, StreamError::Status { code, .. } if *code == UNIMPLEMENTED)
+    }
+}
+
+/// How to reach the agents: plain TCP, or TLS with the coordinator's certificate.
+pub struct Connector {
+    tls: Option<(tokio_rustls::TlsConnector, Option<String>)>,
+    connect_timeout: Duration,
+}
+
+fn read_err(path: &Path, what: &str) -> TlsFileError {
+    TlsFileError::Read {
+        path: path.to_path_buf(),
+        source: io::Error::other(format!("no usable PEM {what}")),
+    }
+}
+
+impl Connector {
+    pub fn new(tls: Option<&TlsSection>, connect_timeout: Duration) -> Result<Self, TlsFileError> {
+        let tls = tls.map(|t| rustls_client(t).map(|c| (c, t.domain.clone())));
+        Ok(Self {
+            tls: tls.transpose()?,
+            connect_timeout,
+        })
+    }
+
+    /// Follows `agent`'s status stream, calling `on_status` for every status, until the
+    /// stream ends, fails, or stays silent for `silence` (the agent promised a heartbeat).
+    pub async fn follow(
+        &self,
+        agent: &str,
+        heartbeat: Duration,
+        silence: Duration,
+        mut on_status: impl FnMut(pb::ProxyStatus),
+    ) -> Result<(), StreamError> {
+        let io = self.connect(agent).await?;
+        let h2err = |source| StreamError::Http2 {
+            agent: agent.to_string(),
+            source,
+        };
+        let timeout = |timeout| StreamError::Timeout {
+            agent: agent.to_string(),
+            timeout,
+        };
+        let handshake = h2::client::Builder::new()
+            .initial_window_size(64 * 1024)
+            .handshake::<_, Bytes>(io);
+        let (send, mut conn) = tokio::time::timeout(self.connect_timeout, handshake)
+            .await
+            .map_err(|_| timeout(self.connect_timeout))?
+            .map_err(h2err)?;
+        // The connection makes progress only while polled: alongside everything below.
+        let call = async {
+            let mut send = send.ready().await.map_err(h2err)?;
+            let scheme = if self.tls.is_some() { "https" } else { "http" };
+            let request =
+                http::Request::post(format!("{scheme}://{agent}/odp.agent.v1.Agent/WatchStatus"))
+                    .header("content-type", "application/grpc")
+                    .header("te", "trailers")
+                    .body(())
+                    .expect("a well-formed request");
+            let (response, mut body) = send.send_request(request, false).map_err(h2err)?;
+            let message = pb::WatchStatusRequest {
+                heartbeat: Some(prost_types::Duration {
+                    seconds: heartbeat.as_secs() as i64,
+                    nanos: heartbeat.subsec_nanos() as i32,
+                }),
+            };
+            body.send_data(frame(&message), true).map_err(h2err)?;
+            let response = tokio::time::timeout(silence, response)
+                .await
+                .map_err(|_| timeout(silence))?
+                .map_err(h2err)?;
+            // A refusal comes as headers alone (trailers-only).
+            grpc_status(agent, response.headers())?;
+            let mut body = response.into_body();
+            let mut buf = BytesMut::new();
+            loop {
+                let chunk = match tokio::time::timeout(silence, body.data()).await {
+                    Err(_) => return Err(timeout(silence)),
+                    Ok(None) => break,
+                    Ok(Some(chunk)) => chunk.map_err(h2err)?,
+                };
+                let _ = body.flow_control().release_capacity(chunk.len());
+                buf.extend_from_slice(&chunk);
+                while let Some(message) = next_message(&mut buf) {
+                    let status =
+                        pb::ProxyStatus::decode(message).map_err(|source| StreamError::Decode {
+                            agent: agent.to_string(),
+                            source,
+                        })?;
+                    on_status(status);
+                }
+            }
+            match body.trailers().await.map_err(h2err)? {
+                Some(trailers) => grpc_status(agent, &trailers),
+                None => Ok(()),
+            }
+        };
+        tokio::pin!(call);
+        tokio::select! {
+            result = &mut call => result,
+            closed = &mut conn => {
+                closed.map_err(h2err)?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn connect(&self, agent: &str) -> Result<Box<dyn Io>, StreamError> {
+        let connect_err = |source| StreamError::Connect {
+            agent: agent.to_string(),
+            source,
+        };
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(agent))
+            .await
+            .map_err(|_| StreamError::Timeout {
+                agent: agent.to_string(),
+                timeout: self.connect_timeout,
+            })?
+            .map_err(connect_err)?;
+        let _ = tcp.set_nodelay(true);
+        let Some((tls, domain)) = &self.tls else {
+            return Ok(Box::new(tcp));
+        };
+        let host = match (domain, agent.parse::<SocketAddr>()) {
+            (Some(d), _) => ServerName::try_from(d.clone()),
+            (None, Ok(addr)) => Ok(ServerName::from(addr.ip())),
+            (None, Err(_)) => {
+                let host = agent.rsplit_once(':').map_or(agent, |(h, _)| h);
+                ServerName::try_from(host.to_string())
+            }
+        }
+        .map_err(|e| connect_err(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+        let stream = tokio::time::timeout(self.connect_timeout, tls.connect(host, tcp))
+            .await
+            .map_err(|_| StreamError::Timeout {
+                agent: agent.to_string(),
+                timeout: self.connect_timeout,
+            })?
+            .map_err(connect_err)?;
+        Ok(Box::new(stream))
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// rustls for the agents: their CA, the coordinator's certificate if any, HTTP/2.
+fn rustls_client(t: &TlsSection) -> Result<tokio_rustls::TlsConnector, TlsFileError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.ca)
+        .map_err(|_| read_err(&t.ca, "certificate"))?
+        .collect::<Result<_, _>>()
+        .map_err(|_| read_err(&t.ca, "certificate"))?;
+    for ca in cas {
+        roots
+            .add(ca)
+            .map_err(|_| read_err(&t.ca, "CA certificate"))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|_| read_err(&t.ca, "TLS settings"))?
+        .with_root_certificates(roots);
+    let mut config = match (&t.cert, &t.key) {
+        (Some(cert), Some(key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .map_err(|_| read_err(cert, "certificate"))?
+                .collect::<Result<_, _>>()
+                .map_err(|_| read_err(cert, "certificate"))?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|_| read_err(key, "key"))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|_| read_err(cert, "certificate and key pair"))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// A gRPC message: uncompressed flag, big-endian length, the message.
+fn frame(message: &impl Message) -> Bytes {
+    let body = message.encode_to_vec();
+    let mut out = BytesMut::with_capacity(5 + body.len());
+    out.extend_from_slice(&[0]);
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out.freeze()
+}
+
+/// The next whole message in `buf`, if one has arrived.
+fn next_message(buf: &mut BytesMut) -> Option<Bytes> {
+    if buf.len() < 5 {
+        return None;
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if buf.len() < 5 + len {
+        return None;
+    }
+    buf.advance(5);
+    Some(buf.split_to(len).freeze())
+}
+
+/// An error for a non-zero `grpc-status` in headers or trailers.
+fn grpc_status(agent: &str, headers: &http::HeaderMap) -> Result<(), StreamError> {
+    let Some(code) = headers.get("grpc-status") else {
+        return Ok(());
+    };
+    let code: i32 = code.to_str().ok().and_then(|c| c.parse().ok()).unwrap_or(2);
+    if code == 0 {
+        return Ok(());
+    }
+    let message = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    Err(StreamError::Status {
+        agent: agent.to_string(),
+        code,
+        message,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_cut_from_the_stream_whole() {
+        let status = pb::ProxyStatus {
+            pid: 42,
+            version: "4.3.1.0".into(),
+            ..Default::default()
+        };
+        let one = frame(&status);
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&one[..3]);
+        assert!(next_message(&mut buf).is_none());
+        buf.extend_from_slice(&one[3..]);
+        buf.extend_from_slice(&one[..7]);
+        let got = pb::ProxyStatus::decode(next_message(&mut buf).unwrap()).unwrap();
+        assert_eq!(got, status);
+        assert!(next_message(&mut buf).is_none());
+        assert_eq!(buf.len(), 7);
+    }
+
+    #[test]
+    fn a_grpc_error_status_names_its_code() {
+        let mut headers = http::HeaderMap::new();
+        assert!(grpc_status("a:1", &headers).is_ok());
+        headers.insert("grpc-status", "12".parse().unwrap());
+        headers.insert("grpc-message", "unknown method".parse().unwrap());
+        let e = grpc_status("a:1", &headers).unwrap_err();
+        assert!(e.is_unimplemented(), "{e}");
+        assert!(e.to_string().contains("unknown method"), "{e}");
+    }
+}

@@ -1,0 +1,193 @@
+//! The agent answers and supervises whatever its callers do: a flood of
+//! GetStatus never holds up an operator's Stop nor swells the agent, status
+//! calls share one usage sample instead of each walking the kernel's socket
+//! table, and `obproxy -V` runs once per binary file, not once per restart.
+mod common;
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use common::{Agent, PATIENCE, STANDIN};
+use futures::StreamExt;
+use odp_agent::{proto::agent as pb, sampling::MAX_AGE};
+
+/// The agent's resident memory, from /proc.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    kib / 1024.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_getstatus_flood_never_holds_up_an_operators_stop() {
+    let agent = Agent::start().await;
+    agent.start_proxy().await;
+    let pid = agent.child.id();
+
+    // One client, one connection, a thousand GetStatus calls in flight at
+    // any moment for as long as the test lasts.
+    let flooding = Arc::new(AtomicBool::new(true));
+    let answered = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let flood = {
+        let client = agent.client().await;
+        let (flooding, answered, refused) = (flooding.clone(), answered.clone(), refused.clone());
+        tokio::spawn(async move {
+            let calls = futures::stream::iter(0..)
+                .take_while(|_| futures::future::ready(flooding.load(Ordering::Relaxed)))
+                .map(|_| {
+                    let mut client = client.clone();
+                    async move { client.get_status(pb::GetStatusRequest {}).await }
+                })
+                .buffer_unordered(1000);
+            calls
+                .for_each(|r| {
+                    match r {
+                        Ok(_) => answered.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => refused.fetch_add(1, Ordering::Relaxed),
+                    };
+                    futures::future::ready(())
+                })
+                .await;
+        })
+    };
+    // The flood is on: thousands answered.
+    let deadline = Instant::now() + PATIENCE;
+    while answered.load(Ordering::Relaxed) < 5000 {
+        assert!(Instant::now() < deadline, "the flood never got going");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut operator = agent.client().await;
+    let asked = Instant::now();
+    let stop = operator
+        .stop(pb::StopRequest {
+            request_id: "operator-stop".into(),
+            wait: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let took = asked.elapsed();
+    let rss = rss_mib(pid);
+    let during = answered.load(Ordering::Relaxed);
+    flooding.store(false, Ordering::Relaxed);
+    flood.await.unwrap();
+
+    assert_eq!(
+        stop.state(),
+        pb::OperationState::Succeeded,
+        "{}",
+        stop.error
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "Stop took {took:?} under the flood ({during} statuses answered)"
+    );
+    assert!(
+        rss < 100.0,
+        "the agent grew to {rss:.1} MiB under the flood"
+    );
+    assert_eq!(refused.load(Ordering::Relaxed), 0, "statuses refused");
+    assert_eq!(agent.status().await.state(), pb::ProxyState::Stopped);
+}
+
+#[tokio::test]
+async fn status_calls_share_one_usage_sample() {
+    let agent = Agent::start().await;
+    agent.start_proxy().await;
+    let mut client = agent.client().await;
+    // (asked, answered, the sample's age in the answer)
+    let mut calls: Vec<(Instant, Instant, Duration)> = Vec::new();
+    let started = Instant::now();
+    while calls.len() < 300 || started.elapsed() < 2 * MAX_AGE {
+        let asked = Instant::now();
+        let status = client
+            .get_status(pb::GetStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let age = status.usage_age.expect("a sampled status says its age");
+        let age = Duration::new(age.seconds as u64, age.nanos as u32);
+        calls.push((asked, Instant::now(), age));
+    }
+    // A call got a newer sample than the call before only if that one's had
+    // reached the maximum age by then (at most its age plus the time from
+    // asking for it to this answer): no call took a sample for itself.
+    let mut samples = 1;
+    for pair in calls.windows(2) {
+        let ((asked_before, _, old_age), (_, answered, new_age)) = (pair[0], pair[1]);
+        if new_age < old_age {
+            samples += 1;
+            let aged = old_age + (answered - asked_before);
+            assert!(
+                aged >= MAX_AGE,
+                "a new sample after at most {aged:?}, under {MAX_AGE:?}"
+            );
+        }
+    }
+    let calls_per_sample = calls.len() / samples;
+    assert!(
+        calls_per_sample >= 10,
+        "{} calls, {samples} samples",
+        calls.len()
+    );
+}
+
+/// `bin/obproxy` as a wrapper that notes every `-V` in `bin/obproxy.versions`.
+fn counting_wrapper(agent: &Agent) -> std::path::PathBuf {
+    let path = agent.home().join("bin/obproxy");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = -V ] && echo v >> \"$0.versions\"\n\
+             [ -f \"$0.env\" ] && . \"$0.env\"\nexec {STANDIN} \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+fn versions_read(binary: &std::path::Path) -> usize {
+    std::fs::read_to_string(format!("{}.versions", binary.display()))
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+#[tokio::test]
+async fn obproxy_v_runs_once_per_binary_file() {
+    let agent = Agent::start().await;
+    let binary = counting_wrapper(&agent);
+    agent.start_proxy().await;
+    for _ in 0..3 {
+        let op = agent.restart(pb::RestartMode::Hot, true).await.unwrap();
+        assert_eq!(op.state(), pb::OperationState::Succeeded, "{}", op.error);
+    }
+    let op = agent.restart(pb::RestartMode::Force, true).await.unwrap();
+    assert_eq!(op.state(), pb::OperationState::Succeeded, "{}", op.error);
+    assert_eq!(versions_read(&binary), 1, "-V ran again for the same file");
+    assert_eq!(agent.status().await.version, "4.3.1.0");
+
+    // The file changes (a new build installed in place): read again, once.
+    let file = std::fs::File::options().write(true).open(&binary).unwrap();
+    file.set_modified(SystemTime::now() + Duration::from_secs(60))
+        .unwrap();
+    drop(file);
+    for _ in 0..2 {
+        let op = agent.restart(pb::RestartMode::Hot, true).await.unwrap();
+        assert_eq!(op.state(), pb::OperationState::Succeeded, "{}", op.error);
+    }
+    assert_eq!(versions_read(&binary), 2);
+}
