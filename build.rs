@@ -2,7 +2,8 @@
 //! build needs no system `protoc`, and keeps the descriptor set for server
 //! reflection. Also turns `ODP_TEST_SKIP_ROOT=1` into the `skip_root` cfg,
 //! under which the tests that need root (a tmpfs, network namespaces) are
-//! ignored (and say why).
+//! ignored (and say why), and `ODP_TEST_SKIP_MARIADB=1` into `skip_mariadb`
+//! for the MariaDB tests.
 use std::{env, fs, path::PathBuf};
 
 use prost::Message;
@@ -17,6 +18,10 @@ const PROTOS: &[&str] = &[
 /// reason, instead of failing.
 const SKIP_ROOT: &str = "ODP_TEST_SKIP_ROOT";
 
+/// Set to 1 where MariaDB or sysbench cannot be installed: the tests that need
+/// them are then built as ignored, with that reason, instead of failing.
+const SKIP_MARIADB: &str = "ODP_TEST_SKIP_MARIADB";
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {
         println!("cargo:rerun-if-changed=proto/{proto}");
@@ -25,6 +30,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-env-changed={SKIP_ROOT}");
     if env::var(SKIP_ROOT).as_deref() == Ok("1") {
         println!("cargo:rustc-cfg=skip_root");
+    }
+    println!("cargo:rustc-check-cfg=cfg(skip_mariadb)");
+    println!("cargo:rerun-if-env-changed={SKIP_MARIADB}");
+    if env::var(SKIP_MARIADB).as_deref() == Ok("1") {
+        println!("cargo:rustc-cfg=skip_mariadb");
     }
     let fds = protox::compile(PROTOS, ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);

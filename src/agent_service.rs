@@ -10,12 +10,13 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::{
+    change_feed::Watcher,
     config::AgentConfig,
     error_chain::describe,
     listeners,
@@ -223,13 +224,13 @@ impl pb::agent_server::Agent for AgentService {
     ) -> Result<Response<Self::WatchOperationStream>, Status> {
         self.guard.read(&request, "WatchOperation")?;
         let id = requests::operation_id(&request.into_inner().id)?;
-        let rx = self
+        let watcher = self
             .sup
             .watch_operation(id.clone())
             .await
             .map_err(call_status)?
             .ok_or_else(|| Status::not_found(format!("id: no operation {id:?}")))?;
-        Ok(Response::new(Box::pin(operation_stream(rx))))
+        Ok(Response::new(Box::pin(operation_stream(watcher))))
     }
 
     type WatchStatusStream = Pin<Box<dyn Stream<Item = Result<pb::ProxyStatus, Status>> + Send>>;
@@ -279,21 +280,19 @@ fn status_stream(
     )
 }
 
-/// Every change of the operation, ending with its final state.
+/// Every change of the operation, ending with its final state; a watcher that
+/// falls too far behind gets RESOURCE_EXHAUSTED saying how far, never a gap.
 fn operation_stream(
-    rx: watch::Receiver<operation::Operation>,
+    watcher: Watcher<operation::Operation>,
 ) -> impl Stream<Item = Result<pb::Operation, Status>> {
-    futures::stream::unfold((rx, true, false), |(mut rx, first, done)| async move {
-        if done {
-            return None;
-        }
-        if !first && rx.changed().await.is_err() {
-            return None;
-        }
-        let op = rx.borrow_and_update().clone();
-        let finished = op.is_finished();
-        Some((Ok(operation_pb(&op)), (rx, false, finished)))
-    })
+    watcher
+        .until(operation::Operation::is_finished)
+        .map(|change| match change {
+            Ok(op) => Ok(operation_pb(&op)),
+            Err(behind) => Err(Status::resource_exhausted(format!(
+                "WatchOperation: {behind}"
+            ))),
+        })
 }
 
 fn call_status(e: CallError) -> Status {

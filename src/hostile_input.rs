@@ -13,6 +13,7 @@ use crate::{
     agent_service::requests as agent,
     config::{AgentConfig, ObproxyConfig},
     coordinator::{config::CoordinatorConfig, service::requests as coordinator},
+    obproxy::executable::Executable,
     proto::{agent as apb, coordinator as cpb},
     security::{
         config::{AuthConfig, TokenRule},
@@ -76,7 +77,13 @@ pub fn agent_request(data: &[u8], obproxy: &ObproxyConfig) -> Outcome {
     let result = match which % 5 {
         0 => decode::<apb::StartRequest>(bytes).map(|r| agent::start(&r).map(|_| ())),
         1 => decode::<apb::StopRequest>(bytes).map(|r| agent::stop(&r).map(|_| ())),
-        2 => decode::<apb::RestartRequest>(bytes).map(|r| agent::restart(&r, obproxy).map(|_| ())),
+        2 => decode::<apb::RestartRequest>(bytes).map(|r| {
+            agent::restart(&r, obproxy).map(|accepted| {
+                if let Some(binary) = &accepted.binary {
+                    assert_runnable_upgrade(binary, obproxy);
+                }
+            })
+        }),
         3 => decode::<apb::GetOperationRequest>(bytes)
             .map(|r| agent::operation_id(&r.id).map(|_| ())),
         _ => decode::<apb::WatchOperationRequest>(bytes)
@@ -152,6 +159,30 @@ pub fn authorization(data: &[u8]) -> Outcome {
             Outcome::Refused("authorization".into())
         }
     }
+}
+
+/// An accepted hot-upgrade `binary` is what will run: the file it holds open is an
+/// executable file inside the upgrade directory (every symlink and `..` resolved), and the
+/// path it names for logs lies there too.
+fn assert_runnable_upgrade(binary: &Executable, obproxy: &ObproxyConfig) {
+    let dir = std::fs::canonicalize(&obproxy.upgrade_dir).expect("the fixture's upgrade_dir");
+    let (opened, _) = binary.program();
+    let file = std::fs::read_link(&opened).expect("the opened file's path");
+    assert!(
+        file.starts_with(&dir),
+        "accepted {:?}, which opened {file:?}, outside the upgrade directory {dir:?}",
+        binary.path()
+    );
+    assert!(
+        binary.path().starts_with(&obproxy.upgrade_dir),
+        "accepted {:?}, named outside the upgrade directory",
+        binary.path()
+    );
+    let meta = std::fs::metadata(&opened).expect("an accepted binary exists");
+    assert!(
+        meta.is_file() && meta.permissions().mode() & 0o111 != 0,
+        "accepted {file:?}, which is not an executable file"
+    );
 }
 
 fn decode<M: Message + Default>(bytes: &[u8]) -> Option<M> {

@@ -14,7 +14,8 @@
 //!   [`operation`] log; [`operations`] are the start/stop/restart scripts
 //!   that drive it step by step. [`sampling`] observes the processes (CPU,
 //!   memory, sessions) on a thread of its own; [`status_report`] joins the
-//!   supervisor's published status with those samples.
+//!   supervisor's published status with those samples. [`change_feed`] lets
+//!   every watcher of an operation or a task see every change.
 //! - [`error_chain`] renders an error with its causes on one line;
 //!   [`redact`] masks the secrets obproxy's arguments may carry.
 //! - [`agent_service`] translates gRPC to supervisor calls; [`agent`] wires
@@ -44,6 +45,7 @@ pub mod admin_sql;
 pub mod adoption;
 pub mod agent;
 pub mod agent_service;
+pub mod change_feed;
 pub mod command_line;
 pub mod config;
 pub mod config_file;

@@ -719,11 +719,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_port_counts_refused_connections_and_nothing_else() {
-        // Bound, then closed: nothing listens on this port any more.
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
+        // Bound and never listening: every connect is refused, and the port stays ours for
+        // the whole test (a port released and reused by another test would answer).
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
             .unwrap();
+        let addr = socket.local_addr().unwrap().as_socket().unwrap();
         let config = LoadConfig {
             max_requests: Some(50),
             ..quick(addr)

@@ -1,6 +1,6 @@
 //! Operations: what was asked (start, stop, restart), how far it got, how it
 //! ended; and the log that keeps them, finds them by request id and lets
-//! callers watch them change.
+//! callers watch every change (see [`crate::change_feed`]).
 use std::{
     collections::{HashMap, VecDeque},
     time::{Duration, SystemTime},
@@ -8,10 +8,18 @@ use std::{
 
 use tokio::sync::watch;
 
-use crate::obproxy::executable::Executable;
+use crate::{
+    change_feed::{Feed, Watcher},
+    obproxy::executable::Executable,
+};
 
 /// Finished operations kept for GetOperation and request-id replays.
 const KEEP_FINISHED: usize = 512;
+
+/// Changes a WatchOperation caller may fall behind before it is told so. An
+/// operation makes a few dozen (phases and events), so only a watcher that
+/// stopped reading gets there.
+pub const WATCH_BUFFER: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -125,15 +133,32 @@ pub enum Admission {
     Replay(watch::Receiver<Operation>),
 }
 
-#[derive(Default)]
 pub struct Log {
-    ops: HashMap<String, watch::Sender<Operation>>,
+    ops: HashMap<String, Feed<Operation>>,
     order: VecDeque<String>,
     by_request: HashMap<String, String>,
     current: Option<String>,
+    watch_buffer: usize,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self::with_watch_buffer(WATCH_BUFFER)
+    }
 }
 
 impl Log {
+    /// A log whose watchers may fall `watch_buffer` changes behind.
+    pub fn with_watch_buffer(watch_buffer: usize) -> Self {
+        Self {
+            ops: HashMap::new(),
+            order: VecDeque::new(),
+            by_request: HashMap::new(),
+            current: None,
+            watch_buffer,
+        }
+    }
+
     /// Admits `request` unless another operation is running.
     pub fn admit(
         &mut self,
@@ -142,9 +167,9 @@ impl Log {
     ) -> Result<Admission, LogError> {
         if let Some(rid) = &request.request_id
             && let Some(id) = self.by_request.get(rid)
-            && let Some(tx) = self.ops.get(id)
+            && let Some(feed) = self.ops.get(id)
         {
-            let used = tx.borrow().kind;
+            let used = feed.borrow().kind;
             let joined_respawn =
                 matches!(used, Kind::Respawn | Kind::TakeOver) && request.kind == Kind::Start;
             if used != request.kind && !joined_respawn {
@@ -155,7 +180,7 @@ impl Log {
                     asked: request.kind,
                 });
             }
-            return Ok(Admission::Replay(tx.subscribe()));
+            return Ok(Admission::Replay(feed.subscribe_latest()));
         }
         if let Some(current) = self.current() {
             // A Start while the agent is already starting obproxy again after
@@ -167,8 +192,9 @@ impl Log {
                     self.by_request.insert(rid.clone(), current.id.clone());
                 }
                 return self
-                    .watch(&current.id)
-                    .map(Admission::Replay)
+                    .ops
+                    .get(&current.id)
+                    .map(|feed| Admission::Replay(feed.subscribe_latest()))
                     .ok_or(LogError::Busy {
                         id: current.id,
                         kind: current.kind,
@@ -194,8 +220,9 @@ impl Log {
             events: Vec::new(),
             proxy_state: None,
         };
-        let (tx, rx) = watch::channel(op);
-        self.ops.insert(id.clone(), tx);
+        let feed = Feed::new(op, self.watch_buffer);
+        let rx = feed.subscribe_latest();
+        self.ops.insert(id.clone(), feed);
         self.order.push_back(id.clone());
         if let Some(rid) = &request.request_id {
             self.by_request.insert(rid.clone(), id.clone());
@@ -212,8 +239,8 @@ impl Log {
             self.current = None;
         }
         self.order.retain(|o| o != id);
-        if let Some(tx) = self.ops.remove(id)
-            && let Some(rid) = &tx.borrow().request_id
+        if let Some(feed) = self.ops.remove(id)
+            && let Some(rid) = &feed.borrow().request_id
         {
             self.by_request.remove(rid);
         }
@@ -232,23 +259,27 @@ impl Log {
         self.current
             .as_ref()
             .and_then(|id| self.ops.get(id))
-            .map(|tx| tx.borrow().clone())
+            .map(Feed::latest)
     }
 
     pub fn get(&self, id: &str) -> Option<Operation> {
-        self.ops.get(id).map(|tx| tx.borrow().clone())
+        self.ops.get(id).map(Feed::latest)
     }
 
-    pub fn watch(&self, id: &str) -> Option<watch::Receiver<Operation>> {
-        self.ops.get(id).map(watch::Sender::subscribe)
+    /// The operation as it is now, then every change to it.
+    pub fn watch(&self, id: &str) -> Option<Watcher<Operation>> {
+        self.ops.get(id).map(Feed::watch)
     }
 
-    /// Changes an operation and wakes its watchers.
+    /// Changes an operation and hands the change to its watchers.
     pub fn update(&mut self, id: &str, change: impl FnOnce(&mut Operation)) {
-        let Some(tx) = self.ops.get(id) else { return };
-        tx.send_modify(change);
-        if tx.borrow().is_finished() && self.current.as_deref() == Some(id) {
-            self.current = None;
+        let Some(feed) = self.ops.get(id) else { return };
+        feed.modify(change);
+        if feed.borrow().is_finished() {
+            feed.close();
+            if self.current.as_deref() == Some(id) {
+                self.current = None;
+            }
         }
     }
 
@@ -261,8 +292,8 @@ impl Log {
                 break;
             }
             self.order.pop_front();
-            if let Some(tx) = self.ops.remove(&oldest)
-                && let Some(rid) = &tx.borrow().request_id
+            if let Some(feed) = self.ops.remove(&oldest)
+                && let Some(rid) = &feed.borrow().request_id
             {
                 self.by_request.remove(rid);
             }
@@ -272,6 +303,8 @@ impl Log {
 
 #[cfg(test)]
 mod tests {
+    use futures::StreamExt;
+
     use super::*;
 
     fn req(kind: Kind, rid: Option<&str>) -> Request {
@@ -321,6 +354,55 @@ mod tests {
             }
         }
         assert!(log.admit(&req(Kind::Stop, None), None).is_err());
+    }
+
+    /// WatchOperation's promise: a watcher that reads only after the
+    /// operation ended still gets every phase and every event, in order.
+    #[tokio::test]
+    async fn a_watcher_that_reads_late_gets_every_phase_and_event() {
+        let mut log = Log::default();
+        let id = new_id(log.admit(&req(Kind::RestartHot, None), None).unwrap());
+        let watcher = log.watch(&id).unwrap();
+        let phases = [
+            Phase::Binding,
+            Phase::Spawning,
+            Phase::WaitingReady,
+            Phase::Draining,
+            Phase::Done,
+        ];
+        for (i, phase) in phases.into_iter().enumerate() {
+            log.update(&id, |op| {
+                op.phase = phase;
+                op.events.push(format!("event {i}"));
+            });
+        }
+        log.update(&id, |op| op.state = State::Succeeded);
+        let seen: Vec<Operation> = watcher
+            .until(Operation::is_finished)
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        let seen_phases: Vec<Phase> = seen.iter().map(|op| op.phase).collect();
+        assert_eq!(seen_phases[0], Phase::Queued);
+        assert_eq!(&seen_phases[1..6], phases);
+        assert_eq!(seen.last().unwrap().state, State::Succeeded);
+        for (i, op) in seen.iter().enumerate().skip(1).take(5) {
+            assert_eq!(op.events.len(), i, "{:?}", op.events);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watcher_too_far_behind_gets_an_error_not_a_gap() {
+        let mut log = Log::with_watch_buffer(4);
+        let id = new_id(log.admit(&req(Kind::Start, None), None).unwrap());
+        let mut watcher = log.watch(&id).unwrap();
+        assert_eq!(watcher.next().await.unwrap().unwrap().phase, Phase::Queued);
+        for i in 0..10 {
+            log.update(&id, |op| op.events.push(format!("event {i}")));
+        }
+        let behind = watcher.next().await.unwrap().unwrap_err();
+        assert_eq!((behind.skipped, behind.buffer), (6, 4));
+        assert!(watcher.next().await.is_none());
     }
 
     #[test]

@@ -37,6 +37,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     admin_sql::BinaryInfo,
+    change_feed::Watcher,
     config::AgentConfig,
     listeners::{self, ListenerError, Listeners},
     metrics::agent::AgentMetrics,
@@ -264,7 +265,7 @@ enum Msg {
         oneshot::Sender<Result<watch::Receiver<Operation>, SubmitError>>,
     ),
     GetOperation(String, oneshot::Sender<Option<Operation>>),
-    WatchOperation(String, oneshot::Sender<Option<watch::Receiver<Operation>>>),
+    WatchOperation(String, oneshot::Sender<Option<Watcher<Operation>>>),
     Exited {
         pid: u32,
         exit: Exit,
@@ -513,7 +514,7 @@ impl Handle {
     pub async fn watch_operation(
         &self,
         id: String,
-    ) -> Result<Option<watch::Receiver<Operation>>, CallError> {
+    ) -> Result<Option<Watcher<Operation>>, CallError> {
         self.call(&self.calls, "requests", |tx| Msg::WatchOperation(id, tx))
             .await
     }
@@ -645,6 +646,7 @@ impl Supervisor {
                 _ = self.shutdown.cancelled() => break,
                 Some(sig) = signals.recv() => {
                     let _handling = Handling::enter();
+                    let _op = self.operation_span();
                     self.on_signal(sig);
                 }
                 Some(msg) = self.rx.recv() => self.handle(msg),
@@ -666,13 +668,17 @@ impl Supervisor {
         self.ask_binary_info();
     }
 
+    /// What happens while an operation runs (its messages, and the signals
+    /// its processes send) is logged as part of it.
+    fn operation_span(&self) -> Option<tracing::span::EnteredSpan> {
+        self.log
+            .current_id()
+            .map(|id| tracing::info_span!("operation", op_id = %id).entered())
+    }
+
     fn handle(&mut self, msg: Msg) {
         let _handling = Handling::enter();
-        // What happens while an operation runs is logged as part of it.
-        let _op = self
-            .log
-            .current_id()
-            .map(|id| tracing::info_span!("operation", op_id = %id).entered());
+        let _op = self.operation_span();
         match msg {
             Msg::Ping(reply) => {
                 let _ = reply.send(());

@@ -165,10 +165,31 @@ mod tests {
         assert_eq!(pings.get(), 0);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn without_a_watchdog_it_only_waits_for_shutdown() {
         let shutdown = CancellationToken::new();
+        let probes = Cell::new(0u32);
+        let pings = Cell::new(0u32);
+        let run = keep_alive(
+            None,
+            &shutdown,
+            || {
+                probes.set(probes.get() + 1);
+                async { true }
+            },
+            || pings.set(pings.get() + 1),
+        );
+        tokio::pin!(run);
+        // Ten intervals on, it still waits, having neither probed nor pinged.
+        assert!(
+            tokio::time::timeout(INTERVAL * 10, &mut run).await.is_err(),
+            "returned before shutdown"
+        );
+        assert_eq!((probes.get(), pings.get()), (0, 0));
         shutdown.cancel();
-        keep_alive(None, &shutdown, || async { true }, || panic!("no ping")).await;
+        tokio::time::timeout(INTERVAL, run)
+            .await
+            .expect("shutdown ends it");
+        assert_eq!(pings.get(), 0);
     }
 }

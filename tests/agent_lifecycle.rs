@@ -87,9 +87,17 @@ async fn force_restart_queues_new_connections_until_the_new_process_serves() {
         !alive(old),
         "the old process must be gone before the new one is ready"
     );
+    // Made while the new process is still starting: it waits in the backlog (about the
+    // rest of the 1 s start-up), then is served.
+    let connected = std::time::Instant::now();
     round_trip(addr)
         .await
         .expect("a connection made during the restart was not served");
+    assert!(
+        connected.elapsed() >= std::time::Duration::from_millis(500),
+        "served after {:?}: it did not wait for the new process",
+        connected.elapsed()
+    );
     let done = agent.wait_op(&op.id).await;
     assert_eq!(
         done.state(),
@@ -141,7 +149,8 @@ async fn a_start_not_ready_in_time_is_killed_and_fails() {
 #[tokio::test]
 async fn a_second_operation_is_refused_naming_the_running_one() {
     let agent = Agent::start().await;
-    agent.set_standin_env(&[("ODP_STANDIN_START_DELAY", "2s")]);
+    // Slow enough that every call below lands while it starts.
+    agent.set_standin_env(&[("ODP_STANDIN_START_DELAY", "5s")]);
     let mut client = agent.client().await;
     let start = client
         .start(pb::StartRequest {

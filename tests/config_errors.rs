@@ -55,7 +55,7 @@ fn a_bad_metrics_address_exits_78_naming_the_key() {
 fn a_missing_section_exits_78() {
     let (code, stderr) = run_with("[server]\nlisten = \"127.0.0.1:0\"\n");
     assert_eq!(code, 78);
-    assert!(stderr.contains("obproxy"), "{stderr}");
+    assert!(stderr.contains("missing field `obproxy`"), "{stderr}");
 }
 
 #[test]

@@ -15,201 +15,37 @@
 //!
 //! `bench_restart_all_under_sysbench` (ignored) prints transactions per second before, during
 //! and after HOT, FORCE and Stop All + Start All. Run the suite with
-//! `cargo test --release --test e2e_mariadb`, the benchmark with
+//! `cargo test --release --test e2e_mariadb` (a debug build lists it as ignored: its drain
+//! windows are timed), the benchmark with
 //! `cargo test --release --test e2e_mariadb -- --ignored --nocapture bench`.
 //!
 //! Needs MariaDB and sysbench (Debian: `apt-get install -y mariadb-server mariadb-client
-//! sysbench`); `ODP_TEST_SKIP_MARIADB=1` skips the tests where they are missing.
+//! sysbench`); without them the tests fail, saying so. Built with `ODP_TEST_SKIP_MARIADB=1`
+//! they are ignored instead (see `tests/common/mariadb.rs`).
 mod common;
 
 use std::time::Duration;
 
 use common::{
-    Options,
-    cluster::{CLUSTER, Cluster},
+    e2e::{SYSBENCH, Stack, busy_seconds},
     mariadb::MariaDb,
     sysbench::{self, Report, Summary, Sysbench, Workload},
     txn_load::{self, Load, Outcome, Shape},
 };
-use mysql_async::prelude::*;
-use odp_agent::proto::{agent::RestartMode, coordinator as pb};
-
-/// Small enough to prepare in a second, large enough that sysbench's threads rarely meet.
-const SYSBENCH: Workload = Workload {
-    tables: 4,
-    table_size: 10_000,
-    threads: 6,
-    reconnect: true,
-};
-
-/// One test at a time: each starts its own MariaDB, three agents and sysbench or a dozen
-/// clients, and the drain windows they prove are timed; on two cores they would skew each
-/// other.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// MariaDB, three agents with the stand-in forwarding to it, and the coordinator over them,
-/// every ODP started.
-struct Stack {
-    // Dropped first: the agents and their stand-ins go before the database.
-    cluster: Cluster,
-    db: MariaDb,
-    /// The ODPs' SQL ports, in agent order.
-    ports: Vec<u16>,
-    /// The drain window the ODPs were started with, passed again to HOT Restart All.
-    window: Duration,
-    _serial: tokio::sync::MutexGuard<'static, ()>,
-}
-
-impl Stack {
-    /// `window` is every agent's `hot_upgrade_exit_timeout`: the drain window the ODPs are
-    /// started with. A HOT Restart All's `exit_timeout` only moves the agent's SIGKILL
-    /// deadline, not the window the old ODP drains over (see the README), so the window a
-    /// test proves is configured here and passed again to Restart All.
-    async fn start(window: &'static str) -> Option<Stack> {
-        let serial = SERIAL.lock().await;
-        let db = MariaDb::start()?;
-        let cluster = Cluster::start_with(
-            3,
-            Options {
-                exit_timeout: window,
-                args: vec![
-                    "-o".into(),
-                    format!("standin_backend=127.0.0.1:{}", db.port),
-                ],
-                ..Options::default()
-            },
-        )
-        .await;
-        let mut stack = Stack {
-            cluster,
-            db,
-            ports: Vec::new(),
-            window: humantime::parse_duration(window).unwrap(),
-            _serial: serial,
-        };
-        stack.start_all().await;
-        for agent in &stack.cluster.agents {
-            stack.ports.push(agent.sql_addr().await.port());
-        }
-        Some(stack)
-    }
-
-    /// Follows a task the coordinator accepted to its successful end.
-    async fn follow(&self, task: Result<tonic::Response<pb::Task>, tonic::Status>) -> pb::Task {
-        let task = task.unwrap().into_inner();
-        let done = self.cluster.wait_task(&task.id).await;
-        assert_eq!(
-            done.state(),
-            pb::TaskState::Succeeded,
-            "{} failed: {}\n{:#?}\n{}",
-            task.id,
-            done.error,
-            done.subtasks,
-            self.cluster.logs()
-        );
-        done
-    }
-
-    /// Restart All; a HOT one with the stack's window as `exit_timeout`.
-    async fn restart_all(&self, mode: RestartMode) -> pb::Task {
-        let exit_timeout = (mode == RestartMode::Hot).then_some(self.window);
-        let request = pb::RestartAllRequest {
-            cluster: CLUSTER.into(),
-            mode: mode as i32,
-            exit_timeout: exit_timeout.map(|d| prost_types::Duration {
-                seconds: d.as_secs() as i64,
-                nanos: d.subsec_nanos() as i32,
-            }),
-            ..Default::default()
-        };
-        self.follow(self.cluster.client().await.restart_all(request).await)
-            .await
-    }
-
-    async fn stop_all(&self) -> pb::Task {
-        let request = pb::StopAllRequest {
-            cluster: CLUSTER.into(),
-            ..Default::default()
-        };
-        self.follow(self.cluster.client().await.stop_all(request).await)
-            .await
-    }
-
-    async fn start_all(&self) -> pb::Task {
-        let request = pb::StartAllRequest {
-            cluster: CLUSTER.into(),
-            ..Default::default()
-        };
-        self.follow(self.cluster.client().await.start_all(request).await)
-            .await
-    }
-
-    /// The serving obproxy pid of every agent.
-    async fn pids(&self) -> Vec<u32> {
-        let mut pids = Vec::new();
-        for agent in &self.cluster.agents {
-            pids.push(agent.status().await.pid);
-        }
-        pids
-    }
-
-    /// `per_odp` clients of `shape` on every ODP, in agent order.
-    fn clients(&self, per_odp: usize, shape: Shape) -> Vec<(u16, Shape)> {
-        self.ports
-            .iter()
-            .flat_map(|&port| std::iter::repeat_n((port, shape), per_odp))
-            .collect()
-    }
-
-    async fn create_rows_table(&self) {
-        self.db
-            .connect()
-            .await
-            .query_drop(txn_load::TABLE)
-            .await
-            .unwrap();
-    }
-
-    /// The stand-in's `event` lines from process `pid` of agent `agent`.
-    fn standin_events(&self, agent: usize, pid: u32, event: &str) -> Vec<String> {
-        let prefix = format!("obproxy-standin: {event} pid={pid} ");
-        self.cluster.agents[agent]
-            .obproxy_output()
-            .lines()
-            .filter(|l| l.starts_with(&prefix))
-            .map(str::to_owned)
-            .collect()
-    }
-
-    /// The one `drain finished` line of the old process `pid` of agent `agent`.
-    fn drain_finished(&self, agent: usize, pid: u32) -> String {
-        let lines = self.standin_events(agent, pid, "drain finished");
-        assert_eq!(
-            lines.len(),
-            1,
-            "pid {pid} of agent {agent}:\n{}",
-            self.cluster.agents[agent].obproxy_output()
-        );
-        lines[0].clone()
-    }
-}
-
-/// Report intervals that began at or after `from` and saw transactions.
-fn busy_seconds(reports: &[Report], from: f64) -> usize {
-    reports
-        .iter()
-        .filter(|r| r.start() >= from && r.tps > 0.0)
-        .count()
-}
+use odp_agent::proto::agent::RestartMode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    skip_mariadb,
+    ignore = "needs MariaDB and sysbench: built with ODP_TEST_SKIP_MARIADB=1"
+)]
+#[cfg_attr(
+    all(debug_assertions, not(skip_mariadb)),
+    ignore = "timed drain windows: run in a release build, cargo test --release --test e2e_mariadb"
+)]
 async fn sysbench_fails_no_transaction_through_a_hot_restart_all() {
-    let Some(stack) = Stack::start("10s").await else {
-        return;
-    };
-    let Some(sysbench) = Sysbench::find() else {
-        return;
-    };
+    let stack = Stack::start("10s").await;
+    let sysbench = Sysbench::find();
     sysbench.prepare(&stack.db, &SYSBENCH).await;
     let run = sysbench
         .run(&stack.ports, &SYSBENCH, stack.cluster.dir.path())
@@ -270,6 +106,13 @@ async fn sysbench_fails_no_transaction_through_a_hot_restart_all() {
         stalled.is_empty(),
         "seconds without a transaction: {stalled:?}"
     );
+    // A report for every second: a missing one would hide a stalled second from the check.
+    let seconds: Vec<f64> = summary.reports.iter().map(|r| r.at).collect();
+    let expected: Vec<f64> = (1..=seconds.len()).map(|s| s as f64).collect();
+    assert_eq!(
+        seconds, expected,
+        "sysbench's per-second reports have a gap"
+    );
     assert_ledger_matches(&stack.db, &summary).await;
 
     // Every ODP was replaced, and each old one drained to idle: nothing was cut.
@@ -315,10 +158,16 @@ fn field(line: &str, name: &str) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    skip_mariadb,
+    ignore = "needs MariaDB and sysbench: built with ODP_TEST_SKIP_MARIADB=1"
+)]
+#[cfg_attr(
+    all(debug_assertions, not(skip_mariadb)),
+    ignore = "timed drain windows: run in a release build, cargo test --release --test e2e_mariadb"
+)]
 async fn long_transactions_all_commit_when_the_window_outlasts_them_and_sessions_close_between() {
-    let Some(stack) = Stack::start("8s").await else {
-        return;
-    };
+    let stack = Stack::start("8s").await;
     stack.create_rows_table().await;
     // Two clients per ODP, each session eight transactions of ~0.8 s (~6.4 s, a pool's
     // maximum lifetime), and an 8 s window: the allowance falls from 2 to 1 at 4 s, so on
@@ -378,18 +227,24 @@ async fn long_transactions_all_commit_when_the_window_outlasts_them_and_sessions
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    skip_mariadb,
+    ignore = "needs MariaDB and sysbench: built with ODP_TEST_SKIP_MARIADB=1"
+)]
+#[cfg_attr(
+    all(debug_assertions, not(skip_mariadb)),
+    ignore = "timed drain windows: run in a release build, cargo test --release --test e2e_mariadb"
+)]
 async fn transactions_longer_than_a_short_window_are_cut_and_rolled_back_and_the_rest_commit() {
-    let Some(stack) = Stack::start("1500ms").await else {
-        return;
-    };
+    let stack = Stack::start("1500ms").await;
     stack.create_rows_table().await;
-    // Per ODP a long client (transactions of ~3 s) and a short one (~0.05 s), both keeping
+    // Per ODP a long client (transactions of ~6 s) and a short one (~0.05 s), both keeping
     // their session, and a 1.5 s window: the short session leaves at a boundary once the
     // allowance falls to 1 (at 0.75 s); the long one is still inside its transaction at the
     // window end and is cut.
     let long = Shape {
         rows: 4,
-        work: Duration::from_secs(1),
+        work: Duration::from_secs(2),
         per_session: None,
     };
     let short = Shape {
@@ -404,7 +259,8 @@ async fn transactions_longer_than_a_short_window_are_cut_and_rolled_back_and_the
         .collect();
     let is_long = |client: usize| client % 2 == 0;
     let load = Load::start(&clients);
-    // Long clients within the first second of a transaction: at least 2 s of it remain.
+    // Long clients within the first two seconds of a transaction: at least 4 s of it
+    // remain, so the restart has seconds to begin the drains before the window must end.
     load.wait(
         "long transactions under way and short ones committing",
         |p| {
@@ -469,10 +325,16 @@ async fn transactions_longer_than_a_short_window_are_cut_and_rolled_back_and_the
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    skip_mariadb,
+    ignore = "needs MariaDB and sysbench: built with ODP_TEST_SKIP_MARIADB=1"
+)]
+#[cfg_attr(
+    all(debug_assertions, not(skip_mariadb)),
+    ignore = "timed drain windows: run in a release build, cargo test --release --test e2e_mariadb"
+)]
 async fn force_restart_all_cuts_sessions_and_queues_new_connections_refusing_none() {
-    let Some(stack) = Stack::start("10s").await else {
-        return;
-    };
+    let stack = Stack::start("10s").await;
     stack.create_rows_table().await;
     let shape = Shape {
         rows: 2,
@@ -586,12 +448,8 @@ const BENCH_SECONDS: usize = 5;
 #[ignore = "a benchmark that prints a table: \
             cargo test --release --test e2e_mariadb -- --ignored --nocapture bench"]
 async fn bench_restart_all_under_sysbench() {
-    let Some(stack) = Stack::start(BENCH_WINDOW).await else {
-        return;
-    };
-    let Some(sysbench) = Sysbench::find() else {
-        return;
-    };
+    let stack = Stack::start(BENCH_WINDOW).await;
+    let sysbench = Sysbench::find();
     sysbench.prepare(&stack.db, &SYSBENCH).await;
     let mut rows = Vec::new();
     for operation in [Operation::Hot, Operation::Force, Operation::StopThenStart] {

@@ -138,6 +138,19 @@ fn request_seeds() -> Vec<Vec<u8>> {
         }
         .encode_to_vec(),
     ));
+    // Hot upgrades the properties must judge: a symlink out of bin/ (refused), and a
+    // roundabout name for a binary inside it (accepted, resolved).
+    for binary in ["bin/escape", "bin/../bin/./obproxy-new"] {
+        seeds.push(with(
+            2,
+            apb::RestartRequest {
+                mode: 1,
+                binary: binary.into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ));
+    }
     seeds.push(with(
         0,
         cpb::StopAllRequest {
@@ -172,6 +185,10 @@ fn seeds_in(dir: &str) -> Vec<Vec<u8>> {
     seeds
 }
 
+/// Below this the run is too thin to mean anything (a debug build on a loaded machine does
+/// several thousand).
+const MIN_INPUTS_PER_SECOND: f64 = 500.0;
+
 #[test]
 #[ignore = "runs for ODP_FUZZ_SECS (default 20 s): cargo test --test fuzz_stable -- --ignored"]
 fn hostile_input_never_panics_and_every_refusal_names_its_field() {
@@ -179,10 +196,16 @@ fn hostile_input_never_panics_and_every_refusal_names_its_field() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
+    // A new seed each run explores; the printed one replays it.
     let seed: u64 = std::env::var("ODP_FUZZ_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0x0dd_a6e7);
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
     println!("seed {seed} (ODP_FUZZ_SEED), {secs} s (ODP_FUZZ_SECS)");
     let dir = tempfile::tempdir().unwrap();
     let obproxy = hostile_input::fixture(dir.path()).unwrap();
@@ -190,30 +213,68 @@ fn hostile_input_never_panics_and_every_refusal_names_its_field() {
     let request_seeds = request_seeds();
     let mut rng = Rng(seed | 1);
     let mut stats: BTreeMap<(&str, Outcome), u64> = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut run = |text: &[u8], bytes: &[u8]| {
+        let text = String::from_utf8_lossy(text);
+        for outcome in hostile_input::config_text(&text) {
+            *stats.entry(("config", outcome)).or_default() += 1;
+        }
+        let agent = hostile_input::agent_request(bytes, &obproxy);
+        *stats.entry(("agent request", agent)).or_default() += 1;
+        let coordinator = hostile_input::coordinator_request(bytes);
+        *stats
+            .entry(("coordinator request", coordinator))
+            .or_default() += 1;
+        let header = hostile_input::authorization(bytes);
+        *stats.entry(("authorization", header)).or_default() += 1;
+    };
+    // The seeds as they are first, as a fuzzer runs its corpus.
+    for (text, bytes) in config_seeds.iter().zip(request_seeds.iter().cycle()) {
+        run(text, bytes);
+    }
+    for bytes in &request_seeds {
+        run(b"", bytes);
+    }
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(secs);
     let mut runs = 0u64;
     while Instant::now() < deadline {
         for _ in 0..256 {
             runs += 1;
             let mut text = config_seeds[rng.below(config_seeds.len())].clone();
             mutate(&mut rng, &config_seeds, &mut text);
-            let text = String::from_utf8_lossy(&text);
-            for outcome in hostile_input::config_text(&text) {
-                *stats.entry(("config", outcome)).or_default() += 1;
-            }
             let mut bytes = request_seeds[rng.below(request_seeds.len())].clone();
             mutate(&mut rng, &request_seeds, &mut bytes);
-            let agent = hostile_input::agent_request(&bytes, &obproxy);
-            *stats.entry(("agent request", agent)).or_default() += 1;
-            let coordinator = hostile_input::coordinator_request(&bytes);
-            *stats
-                .entry(("coordinator request", coordinator))
-                .or_default() += 1;
-            let header = hostile_input::authorization(&bytes);
-            *stats.entry(("authorization", header)).or_default() += 1;
+            run(&text, &bytes);
         }
     }
-    println!("{runs} inputs for each target, no property broken");
+    let rate = runs as f64 / started.elapsed().as_secs_f64();
+    println!("{runs} inputs for each target ({rate:.0} a second), no property broken");
+    // A run that proves something: enough inputs, and for every target inputs that got
+    // past decoding to both answers, acceptance and a refusal.
+    assert!(
+        rate >= MIN_INPUTS_PER_SECOND,
+        "{rate:.0} inputs a second, fewer than {MIN_INPUTS_PER_SECOND}"
+    );
+    for target in [
+        "config",
+        "agent request",
+        "coordinator request",
+        "authorization",
+    ] {
+        let accepted = stats
+            .get(&(target, Outcome::Accepted))
+            .copied()
+            .unwrap_or(0);
+        let refused: u64 = stats
+            .iter()
+            .filter(|((t, o), _)| *t == target && matches!(o, Outcome::Refused(_)))
+            .map(|(_, n)| n)
+            .sum();
+        assert!(
+            accepted > 0 && refused > 0,
+            "{target}: {accepted} accepted, {refused} refused"
+        );
+    }
     // The most frequent answers; arbitrary key names make a long tail.
     let mut rows: Vec<_> = stats.into_iter().collect();
     rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));

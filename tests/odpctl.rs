@@ -97,6 +97,14 @@ async fn odpctl_exits_non_zero_when_the_task_fails() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let out = cluster.odpctl(&["cluster", "restart", CLUSTER, "--batch", "0"]);
+    // A usage error is caught before anything is asked of the coordinator.
+    let out = cluster.odpctl(&["cluster", "stop", CLUSTER, "--batch", "0"]);
     assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--batch 0: at least one ODP per batch"),
+        "{stderr}"
+    );
+    let out = cluster.odpctl(&["-o", "json", "task", "list"]);
+    assert_eq!(json(&out).as_array().unwrap().len(), 1, "no task was made");
 }

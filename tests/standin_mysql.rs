@@ -5,7 +5,8 @@
 //! server.
 //!
 //! Needs `mariadbd` and `mariadb-install-db` (Debian: `apt-get install -y mariadb-server`).
-//! Without them these tests fail, unless `ODP_TEST_SKIP_MARIADB=1` asks to skip them.
+//! Without them these tests fail, saying so; built with `ODP_TEST_SKIP_MARIADB=1` they are
+//! ignored instead (see `tests/common/mariadb.rs`).
 
 mod common;
 
@@ -14,7 +15,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
-use common::mariadb::{MariaDb, connect, free_port};
+use common::mariadb::{MariaDb, connect};
+use common::ports::reserve_port;
 use common::{PATIENCE, STANDIN};
 use mysql_async::Conn;
 use mysql_async::prelude::*;
@@ -23,17 +25,26 @@ use nix::unistd::Pid;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::watch;
 
+/// One test at a time, as in `e2e_mariadb.rs`: each starts its own MariaDB (install and
+/// InnoDB start-up are CPU and fsync heavy) while the others time their drains.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    skip_mariadb,
+    ignore = "needs MariaDB: built with ODP_TEST_SKIP_MARIADB=1"
+)]
 async fn sessions_leave_at_transaction_boundaries_as_the_allowance_shrinks() {
-    let Some(db) = MariaDb::start() else { return };
+    let _serial = SERIAL.lock().await;
+    let db = MariaDb::start();
     let mut admin = db.connect().await;
     admin
         .query_drop("CREATE TABLE boundary (k VARCHAR(32) PRIMARY KEY) ENGINE=InnoDB")
         .await
         .unwrap();
-    // Three sessions over six seconds: the allowance is 3, then 2 from 2 s, 1 from 4 s.
-    let window = Duration::from_secs(6);
-    let standin = Standin::start(db.port, "hot_upgrade_exit_timeout=6000000").await;
+    // Three sessions over nine seconds: the allowance is 3, then 2 from 3 s, 1 from 6 s.
+    let window = Duration::from_secs(9);
+    let standin = Standin::start(db.port, "hot_upgrade_exit_timeout=9000000").await;
     let mut polling = connect(standin.port).await;
     let mut committing = connect(standin.port).await;
     let mut lingering = connect(standin.port).await;
@@ -61,13 +72,13 @@ async fn sessions_leave_at_transaction_boundaries_as_the_allowance_shrinks() {
     assert!(begun.contains("open_connections=3"), "{begun}");
 
     // obproxy looks at the allowance only as a response completes: a session that keeps
-    // asking leaves at its first completion after the allowance dropped, at 2 s.
+    // asking leaves at its first completion after the allowance dropped, at 3 s.
     let statements = until_closed(&mut polling).await;
     let first = standin.wait_for("session closed at boundary", 1).await;
     let at = began.elapsed();
     assert!(
         at >= window / 3 && at < window / 2,
-        "the polling session should leave once the allowance drops, at 2 s, not {at:?}"
+        "the polling session should leave once the allowance drops, at 3 s, not {at:?}"
     );
     assert!(statements > 1, "it kept working until then");
     assert!(first.contains("open=2 allowed=2"), "{first}");
@@ -85,13 +96,18 @@ async fn sessions_leave_at_transaction_boundaries_as_the_allowance_shrinks() {
     let at = began.elapsed();
     assert!(
         at >= window * 2 / 3 && at < window,
-        "the committed session should leave once one may stay, at 4 s, not {at:?}"
+        "the committed session should leave once one may stay, at 6 s, not {at:?}"
     );
     assert!(second.contains("open=1 allowed=1"), "{second}");
 
     // The window end cuts the session that never left its transaction.
     let finished = standin.wait_for("drain finished", 1).await;
-    assert!(began.elapsed() >= window);
+    // `began` precedes the signal, so only the upper bound can tell a late cut.
+    assert!(
+        began.elapsed() < window + Duration::from_secs(1),
+        "the window end cut at {:?}",
+        began.elapsed()
+    );
     assert!(
         finished.contains("reason=window cut=1 closed_at_boundary=0"),
         "{finished}"
@@ -118,8 +134,13 @@ async fn until_closed(conn: &mut Conn) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    skip_mariadb,
+    ignore = "needs MariaDB: built with ODP_TEST_SKIP_MARIADB=1"
+)]
 async fn a_transaction_open_at_a_short_window_end_is_cut_and_rolled_back() {
-    let Some(db) = MariaDb::start() else { return };
+    let _serial = SERIAL.lock().await;
+    let db = MariaDb::start();
     let mut admin = db.connect().await;
     admin
         .query_drop("CREATE TABLE cut (k VARCHAR(32) PRIMARY KEY) ENGINE=InnoDB")
@@ -150,16 +171,22 @@ async fn a_transaction_open_at_a_short_window_end_is_cut_and_rolled_back() {
 /// obproxy looks at the allowance only when a transaction completes
 /// (`handle_transaction_complete`): an idle session stays until the window end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    skip_mariadb,
+    ignore = "needs MariaDB: built with ODP_TEST_SKIP_MARIADB=1"
+)]
 async fn sessions_are_closed_only_as_they_complete_a_response() {
-    let Some(db) = MariaDb::start() else { return };
-    let standin = Standin::start(db.port, "hot_upgrade_exit_timeout=4000000").await;
+    let _serial = SERIAL.lock().await;
+    let db = MariaDb::start();
+    let standin = Standin::start(db.port, "hot_upgrade_exit_timeout=8000000").await;
     let mut idle = connect(standin.port).await;
     let mut busy = connect(standin.port).await;
     idle.query_drop("SELECT 1").await.unwrap();
 
-    // In flight across 2 s, where the allowance drops from 2 to 1.
+    // In flight across 4 s, where the allowance drops from 2 to 1, and done 3 s before the
+    // window ends.
     let sleeping =
-        tokio::spawn(async move { busy.query_drop("SELECT SLEEP(3)").await.map(|()| busy) });
+        tokio::spawn(async move { busy.query_drop("SELECT SLEEP(5)").await.map(|()| busy) });
     standin.drain();
     let mut busy = sleeping
         .await
@@ -198,22 +225,27 @@ struct Standin {
     port: u16,
     log: watch::Receiver<Vec<String>>,
     _home: tempfile::TempDir,
+    /// Its SQL, RPC and exporter ports, held for it (see [`reserve_port`]).
+    _ports: Vec<socket2::Socket>,
 }
 
 impl Standin {
     async fn start(backend_port: u16, optstr: &str) -> Self {
         handle_child_signals();
-        let port = free_port();
-        // Its layout (etc/, log/) goes in a directory of its own; its RPC and exporter
-        // ports are free ones.
+        // Its SQL, RPC and exporter ports stay reserved for it: no other test can take one
+        // between here and its bind (SO_REUSEADDR lets it bind over the reservation).
+        let loopback = std::net::Ipv4Addr::LOCALHOST.into();
+        let (ports, numbers): (Vec<_>, Vec<_>) = (0..3).map(|_| reserve_port(loopback)).unzip();
+        let port = numbers[0];
+        // Its layout (etc/, log/) goes in a directory of its own.
         let home = tempfile::tempdir().unwrap();
         let mut child = tokio::process::Command::new(STANDIN)
             .args(["-p", &port.to_string(), "-N"])
             .args([
                 "-s",
-                &free_port().to_string(),
+                &numbers[1].to_string(),
                 "-l",
-                &free_port().to_string(),
+                &numbers[2].to_string(),
                 "-o",
             ])
             .arg(format!("standin_backend=127.0.0.1:{backend_port},{optstr}"))
@@ -238,6 +270,7 @@ impl Standin {
             port,
             log,
             _home: home,
+            _ports: ports,
         };
         standin.wait_for("ready", 1).await;
         standin

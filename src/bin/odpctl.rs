@@ -359,19 +359,29 @@ async fn follow(
         ));
     }
     let progress = (!json_out).then(|| Progress::new(&task));
-    let mut stream = c
-        .watch_task(pb::WatchTaskRequest {
-            id: task.id.clone(),
-        })
-        .await
-        .map_err(rpc_error)?
-        .into_inner();
+    let id = task.id.clone();
     let mut last = task;
-    while let Some(t) = stream.message().await.map_err(rpc_error)? {
-        if let Some(p) = &progress {
-            p.update(&t);
+    // A watch that fell behind (RESOURCE_EXHAUSTED) is opened again: the
+    // display needs only the current state.
+    'watch: while last.state() == pb::TaskState::Running {
+        let mut stream = c
+            .watch_task(pb::WatchTaskRequest { id: id.clone() })
+            .await
+            .map_err(rpc_error)?
+            .into_inner();
+        loop {
+            match stream.message().await {
+                Ok(Some(t)) => {
+                    if let Some(p) = &progress {
+                        p.update(&t);
+                    }
+                    last = t;
+                }
+                Ok(None) => break 'watch,
+                Err(s) if s.code() == tonic::Code::ResourceExhausted => continue 'watch,
+                Err(s) => return Err(rpc_error(s)),
+            }
         }
-        last = t;
     }
     if let Some(p) = progress {
         p.finish();

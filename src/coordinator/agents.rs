@@ -263,22 +263,29 @@ impl AgentPool {
         let mut client = self.client(agent)?;
         let timeout = self.timeouts.operation_timeout;
         let follow = async {
-            let mut stream = client
-                .watch_operation(pb::WatchOperationRequest { id: id.to_string() })
-                .await
-                .map_err(|s| AgentError::from_status(agent, s))?
-                .into_inner();
-            let mut last = None;
-            while let Some(op) = stream
-                .message()
-                .await
-                .map_err(|s| AgentError::from_status(agent, s))?
-            {
-                progress(&op);
-                let done = op.state() != pb::OperationState::Running;
-                last = Some(op);
-                if done {
-                    break;
+            let mut last: Option<pb::Operation> = None;
+            // A watch ends with the finished operation; one that fell behind
+            // (RESOURCE_EXHAUSTED) is opened again from the current state.
+            'watch: loop {
+                let mut stream = client
+                    .watch_operation(pb::WatchOperationRequest { id: id.to_string() })
+                    .await
+                    .map_err(|s| AgentError::from_status(agent, s))?
+                    .into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(op)) => {
+                            progress(&op);
+                            let done = op.state() != pb::OperationState::Running;
+                            last = Some(op);
+                            if done {
+                                break 'watch;
+                            }
+                        }
+                        Ok(None) => break 'watch,
+                        Err(s) if s.code() == tonic::Code::ResourceExhausted => continue 'watch,
+                        Err(s) => return Err(AgentError::from_status(agent, s)),
+                    }
                 }
             }
             match last {

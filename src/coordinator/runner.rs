@@ -7,7 +7,7 @@ use std::{
 };
 
 use futures::{FutureExt, StreamExt, stream::FuturesUnordered};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -16,7 +16,10 @@ use super::{
     store::Store,
     task::{Kind, Mode, State, SubtaskState, Task},
 };
-use crate::{error_chain::describe, metrics::coordinator::CoordinatorMetrics, proto::agent as pb};
+use crate::{
+    change_feed::Feed, error_chain::describe, metrics::coordinator::CoordinatorMetrics,
+    proto::agent as pb,
+};
 
 /// How long an ODP may take to report the intended state after its
 /// operation succeeded (the health gate), and how often it is asked when the
@@ -31,7 +34,8 @@ pub struct Runner {
     pub task: Task,
     pub store: Arc<Store>,
     pub pool: Arc<AgentPool>,
-    pub tx: watch::Sender<Task>,
+    /// Every change, for GetTask and WatchTask, after it is in the store.
+    pub feed: Arc<Feed<Task>>,
     /// CancelTask: no further batch.
     pub cancel: CancellationToken,
     /// The coordinator stopping: leave the task as it is, to resume later.
@@ -68,7 +72,7 @@ impl Runner {
 
     /// Shows the task as it is now to GetTask and WatchTask.
     fn show(&self) {
-        self.tx.send_replace(self.task.clone());
+        self.feed.replace(self.task.clone());
     }
 
     fn save(&mut self) -> bool {
@@ -154,11 +158,12 @@ impl Runner {
                 if self.shutdown.is_cancelled() {
                     return;
                 }
-                if self.cancel.is_cancelled() {
-                    break;
-                }
+                // Cancelled: no new ODP starts, but one whose operation was in
+                // flight when the coordinator restarted is still followed to
+                // its end.
+                let cancelled = self.cancel.is_cancelled();
                 let failures = self.task.failures();
-                if failures > self.task.rollout.max_failures as usize {
+                if !cancelled && failures > self.task.rollout.max_failures as usize {
                     let why = format!(
                         "failure budget exceeded: {failures} ODP(s) failed, max_failures is {}",
                         self.task.rollout.max_failures
@@ -174,14 +179,15 @@ impl Runner {
                     .enumerate()
                     .filter(|(_, s)| {
                         s.batch == batch
-                            && matches!(s.state, SubtaskState::Pending | SubtaskState::Running)
+                            && (s.state == SubtaskState::Running
+                                || !cancelled && s.state == SubtaskState::Pending)
                     })
                     .map(|(i, _)| i)
                     .collect();
                 if todo.is_empty() {
                     continue;
                 }
-                if ran_a_batch && !self.task.rollout.pause.is_zero() {
+                if ran_a_batch && !cancelled && !self.task.rollout.pause.is_zero() {
                     tokio::select! {
                         _ = tokio::time::sleep(self.task.rollout.pause) => {}
                         _ = self.cancel.cancelled() => break,
@@ -251,6 +257,7 @@ impl Runner {
         // in the store; a coordinator stopped first resumes it from the
         // store and finds every operation again by its request id.
         self.record().await;
+        self.feed.close();
     }
 
     fn note_operation(&mut self, i: usize, op_id: String, previous_pid: u32) {

@@ -5,8 +5,7 @@ pub mod requests;
 
 use std::{pin::Pin, sync::Arc, time::Duration};
 
-use futures::Stream;
-use tokio::sync::watch;
+use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::{
@@ -14,6 +13,7 @@ use super::{
     tasks::{NewTask, TaskError, Tasks},
 };
 use crate::{
+    change_feed::Watcher,
     error_chain::describe,
     metrics::coordinator::CoordinatorMetrics,
     proto::{agent as apb, coordinator as pb},
@@ -331,8 +331,8 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
         self.guard.read(&request, "WatchTask")?;
         let id = requests::task_id(&request.into_inner().id)?;
-        let rx = self.tasks.watch(&id).map_err(task_status)?;
-        Ok(Response::new(Box::pin(task_stream(rx))))
+        let watcher = self.tasks.watch(&id).map_err(task_status)?;
+        Ok(Response::new(Box::pin(task_stream(watcher))))
     }
 
     async fn cancel_task(
@@ -344,6 +344,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             let admit = self.guard.admission(call, Vec::new());
             self.tasks
                 .cancel(&id, admit)
+                .await
                 .map_err(|e| Failed::task(e, Vec::new()))
         })
         .await
@@ -364,25 +365,15 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
     }
 }
 
-/// Every change of the task, ending with its final state (also when the
-/// runner is gone by the time the last change is read).
-fn task_stream(rx: watch::Receiver<task::Task>) -> impl Stream<Item = Result<pb::Task, Status>> {
-    futures::stream::unfold((rx, true, false), |(mut rx, first, done)| async move {
-        if done {
-            return None;
-        }
-        if !first && rx.changed().await.is_err() {
-            // The sender is gone; its last value may not have been seen.
-            // (Had it been seen, the stream would have ended with it.)
-            let last = rx.borrow().clone();
-            return last
-                .is_finished()
-                .then(|| (Ok(task_pb(&last)), (rx, false, true)));
-        }
-        let task = rx.borrow_and_update().clone();
-        let finished = task.is_finished();
-        Some((Ok(task_pb(&task)), (rx, false, finished)))
-    })
+/// Every change of the task, ending with its final state; a watcher that
+/// falls too far behind gets RESOURCE_EXHAUSTED saying how far, never a gap.
+fn task_stream(watcher: Watcher<task::Task>) -> impl Stream<Item = Result<pb::Task, Status>> {
+    watcher
+        .until(task::Task::is_finished)
+        .map(|change| match change {
+            Ok(task) => Ok(task_pb(&task)),
+            Err(behind) => Err(Status::resource_exhausted(format!("WatchTask: {behind}"))),
+        })
 }
 
 fn ts(t: std::time::SystemTime) -> prost_types::Timestamp {

@@ -7,10 +7,13 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{error_chain::describe, metrics::coordinator::CoordinatorMetrics};
+use crate::{
+    change_feed::{Feed, Watcher},
+    error_chain::describe,
+    metrics::coordinator::CoordinatorMetrics,
+};
 
 use super::{
     agents::AgentPool,
@@ -69,8 +72,17 @@ pub struct NewTask {
     pub request_id: Option<String>,
 }
 
+/// Changes a WatchTask caller may fall behind before it is told so. A task
+/// changes a few times per ODP (started, operation known, done), so a watcher
+/// reading along never gets there; one that stops reading does.
+pub const WATCH_BUFFER: usize = 256;
+
+/// How long CancelTask waits for the runner to write the cancel down. The
+/// runner does it at once unless its store write is stuck.
+const CANCEL_RECORDED: Duration = Duration::from_secs(10);
+
 struct Live {
-    rx: watch::Receiver<Task>,
+    feed: Arc<Feed<Task>>,
     cancel: CancellationToken,
 }
 
@@ -203,13 +215,13 @@ impl Tasks {
     }
 
     fn launch(self: &Arc<Self>, task: Task) {
-        let (tx, rx) = watch::channel(task.clone());
+        let feed = Arc::new(Feed::new(task.clone(), WATCH_BUFFER));
         let cancel = CancellationToken::new();
         let id = task.id.clone();
         self.live().insert(
             id.clone(),
             Live {
-                rx,
+                feed: feed.clone(),
                 cancel: cancel.clone(),
             },
         );
@@ -217,7 +229,7 @@ impl Tasks {
             task,
             store: self.store.clone(),
             pool: self.pool.clone(),
-            tx,
+            feed,
             cancel,
             shutdown: self.shutdown.clone(),
             metrics: self.metrics.clone(),
@@ -231,7 +243,7 @@ impl Tasks {
 
     fn snapshot(&self, id: &str) -> Result<Option<Task>, StoreError> {
         if let Some(live) = self.live().get(id) {
-            return Ok(Some(live.rx.borrow().clone()));
+            return Ok(Some(live.feed.latest()));
         }
         self.store.get(id)
     }
@@ -245,31 +257,45 @@ impl Tasks {
         Ok(self.store.list(cluster, limit)?)
     }
 
-    /// A receiver for a running task, or the final state of a finished one.
-    pub fn watch(&self, id: &str) -> Result<watch::Receiver<Task>, TaskError> {
+    /// A running task as it is now and every change to it, or the final
+    /// state of a finished one.
+    pub fn watch(&self, id: &str) -> Result<Watcher<Task>, TaskError> {
         if let Some(live) = self.live().get(id) {
-            return Ok(live.rx.clone());
+            return Ok(live.feed.watch());
         }
-        let task = self.get(id)?;
-        // A finished task: a channel holding its final state, sender gone.
-        let (_, rx) = watch::channel(task);
-        Ok(rx)
+        Ok(Watcher::finished(self.get(id)?))
     }
 
-    pub fn cancel(&self, id: &str, admit: OnAdmit) -> Result<Task, TaskError> {
-        if let Some(live) = self.live().get(id) {
-            admit(id, false).map_err(TaskError::NotRecorded)?;
-            live.cancel.cancel();
-            let mut task = live.rx.borrow().clone();
-            task.cancel_requested = true;
-            tracing::info!(task_id = %id, "task cancel requested");
-            return Ok(task);
+    /// Stops further batches. Answers once the cancel is in the store (or the
+    /// task has ended), so a coordinator restarted right after still honours
+    /// it.
+    pub async fn cancel(&self, id: &str, admit: OnAdmit) -> Result<Task, TaskError> {
+        let latest = match self.live().get(id) {
+            Some(live) => {
+                admit(id, false).map_err(TaskError::NotRecorded)?;
+                live.cancel.cancel();
+                Some(live.feed.subscribe_latest())
+            }
+            None => None,
+        };
+        let Some(mut latest) = latest else {
+            let task = self.get(id)?;
+            return Err(TaskError::Finished {
+                id: task.id,
+                state: task.state,
+            });
+        };
+        tracing::info!(task_id = %id, "task cancel requested");
+        let recorded = latest.wait_for(|t| t.cancel_requested || t.is_finished());
+        if tokio::time::timeout(CANCEL_RECORDED, recorded)
+            .await
+            .is_err()
+        {
+            tracing::warn!(task_id = %id, "the cancel was not written down in time");
         }
-        let task = self.get(id)?;
-        Err(TaskError::Finished {
-            id: task.id,
-            state: task.state,
-        })
+        let mut task = latest.borrow().clone();
+        task.cancel_requested = true;
+        Ok(task)
     }
 
     /// Runs again every subtask that did not succeed, with new request ids.

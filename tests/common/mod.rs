@@ -5,6 +5,7 @@
 
 pub mod admin_sql;
 pub mod cluster;
+pub mod e2e;
 mod echo;
 pub mod local;
 mod log;
@@ -351,9 +352,20 @@ dir = {state:?}
     /// kill -9 the agent (obproxy keeps running), then start it again on
     /// the same configuration and state directory.
     pub fn kill9_and_restart(&mut self) {
+        self.kill9();
+        self.restart_agent_with(agent_command);
+    }
+
+    /// kill -9 the agent; obproxy keeps running.
+    pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, grpc, log) = spawn_agent(&self.config);
+    }
+
+    /// Starts the agent again on the same configuration and state directory,
+    /// with the command `command` makes from the config path.
+    pub fn restart_agent_with(&mut self, command: impl FnOnce(&Path) -> Command) {
+        let (child, grpc, log) = spawn_logged(command(&self.config), "agent");
         self.child = child;
         self.grpc = grpc;
         self.log = log;

@@ -1,8 +1,10 @@
 //! Certificates for the security tests, made fresh in a temporary directory
 //! with rcgen: a CA; a server certificate for 127.0.0.1 and localhost; client
 //! certificates for the operator (CN=odp-coordinator) and a viewer
-//! (CN=viewer); an expired operator certificate; and a foreign CA with a
-//! client and a server certificate of its own.
+//! (CN=viewer); an expired operator certificate; certificates for `san =`
+//! rules (`san-dns`, `san-uri`, `san-as-cn`) and one no rule names
+//! (`stranger`); and a foreign CA with a client and a server certificate of
+//! its own.
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -48,8 +50,15 @@ impl Ca {
         usage: ExtendedKeyUsagePurpose,
         expired: bool,
     ) -> (String, String) {
-        let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
-        let mut params = CertificateParams::new(sans).unwrap();
+        // `uri:<uri>` is a URI SAN; anything else a DNS name or an IP address.
+        let (uris, names): (Vec<&str>, Vec<&str>) =
+            sans.iter().partition(|s| s.starts_with("uri:"));
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        for uri in uris {
+            let uri = uri.trim_start_matches("uri:").try_into().unwrap();
+            params.subject_alt_names.push(rcgen::SanType::URI(uri));
+        }
         params.distinguished_name.push(DnType::CommonName, cn);
         params.extended_key_usages = vec![usage];
         if expired {
@@ -90,6 +99,33 @@ impl Pki {
             ("operator", &ca, OPERATOR, &[][..], client.clone(), false),
             ("viewer", &ca, VIEWER, &[][..], client.clone(), false),
             ("expired", &ca, OPERATOR, &[][..], client.clone(), true),
+            // For `san =` rules: a DNS SAN, a URI SAN, the operator's CN as a mere DNS
+            // SAN, and a valid certificate no rule names.
+            (
+                "san-dns",
+                &ca,
+                "robot",
+                &["ops.example.com"][..],
+                client.clone(),
+                false,
+            ),
+            (
+                "san-uri",
+                &ca,
+                "robot-2",
+                &["uri:spiffe://odp/viewer"][..],
+                client.clone(),
+                false,
+            ),
+            (
+                "san-as-cn",
+                &ca,
+                "impostor",
+                &[OPERATOR][..],
+                client.clone(),
+                false,
+            ),
+            ("stranger", &ca, "stranger", &[][..], client.clone(), false),
         ];
         let (foreign, foreign_pem) = Ca::new("someone else's CA");
         write("foreign-ca.pem", &foreign_pem);

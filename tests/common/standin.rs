@@ -237,9 +237,14 @@ pub fn listener(ipv6: bool) -> TcpListener {
     TcpListener::bind(addr).unwrap_or_else(|e| panic!("cannot listen on {addr}: {e}"))
 }
 
-/// A port nobody listens on right now.
+/// A loopback port nobody listens on, for a process that binds it itself: reserved (see
+/// [`super::ports::reserve_port`]) for as long as this test process runs, so no other test
+/// can take it between here and that bind.
 pub fn free_port() -> u16 {
-    listener(false).local_addr().unwrap().port()
+    static HELD: std::sync::Mutex<Vec<socket2::Socket>> = std::sync::Mutex::new(Vec::new());
+    let (socket, port) = super::ports::reserve_port(std::net::Ipv4Addr::LOCALHOST.into());
+    HELD.lock().unwrap_or_else(|e| e.into_inner()).push(socket);
+    port
 }
 
 /// A client connection that the peer closed, or reset: read until either, within PATIENCE.
