@@ -413,6 +413,7 @@ async fn agent(cmd: AgentCmd, tls: &TlsArgs, json_out: bool) -> Result<bool> {
                     error: String::new(),
                     status: Some(s),
                     age: None,
+                    balancer: None,
                 }],
             };
             if json_out {

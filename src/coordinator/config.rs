@@ -9,6 +9,7 @@ use std::{
 
 use serde::Deserialize;
 
+use super::load_balancer::config::{LoadBalancerConfig, RawLoadBalancer};
 use crate::{
     config_file::{self, ConfigError, MetricsSection},
     grpc_server::settings::{ServerSection, Settings},
@@ -36,6 +37,10 @@ pub struct Cluster {
     pub name: String,
     /// `host:port` of each agent; the address names the ODP.
     pub agents: Vec<String>,
+    /// `[clusters.load_balancer]`: the balancer in front of the ODPs.
+    pub load_balancer: Option<LoadBalancerConfig>,
+    /// `lb_drain`: HOT Restart All drains each ODP in the balancer too.
+    pub lb_drain: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -143,6 +148,10 @@ struct RawStore {
 struct RawCluster {
     name: String,
     agents: Vec<String>,
+    #[serde(default)]
+    lb_drain: bool,
+    #[serde(default)]
+    load_balancer: Option<RawLoadBalancer>,
 }
 
 /// Cluster names travel in requests and logs: keep them plain.
@@ -223,9 +232,22 @@ impl CoordinatorConfig {
                     ));
                 }
             }
+            let load_balancer = c
+                .load_balancer
+                .map(|lb| lb.resolve(path, &base, &key("load_balancer"), &c.agents))
+                .transpose()?;
+            if c.lb_drain && load_balancer.is_none() {
+                return Err(ConfigError::new(
+                    path,
+                    key("lb_drain"),
+                    "needs [clusters.load_balancer]",
+                ));
+            }
             clusters.push(Cluster {
                 name: c.name,
                 agents: c.agents,
+                load_balancer,
+                lb_drain: c.lb_drain,
             });
         }
         for (key, d) in [

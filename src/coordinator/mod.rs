@@ -2,6 +2,7 @@
 //! the agents, run as persistent tasks.
 //!
 //! [`config`] (clusters and agents), [`agents`] (clients with deadlines),
+//! [`load_balancer`] (each ODP's server taken out and put back),
 //! [`live_status`] (every agent's status as it pushes it, over
 //! [`status_stream`]s),
 //! [`rules`] (the console's preconditions), [`task`] (the task model),
@@ -12,6 +13,7 @@ pub mod agents;
 pub mod config;
 pub mod daemon;
 pub mod live_status;
+pub mod load_balancer;
 pub mod rules;
 pub mod runner;
 pub mod service;
