@@ -411,10 +411,6 @@ impl Runner {
             // What else is ready now goes into the same write: the ODPs of a
             // batch tend to answer and finish together, and each write is an
             // fsync the next batch would wait for.
-            while let Ok((i, progress)) = op_rx.try_recv() {
-                self.note_progress(i, progress);
-                changed = true;
-            }
             while !done {
                 match running.next().now_or_never() {
                     Some(Some((i, outcome))) => {
@@ -424,6 +420,12 @@ impl Runner {
                     Some(None) => done = true,
                     None => break,
                 }
+            }
+            // After the outcomes: a subtask reports what it did just before it
+            // ends, within the same poll.
+            while let Ok((i, progress)) = op_rx.try_recv() {
+                self.note_progress(i, progress);
+                changed = true;
             }
             if changed {
                 self.publish();

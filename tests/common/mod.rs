@@ -7,6 +7,7 @@ pub mod admin_sql;
 pub mod cluster;
 pub mod e2e;
 mod echo;
+pub mod haproxy;
 pub mod local;
 mod log;
 pub mod mariadb;
