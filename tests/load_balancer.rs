@@ -6,6 +6,7 @@
 //! - A drain waits for the server's open session to end before the ODP is touched.
 //! - A balancer that cannot be reached fails the subtask before the ODP is touched.
 //! - A task resumed after the coordinator was killed puts back the server it left drained.
+//! - HOT restarts drain with `lb_drain`; a restart of every ODP at once drains none.
 //! - The command kind runs its argv templates without a shell, in order per ODP, and a
 //!   drain that outlasts `drain_timeout` says so.
 //! - A bad section is refused at start with exit 78, naming its key.
@@ -554,4 +555,50 @@ servers = { "10.0.0.1:2889" = "odp1", "10.0.0.3:2889" = "odp3" }
         stderr.contains("\"10.0.0.3:2889\" is not an agent of this cluster"),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_restarts_drain_with_lb_drain_and_a_whole_cluster_batch_drains_nothing() {
+    let (agents, servers, _reserved) = agents().await;
+    let haproxy = HaProxy::start(&servers);
+    let section = format!(
+        "lb_drain = true\n{}",
+        haproxy_section(&haproxy.socket.display().to_string(), &agents, "10s")
+    );
+    let cluster = coordinator(agents, section);
+    succeeded(&start_all(&cluster).await, &cluster);
+
+    let request = pb::RestartAllRequest {
+        cluster: CLUSTER.into(),
+        mode: RestartMode::Hot as i32,
+        batch_size: 1,
+        ..Default::default()
+    };
+    let hot = run(&cluster, cluster.client().await.restart_all(request).await).await;
+    succeeded(&hot, &cluster);
+    for s in &hot.subtasks {
+        let b = s.balancer.as_ref().unwrap();
+        assert!(b.drain.starts_with("no sessions after"), "{b:?}");
+        assert!(
+            b.log.iter().any(|l| l.contains("state drain: done")),
+            "{b:?}"
+        );
+        assert_eq!(b.state(), pb::BalancerState::Ready, "{b:?}");
+    }
+
+    // FORCE with every ODP in one batch: nothing drained, each set ready.
+    let request = pb::RestartAllRequest {
+        cluster: CLUSTER.into(),
+        mode: RestartMode::Force as i32,
+        ..Default::default()
+    };
+    let force = run(&cluster, cluster.client().await.restart_all(request).await).await;
+    succeeded(&force, &cluster);
+    for s in &force.subtasks {
+        let b = s.balancer.as_ref().unwrap();
+        assert!(b.drain.contains("the batch holds every ODP"), "{b:?}");
+        assert!(!b.log.iter().any(|l| l.contains("state drain")), "{b:?}");
+        assert_eq!(b.state(), pb::BalancerState::Ready, "{b:?}");
+    }
+    assert_eq!(haproxy.states(), ["ready"; 3]);
 }

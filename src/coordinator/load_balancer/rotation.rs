@@ -247,3 +247,54 @@ impl<'a> Rotation<'a> {
         outcome
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coordinator::task::Rollout;
+
+    fn task(kind: Kind, mode: Option<Mode>, batch_size: Option<u32>) -> Task {
+        let agents: Vec<String> = (1..=3).map(|i| format!("10.0.0.{i}:2889")).collect();
+        let rollout = Rollout {
+            batch_size,
+            ..Rollout::default()
+        };
+        Task::new("c", &agents, kind, mode, rollout, None, None)
+    }
+
+    fn plan(
+        kind: Kind,
+        mode: Option<Mode>,
+        batch: Option<u32>,
+        lb_drain: bool,
+    ) -> Option<(bool, ServerState)> {
+        Plan::for_task(&task(kind, mode, batch), lb_drain).map(|p| (p.drain, p.end))
+    }
+
+    #[test]
+    fn each_task_kind_has_its_steps() {
+        use ServerState::*;
+        // Stop All drains even all at once: sessions end before the ODPs stop.
+        assert_eq!(plan(Kind::StopAll, None, None, false), Some((true, Maint)));
+        assert_eq!(
+            plan(Kind::StartAll, None, Some(1), false),
+            Some((false, Ready))
+        );
+        let force = Some(Mode::Force);
+        assert_eq!(
+            plan(Kind::RestartAll, force, Some(1), false),
+            Some((true, Ready))
+        );
+        // Every ODP in one batch: no other server could take the clients.
+        assert_eq!(
+            plan(Kind::RestartAll, force, None, false),
+            Some((false, Ready))
+        );
+        let hot = Some(Mode::Hot);
+        assert_eq!(plan(Kind::RestartAll, hot, Some(1), false), None);
+        assert_eq!(
+            plan(Kind::RestartAll, hot, Some(2), true),
+            Some((true, Ready))
+        );
+    }
+}
