@@ -1,6 +1,7 @@
 //! Runs one task: batch by batch, each ODP's operation followed to its end
-//! and through the health gate, the failure budget checked between batches,
-//! every change written to the store before it is shown.
+//! and through the health gate ([`odp`], with the load balancer's steps
+//! around it), the failure budget checked between batches, every change
+//! written to the store before it is shown.
 use std::{
     sync::Arc,
     time::{Duration, SystemTime},

@@ -390,7 +390,9 @@ impl Tasks {
     pub async fn balancer_status(&self, name: &str) -> Option<BalancerStatuses> {
         let cluster = self.config.cluster(name)?;
         let lb = self.balancers.get(name)?;
-        let statuses = lb.statuses(&cluster.agents).await;
+        let statuses = lb
+            .statuses(&cluster.agents, self.config.agents.status_timeout)
+            .await;
         let servers = cluster
             .agents
             .iter()

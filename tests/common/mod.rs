@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod admin_sql;
+pub mod balanced;
 pub mod cluster;
 pub mod e2e;
 mod echo;

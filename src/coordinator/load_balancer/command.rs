@@ -25,6 +25,11 @@ impl Commands {
         }
     }
 
+    /// The sessions command, as errors name the balancer.
+    pub fn target(&self) -> String {
+        self.config.sessions.program.display().to_string()
+    }
+
     pub fn can_set(&self, state: ServerState) -> bool {
         state != ServerState::Maint || self.config.maint.is_some()
     }

@@ -172,9 +172,34 @@ impl LoadBalancer {
         }
     }
 
-    /// Every agent's server, asked in parallel within the balancer's timeout;
-    /// an error for all of them when the balancer itself cannot be asked.
+    /// Every agent's server, asked in parallel, all within `deadline` (the
+    /// cluster status's, so a balancer that hangs never holds it up); an error
+    /// for all of them when the balancer itself cannot be asked.
     pub async fn statuses(
+        &self,
+        agents: &[String],
+        deadline: Duration,
+    ) -> Result<Vec<Result<ServerStatus, LbError>>, LbError> {
+        tokio::time::timeout(deadline, self.ask_statuses(agents))
+            .await
+            .unwrap_or_else(|_| {
+                Err(LbError::Timeout {
+                    target: self.target(),
+                    command: "status".into(),
+                    timeout: deadline,
+                })
+            })
+    }
+
+    /// Where the balancer is, as errors name it.
+    fn target(&self) -> String {
+        match &self.backend {
+            Backend::HaProxy(h) => h.target(),
+            Backend::Command(c) => c.target(),
+        }
+    }
+
+    async fn ask_statuses(
         &self,
         agents: &[String],
     ) -> Result<Vec<Result<ServerStatus, LbError>>, LbError> {

@@ -69,6 +69,7 @@ pub(super) async fn run(
     }
 }
 
+/// How one ODP's subtask ended.
 pub(super) struct Outcome {
     pub(super) state: SubtaskState,
     pub(super) error: Option<String>,
