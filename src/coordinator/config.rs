@@ -29,6 +29,8 @@ pub struct CoordinatorConfig {
     pub clusters: Vec<Cluster>,
     /// Where `GET /metrics` listens; None: no metrics endpoint.
     pub metrics: Option<SocketAddr>,
+    /// `[web]`: the console's pages; None: no console.
+    pub web: Option<super::web::config::WebConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +132,8 @@ struct Raw {
     auth: AuthConfig,
     #[serde(default)]
     audit: AuditConfig,
+    #[serde(default)]
+    web: Option<super::web::config::WebSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -258,6 +262,7 @@ impl CoordinatorConfig {
             default_audit,
         )?;
         let agent_tls = raw.agents.tls.map(|t| t.resolve(path, &base)).transpose()?;
+        let web = raw.web.map(|w| w.resolve(path, &security)).transpose()?;
         // A coordinator holding a certificate the agents trust acts with
         // their operator's role: whoever may call it must prove who they are,
         // or any local user could stop every ODP through it.
@@ -284,6 +289,7 @@ impl CoordinatorConfig {
             clusters,
             metrics: raw.metrics.map(|m| m.listen),
             security,
+            web,
         })
     }
 

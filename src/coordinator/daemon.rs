@@ -35,6 +35,8 @@ pub enum Error {
     Audit(#[from] AuditError),
     #[error(transparent)]
     Agents(#[from] PoolError),
+    #[error(transparent)]
+    Console(#[from] super::web::listener::ListenError),
 }
 
 impl Error {
@@ -45,6 +47,7 @@ impl Error {
             self,
             Error::Audit(_)
                 | Error::Agents(_)
+                | Error::Console(_)
                 | Error::Store(StoreError::Dir(_))
                 | Error::Serve(
                     ServeError::Tls { .. } | ServeError::TlsFiles(_) | ServeError::Socket(_)
@@ -123,6 +126,13 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), Error> {
         let endpoint = metrics::Endpoint::bind(listen).await?;
         tracing::info!(metrics_addr = %endpoint.addr, "metrics endpoint serving");
         tracker.spawn(endpoint.serve(metrics.clone().router(), shutdown.clone()));
+    }
+    if let Some(web) = &config.web {
+        let service = CoordinatorService::new(tasks.clone(), metrics.clone(), guard.clone());
+        let (listener, router) =
+            super::web::start(web, config.security.tls.as_ref(), service, guard.clone(), shutdown.clone()).await?;
+        tracing::info!(console_addr = %listener.addr, tls = web.tls, "console serving");
+        tracker.spawn(listener.serve(router, shutdown.clone()));
     }
     tracing::info!(
         grpc_addr = %addr,

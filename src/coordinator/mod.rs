@@ -7,7 +7,8 @@
 //! [`rules`] (the console's preconditions), [`task`] (the task model),
 //! [`store`] (SQLite persistence), [`runner`] (one task's batches),
 //! [`tasks`] (create, resume, cancel, retry), [`service`] (gRPC
-//! translation), [`daemon`] (wiring).
+//! translation), [`web`] (the console's pages over the same service),
+//! [`daemon`] (wiring).
 pub mod agents;
 pub mod config;
 pub mod daemon;
@@ -19,3 +20,4 @@ pub mod status_stream;
 pub mod store;
 pub mod task;
 pub mod tasks;
+pub mod web;

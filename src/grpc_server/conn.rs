@@ -84,6 +84,14 @@ impl Activity {
     }
 }
 
+impl Peer {
+    /// A call starts on this connection (the console's requests, served
+    /// outside tonic); it keeps the connection busy until dropped.
+    pub fn begin_call(&self) -> CallGuard {
+        self.activity.begin()
+    }
+}
+
 /// One call in flight on a connection.
 #[derive(Debug)]
 pub struct CallGuard(Arc<Activity>);
