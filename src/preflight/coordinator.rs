@@ -60,6 +60,13 @@ pub fn check(path: &Path) -> Report {
             .metrics
             .map_or_else(|| "off".to_string(), |m| format!("{m} (GET /metrics)")),
     );
+    report.plan(
+        "console",
+        config.web.as_ref().map_or_else(
+            || "off".to_string(),
+            |w| format!("{}://{} ([web] listen)", if w.tls { "https" } else { "http" }, w.listen),
+        ),
+    );
     let agents = match &config.agent_tls {
         Some(tls) => {
             let first = config

@@ -21,7 +21,8 @@ use crate::{
 };
 
 /// `GET /tasks/{id}/events`: `task` events with the panel's HTML, then
-/// `end` once the task has finished; `resync` when this watcher fell too
+/// `end` once the task has finished (with data: a browser drops an event
+/// without); `resync` when this watcher fell too
 /// far behind (the page loads afresh rather than show a gap).
 pub async fn task(
     State(console): State<Shared>,
@@ -49,7 +50,7 @@ pub async fn task(
                 Err(status) => Event::default().event("resync").data(status.message()),
             }
         })
-        .chain(stream::once(async { Event::default().event("end").data("") }))
+        .chain(stream::once(async { Event::default().event("end").data("finished") }))
         .map(Ok::<_, Infallible>)
         .take_until(shutdown.cancelled_owned());
     Sse::new(events)
