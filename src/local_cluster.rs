@@ -37,6 +37,9 @@ pub struct Options {
     pub start_delay: Option<Duration>,
     /// Where odp-agent, odp-coordinator and obproxy-standin are.
     pub bin_dir: PathBuf,
+    /// Serve the console on a loopback port, signed in with this token
+    /// (an OBPROXY_MANAGER token, which every caller then needs).
+    pub console_token: Option<String>,
 }
 
 impl Options {
@@ -52,6 +55,7 @@ impl Options {
             exit_timeout: Duration::from_secs(5),
             start_delay: None,
             bin_dir,
+            console_token: None,
         }
     }
 }
@@ -61,6 +65,8 @@ pub struct Daemon {
     pub child: Child,
     pub addr: SocketAddr,
     pub log: PathBuf,
+    /// Where the coordinator serves its console, if it does.
+    pub console: Option<SocketAddr>,
 }
 
 pub struct LocalCluster {
@@ -99,8 +105,11 @@ fn spawn(
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("grpc_addr=").nth(1) {
-                let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
+            for key in ["console_addr=", "grpc_addr="] {
+                if let Some(addr) = line.split(key).nth(1) {
+                    let addr = addr.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send((key, addr));
+                }
             }
             let _ = writeln!(file, "{line}");
         }
@@ -109,15 +118,21 @@ fn spawn(
         what: binary.display().to_string(),
         log: log.to_path_buf(),
     };
-    let addr = rx
-        .recv_timeout(STARTUP)
-        .ok()
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(no_start)?;
+    // The console, when there is one, is announced before gRPC.
+    let mut console = None;
+    let addr = loop {
+        match rx.recv_timeout(STARTUP) {
+            Ok(("console_addr=", a)) => console = a.parse().ok(),
+            Ok((_, a)) => break a.parse().ok(),
+            Err(_) => break None,
+        }
+    }
+    .ok_or_else(no_start)?;
     Ok(Daemon {
         child,
         addr,
         log: log.to_path_buf(),
+        console,
     })
 }
 
@@ -203,8 +218,18 @@ dir = "agent-{i}"
         let name = "demo".to_string();
         let addrs: Vec<String> = agents.iter().map(|a| a.addr.to_string()).collect();
         let config = dir.path().join("coordinator.toml");
+        let callers = match &opts.console_token {
+            None => LOOPBACK_OPERATES.to_string(),
+            Some(token) => {
+                use sha2::Digest;
+                let hash = hex::encode(sha2::Sha256::digest(token.as_bytes()));
+                format!(
+                    "[web]\nlisten = \"127.0.0.1:0\"\n[[auth.tokens]]\nname = \"demo\"\nsha256 = \"{hash}\"\nrole = \"OBPROXY_MANAGER\"\n"
+                )
+            }
+        };
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n{LOOPBACK_OPERATES}\n[store]\npath = \"tasks.db\"\n[[clusters]]\nname = \"{name}\"\nagents = {addrs:?}\n"
+            "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"tasks.db\"\n[[clusters]]\nname = \"{name}\"\nagents = {addrs:?}\n{callers}"
         );
         std::fs::write(&config, text).map_err(io_err(&config))?;
         let coordinator = spawn(
