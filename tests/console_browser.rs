@@ -55,7 +55,23 @@ async fn an_operator_restarts_all_from_the_overview_under_load_and_watches_it_co
     browser.wait_for(&format!("{row} td.running")).await;
     assert_eq!(browser.text(&format!("{row} td.running")).await, "3");
     assert_eq!(browser.text(&format!("{row} td.stopped")).await, "0");
+    // The Actions column's More menu, open.
+    c.find(Locator::Css(&format!("{row} details.more summary")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait_for(&format!("{row} details.more[open] a[href$='dialog=restart-all']"))
+        .await;
     browser.screenshot("clusters").await;
+
+    // Client load through every ODP from here to the end of the restart.
+    let mut loads = Vec::new();
+    for a in &console.cluster.agents {
+        loads.push(Load::start(a.sql_addr().await));
+    }
 
     c.find(Locator::Css(&format!("{row} td:first-child a")))
         .await
@@ -70,24 +86,14 @@ async fn an_operator_restarts_all_from_the_overview_under_load_and_watches_it_co
             .await,
         3
     );
+    assert_eq!(browser.count("#odps td.pid").await, 3);
     for pid in &before {
-        assert_eq!(
-            browser.count(&format!("#odps td.pid")).await,
-            3,
-            "every ODP shows its pid"
-        );
         assert!(
             c.source().await.unwrap().contains(&format!(">{pid}<")),
             "pid {pid} on the Overview"
         );
     }
     browser.screenshot("overview").await;
-
-    // Client load through every ODP for the whole restart.
-    let mut loads = Vec::new();
-    for a in &console.cluster.agents {
-        loads.push(Load::start(a.sql_addr().await));
-    }
 
     browser.wait_for("#open-restart-all").await.click().await.unwrap();
     let hot = browser.wait_for("#restart-all #mode-hot").await;
@@ -116,9 +122,12 @@ async fn an_operator_restarts_all_from_the_overview_under_load_and_watches_it_co
     browser
         .wait_for("#task #subtasks .badge[data-state='Succeeded']")
         .await;
-    if browser.count("#task-state .badge[data-state='Running']").await == 1 {
-        browser.screenshot("task-running").await;
-    }
+    // One ODP done, the next batch after the pause: the task under way.
+    assert_eq!(
+        browser.count("#task-state .badge[data-state='Running']").await,
+        1
+    );
+    browser.screenshot("task-running").await;
     browser
         .wait_for("#task-state .badge[data-state='Completed']")
         .await;

@@ -125,7 +125,7 @@ pub fn task_kind(kind: i32, mode: i32) -> String {
     }
 }
 
-/// The class a state's badge is drawn with.
+/// A state's badge, drawn by what the state means for an ODP.
 pub fn badge(text: &str) -> String {
     let class = match text {
         "Running" | "Completed" | "Succeeded" => "ok",
@@ -133,6 +133,18 @@ pub fn badge(text: &str) -> String {
         "Stopped" | "Cancelled" | "Skipped" => "off",
         _ => "busy",
     };
+    badge_as(text, class)
+}
+
+/// A task's badge: a Running task is work under way, not a healthy ODP.
+pub fn task_badge(text: &str) -> String {
+    match text {
+        "Running" => badge_as(text, "busy"),
+        _ => badge(text),
+    }
+}
+
+fn badge_as(text: &str, class: &str) -> String {
     format!(
         "<span class=\"badge {class}\" data-state=\"{t}\">{t}</span>",
         t = esc(text)

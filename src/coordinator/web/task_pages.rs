@@ -61,7 +61,7 @@ pub async fn list(
             sid = seg(&t.id),
             c = esc(&t.cluster),
             k = esc(&html::task_kind(t.kind, t.mode)),
-            st = badge(html::task_state(t.state)),
+            st = html::task_badge(html::task_state(t.state)),
             n = t.subtasks.len(),
             at = html::time(t.created_at.as_ref()),
         );
@@ -135,7 +135,7 @@ pub fn panel(session: &Session, t: &pb::Task) -> String {
     let mut out = format!(
         "<div class=\"summary\"><span id=\"task-state\">{}</span> \
          <span>batch {}/{}</span> <span id=\"failed-count\">{failed} failed</span>{}</div>",
-        badge(state),
+        html::task_badge(state),
         t.current_batch,
         t.batches,
         if t.cancel_requested && t.state() == pb::TaskState::Running {
