@@ -19,8 +19,18 @@ use serde_json::json;
 async fn sign_in(browser: &Browser, console: &Console, token: &str) {
     let c = &browser.client;
     c.goto(&console.url("/signin")).await.unwrap();
-    browser.wait_for("#token").await.send_keys(token).await.unwrap();
-    c.find(Locator::Css("#signin")).await.unwrap().click().await.unwrap();
+    browser
+        .wait_for("#token")
+        .await
+        .send_keys(token)
+        .await
+        .unwrap();
+    c.find(Locator::Css("#signin"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     browser.wait_for("table#clusters").await;
 }
 
@@ -63,7 +73,9 @@ async fn an_operator_restarts_all_from_the_overview_under_load_and_watches_it_co
         .await
         .unwrap();
     browser
-        .wait_for(&format!("{row} details.more[open] a[href$='dialog=restart-all']"))
+        .wait_for(&format!(
+            "{row} details.more[open] a[href$='dialog=restart-all']"
+        ))
         .await;
     browser.screenshot("clusters").await;
 
@@ -95,12 +107,23 @@ async fn an_operator_restarts_all_from_the_overview_under_load_and_watches_it_co
     }
     browser.screenshot("overview").await;
 
-    browser.wait_for("#open-restart-all").await.click().await.unwrap();
+    browser
+        .wait_for("#open-restart-all")
+        .await
+        .click()
+        .await
+        .unwrap();
     let hot = browser.wait_for("#restart-all #mode-hot").await;
-    assert!(hot.is_enabled().await.unwrap(), "every ODP runs 4.3: Restart is offered");
+    assert!(
+        hot.is_enabled().await.unwrap(),
+        "every ODP runs 4.3: Restart is offered"
+    );
     assert!(hot.is_selected().await.unwrap());
     assert_eq!(browser.count("#restart-refused").await, 0);
-    let batch = c.find(Locator::Css("#restart-all #batch_size")).await.unwrap();
+    let batch = c
+        .find(Locator::Css("#restart-all #batch_size"))
+        .await
+        .unwrap();
     batch.clear().await.unwrap();
     batch.send_keys("1").await.unwrap();
     let pause = c.find(Locator::Css("#restart-all #pause")).await.unwrap();
@@ -124,7 +147,9 @@ async fn an_operator_restarts_all_from_the_overview_under_load_and_watches_it_co
         .await;
     // One ODP done, the next batch after the pause: the task under way.
     assert_eq!(
-        browser.count("#task-state .badge[data-state='Running']").await,
+        browser
+            .count("#task-state .badge[data-state='Running']")
+            .await,
         1
     );
     browser.screenshot("task-running").await;
@@ -185,7 +210,9 @@ async fn a_read_only_user_sees_no_action_and_its_forged_posts_are_refused() {
     assert_eq!(browser.text("#role").await, "READ_ONLY");
     // Everything is shown, and no action.
     assert_eq!(browser.count("#clusters details.more").await, 0);
-    c.goto(&console.url(&format!("/clusters/{CLUSTER}"))).await.unwrap();
+    c.goto(&console.url(&format!("/clusters/{CLUSTER}")))
+        .await
+        .unwrap();
     browser.wait_for("table#odps").await;
     assert_eq!(browser.count("#odps tbody tr").await, 2);
     assert_eq!(browser.count("main button, main dialog").await, 0);
@@ -264,14 +291,23 @@ async fn restart_is_offered_only_as_force_restart_for_an_odp_older_than_321() {
     // Opened at once from the More menu's link.
     let hot = browser.wait_for("dialog#restart-all[open] #mode-hot").await;
     assert!(!hot.is_enabled().await.unwrap(), "Restart is not offered");
-    let force = c.find(Locator::Css("#restart-all #mode-force")).await.unwrap();
+    let force = c
+        .find(Locator::Css("#restart-all #mode-force"))
+        .await
+        .unwrap();
     assert!(force.is_selected().await.unwrap(), "Force Restart is");
     let reason = browser.text("#restart-refused").await;
     assert!(reason.contains(&format!("{old} runs 3.2.0")), "{reason}");
     // Only the mode that drains takes an exit timeout.
-    let exit = c.find(Locator::Css("#restart-all #exit_timeout")).await.unwrap();
+    let exit = c
+        .find(Locator::Css("#restart-all #exit_timeout"))
+        .await
+        .unwrap();
     assert!(!exit.is_enabled().await.unwrap());
-    let batch = c.find(Locator::Css("#restart-all #batch_size")).await.unwrap();
+    let batch = c
+        .find(Locator::Css("#restart-all #batch_size"))
+        .await
+        .unwrap();
     batch.clear().await.unwrap();
     batch.send_keys("1").await.unwrap();
     c.find(Locator::Css("#confirm-restart-all"))
@@ -283,15 +319,20 @@ async fn restart_is_offered_only_as_force_restart_for_an_odp_older_than_321() {
     browser
         .wait_for("#task-state .badge[data-state='Completed']")
         .await;
-    assert!(browser.text(".sub").await.contains("Restart All (Force Restart)"));
+    assert!(
+        browser
+            .text(".sub")
+            .await
+            .contains("Restart All (Force Restart)")
+    );
     for a in &console.cluster.agents {
         assert_eq!(a.status().await.state(), apb::ProxyState::Running);
     }
     let audit = console.audit();
     assert!(
-        audit
-            .iter()
-            .any(|l| l["rpc"] == "RestartAll" && l["mode"] == "RESTART_MODE_FORCE" && l["outcome"] == "ok"),
+        audit.iter().any(|l| l["rpc"] == "RestartAll"
+            && l["mode"] == "RESTART_MODE_FORCE"
+            && l["outcome"] == "ok"),
         "{audit:?}"
     );
     browser.close().await;

@@ -43,11 +43,21 @@ async fn pages_need_a_session_opened_by_a_configured_token() {
     assert!(wrong.header("set-cookie").is_none());
 
     let good = console
-        .send("POST", "/signin", None, Some(&format!("token={OPERATOR_TOKEN}")))
+        .send(
+            "POST",
+            "/signin",
+            None,
+            Some(&format!("token={OPERATOR_TOKEN}")),
+        )
         .await;
     assert_eq!(good.status, 303, "{}", good.body);
     let cookie = good.header("set-cookie").unwrap();
-    for part in ["odp_session=", "HttpOnly", "SameSite=Strict", "Max-Age=28800"] {
+    for part in [
+        "odp_session=",
+        "HttpOnly",
+        "SameSite=Strict",
+        "Max-Age=28800",
+    ] {
         assert!(cookie.contains(part), "{cookie}");
     }
     // Plain HTTP on loopback: not marked Secure (the browser would drop it).
@@ -73,7 +83,12 @@ async fn pages_need_a_session_opened_by_a_configured_token() {
         .await;
     assert_eq!(out.status, 403);
     let out = console
-        .send("POST", "/signout", Some(cookie), Some(&format!("csrf={csrf}")))
+        .send(
+            "POST",
+            "/signout",
+            Some(cookie),
+            Some(&format!("csrf={csrf}")),
+        )
         .await;
     assert_eq!(out.status, 303);
     assert!(out.header("set-cookie").unwrap().contains("Max-Age=0"));
@@ -98,7 +113,9 @@ async fn every_action_is_csrf_checked_and_audited_with_its_caller() {
     // No token, a wrong one: refused before the service is called, and
     // written down with who tried.
     for form in ["mode=force", "mode=force&csrf=0000"] {
-        let r = console.send("POST", &path, Some(&operator), Some(form)).await;
+        let r = console
+            .send("POST", &path, Some(&operator), Some(form))
+            .await;
         assert_eq!(r.status, 403, "{}", r.body);
         assert!(r.body.contains("csrf"), "{}", r.body);
     }
@@ -116,7 +133,12 @@ async fn every_action_is_csrf_checked_and_audited_with_its_caller() {
     assert_eq!(r.status, 401, "{}", r.body);
     let unknown = audited("RestartAll", "unknown");
     assert_eq!(unknown.len(), 1);
-    assert!(unknown[0]["outcome"].as_str().unwrap().starts_with("denied: "));
+    assert!(
+        unknown[0]["outcome"]
+            .as_str()
+            .unwrap()
+            .starts_with("denied: ")
+    );
 
     // A field that is not a number is named, and audited.
     let r = console
@@ -135,7 +157,9 @@ async fn every_action_is_csrf_checked_and_audited_with_its_caller() {
     let form = format!(
         "csrf={csrf}&request_id=console-test-1&mode=force&batch_size=1&pause=0s&max_failures=0"
     );
-    let r = console.send("POST", &path, Some(&operator), Some(&form)).await;
+    let r = console
+        .send("POST", &path, Some(&operator), Some(&form))
+        .await;
     assert_eq!(r.status, 303, "{}", r.body);
     let location = r.header("location").unwrap().to_string();
     let id = location.strip_prefix("/tasks/").unwrap().to_string();
@@ -152,12 +176,17 @@ async fn every_action_is_csrf_checked_and_audited_with_its_caller() {
     // The live feed: each change, then the end.
     let (names, last) = console.events(&operator, &id).await;
     assert_eq!(names.last().map(String::as_str), Some("end"), "{names:?}");
-    assert!(names.iter().filter(|n| *n == "task").count() >= 2, "{names:?}");
+    assert!(
+        names.iter().filter(|n| *n == "task").count() >= 2,
+        "{names:?}"
+    );
     assert!(last.contains("data-state=\"Completed\""), "{last}");
     assert!(!last.contains("retry-task"), "nothing to retry: {last}");
 
     // The same form sent twice (a reload) is the same task, not a second one.
-    let again = console.send("POST", &path, Some(&operator), Some(&form)).await;
+    let again = console
+        .send("POST", &path, Some(&operator), Some(&form))
+        .await;
     assert_eq!(again.header("location"), Some(location.as_str()));
     let replay = audited("RestartAll", "token:oncall");
     assert_eq!(replay.last().unwrap()["replay"], true);
@@ -177,9 +206,7 @@ async fn every_action_is_csrf_checked_and_audited_with_its_caller() {
     // READ_ONLY: pages yes, actions no, even with its own valid CSRF token.
     let viewer = console.sign_in(VIEWER_TOKEN).await;
     let viewer_csrf = console.csrf(&viewer).await;
-    let task_page = console
-        .send("GET", &location, Some(&viewer), None)
-        .await;
+    let task_page = console.send("GET", &location, Some(&viewer), None).await;
     assert_eq!(task_page.status, 200);
     assert!(task_page.body.contains(&id));
     let overview = console
@@ -188,14 +215,19 @@ async fn every_action_is_csrf_checked_and_audited_with_its_caller() {
     assert_eq!(overview.status, 200);
     assert!(overview.body.contains("id=\"odps\""));
     for action in ["data-dialog", "<dialog", "restart-all\"", "cancel-task"] {
-        assert!(!overview.body.contains(action), "{action} shown to READ_ONLY");
+        assert!(
+            !overview.body.contains(action),
+            "{action} shown to READ_ONLY"
+        );
     }
     for (path, form) in [
         (path.clone(), format!("csrf={viewer_csrf}&mode=force")),
         (format!("/tasks/{id}/retry"), format!("csrf={viewer_csrf}")),
         (format!("/tasks/{id}/cancel"), format!("csrf={viewer_csrf}")),
     ] {
-        let r = console.send("POST", &path, Some(&viewer), Some(&form)).await;
+        let r = console
+            .send("POST", &path, Some(&viewer), Some(&form))
+            .await;
         assert_eq!(r.status, 403, "{path}: {}", r.body);
         assert!(r.body.contains("needs role OBPROXY_MANAGER"), "{}", r.body);
     }
@@ -205,14 +237,17 @@ async fn every_action_is_csrf_checked_and_audited_with_its_caller() {
         .filter(|l| l["caller"] == "token:dashboard")
         .collect::<Vec<_>>();
     assert_eq!(denied.len(), 3, "{denied:?}");
-    assert!(
-        denied
-            .iter()
-            .all(|l| l["outcome"].as_str().unwrap().starts_with("denied: ") && l["role"] == "READ_ONLY")
-    );
+    assert!(denied.iter().all(
+        |l| l["outcome"].as_str().unwrap().starts_with("denied: ") && l["role"] == "READ_ONLY"
+    ));
     // An operator's token from another session is no token here.
     let r = console
-        .send("POST", &path, Some(&viewer), Some(&format!("csrf={csrf}&mode=force")))
+        .send(
+            "POST",
+            &path,
+            Some(&viewer),
+            Some(&format!("csrf={csrf}&mode=force")),
+        )
         .await;
     assert_eq!(r.status, 403);
     assert!(r.body.contains("csrf"), "{}", r.body);

@@ -105,14 +105,17 @@ async fn run(args: Args) -> Result<u64> {
     }
 
     step("Start All");
-    odpctl(&cluster, &bin_dir, &token, &["cluster", "start", &cluster.name])?;
+    odpctl(
+        &cluster,
+        &bin_dir,
+        &token,
+        &["cluster", "start", &cluster.name],
+    )?;
 
-    let channel = tonic::transport::Endpoint::from_shared(format!(
-        "http://{}",
-        cluster.coordinator.addr
-    ))?
-    .connect()
-    .await?;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.coordinator.addr))?
+            .connect()
+            .await?;
     let bearer: tonic::metadata::AsciiMetadataValue = format!("Bearer {token}").parse()?;
     let mut client =
         CoordinatorClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
@@ -163,7 +166,12 @@ async fn run(args: Args) -> Result<u64> {
     let restarted = odpctl(&cluster, &bin_dir, &token, &restart)?;
 
     step("Cluster status after the restart");
-    odpctl(&cluster, &bin_dir, &token, &["cluster", "status", &cluster.name])?;
+    odpctl(
+        &cluster,
+        &bin_dir,
+        &token,
+        &["cluster", "status", &cluster.name],
+    )?;
 
     stop.cancel();
     let mut total = (0, 0, 0, 0, 0);
@@ -186,7 +194,12 @@ async fn run(args: Args) -> Result<u64> {
         tokio::signal::ctrl_c().await?;
     }
     step("Stop All");
-    odpctl(&cluster, &bin_dir, &token, &["cluster", "stop", &cluster.name])?;
+    odpctl(
+        &cluster,
+        &bin_dir,
+        &token,
+        &["cluster", "stop", &cluster.name],
+    )?;
 
     let (ok, failed, refused, reset, cut) = total;
     step("Result");

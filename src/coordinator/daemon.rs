@@ -129,8 +129,14 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), Error> {
     }
     if let Some(web) = &config.web {
         let service = CoordinatorService::new(tasks.clone(), metrics.clone(), guard.clone());
-        let (listener, router) =
-            super::web::start(web, config.security.tls.as_ref(), service, guard.clone(), shutdown.clone()).await?;
+        let (listener, router) = super::web::start(
+            web,
+            config.security.tls.as_ref(),
+            service,
+            guard.clone(),
+            shutdown.clone(),
+        )
+        .await?;
         tracing::info!(console_addr = %listener.addr, tls = web.tls, "console serving");
         tracker.spawn(listener.serve(router, shutdown.clone()));
     }

@@ -64,7 +64,13 @@ pub fn check(path: &Path) -> Report {
         "console",
         config.web.as_ref().map_or_else(
             || "off".to_string(),
-            |w| format!("{}://{} ([web] listen)", if w.tls { "https" } else { "http" }, w.listen),
+            |w| {
+                format!(
+                    "{}://{} ([web] listen)",
+                    if w.tls { "https" } else { "http" },
+                    w.listen
+                )
+            },
         ),
     );
     let agents = match &config.agent_tls {

@@ -104,7 +104,8 @@ impl Console {
         form: Option<&str>,
     ) -> Reply {
         let addr = self.addr;
-        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        let mut request =
+            format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
         if let Some(c) = cookie {
             request.push_str(&format!("Cookie: {c}\r\n"));
         }
@@ -154,7 +155,10 @@ impl Console {
             .await
             .expect("the feed did not end in time");
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-        assert!(text.to_ascii_lowercase().contains("content-type: text/event-stream"));
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("content-type: text/event-stream")
+        );
         let mut names = Vec::new();
         let mut last = String::new();
         for line in text.lines() {

@@ -42,26 +42,26 @@ pub struct OperationForm {
 
 #[derive(Clone, Copy)]
 enum Operation {
-    StartAll,
-    StopAll,
-    RestartAll,
+    Start,
+    Stop,
+    Restart,
 }
 
 impl Operation {
     fn from_path(action: &str) -> Option<Self> {
         match action {
-            "start-all" => Some(Self::StartAll),
-            "stop-all" => Some(Self::StopAll),
-            "restart-all" => Some(Self::RestartAll),
+            "start-all" => Some(Self::Start),
+            "stop-all" => Some(Self::Stop),
+            "restart-all" => Some(Self::Restart),
             _ => None,
         }
     }
 
     fn rpc(self) -> &'static str {
         match self {
-            Self::StartAll => "StartAll",
-            Self::StopAll => "StopAll",
-            Self::RestartAll => "RestartAll",
+            Self::Start => "StartAll",
+            Self::Stop => "StopAll",
+            Self::Restart => "RestartAll",
         }
     }
 }
@@ -88,7 +88,9 @@ fn duration(field: &str, text: &str) -> Result<Option<prost_types::Duration>, St
         return Ok(None);
     }
     let d = humantime::parse_duration(text).map_err(|e| {
-        Status::invalid_argument(format!("{field}: {text:?} is not a duration ({e}), e.g. 30s"))
+        Status::invalid_argument(format!(
+            "{field}: {text:?} is not a duration ({e}), e.g. 30s"
+        ))
     })?;
     prost_types::Duration::try_from(d)
         .map(Some)
@@ -116,7 +118,13 @@ impl OperationForm {
 
 /// A refusal the console itself makes before the service is called,
 /// written to the audit log as the service writes its own.
-fn refuse(console: &Console, session: &Session, rpc: &'static str, target: &str, status: Status) -> Response {
+fn refuse(
+    console: &Console,
+    session: &Session,
+    rpc: &'static str,
+    target: &str,
+    status: Status,
+) -> Response {
     let call = Call {
         caller: &session.caller,
         rpc,
@@ -138,7 +146,10 @@ pub async fn cluster(
 ) -> Response {
     let session = console.sessions.find(&headers);
     let Some(op) = Operation::from_path(&action) else {
-        return error_page(session.as_ref(), &Status::not_found(format!("no action {action:?}")));
+        return error_page(
+            session.as_ref(),
+            &Status::not_found(format!("no action {action:?}")),
+        );
     };
     let rollout = match &session {
         // No session: the call goes to the guard without credentials, which
@@ -168,7 +179,7 @@ pub async fn cluster(
         (Err(status), None) => return error_page(None, &status),
     };
     let exit_timeout = match (op, &session) {
-        (Operation::RestartAll, Some(s)) if s.can_act() => {
+        (Operation::Restart, Some(s)) if s.can_act() => {
             match duration("exit_timeout", &form.exit_timeout) {
                 Ok(d) => d,
                 Err(status) => return refuse(&console, s, op.rpc(), &name, status),
@@ -178,7 +189,7 @@ pub async fn cluster(
     };
     let s = session.as_ref();
     let answer = match op {
-        Operation::StartAll => {
+        Operation::Start => {
             let r = pb::StartAllRequest {
                 cluster: name,
                 request_id: form.request_id.clone(),
@@ -189,7 +200,7 @@ pub async fn cluster(
             };
             console.service.start_all(console.request(s, r)).await
         }
-        Operation::StopAll => {
+        Operation::Stop => {
             let r = pb::StopAllRequest {
                 cluster: name,
                 request_id: form.request_id.clone(),
@@ -200,7 +211,7 @@ pub async fn cluster(
             };
             console.service.stop_all(console.request(s, r)).await
         }
-        Operation::RestartAll => {
+        Operation::Restart => {
             let r = pb::RestartAllRequest {
                 cluster: name,
                 mode: form.mode(),
@@ -237,7 +248,12 @@ pub async fn task(
     let rpc = match action.as_str() {
         "cancel" => "CancelTask",
         "retry" => "RetryTask",
-        _ => return error_page(session.as_ref(), &Status::not_found(format!("no action {action:?}"))),
+        _ => {
+            return error_page(
+                session.as_ref(),
+                &Status::not_found(format!("no action {action:?}")),
+            );
+        }
     };
     if let Some(s) = &session
         && !s.csrf_matches(&form.csrf)

@@ -82,3 +82,54 @@ impl WebSection {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::coordinator::config::CoordinatorConfig;
+    use std::{path::Path, time::Duration};
+
+    const BASE: &str = r#"
+[server]
+listen = "127.0.0.1:2890"
+[store]
+path = "/var/lib/odp-coordinator/tasks.db"
+[[auth.tokens]]
+name = "ops"
+sha256 = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+role = "OBPROXY_MANAGER"
+"#;
+
+    fn parse(text: &str) -> Result<CoordinatorConfig, crate::config_file::ConfigError> {
+        CoordinatorConfig::parse(Path::new("/etc/odp-coordinator.toml"), text)
+    }
+
+    #[test]
+    fn the_console_is_off_unless_configured() {
+        assert!(parse(BASE).unwrap().web.is_none());
+        let web = parse(&format!("{BASE}[web]\nlisten = \"127.0.0.1:8080\"\n"))
+            .unwrap()
+            .web
+            .unwrap();
+        assert_eq!(web.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(web.session_ttl, Duration::from_secs(8 * 3600));
+        assert!(!web.tls);
+    }
+
+    #[test]
+    fn the_network_needs_tls_and_the_console_needs_tokens() {
+        let e = parse(&format!("{BASE}[web]\nlisten = \"0.0.0.0:8080\"\n")).unwrap_err();
+        assert_eq!(e.key, "web.listen");
+        let without_tokens = BASE.split("[[auth.tokens]]").next().unwrap();
+        let e = parse(&format!(
+            "{without_tokens}[web]\nlisten = \"127.0.0.1:8080\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "web.listen");
+        assert!(e.reason.contains("[[auth.tokens]]"), "{e}");
+        let e = parse(&format!(
+            "{BASE}[web]\nlisten = \"127.0.0.1:8080\"\nsession_ttl = \"0s\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "web.session_ttl");
+    }
+}

@@ -50,7 +50,9 @@ pub async fn task(
                 Err(status) => Event::default().event("resync").data(status.message()),
             }
         })
-        .chain(stream::once(async { Event::default().event("end").data("finished") }))
+        .chain(stream::once(async {
+            Event::default().event("end").data("finished")
+        }))
         .map(Ok::<_, Infallible>)
         .take_until(shutdown.cancelled_owned());
     Sse::new(events)

@@ -54,7 +54,12 @@ pub fn page(title: &str, session: Option<&Session>, body: &str) -> String {
              <div class=\"who\"><span id=\"caller\">{}</span> <span class=\"role\" id=\"role\">{}</span>{}</div>",
             esc(&s.caller.identity),
             s.caller.role,
-            form(s, "/signout", "", "<button class=\"link\">Sign out</button>")
+            form(
+                s,
+                "/signout",
+                "",
+                "<button class=\"link\">Sign out</button>"
+            )
         );
     }
     let _ = write!(out, "</header><main>{body}</main></body></html>");
@@ -88,7 +93,11 @@ pub fn title_case(name: &str) -> String {
 
 pub fn proxy_state(state: i32) -> String {
     let name = apb::ProxyState::try_from(state)
-        .map(|s| s.as_str_name().trim_start_matches("PROXY_STATE_").to_string())
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("PROXY_STATE_")
+                .to_string()
+        })
         .unwrap_or_else(|_| format!("STATE_{state}"));
     title_case(&name)
 }
@@ -106,7 +115,11 @@ pub fn task_state(state: i32) -> &'static str {
 
 pub fn subtask_state(state: i32) -> String {
     let name = pb::SubtaskState::try_from(state)
-        .map(|s| s.as_str_name().trim_start_matches("SUBTASK_STATE_").to_string())
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("SUBTASK_STATE_")
+                .to_string()
+        })
         .unwrap_or_else(|_| format!("STATE_{state}"));
     title_case(&name)
 }

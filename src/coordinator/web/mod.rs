@@ -37,9 +37,7 @@ use tonic::{Code, Status};
 
 use self::session::{Session, Sessions};
 use super::service::CoordinatorService;
-use crate::{
-    proto::coordinator::coordinator_server::Coordinator as _, security::guard::Guard,
-};
+use crate::{proto::coordinator::coordinator_server::Coordinator as _, security::guard::Guard};
 
 /// What every handler shares.
 pub struct Console {
@@ -131,7 +129,10 @@ async fn hardened(mut response: Response) -> Response {
 }
 
 async fn css() -> Response {
-    asset("text/css; charset=utf-8", include_str!("assets/console.css"))
+    asset(
+        "text/css; charset=utf-8",
+        include_str!("assets/console.css"),
+    )
 }
 
 async fn js() -> Response {
@@ -160,11 +161,11 @@ async fn root(State(console): State<Shared>, headers: HeaderMap) -> Response {
 }
 
 /// The signed-in session, or the sign-in page.
-pub fn signed_in(console: &Console, headers: &HeaderMap) -> Result<Session, Response> {
+pub fn signed_in(console: &Console, headers: &HeaderMap) -> Result<Session, Redirect> {
     console
         .sessions
         .find(headers)
-        .ok_or_else(|| Redirect::to("/signin").into_response())
+        .ok_or_else(|| Redirect::to("/signin"))
 }
 
 fn signin_form(message: Option<&str>) -> String {
@@ -199,9 +200,8 @@ pub struct SignIn {
 /// and opens a session for whoever it names.
 async fn signin(State(console): State<Shared>, Form(form): Form<SignIn>) -> Response {
     let token = form.token.trim().to_string();
-    let refused = |status: StatusCode, text: &str| {
-        (status, Html(signin_form(Some(text)))).into_response()
-    };
+    let refused =
+        |status: StatusCode, text: &str| (status, Html(signin_form(Some(text)))).into_response();
     let Ok(value) = format!("Bearer {token}").parse() else {
         return refused(StatusCode::UNAUTHORIZED, "That token is not valid.");
     };
@@ -218,7 +218,10 @@ async fn signin(State(console): State<Shared>, Form(form): Form<SignIn>) -> Resp
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %crate::error_chain::describe(&e), "console sign-in failed");
-            return refused(StatusCode::SERVICE_UNAVAILABLE, "Cannot open a session now.");
+            return refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Cannot open a session now.",
+            );
         }
     };
     tracing::info!(caller = %caller.identity, role = %caller.role, "console sign-in");

@@ -45,7 +45,7 @@ pub async fn status(
 pub async fn clusters(State(console): State<Shared>, headers: HeaderMap) -> Response {
     let session = match signed_in(&console, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let names = match cluster_names(&console, &session).await {
         Ok(n) => n,
@@ -113,7 +113,7 @@ pub async fn overview(
 ) -> Response {
     let session = match signed_in(&console, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let status = match status(&console, &session, &name).await {
         Ok(s) => s,
@@ -331,4 +331,84 @@ fn confirm(what: &str) -> String {
         "<div class=\"confirm\"><button type=\"button\" class=\"secondary\" data-close>Cancel</button>\
          <button type=\"submit\" id=\"confirm-{what}\">Confirm</button></div>"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::security::roles::{Caller, Role};
+
+    fn odp(agent: &str, state: apb::ProxyState, version: &str) -> pb::OdpStatus {
+        pb::OdpStatus {
+            agent: agent.into(),
+            state: state as i32,
+            version: version.into(),
+            status: Some(apb::ProxyStatus {
+                state: state as i32,
+                version: version.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn session() -> Session {
+        Session {
+            id: "s".into(),
+            token: "t".into(),
+            caller: Caller {
+                identity: "token:ops".into(),
+                role: Role::Operator,
+            },
+            csrf: "c".into(),
+            expires: std::time::Instant::now(),
+        }
+    }
+
+    fn cluster(odps: Vec<pb::OdpStatus>) -> pb::ClusterStatus {
+        pb::ClusterStatus {
+            cluster: "prod".into(),
+            odps,
+        }
+    }
+
+    #[test]
+    fn stop_all_is_not_offered_while_an_odp_is_upgrading() {
+        let status = cluster(vec![
+            odp("a:1", apb::ProxyState::Running, "4.3.1.0"),
+            odp("b:1", apb::ProxyState::Upgrading, "4.3.1.0"),
+        ]);
+        let html = buttons(&session(), &status, None);
+        assert!(html.contains("id=\"open-stop-all\" disabled"), "{html}");
+        assert!(html.contains("Stop All is refused while ODPs are upgrading: b:1"));
+        assert!(!html.contains("<dialog id=\"stop-all\""));
+        // Restart and Start are still offered.
+        assert!(html.contains("<dialog id=\"restart-all\""));
+    }
+
+    #[test]
+    fn restart_is_offered_only_when_every_odp_runs_321_or_later() {
+        let good = cluster(vec![odp("a:1", apb::ProxyState::Running, "3.2.1")]);
+        let html = buttons(&session(), &good, Some("restart-all"));
+        assert!(html.contains("id=\"mode-hot\" checked"), "{html}");
+        assert!(html.contains("<dialog id=\"restart-all\" data-open=\"1\">"));
+        assert!(!html.contains("restart-refused"));
+        let stopped = cluster(vec![
+            odp("a:1", apb::ProxyState::Running, "4.3.1.0"),
+            odp("b:1", apb::ProxyState::Stopped, ""),
+        ]);
+        let html = buttons(&session(), &stopped, None);
+        assert!(html.contains("id=\"mode-hot\" disabled"), "{html}");
+        assert!(html.contains("id=\"mode-force\" checked"));
+        assert!(html.contains("b:1 is STOPPED"), "{html}");
+    }
+
+    #[test]
+    fn every_form_carries_the_csrf_token() {
+        let status = cluster(vec![odp("a:1", apb::ProxyState::Running, "4.3.1.0")]);
+        let html = buttons(&session(), &status, None);
+        let forms = html.matches("<form method=\"post\"").count();
+        assert_eq!(forms, 3);
+        assert_eq!(html.matches("name=\"csrf\" value=\"c\"").count(), forms);
+    }
 }

@@ -177,13 +177,25 @@ mod tests {
             .find(&with_cookie(&format!("theme=dark; {COOKIE}={}", s.id)))
             .unwrap();
         assert!(found.can_act());
-        assert!(sessions.find(&with_cookie(&format!("{COOKIE}=x"))).is_none());
+        assert!(
+            sessions
+                .find(&with_cookie(&format!("{COOKIE}=x")))
+                .is_none()
+        );
         sessions.close(&s.id);
-        assert!(sessions.find(&with_cookie(&format!("{COOKIE}={}", s.id))).is_none());
+        assert!(
+            sessions
+                .find(&with_cookie(&format!("{COOKIE}={}", s.id)))
+                .is_none()
+        );
 
         let brief = Sessions::new(Duration::ZERO, false);
         let s = brief.open("t".into(), caller(Role::ReadOnly)).unwrap();
-        assert!(brief.find(&with_cookie(&format!("{COOKIE}={}", s.id))).is_none());
+        assert!(
+            brief
+                .find(&with_cookie(&format!("{COOKIE}={}", s.id)))
+                .is_none()
+        );
     }
 
     #[test]

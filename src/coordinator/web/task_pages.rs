@@ -32,7 +32,7 @@ pub async fn list(
 ) -> Response {
     let session = match signed_in(&console, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let request = pb::ListTasksRequest {
         cluster: query.cluster.clone(),
@@ -88,7 +88,7 @@ pub async fn show(
 ) -> Response {
     let session = match signed_in(&console, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let request = pb::GetTaskRequest { id: id.clone() };
     let task = match console
