@@ -254,6 +254,88 @@ async fn every_action_is_csrf_checked_and_audited_with_its_caller() {
 }
 
 #[tokio::test]
+async fn cancel_and_retry_from_the_task_page_reach_the_task_engine() {
+    let console = console(2).await;
+    let operator = console.sign_in(OPERATOR_TOKEN).await;
+    let csrf = console.csrf(&operator).await;
+    // One ODP at a time with a long pause: the cancel lands in the pause.
+    let r = console
+        .send(
+            "POST",
+            &format!("/clusters/{CLUSTER}/restart-all"),
+            Some(&operator),
+            Some(&format!("csrf={csrf}&mode=force&batch_size=1&pause=10m")),
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let location = r.header("location").unwrap().to_string();
+    let id = location.strip_prefix("/tasks/").unwrap().to_string();
+    // While it runs, its page offers Cancel and not Retry.
+    let page = console.send("GET", &location, Some(&operator), None).await;
+    assert!(page.body.contains("id=\"cancel-task\""), "{}", page.body);
+    assert!(
+        page.body.contains("data-events="),
+        "a running task's page is live"
+    );
+    let cancel = console
+        .send(
+            "POST",
+            &format!("/tasks/{id}/cancel"),
+            Some(&operator),
+            Some(&format!("csrf={csrf}")),
+        )
+        .await;
+    assert_eq!(cancel.status, 303, "{}", cancel.body);
+    let (_, last) = console.events(&operator, &id).await;
+    assert!(last.contains("data-state=\"Cancelled\""), "{last}");
+    assert!(
+        last.contains("id=\"retry-task\""),
+        "a cancelled task offers Retry: {last}"
+    );
+    assert!(!last.contains("id=\"cancel-task\""), "{last}");
+
+    let retry = console
+        .send(
+            "POST",
+            &format!("/tasks/{id}/retry"),
+            Some(&operator),
+            Some(&format!("csrf={csrf}")),
+        )
+        .await;
+    assert_eq!(retry.status, 303, "{}", retry.body);
+    assert_eq!(retry.header("location"), Some(location.as_str()));
+    let (_, last) = console.events(&operator, &id).await;
+    assert!(last.contains("data-state=\"Completed\""), "{last}");
+    assert_eq!(
+        last.matches("data-state=\"Succeeded\"").count(),
+        2,
+        "{last}"
+    );
+
+    let audit = console.audit();
+    for rpc in ["CancelTask", "RetryTask"] {
+        assert!(
+            audit.iter().any(|l| l["rpc"] == rpc
+                && l["caller"] == "token:oncall"
+                && l["outcome"] == "ok"
+                && l["target"] == id.as_str()),
+            "no {rpc} line: {audit:?}"
+        );
+    }
+    // The task list, all of them and one cluster's.
+    for path in ["/tasks", &format!("/tasks?cluster={CLUSTER}")] {
+        let list = console.send("GET", path, Some(&operator), None).await;
+        assert_eq!(list.status, 200);
+        assert!(
+            list.body.contains(&format!("data-task=\"{id}\"")),
+            "{path}: {}",
+            list.body
+        );
+        assert!(list.body.contains("Restart All (Force Restart)"));
+    }
+}
+
+#[tokio::test]
 async fn with_tls_the_console_serves_https_with_the_daemons_certificate() {
     let pki = Pki::new();
     let agent = Agent::start().await;
