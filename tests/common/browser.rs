@@ -85,10 +85,17 @@ impl Browser {
             .unwrap()
     }
 
-    /// Saves what the browser shows as `docs/screenshots/<name>.png`.
+    /// Saves what the browser shows as `<dir>/<name>.png`: `target/screenshots`,
+    /// or the README's `docs/screenshots` with `ODP_UPDATE_SCREENSHOTS=1` (so a
+    /// test run leaves the checkout as it found it).
     pub async fn screenshot(&self, name: &str) {
         let png = self.client.screenshot().await.unwrap();
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/screenshots");
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let dir = if std::env::var("ODP_UPDATE_SCREENSHOTS").as_deref() == Ok("1") {
+            root.join("docs/screenshots")
+        } else {
+            root.join("target/screenshots")
+        };
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
     }
