@@ -41,36 +41,9 @@
 //!   (refused, reset, cut), for the load tests and `odp-bench`;
 //!   [`local_cluster`] runs agents, stand-ins and a coordinator on loopback
 //!   for the demo and benchmarks; [`sim`] is a simulated agent for scale.
-pub mod admin_sql;
-pub mod adoption;
 pub mod agent;
-pub mod agent_service;
-pub mod change_feed;
-pub mod command_line;
-pub mod config;
-pub mod config_file;
-pub mod container_init;
+pub mod common;
 pub mod coordinator;
-pub mod error_chain;
-pub mod grpc_server;
-pub mod hostile_input;
-pub mod listeners;
-pub mod loadgen;
-pub mod local_cluster;
-pub mod metrics;
-pub mod obproxy;
-pub mod operation;
-pub mod operations;
-pub mod panics;
-pub mod preflight;
 pub mod proto;
-pub mod redact;
-pub mod sampling;
 pub mod security;
-pub mod signals;
-pub mod sim;
-pub mod state_file;
-pub mod status_report;
-pub mod supervisor;
-pub mod systemd;
-pub mod telemetry;
+pub mod testkit;

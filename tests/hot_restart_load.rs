@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::{Agent, Options, PATIENCE};
 use odp_agent::{
-    loadgen::{EchoBackend, Load, LoadConfig},
     proto::agent as pb,
+    testkit::loadgen::{EchoBackend, Load, LoadConfig},
 };
 use tokio_util::sync::CancellationToken;
 

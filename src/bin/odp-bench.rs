@@ -3,7 +3,7 @@
 //! Layout: `machine` describes the host the figures come from; `stats` makes every figure
 //! min / median / max over repeated runs and prints the tables; `proc_stat` accounts for the
 //! CPU and memory of every process involved; `load_process` runs the client load
-//! ([`odp_agent::loadgen`]) in a process of its own; `testbed` is a disposable ODP (echo
+//! ([`odp_agent::testkit::loadgen`]) in a process of its own; `testbed` is a disposable ODP (echo
 //! backend, real `odp-agent`, the obproxy stand-in) in a temporary directory; each
 //! benchmark is one module.
 // A crate root's modules resolve beside it, in src/bin/; these live in src/bin/odp-bench/.

@@ -9,7 +9,7 @@ use std::{process::ExitCode, time::Duration};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use odp_agent::{
-    command_line::odpctl::{AgentCmd, Cli, ClusterCmd, Output, TaskCmd, TlsArgs, Top},
+    common::command_line::odpctl::{AgentCmd, Cli, ClusterCmd, Output, TaskCmd, TlsArgs, Top},
     proto::{
         agent::{self as apb, agent_client::AgentClient},
         coordinator::{self as pb, coordinator_client::CoordinatorClient},

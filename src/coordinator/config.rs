@@ -10,8 +10,10 @@ use std::{
 use serde::Deserialize;
 
 use crate::{
-    config_file::{self, ConfigError, MetricsSection},
-    grpc_server::settings::{ServerSection, Settings},
+    common::{
+        config_file::{self, ConfigError, MetricsSection},
+        grpc_server::settings::{ServerSection, Settings},
+    },
     security::config::{AuditConfig, AuthConfig, ClientTlsConfig, Security, TlsConfig},
 };
 

@@ -11,14 +11,17 @@ use super::{
     config::CoordinatorConfig,
     service::CoordinatorService,
     store::{Store, StoreError},
-    tasks::Tasks,
+    task_manager::Tasks,
 };
 use crate::{
-    grpc_server::{self, SHUTDOWN_GRACE, ServeError},
-    metrics::{self, MetricsError, coordinator::CoordinatorMetrics},
+    common::{
+        grpc_server::{self, SHUTDOWN_GRACE, ServeError},
+        metrics_endpoint::{self, MetricsError},
+        systemd,
+    },
+    coordinator::metrics::CoordinatorMetrics,
     proto::coordinator::coordinator_server::CoordinatorServer,
     security::{audit::AuditError, roles::Role},
-    systemd,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +93,7 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), Error> {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = hup.recv() => {
                     tracing::info!(signal = "SIGHUP", "reopening the audit log");
-                    crate::panics::injected("coordinator-signals");
+                    crate::common::panics::injected("coordinator-signals");
                     audit.reopen_audit();
                 }
             }
@@ -120,7 +123,7 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), Error> {
         )
     };
     if let Some(listen) = config.metrics {
-        let endpoint = metrics::Endpoint::bind(listen).await?;
+        let endpoint = metrics_endpoint::Endpoint::bind(listen).await?;
         tracing::info!(metrics_addr = %endpoint.addr, "metrics endpoint serving");
         tracker.spawn(endpoint.serve(metrics.clone().router(), shutdown.clone()));
     }

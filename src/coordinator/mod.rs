@@ -6,16 +6,19 @@
 //! [`status_stream`]s),
 //! [`rules`] (the console's preconditions), [`task`] (the task model),
 //! [`store`] (SQLite persistence), [`runner`] (one task's batches),
-//! [`tasks`] (create, resume, cancel, retry), [`service`] (gRPC
-//! translation), [`daemon`] (wiring).
+//! [`task_manager`] (create, resume, cancel, retry), [`service`] (gRPC
+//! translation), [`metrics`] (its Prometheus registry), [`preflight`]
+//! (`--check`), [`daemon`] (wiring).
 pub mod agents;
 pub mod config;
 pub mod daemon;
 pub mod live_status;
+pub mod metrics;
+pub mod preflight;
 pub mod rules;
 pub mod runner;
 pub mod service;
 pub mod status_stream;
 pub mod store;
 pub mod task;
-pub mod tasks;
+pub mod task_manager;

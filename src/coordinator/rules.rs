@@ -1,6 +1,6 @@
 //! The console's rules for cluster operations, checked against every ODP's
 //! status before anything is touched.
-use crate::{obproxy::version, proto::agent as pb};
+use crate::{agent::obproxy::version, proto::agent as pb};
 
 use super::task::{Kind, Mode};
 

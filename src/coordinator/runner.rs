@@ -17,7 +17,8 @@ use super::{
     task::{Kind, Mode, State, SubtaskState, Task},
 };
 use crate::{
-    change_feed::Feed, error_chain::describe, metrics::coordinator::CoordinatorMetrics,
+    common::{change_feed::Feed, error_chain::describe},
+    coordinator::metrics::CoordinatorMetrics,
     proto::agent as pb,
 };
 

@@ -13,7 +13,7 @@ use super::{
     guard::Guard,
     roles::{LocalPrincipal, Policy, Role},
 };
-use crate::{config_file::ConfigError, grpc_server::settings::ServerSection};
+use crate::common::{config_file::ConfigError, grpc_server::settings::ServerSection};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

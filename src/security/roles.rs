@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use tonic::{Request, Status, transport::server::TlsConnectInfo};
 
 use super::config::{AuthConfig, CertRule};
-use crate::grpc_server::{
+use crate::common::grpc_server::{
     conn::{Peer, PeerKind},
     unix_socket,
 };
