@@ -14,13 +14,10 @@ use crate::{
     common::{
         config_file::{self, ConfigError, MetricsSection},
         grpc_server::settings::{ServerSection, Settings},
+        rpc_validate::MAX_EXIT_TIMEOUT,
     },
     security::config::{AuditConfig, AuthConfig, Security, TlsConfig},
 };
-
-/// Longest drain window accepted anywhere (config or request): obshell's 24 h
-/// waits look like hangs, so a day is already generous.
-pub const MAX_EXIT_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -244,7 +241,8 @@ dir = {state:?}
         let security = Security::resolve(
             path,
             &base,
-            &raw.server,
+            &raw.server.listen,
+            raw.server.loopback_role,
             raw.tls,
             raw.auth,
             raw.audit,

@@ -25,7 +25,7 @@ use crate::{
         systemd,
     },
     proto::agent::agent_server::AgentServer,
-    security::{audit::AuditError, roles::Role},
+    security::{audit::AuditError, guard::Guard, role::Role},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +64,7 @@ pub async fn run(config: AgentConfig, start_proxy: bool) -> Result<(), Error> {
     let config = Arc::new(config);
     // Before anything starts: a daemon that cannot audit or serve TLS as
     // configured must not run at all.
-    let guard = config.security.guard()?;
+    let guard = Guard::from_config(&config.security)?;
     // The TLS settings are checked (files, key permissions) before anything
     // starts; the listeners' own servers are built below.
     grpc_server::builder(config.security.tls.as_ref(), &config.server.limits)?;

@@ -15,8 +15,8 @@ use prometheus_client::{
 
 use crate::agent::{
     operation_log::Kind,
+    process_table::ProxyState,
     status_report::{Report, Reporter},
-    supervisor::ProxyState,
 };
 
 /// Every state, so each scrape shows all of them (0 or 1) and a state that
@@ -222,7 +222,7 @@ mod tests {
     use super::*;
     use crate::agent::{
         sampling::{Sample, Target, Usage},
-        supervisor::{ProcessInfo, Status},
+        supervisor_protocol::{ProcessInfo, Status},
     };
 
     fn process(pid: u32) -> ProcessInfo {

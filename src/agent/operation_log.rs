@@ -96,7 +96,7 @@ pub struct Operation {
     pub previous_pid: Option<u32>,
     pub events: Vec<String>,
     /// Once finished: the ODP's state it left (what a health gate checks).
-    pub proxy_state: Option<crate::agent::supervisor::ProxyState>,
+    pub proxy_state: Option<crate::agent::process_table::ProxyState>,
 }
 
 impl Operation {

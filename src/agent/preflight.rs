@@ -7,7 +7,7 @@ use std::{net::SocketAddr, path::Path};
 use crate::common::preflight::{Report, certificates, listen_line, paths};
 use crate::{
     agent::{config::AgentConfig, obproxy::version, operations::CONFIG_BIN},
-    common::{error_chain, redact},
+    common::{error_chain, obproxy_version, redact},
 };
 
 fn addrs(addrs: &[SocketAddr]) -> String {
@@ -48,7 +48,7 @@ pub fn check(path: &Path) -> Report {
     report.plan("SQL", format!("{} (held by the agent)", addrs(&o.listen)));
     let version = obproxy(&mut report, &config);
     if let Some(version) = &version {
-        let features = version::features(version);
+        let features = obproxy_version::features(version);
         if !features.ipv6
             && let Some(v6) = o.listen.iter().find(|a| a.is_ipv6())
         {
@@ -58,7 +58,7 @@ pub fn check(path: &Path) -> Report {
                     "{v6} is IPv6, and obproxy {version} ({}) reads no inherited IPv6 listener \
                      before {}; every Start would be refused",
                     o.binary.display(),
-                    version::IPV6_SINCE
+                    obproxy_version::IPV6_SINCE
                 ),
             );
         }
@@ -67,7 +67,7 @@ pub fn check(path: &Path) -> Report {
             (true, false) => "none: enable_obproxy_rpc_service=false in -o".into(),
             (false, _) => format!(
                 "none: obproxy {version} has no RPC service (from {})",
-                version::RPC_SINCE
+                obproxy_version::RPC_SINCE
             ),
         };
         report.plan("RPC", rpc);

@@ -20,9 +20,10 @@ use crate::{
         config::AgentConfig,
         listeners,
         operation_log::{self, Kind, OnAdmit, Phase},
+        process_table::ProxyState,
         sampling::Usage,
         status_report::{Report, Reporter},
-        supervisor::{self, CallError, Handle, ProxyState, SubmitError},
+        supervisor_protocol::{self, CallError, Handle, SubmitError},
     },
     common::{change_feed::Watcher, error_chain::describe},
     proto::agent as pb,
@@ -385,7 +386,7 @@ fn state_pb(state: ProxyState) -> pb::ProxyState {
     }
 }
 
-fn process_pb(p: &supervisor::ProcessInfo, usage: Option<Usage>) -> pb::ProxyProcess {
+fn process_pb(p: &supervisor_protocol::ProcessInfo, usage: Option<Usage>) -> pb::ProxyProcess {
     pb::ProxyProcess {
         pid: p.pid,
         version: p.version.clone(),

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use crate::agent::{
     sampling::{self, Sample, Sampler, Usage},
-    supervisor::{Handle, Status},
+    supervisor_protocol::{Handle, Status},
 };
 
 #[derive(Clone)]

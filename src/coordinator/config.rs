@@ -253,7 +253,8 @@ impl CoordinatorConfig {
         let security = Security::resolve(
             path,
             &base,
-            &raw.server,
+            &raw.server.listen,
+            raw.server.loopback_role,
             raw.tls,
             raw.auth,
             raw.audit,

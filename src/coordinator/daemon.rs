@@ -21,7 +21,7 @@ use crate::{
     },
     coordinator::metrics::CoordinatorMetrics,
     proto::coordinator::coordinator_server::CoordinatorServer,
-    security::{audit::AuditError, roles::Role},
+    security::{audit::AuditError, guard::Guard, role::Role},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +60,7 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), Error> {
     let config = Arc::new(config);
     // Before anything starts: a daemon that cannot audit or speak TLS as
     // configured must not run at all.
-    let guard = config.security.guard()?;
+    let guard = Guard::from_config(&config.security)?;
     // The TLS settings are checked (files, key permissions) before anything
     // starts; the listeners' own servers are built below.
     grpc_server::builder(config.security.tls.as_ref(), &config.server.limits)?;

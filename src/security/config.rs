@@ -8,12 +8,8 @@ use std::{
 
 use serde::Deserialize;
 
-use super::{
-    audit::{AuditError, AuditLog},
-    guard::Guard,
-    roles::{LocalPrincipal, Policy, Role},
-};
-use crate::common::{config_file::ConfigError, grpc_server::settings::ServerSection};
+use super::role::{CertRule, LocalPrincipal, Role, TokenRule};
+use crate::common::config_file::ConfigError;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,27 +50,6 @@ pub struct LocalRule {
     pub role: Role,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenRule {
-    /// Who holds it, for the audit log.
-    pub name: String,
-    /// Hex SHA-256 of the token (`printf %s "$TOKEN" | sha256sum`); the
-    /// token itself is never written to the configuration.
-    pub sha256: String,
-    pub role: Role,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CertRule {
-    /// Matches the certificate subject's common name.
-    pub subject_cn: Option<String>,
-    /// Or one of its DNS / URI subject alternative names.
-    pub san: Option<String>,
-    pub role: Role,
-}
-
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
@@ -112,18 +87,19 @@ pub struct Security {
 
 impl Security {
     /// Resolves the sections of the file `path` (relative paths against
-    /// `base`) and checks them with the `[server]` section; `default_audit` is
+    /// `base`) and checks them with the `[server]` section's `listen` and
+    /// `loopback_role`; `default_audit` is
     /// where the audit log goes unless `[audit] path` says otherwise.
     pub fn resolve(
         path: &Path,
         base: &Path,
-        server: &ServerSection,
+        listen: &SocketAddr,
+        loopback_role: Option<Role>,
         tls: Option<TlsConfig>,
         auth: AuthConfig,
         audit: AuditConfig,
         default_audit: PathBuf,
     ) -> Result<Self, ConfigError> {
-        let (listen, loopback_role) = (&server.listen, server.loopback_role);
         let tls = tls
             .map(|t| {
                 Ok::<_, ConfigError>(TlsConfig {
@@ -175,18 +151,6 @@ impl Security {
     /// token): not on the loopback default.
     pub fn requires_credentials(&self) -> bool {
         self.tls.is_some() || !self.auth.tokens.is_empty()
-    }
-
-    /// The role policy the services apply.
-    pub fn policy(&self) -> Policy {
-        Policy::new(&self.auth, self.tls.is_some())
-            .with_local(self.local.clone(), self.loopback_role)
-    }
-
-    /// The guard the services call: the role policy and the opened audit log.
-    pub fn guard(&self) -> Result<Guard, AuditError> {
-        let audit = AuditLog::open(&self.audit_path)?;
-        Ok(Guard::new(self.policy(), Some(audit)))
     }
 }
 

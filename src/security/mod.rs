@@ -8,8 +8,9 @@
 //! handler calls: admit, then record), [`files`] (the daemons' private files
 //! and the permission checks on what they trust).
 pub mod audit;
+pub mod callers;
 pub mod config;
 pub mod files;
 pub mod guard;
-pub mod roles;
+pub mod role;
 pub mod tls;

@@ -18,8 +18,9 @@ use crate::{
     coordinator::{config::CoordinatorConfig, service::requests as coordinator},
     proto::{agent as apb, coordinator as cpb},
     security::{
-        config::{AuthConfig, TokenRule},
-        roles::{Policy, Role},
+        callers::Policy,
+        config::AuthConfig,
+        role::{Role, TokenRule},
     },
 };
 

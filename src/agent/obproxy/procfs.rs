@@ -94,10 +94,7 @@ pub fn sessions_on(listeners: &[std::net::SocketAddr]) -> HashSet<u64> {
     // A dump walks the kernel's whole TCP table: never in the supervisor,
     // which everything else waits for (the sampler thread takes them).
     // Debug builds, which the tests run, enforce it.
-    debug_assert!(
-        !crate::agent::supervisor::handling(),
-        "a socket dump in the supervisor"
-    );
+    debug_assert!(!handling(), "a socket dump in the supervisor");
     if listeners.is_empty() {
         return HashSet::new();
     }
@@ -282,6 +279,34 @@ pub fn started_at(pid: u32) -> io::Result<std::time::SystemTime> {
     let secs = std::time::Duration::from_secs(btime)
         + std::time::Duration::from_millis(ticks.saturating_mul(1000) / hz);
     Ok(std::time::UNIX_EPOCH + secs)
+}
+
+thread_local! {
+    /// Set while this thread handles a supervisor message.
+    static HANDLING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is handling a supervisor message now: what must never
+/// run there (a kernel socket dump) checks it in debug builds.
+pub fn handling() -> bool {
+    HANDLING.with(std::cell::Cell::get)
+}
+
+/// Marks the handling of one message (the handlers are synchronous, so the
+/// thread does nothing else meanwhile).
+pub(crate) struct Handling;
+
+impl Handling {
+    pub(crate) fn enter() -> Self {
+        HANDLING.with(|h| h.set(true));
+        Self
+    }
+}
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        HANDLING.with(|h| h.set(false));
+    }
 }
 
 #[cfg(test)]

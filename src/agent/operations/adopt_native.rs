@@ -1,6 +1,6 @@
 //! The record of a native restart the agent did not ask for: the supervisor
 //! has already made obproxy's child the serving process (see
-//! `supervisor::native`); this operation reads what the child is (its
+//! `supervisor_protocol::native`); this operation reads what the child is (its
 //! binary's version, and over admin SQL what it reports about itself) and
 //! writes it into the operation's events.
 use super::{Ctl, Error};
@@ -9,7 +9,7 @@ use crate::{
         admin_sql::{self, Admin, AdminError, BinaryInfo},
         obproxy::version,
         operation_log::Phase,
-        supervisor::FactUpdate,
+        supervisor_protocol::FactUpdate,
     },
     common::error_chain::describe,
 };

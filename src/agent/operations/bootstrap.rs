@@ -10,7 +10,7 @@ use std::{net::SocketAddr, time::Duration};
 use tokio::net::TcpStream;
 
 use super::{Ctl, Error};
-use crate::agent::{obproxy::procfs, operation_log::Phase, supervisor::ListenerInfo};
+use crate::agent::{obproxy::procfs, operation_log::Phase, supervisor_protocol::ListenerInfo};
 
 /// How often the listener is looked for: a start takes hundreds of ms.
 const LOOK_EVERY: Duration = Duration::from_millis(50);

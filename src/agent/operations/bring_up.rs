@@ -15,8 +15,9 @@ use crate::agent::{
         procfs, version,
     },
     operation_log::Phase,
-    supervisor::ListenerInfo,
+    supervisor_protocol::ListenerInfo,
 };
+use crate::common::obproxy_version;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -51,7 +52,7 @@ pub async fn bring_up(
     );
     // `-V` only for a binary not seen before (or changed since).
     let version = version::of(&binary, &cfg.home).await?;
-    let features = version::features(&version);
+    let features = obproxy_version::features(&version);
     if !features.ipv6
         && let Some(&addr) = cfg.listen.iter().find(|a| a.is_ipv6())
     {

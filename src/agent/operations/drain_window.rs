@@ -11,7 +11,7 @@ use crate::{
     agent::{
         admin_sql::{Admin, AdminError, Item},
         operation_log::Phase,
-        supervisor::{DRAIN_GRACE, Drain, FactUpdate},
+        supervisor_protocol::{DRAIN_GRACE, Drain, FactUpdate},
     },
     common::error_chain::describe,
 };

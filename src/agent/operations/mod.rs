@@ -28,7 +28,9 @@ use crate::{
             version::VersionError,
         },
         operation_log::{Kind, Phase, Request},
-        supervisor::{Drain, FactUpdate, Handle, ListenerInfo, ProcessFacts, Step, StepError},
+        supervisor_protocol::{
+            Drain, FactUpdate, Handle, ListenerInfo, ProcessFacts, Step, StepError,
+        },
     },
     common::error_chain::describe,
 };

@@ -16,7 +16,7 @@ use crate::{
         admin_sql::{Admin, AdminError, BinaryInfo, Item, answers},
         obproxy::{procfs, version},
         operation_log::{Phase, Request},
-        supervisor::{DRAIN_GRACE, Drain, FactUpdate, Step},
+        supervisor_protocol::{DRAIN_GRACE, Drain, FactUpdate, Step},
     },
     common::error_chain::describe,
 };

@@ -6,7 +6,7 @@ use super::{Ctl, Error};
 use crate::agent::{
     obproxy::{discovery, executable::Executable, version},
     operation_log::Phase,
-    supervisor::{Adoption, Step},
+    supervisor_protocol::{Adoption, Step},
 };
 
 pub async fn run(ctl: &Ctl) -> Result<Option<u32>, Error> {

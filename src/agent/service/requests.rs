@@ -11,15 +11,17 @@ use tonic::Status;
 
 use crate::{
     agent::{
-        config::{MAX_EXIT_TIMEOUT, ObproxyConfig},
+        config::ObproxyConfig,
         obproxy::executable::Executable,
         operation_log::{self, Kind},
     },
-    common::error_chain::describe,
+    common::{
+        error_chain::describe,
+        rpc_validate::{MAX_EXIT_TIMEOUT, duration, request_id},
+    },
     proto::agent as pb,
 };
 
-pub const MAX_REQUEST_ID: usize = 128;
 pub const MAX_OPERATION_ID: usize = 64;
 /// Linux's PATH_MAX: nothing longer names a file.
 const MAX_PATH: usize = 4096;
@@ -79,29 +81,6 @@ pub fn restart(
     })
 }
 
-/// A caller's request id: it is logged, audited and compared, so it stays
-/// short and plain (a UUID, `deploy-42`, a coordinator's `task-….1.0`).
-pub fn request_id(raw: &str) -> Result<Option<String>, Status> {
-    if raw.is_empty() {
-        return Ok(None);
-    }
-    if raw.len() > MAX_REQUEST_ID {
-        return Err(Status::invalid_argument(format!(
-            "request_id: {} bytes, at most {MAX_REQUEST_ID}",
-            raw.len()
-        )));
-    }
-    if !raw
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
-    {
-        return Err(Status::invalid_argument(
-            "request_id: only letters, digits and - _ . : (e.g. a UUID or deploy-42)",
-        ));
-    }
-    Ok(Some(raw.to_string()))
-}
-
 /// An operation id as the agent makes them (`op-` and a UUID).
 pub fn operation_id(raw: &str) -> Result<String, Status> {
     if raw.is_empty() {
@@ -133,26 +112,6 @@ pub fn heartbeat(r: &pb::WatchStatusRequest) -> Result<Duration, Status> {
             "heartbeat: {} is shorter than the {} minimum",
             humantime::format_duration(d),
             humantime::format_duration(MIN_HEARTBEAT)
-        )));
-    }
-    Ok(d)
-}
-
-/// A `google.protobuf.Duration` that must be non-negative, well formed and
-/// at most `max`.
-pub fn duration(field: &str, d: prost_types::Duration, max: Duration) -> Result<Duration, Status> {
-    if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
-        return Err(Status::invalid_argument(format!(
-            "{field}: {}s {}ns is negative or malformed",
-            d.seconds, d.nanos
-        )));
-    }
-    let d = Duration::new(d.seconds as u64, d.nanos as u32);
-    if d > max {
-        return Err(Status::invalid_argument(format!(
-            "{field}: {} is longer than the {} limit",
-            humantime::format_duration(d),
-            humantime::format_duration(max)
         )));
     }
     Ok(d)

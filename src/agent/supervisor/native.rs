@@ -13,6 +13,7 @@ use std::{
 use nix::sys::signal::Signal;
 
 use super::{Process, Role, StepError, Supervisor};
+use crate::agent::supervisor_protocol::NativeChildError;
 use crate::agent::{
     obproxy::{
         pidfd::{Exit, Pidfd},
@@ -21,32 +22,6 @@ use crate::agent::{
     operation_log::{Kind, Request},
     state_file::RecordedProcess,
 };
-
-#[derive(Debug, thiserror::Error)]
-pub enum NativeChildError {
-    #[error("pid {pid} is gone")]
-    Gone { pid: u32 },
-    #[error("pid {parent} is not an obproxy of this agent")]
-    UnknownParent { parent: u32 },
-    #[error("pid {pid} was not forked by pid {parent} (its parent is pid {found})")]
-    NotItsChild { pid: u32, parent: u32, found: u32 },
-    #[error("pid {pid} does not hold the SQL listener socket(s) {inodes:?}")]
-    NoListener { pid: u32, inodes: Vec<u64> },
-    #[error("pid {pid} started before pid {parent}, so it cannot be its child")]
-    Older { pid: u32, parent: u32 },
-    #[error("pid {pid} runs in {found}, not in the obproxy home {home}")]
-    ElsewhereHome {
-        pid: u32,
-        found: String,
-        home: String,
-    },
-    #[error("pid {pid} runs {found}, not {expected} as its parent does")]
-    OtherExe {
-        pid: u32,
-        found: String,
-        expected: String,
-    },
-}
 
 impl Supervisor {
     /// Every process that holds one of our listeners and is not ours: the

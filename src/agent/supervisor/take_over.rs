@@ -7,18 +7,12 @@
 use std::sync::Arc;
 
 use super::{Process, Role, StepError, Supervisor};
+use crate::agent::supervisor_protocol::Adoption;
 use crate::agent::{
     listeners::Listeners,
-    obproxy::{discovery::Found, procfs},
+    obproxy::procfs,
     operation_log::{Kind, Request},
 };
-
-/// A confirmed process and its version, for the supervisor to adopt.
-#[derive(Debug)]
-pub struct Adoption {
-    pub found: Found,
-    pub version: String,
-}
 
 impl Supervisor {
     /// At start-up with no state: a TAKE_OVER operation when something

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::{
     common::config_file::{self, ConfigError},
-    security::roles::Role,
+    security::role::Role,
 };
 
 /// The `[server]` section as written (both daemons share it).

@@ -6,10 +6,7 @@ use std::time::Duration;
 use tonic::Status;
 
 use crate::{
-    agent::{
-        config::MAX_EXIT_TIMEOUT,
-        service::requests::{duration, request_id},
-    },
+    common::rpc_validate::{MAX_EXIT_TIMEOUT, duration, request_id},
     coordinator::{
         config::valid_name,
         task::{Kind, Mode, Rollout},

@@ -1,35 +1,17 @@
 //! Identifying a caller (bearer token, verified client certificate, or the
-//! kernel's word for a caller on the local socket) and checking its role. Two
-//! roles: read-only (status, operations, tasks) and OBPROXY_MANAGER (may also
-//! stop, start, restart, cancel and retry), the console's name for it.
-use std::fmt;
-
-use serde::Deserialize;
+//! kernel's word for a caller on the local socket) and checking its role
+//! (see [`super::role`]).
 use sha2::{Digest, Sha256};
 use tonic::{Request, Status, transport::server::TlsConnectInfo};
 
-use super::config::{AuthConfig, CertRule};
+use super::{
+    config::{AuthConfig, Security},
+    role::{CertRule, LocalPrincipal, Role},
+};
 use crate::common::grpc_server::{
     conn::{Peer, PeerKind},
     unix_socket,
 };
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
-pub enum Role {
-    #[serde(rename = "READ_ONLY")]
-    ReadOnly,
-    #[serde(rename = "OBPROXY_MANAGER")]
-    Operator,
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Role::ReadOnly => "READ_ONLY",
-            Role::Operator => "OBPROXY_MANAGER",
-        })
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
@@ -37,14 +19,6 @@ pub struct Caller {
     /// `anonymous` (loopback TCP without credentials).
     pub identity: String,
     pub role: Role,
-}
-
-/// Who, on the local socket, gets which role (`[[auth.local]]`, resolved).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LocalPrincipal {
-    Uid(u32),
-    /// The caller's primary or one of its supplementary groups.
-    Gid(u32),
 }
 
 /// Who gets which role.
@@ -81,6 +55,13 @@ impl Policy {
             me: nix::unistd::geteuid().as_raw(),
             local: Vec::new(),
         }
+    }
+
+    /// The policy of a daemon's resolved `security`: its tokens and
+    /// certificate rules, its local callers and its loopback role.
+    pub fn for_daemon(security: &Security) -> Self {
+        Self::new(&security.auth, security.tls.is_some())
+            .with_local(security.local.clone(), security.loopback_role)
     }
 
     /// The roles of callers on the local socket, and the role a loopback
@@ -271,7 +252,7 @@ fn cert_names(der: &[u8]) -> Vec<(NameKind, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::security::config::TokenRule;
+    use crate::security::role::TokenRule;
 
     fn hash(token: &str) -> String {
         hex::encode(Sha256::digest(token.as_bytes()))
