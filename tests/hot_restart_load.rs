@@ -10,7 +10,10 @@ use std::time::Duration;
 use common::{Agent, Options, PATIENCE};
 use odp_agent::{
     proto::agent as pb,
-    testkit::loadgen::{EchoBackend, Load, LoadConfig},
+    testkit::{
+        echo_backend::EchoBackend,
+        loadgen::{Load, LoadConfig},
+    },
 };
 use tokio_util::sync::CancellationToken;
 

@@ -8,7 +8,8 @@
 //! siblings and one across folders count alike, and `proto`; a cycle fails,
 //! naming the files whose imports close it. The folders also keep their
 //! direction: `common` and `security` import no daemon, the coordinator
-//! never imports the agent, and no daemon imports `testkit`.
+//! never imports the agent, and no daemon imports `testkit`. And every
+//! source file, the programs' too, stays under 600 lines.
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
@@ -39,12 +40,17 @@ fn main_src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
 
+/// The library's files (`with_bins`: the programs' too).
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    walk(dir, false, out)
+}
+
+fn walk(dir: &Path, with_bins: bool, out: &mut Vec<PathBuf>) {
     for entry in fs::read_dir(dir).expect("read src") {
         let path = entry.expect("dir entry").path();
         if path.is_dir() {
-            if path.file_name().is_some_and(|n| n != "bin") {
-                rust_files(&path, out);
+            if with_bins || path.file_name().is_some_and(|n| n != "bin") {
+                walk(&path, with_bins, out);
             }
         } else if path.extension().is_some_and(|e| e == "rs") {
             out.push(path);
@@ -456,6 +462,33 @@ fn shared_code_knows_no_daemon_and_no_daemon_uses_the_testkit() {
         })
         .collect();
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// Longest a source file may grow: past it, a file is split into modules
+/// named after what they own.
+const MAX_LINES: usize = 600;
+
+#[test]
+fn every_source_file_is_under_600_lines() {
+    let src = main_src();
+    let mut files = Vec::new();
+    walk(&src, true, &mut files);
+    assert!(
+        files.len() > 100,
+        "the walk found the sources: {}",
+        files.len()
+    );
+    let long: Vec<String> = files
+        .iter()
+        .filter_map(|f| {
+            let lines = fs::read_to_string(f)
+                .expect("read a source file")
+                .lines()
+                .count();
+            (lines >= MAX_LINES).then(|| format!("{} has {lines} lines", f.display()))
+        })
+        .collect();
+    assert!(long.is_empty(), "{}", long.join("\n"));
 }
 
 /// The check sees what it is meant to see: a known edge is found, and a

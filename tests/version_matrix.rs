@@ -11,7 +11,10 @@ use common::{Agent, Options, PATIENCE};
 use odp_agent::{
     agent::obproxy::procfs,
     proto::agent as pb,
-    testkit::loadgen::{EchoBackend, Load, LoadConfig, Report},
+    testkit::{
+        echo_backend::EchoBackend,
+        loadgen::{Load, LoadConfig, Report},
+    },
 };
 use tokio_util::sync::CancellationToken;
 

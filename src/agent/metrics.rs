@@ -221,8 +221,9 @@ mod tests {
 
     use super::*;
     use crate::agent::{
+        process_table::ProcessInfo,
         sampling::{Sample, Target, Usage},
-        supervisor_protocol::{ProcessInfo, Status},
+        supervisor_protocol::Status,
     };
 
     fn process(pid: u32) -> ProcessInfo {

@@ -23,7 +23,7 @@ use crate::{
         process_table::ProxyState,
         sampling::Usage,
         status_report::{Report, Reporter},
-        supervisor_protocol::{self, CallError, Handle, SubmitError},
+        supervisor_protocol::{CallError, Handle, SubmitError},
     },
     common::{change_feed::Watcher, error_chain::describe},
     proto::agent as pb,
@@ -386,7 +386,10 @@ fn state_pb(state: ProxyState) -> pb::ProxyState {
     }
 }
 
-fn process_pb(p: &supervisor_protocol::ProcessInfo, usage: Option<Usage>) -> pb::ProxyProcess {
+fn process_pb(
+    p: &crate::agent::process_table::ProcessInfo,
+    usage: Option<Usage>,
+) -> pb::ProxyProcess {
     pb::ProxyProcess {
         pid: p.pid,
         version: p.version.clone(),

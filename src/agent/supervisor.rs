@@ -1,7 +1,8 @@
 //! The process supervisor: the one owner of the listeners, the obproxy
-//! processes and the operation log. The gRPC service, the signal thread, the
-//! exit watchers and the running operation all talk to it through messages,
-//! so no lock guards process state.
+//! processes (a [`ProcessTable`]) and the operation log. The gRPC service,
+//! the signal thread, the exit watchers and the running operation all talk
+//! to it through messages (`supervisor_protocol`), so no lock guards process
+//! state.
 //!
 //! Supervision comes first: signals, exits, spawns, drain deadlines and the
 //! running operation's steps have a queue of their own that the supervisor
@@ -19,72 +20,40 @@ mod proxyinfo;
 mod recovery;
 mod respawn;
 mod snapshot;
+mod steps;
 mod take_over;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     net::SocketAddr,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
-use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::agent::{
-    admin_sql::BinaryInfo,
     config::AgentConfig,
     listeners::Listeners,
     metrics::AgentMetrics,
     obproxy::{
         executable::Executable,
         launch::{Handover, Plan},
-        pidfd::{Exit, Pidfd},
+        pidfd::Exit,
         procfs,
         spawner::{SpawnError, Spawned, Spawner},
     },
-    operation_log::{self, Admission, Kind, OnAdmit, Operation, Phase, Request},
+    operation_log::{self, Admission, Kind, OnAdmit, Operation, Request},
     operations,
-    process_table::ProxyState,
+    process_table::{Process, ProcessTable, ProxyState, Role},
     signals::ChildSignal,
-    state_file,
     supervisor_protocol::{
-        Drain, FactUpdate, Handle, Inbox, ListenerInfo, Msg, ProcessFacts, ProcessInfo, Status,
-        Step, StepError, SubmitError, channels,
+        Drain, FactUpdate, Handle, Inbox, ListenerInfo, Msg, Status, StepError, SubmitError,
+        channels,
     },
 };
-
-use state_file::Role;
-
-struct Process {
-    pidfd: Arc<Pidfd>,
-    role: Role,
-    /// Identity for re-adoption: start time, and the executable once ready.
-    start_ticks: u64,
-    exe: Option<PathBuf>,
-    version: String,
-    binary: PathBuf,
-    started_at: SystemTime,
-    /// Its readiness SIGUSR1 arrived (possibly before anyone waited for it).
-    ready: bool,
-    drain_deadline: Option<SystemTime>,
-    /// The agent signalled it to end, so its exit is no surprise.
-    ending: bool,
-    /// When it was handed over to drain: its exit times the drain (metrics).
-    drain_started: Option<Instant>,
-    /// Its `hot_upgrade_exit_timeout` (from its `-o`, or set over admin SQL
-    /// since): the window it drains with. None: unknown.
-    exit_window: Option<Duration>,
-    /// What it reported over admin SQL, once asked.
-    binary_info: Option<BinaryInfo>,
-    /// For the child of a native restart the agent asked for: its parent,
-    /// whose exit is then the hand-over, not a crash.
-    native_parent: Option<u32>,
-    /// It was handed the RPC listeners (obproxy 4.3+ with RPC on).
-    rpc: bool,
-}
 
 pub struct Supervisor {
     config: Arc<AgentConfig>,
@@ -108,7 +77,7 @@ pub struct Supervisor {
     /// A free port held (bound, not listening) for a bootstrap start until
     /// the agent holds the listener obproxy binds on it.
     port_reservation: Vec<socket2::Socket>,
-    processes: BTreeMap<u32, Process>,
+    processes: ProcessTable,
     ready_waiters: HashMap<u32, oneshot::Sender<Result<(), Exit>>>,
     /// Spawns sent to the spawner thread and not registered yet.
     spawns_in_flight: u32,
@@ -169,7 +138,7 @@ impl Supervisor {
             last_bound: Vec::new(),
             last_rpc_bound: Vec::new(),
             port_reservation: Vec::new(),
-            processes: BTreeMap::new(),
+            processes: ProcessTable::default(),
             ready_waiters: HashMap::new(),
             spawns_in_flight: 0,
             early_ready: Vec::new(),
@@ -216,7 +185,7 @@ impl Supervisor {
             }
             self.publish(None);
         }
-        tracing::info!(pids = ?self.processes.keys().collect::<Vec<_>>(), "supervisor stopped; obproxy left running");
+        tracing::info!(pids = ?self.processes.pids(), "supervisor stopped; obproxy left running");
     }
 
     /// A status was asked for: obproxy's own account of its binary, once
@@ -283,13 +252,6 @@ impl Supervisor {
         }
     }
 
-    fn serving_pid(&self) -> Option<u32> {
-        self.processes
-            .iter()
-            .find(|(_, p)| p.role == Role::Serving)
-            .map(|(pid, _)| *pid)
-    }
-
     fn submit(
         &mut self,
         request: Request,
@@ -298,7 +260,7 @@ impl Supervisor {
         if self.shutdown.is_cancelled() {
             return Err(SubmitError::ShuttingDown);
         }
-        let serving = self.serving_pid();
+        let serving = self.processes.serving_pid();
         // A replayed request id answers with its operation, whatever the
         // state is now.
         let replay = request
@@ -367,7 +329,7 @@ impl Supervisor {
 
     fn on_signal(&mut self, sig: ChildSignal) {
         let Some(pid) = sig.pid else { return };
-        let Some(p) = self.processes.get_mut(&pid) else {
+        let Some(p) = self.processes.get_mut(pid) else {
             if sig.signal == libc::SIGUSR1 && self.spawns_in_flight > 0 {
                 // A fast child can signal before the spawner thread has
                 // reported its pid; keep it for the registration.
@@ -413,26 +375,17 @@ impl Supervisor {
         let pid = pidfd.pid();
         let ready = early.contains(&pid);
         self.started_count += 1;
-        self.processes.insert(
-            pid,
-            Process {
-                pidfd: pidfd.clone(),
-                role: Role::Starting,
-                start_ticks: procfs::start_ticks(pid).unwrap_or(0),
-                exe: None,
-                version,
-                binary,
-                started_at: spawned.started_at,
-                ready,
-                drain_deadline: None,
-                ending: false,
-                drain_started: None,
-                exit_window: Some(exit_window),
-                binary_info: None,
-                native_parent: None,
-                rpc,
-            },
+        let mut process = Process::spawned(
+            pidfd.clone(),
+            procfs::start_ticks(pid).unwrap_or(0),
+            binary,
+            version,
+            spawned.started_at,
+            exit_window,
+            rpc,
         );
+        process.ready = ready;
+        self.processes.insert(pid, process);
         tracing::info!(pid, "obproxy spawned");
         // Not written down yet: an agent killed before the promotion finds
         // the process holding our listener unrecorded and kills it, exactly
@@ -440,157 +393,6 @@ impl Supervisor {
         // or none, serves). The first write is the promotion's.
         self.watch_exit(pidfd);
         Ok(pid)
-    }
-
-    fn on_step(&mut self, step: Step) {
-        match step {
-            Step::SetDesired(running) => {
-                // Usually already written when the operation was admitted.
-                let changed = self.desired_running != running;
-                self.desired_running = running;
-                if !running {
-                    self.respawn.settled();
-                }
-                if changed {
-                    self.persist();
-                }
-            }
-            Step::BindListeners { rpc, reply } => {
-                let _ = reply.send(self.bind_listeners(rpc));
-            }
-            Step::BootstrapAddrs(reply) => {
-                let _ = reply.send(self.bootstrap_bind().map(|b| b.addrs()));
-            }
-            Step::TakeListeners { pid, fds, reply } => {
-                let _ = reply.send(self.take_listeners(pid, &fds));
-            }
-            Step::CloseListeners(reply) => {
-                if !self.listeners.is_empty() {
-                    tracing::info!(addrs = ?self.listeners.bound_addrs(), "closing SQL listeners");
-                }
-                self.listeners = Listeners::default();
-                self.port_reservation.clear();
-                self.listener_problem = None;
-                self.persist();
-                let _ = reply.send(());
-            }
-            Step::Spawn {
-                binary,
-                version,
-                plan,
-                reply,
-            } => self.spawn(binary, version, plan, reply),
-            Step::WaitReady { pid, reply } => match self.processes.get(&pid) {
-                Some(p) if p.ready => {
-                    let _ = reply.send(Ok(()));
-                }
-                Some(_) => {
-                    self.ready_waiters.insert(pid, reply);
-                }
-                None => {
-                    let _ = reply.send(Err(Exit::Unknown));
-                }
-            },
-            Step::WaitExit { pid, reply } => {
-                if self.processes.contains_key(&pid) {
-                    self.exit_waiters.entry(pid).or_default().push(reply);
-                } else {
-                    let _ = reply.send(Exit::Unknown);
-                }
-            }
-            Step::Signal { pid, signal, reply } => {
-                let result = match self.processes.get_mut(&pid) {
-                    None => Err(StepError::UnknownPid { pid }),
-                    Some(p) => {
-                        if matches!(signal, Signal::SIGTERM | Signal::SIGKILL | Signal::SIGINT) {
-                            p.ending = true;
-                        }
-                        p.pidfd.signal(signal).map_err(|source| StepError::Signal {
-                            pid,
-                            signal,
-                            source,
-                        })
-                    }
-                };
-                let _ = reply.send(result);
-            }
-            Step::Promote { pid, drain, reply } => {
-                let _ = reply.send(self.promote(pid, drain));
-            }
-            Step::Facts { pid, reply } => {
-                let _ = reply.send(self.processes.get(&pid).map(|p| ProcessFacts {
-                    exit_window: p.exit_window,
-                    binary: p.binary.clone(),
-                    exe: p.exe.clone(),
-                    version: p.version.clone(),
-                }));
-            }
-            Step::Update { pid, update } => self.update_facts(pid, update),
-            Step::Strangers(reply) => {
-                let _ = reply.send(self.strangers());
-            }
-            Step::AdoptChild {
-                parent,
-                child,
-                version,
-                exit_window,
-                reply,
-            } => {
-                let _ = reply.send(self.register_native_child(parent, child, version, exit_window));
-            }
-            Step::Adopt { adoption, reply } => {
-                let _ = reply.send(self.adopt(*adoption));
-            }
-            Step::Processes(reply) => {
-                let by = |role| {
-                    self.processes
-                        .iter()
-                        .filter(|(_, p)| p.role == role)
-                        .map(|(pid, _)| *pid)
-                        .collect::<Vec<_>>()
-                };
-                let _ = reply.send((self.serving_pid(), by(Role::Draining), by(Role::Starting)));
-            }
-            Step::Progress { op, phase, note } => {
-                if let Some(n) = &note {
-                    tracing::info!(op_id = %op, ?phase, "{n}");
-                }
-                self.update_operation(&op, |o| {
-                    o.phase = phase;
-                    o.events.extend(note);
-                });
-            }
-            Step::Finish { op, result } => {
-                match &result {
-                    Ok(pid) => tracing::info!(op_id = %op, pid = ?pid, "operation succeeded"),
-                    Err(e) => tracing::warn!(op_id = %op, error = %e, "operation failed"),
-                }
-                let serving = self.serving_pid();
-                // What the operation leaves: the state once nothing runs.
-                let left = self.settled_state();
-                let metrics = self.metrics.clone();
-                self.update_operation(&op, |o| {
-                    metrics.operation_finished(o.kind, result.is_ok());
-                    o.finished_at = Some(SystemTime::now());
-                    o.phase = Phase::Done;
-                    o.proxy_state = Some(left);
-                    match result {
-                        Ok(pid) => {
-                            o.state = operation_log::State::Succeeded;
-                            o.pid = pid;
-                        }
-                        Err(e) => {
-                            o.state = operation_log::State::Failed;
-                            o.pid = serving;
-                            o.error = Some(e);
-                        }
-                    }
-                });
-                self.release_unused_rpc();
-                self.maybe_schedule_respawn();
-                self.ask_binary_info();
-            }
-        }
     }
 
     fn spawn(
@@ -625,24 +427,18 @@ impl Supervisor {
     }
 
     fn promote(&mut self, pid: u32, drain: Option<Drain>) -> Option<u32> {
-        let previous = self.serving_pid().filter(|&old| old != pid);
         let deadline = drain.map(|d| SystemTime::now() + d.kill_after);
-        if let Some(old) = previous
-            && let Some(p) = self.processes.get_mut(&old)
-        {
-            p.role = Role::Draining;
-            p.drain_deadline = deadline;
-            p.drain_started = deadline.map(|_| Instant::now());
-        }
+        let promotion = self.processes.promote(pid, deadline, Instant::now());
+        let previous = promotion.previous;
         if let (Some(old), Some(deadline)) = (previous, deadline) {
             self.schedule_drain_deadline(old, deadline);
         }
-        if let Some(p) = self.processes.get_mut(&pid) {
-            p.role = Role::Serving;
+        if promotion.promoted {
             // A native restart's child signals its parent, not us: being
-            // promoted is how it counts as ready.
-            if !p.ready {
-                p.ready = true;
+            // promoted is how it counts as ready, and its identity is read now.
+            if promotion.newly_ready
+                && let Some(p) = self.processes.get_mut(pid)
+            {
                 p.exe = procfs::exe(pid).ok();
             }
             self.respawn.settled();

@@ -25,7 +25,7 @@ use crate::{
             spawner::{SpawnError, Spawned},
         },
         operation_log::{LogError, OnAdmit, Operation, Phase, Request},
-        process_table::ProxyState,
+        process_table::{ProcessInfo, ProxyState},
         state_file::StateFileError,
     },
     common::change_feed::Watcher,
@@ -41,18 +41,6 @@ pub const CALL_QUEUE: usize = 64;
 /// Mutating requests that may wait; a queue of their own, so reads cannot
 /// crowd out an operator's Stop.
 pub const SUBMIT_QUEUE: usize = 16;
-
-/// A process as the supervisor knows it: identity and counters only (its
-/// usage is sampled elsewhere, see [`crate::agent::sampling`]).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProcessInfo {
-    pub pid: u32,
-    pub version: String,
-    pub binary: PathBuf,
-    pub started_at: SystemTime,
-    /// What the process reported over admin SQL (SHOW PROXYINFO BINARY).
-    pub binary_info: Option<BinaryInfo>,
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Status {

@@ -9,7 +9,8 @@ use clap::Parser;
 use odp_agent::{
     proto::coordinator::{self as pb, coordinator_client::CoordinatorClient},
     testkit::{
-        loadgen::{EchoBackend, Load, LoadConfig},
+        echo_backend::EchoBackend,
+        loadgen::{Load, LoadConfig},
         local_cluster::{LocalCluster, Options},
     },
 };

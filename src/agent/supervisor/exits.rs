@@ -66,7 +66,7 @@ impl Supervisor {
         // Only the draining process whose window this was: the pid may
         // belong to a later process of ours by now.
         let due = |p: &&Process| p.role == Role::Draining && p.drain_deadline == Some(deadline);
-        if let Some(p) = self.processes.get(&pid).filter(due) {
+        if let Some(p) = self.processes.get(pid).filter(due) {
             tracing::warn!(pid, open, "drain window over; SIGKILL");
             let _ = p.pidfd.signal(Signal::SIGKILL);
             let open = open.map_or_else(|| "uncounted".to_string(), |n| n.to_string());
@@ -77,7 +77,7 @@ impl Supervisor {
     }
 
     pub(super) fn on_exit(&mut self, pid: u32, exit: Exit) {
-        let Some(p) = self.processes.remove(&pid) else {
+        let Some(p) = self.processes.remove(pid) else {
             return;
         };
         if let Some(started) = p.drain_started {
@@ -107,7 +107,7 @@ impl Supervisor {
     }
 
     pub(super) fn update_facts(&mut self, pid: u32, update: FactUpdate) {
-        let Some(p) = self.processes.get_mut(&pid) else {
+        let Some(p) = self.processes.get_mut(pid) else {
             return;
         };
         match update {

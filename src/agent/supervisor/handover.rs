@@ -188,7 +188,7 @@ impl Supervisor {
         pid: u32,
         fds: &[i32],
     ) -> Result<ListenerInfo, StepError> {
-        let Some(p) = self.processes.get_mut(&pid) else {
+        let Some(p) = self.processes.get_mut(pid) else {
             return Err(StepError::UnknownPid { pid });
         };
         let taken: Vec<_> = fds

@@ -32,9 +32,7 @@ impl Supervisor {
         let mut found: Vec<Arc<Pidfd>> = Vec::new();
         for inode in self.listeners.inodes() {
             for pid in procfs::pids_holding_socket(inode).unwrap_or_default() {
-                if pid == me
-                    || self.processes.contains_key(&pid)
-                    || found.iter().any(|p| p.pid() == pid)
+                if pid == me || self.processes.contains(pid) || found.iter().any(|p| p.pid() == pid)
                 {
                     continue;
                 }
@@ -175,7 +173,7 @@ impl Supervisor {
             .processes
             .iter()
             .find(|(_, p)| p.native_parent == Some(old_pid))
-            .map(|(pid, _)| *pid);
+            .map(|(pid, _)| pid);
         if let Some(child) = asked_for {
             self.note(format!(
                 "pid {old_pid} {exit}: it drained once its child pid {child} was ready"
@@ -265,17 +263,19 @@ impl Supervisor {
         recorded: &[RecordedProcess],
         inodes: &[u64],
     ) -> Option<Arc<Pidfd>> {
-        if inodes.is_empty() || self.serving_pid().is_some() {
+        if inodes.is_empty() || self.processes.serving_pid().is_some() {
             return None;
         }
-        let served = recorded.iter().find(|r| r.role == Role::Serving)?;
+        let served = recorded
+            .iter()
+            .find(|r| r.role == crate::agent::state_file::Role::Serving)?;
         let me = std::process::id();
         let home = self.config.obproxy.home.clone();
         let expected = served.exe.as_deref().unwrap_or(&served.binary);
         let mut found: Vec<(u64, u32)> = procfs::pids_holding_socket(inodes[0])
             .unwrap_or_default()
             .into_iter()
-            .filter(|&pid| pid != me && pid != served.pid && !self.processes.contains_key(&pid))
+            .filter(|&pid| pid != me && pid != served.pid && !self.processes.contains(pid))
             .filter(|&pid| procfs::holds_listeners(pid, inodes))
             .filter(|&pid| {
                 std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == home)
@@ -306,7 +306,7 @@ impl Supervisor {
             home.display()
         );
         self.record_adoption(pid, served.pid, story);
-        self.processes.get(&pid).map(|p| p.pidfd.clone())
+        self.processes.get(pid).map(|p| p.pidfd.clone())
     }
 
     /// The child `parent` forked for a native restart the agent asked for:
@@ -318,7 +318,7 @@ impl Supervisor {
         version: String,
         exit_window: Duration,
     ) -> Result<(), StepError> {
-        let Some(parent) = self.processes.get(&parent_pid) else {
+        let Some(parent) = self.processes.get(parent_pid) else {
             return Err(NativeChildError::UnknownParent { parent: parent_pid }.into());
         };
         let pidfd = self.confirm_native_child(parent_pid, parent, pid)?;

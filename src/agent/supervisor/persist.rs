@@ -15,7 +15,7 @@ use super::{Msg, Supervisor};
 use crate::{
     agent::{
         operation_log::Kind,
-        state_file::{self, AgentState, RecordedListener, RecordedProcess, StateFileError},
+        state_file::{self, AgentState, RecordedListener, StateFileError},
     },
     common::error_chain::describe,
 };
@@ -190,22 +190,7 @@ impl Supervisor {
                 })
                 .collect(),
             last_rpc_bound: self.last_rpc_bound.clone(),
-            processes: self
-                .processes
-                .iter()
-                .map(|(&pid, p)| RecordedProcess {
-                    pid,
-                    start_ticks: p.start_ticks,
-                    exe: p.exe.clone(),
-                    binary: p.binary.clone(),
-                    version: p.version.clone(),
-                    role: p.role,
-                    started_at: state_file::to_epoch(p.started_at),
-                    drain_deadline: p.drain_deadline.map(state_file::to_epoch),
-                    exit_window_us: p.exit_window.map(|w| w.as_micros() as u64),
-                    rpc: p.rpc,
-                })
-                .collect(),
+            processes: self.processes.records(),
             started_count: self.started_count,
             last_exit: self.last_exit.clone(),
         }

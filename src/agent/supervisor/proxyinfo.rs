@@ -30,12 +30,12 @@ impl Supervisor {
         let Some(password) = self.config.obproxy.admin.password.clone() else {
             return;
         };
-        let Some(pid) = self.serving_pid() else {
+        let Some(pid) = self.processes.serving_pid() else {
             return;
         };
         let answered = self
             .processes
-            .get(&pid)
+            .get(pid)
             .is_some_and(|p| p.binary_info.is_some());
         let starting = self.processes.values().any(|p| p.role == Role::Starting);
         let recently = self
@@ -81,7 +81,7 @@ impl Supervisor {
             Ok(info) => {
                 tracing::info!(pid, version = %info.version, build = %info.build, "obproxy reports its binary");
                 self.proxyinfo.error = None;
-                if let Some(p) = self.processes.get_mut(&pid) {
+                if let Some(p) = self.processes.get_mut(pid) {
                     p.binary_info = Some(info);
                 }
             }

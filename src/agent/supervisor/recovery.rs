@@ -2,10 +2,7 @@
 //! agent ran: re-adopt the obproxy processes it recorded (never signalling a
 //! pid whose identity is not confirmed), take the listeners back from them,
 //! finish what was interrupted, and reap orphans re-parented to us.
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::{sync::Arc, time::SystemTime};
 
 use nix::sys::signal::Signal;
 
@@ -66,25 +63,8 @@ impl Supervisor {
                 }
             };
             let pid = rec.pid;
-            let mut process = Process {
-                pidfd: pidfd.clone(),
-                role: rec.role,
-                start_ticks: rec.start_ticks,
-                exe: rec.exe.clone(),
-                version: rec.version.clone(),
-                binary: rec.binary.clone(),
-                started_at: state_file::from_epoch(rec.started_at),
-                ready: rec.exe.is_some(),
-                drain_deadline: rec.drain_deadline.map(state_file::from_epoch),
-                // The drain's start was not recorded; its duration goes unmeasured.
-                drain_started: None,
-                ending: false,
-                exit_window: rec.exit_window_us.map(Duration::from_micros),
-                binary_info: None,
-                native_parent: None,
-                rpc: rec.rpc,
-            };
-            match rec.role {
+            let mut process = Process::from_record(rec, pidfd.clone());
+            match process.role {
                 Role::Starting => {
                     // Its start (or hot restart) was interrupted with the
                     // agent: roll it back; the old process never stopped.
@@ -114,8 +94,8 @@ impl Supervisor {
                 },
                 Role::Serving => tracing::info!(pid, "re-adopted the serving obproxy"),
             }
-            if rec.role != Role::Starting {
-                holders.push((rec.role, pidfd.clone()));
+            if process.role != Role::Starting {
+                holders.push((process.role, pidfd.clone()));
             }
             self.processes.insert(pid, process);
             self.watch_exit(pidfd);
@@ -151,7 +131,7 @@ impl Supervisor {
             }
         }
         self.take_rpc_back(&holders, &state.rpc_listeners);
-        if self.desired_running && self.serving_pid().is_none() {
+        if self.desired_running && self.processes.serving_pid().is_none() {
             tracing::warn!("obproxy should run but none serves: it died while the agent was away");
             self.respawn.found_dead();
         }
@@ -171,7 +151,7 @@ impl Supervisor {
         for pid in procfs::pids() {
             if pid == me
                 || rejected.contains(&pid)
-                || self.processes.contains_key(&pid)
+                || self.processes.contains(pid)
                 || !procfs::holds_listeners(pid, inodes)
             {
                 continue;
@@ -180,8 +160,7 @@ impl Supervisor {
                 std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| &cwd == home);
             // A child of an adopted obproxy is its own restart under way
             // (adopted once its parent exits), not a spawn of ours.
-            let native =
-                procfs::parent_pid(pid).is_ok_and(|ppid| self.processes.contains_key(&ppid));
+            let native = procfs::parent_pid(pid).is_ok_and(|ppid| self.processes.contains(ppid));
             if !in_home || native {
                 continue;
             }
@@ -230,7 +209,7 @@ impl Supervisor {
         // reaped by their exit watchers.
         let pgid = nix::unistd::getpgrp().as_raw() as u32;
         for pid in procfs::zombie_children(me, pgid) {
-            if self.processes.contains_key(&pid) {
+            if self.processes.contains(pid) {
                 continue;
             }
             let exit = crate::agent::obproxy::pidfd::reap(pid);

@@ -55,7 +55,7 @@ impl Supervisor {
     pub(super) fn maybe_schedule_respawn(&mut self) {
         if !self.respawn.wanted
             || !self.desired_running
-            || self.serving_pid().is_some()
+            || self.processes.serving_pid().is_some()
             || self.log.current().is_some()
             || self.respawn.pending
             || self.shutdown.is_cancelled()
@@ -79,7 +79,7 @@ impl Supervisor {
         self.respawn.pending = false;
         if !self.respawn.wanted
             || !self.desired_running
-            || self.serving_pid().is_some()
+            || self.processes.serving_pid().is_some()
             || self.log.current().is_some()
         {
             return;

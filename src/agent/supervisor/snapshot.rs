@@ -6,7 +6,7 @@
 //! already shows it.
 use std::sync::Arc;
 
-use super::{Process, ProcessInfo, ProxyState, Role, Status, Supervisor};
+use super::{ProxyState, Status, Supervisor};
 use crate::agent::operation_log::{Kind, Operation};
 
 /// What is published before the supervisor has recovered anything.
@@ -35,11 +35,7 @@ impl Supervisor {
 
     /// The state once no operation runs.
     pub(super) fn settled_state(&self) -> ProxyState {
-        match (self.serving_pid(), self.desired_running) {
-            (Some(_), _) => ProxyState::Running,
-            (None, true) => ProxyState::Unavailable,
-            (None, false) => ProxyState::Stopped,
-        }
+        self.processes.settled_state(self.desired_running)
     }
 
     fn state_during(&self, op: &Operation) -> ProxyState {
@@ -53,11 +49,7 @@ impl Supervisor {
             // The child of a native restart serves already.
             Kind::AdoptNative => ProxyState::Running,
             Kind::RestartHot => {
-                let upgrading = self
-                    .processes
-                    .values()
-                    .any(|p| p.role == Role::Starting && p.binary != self.config.obproxy.binary);
-                if upgrading {
+                if self.processes.upgrading(&self.config.obproxy.binary) {
                     ProxyState::Upgrading
                 } else {
                     ProxyState::Restarting
@@ -69,24 +61,8 @@ impl Supervisor {
     /// The status as it is, or as it will be once `pending` (an update of
     /// the current operation about to be announced) is in the log.
     fn snapshot(&self, pending: Option<&Operation>) -> Status {
-        let info = |pid: u32, p: &Process| ProcessInfo {
-            pid,
-            version: p.version.clone(),
-            binary: p.binary.clone(),
-            started_at: p.started_at,
-            binary_info: p.binary_info.clone(),
-        };
-        let serving = self
-            .processes
-            .iter()
-            .find(|(_, p)| p.role == Role::Serving)
-            .map(|(pid, p)| info(*pid, p));
-        let draining = self
-            .processes
-            .iter()
-            .filter(|(_, p)| p.role == Role::Draining)
-            .map(|(pid, p)| (info(*pid, p), p.drain_deadline.unwrap_or(p.started_at)))
-            .collect();
+        let serving = self.processes.serving_info();
+        let draining = self.processes.draining_info();
         let operation = match pending {
             Some(op) if op.is_finished() => None,
             Some(op) => Some(op.clone()),

@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context, bail};
 use odp_agent::{
     proto::agent::{self as pb, agent_client::AgentClient},
-    testkit::loadgen::EchoBackend,
+    testkit::echo_backend::EchoBackend,
 };
 use tonic::transport::Channel;
 
