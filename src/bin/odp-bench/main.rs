@@ -6,26 +6,15 @@
 //! ([`odp_agent::testkit::loadgen`]) in a process of its own; `testbed` is a disposable ODP (echo
 //! backend, real `odp-agent`, the obproxy stand-in) in a temporary directory; each
 //! benchmark is one module.
-// A crate root's modules resolve beside it, in src/bin/; these live in src/bin/odp-bench/.
-#[path = "odp-bench/cluster_status.rs"]
 mod cluster_status;
-#[path = "odp-bench/hot_restart.rs"]
 mod hot_restart;
-#[path = "odp-bench/load_process.rs"]
 mod load_process;
-#[path = "odp-bench/machine.rs"]
 mod machine;
-#[path = "odp-bench/proc_stat.rs"]
 mod proc_stat;
-#[path = "odp-bench/restart_modes.rs"]
 mod restart_modes;
-#[path = "odp-bench/rolling.rs"]
 mod rolling;
-#[path = "odp-bench/stats.rs"]
 mod stats;
-#[path = "odp-bench/testbed.rs"]
 mod testbed;
-#[path = "odp-bench/vs_haproxy.rs"]
 mod vs_haproxy;
 
 use clap::{Parser, Subcommand};
