@@ -115,7 +115,8 @@ fn every_packaged_file_is_in_the_tree_or_generated() {
                 shipped.extend(found);
             } else if let Some(bin) = source.strip_prefix("target/release/") {
                 assert!(
-                    repo(&format!("src/bin/{bin}.rs")).exists(),
+                    repo(&format!("src/bin/{bin}.rs")).exists()
+                        || repo(&format!("src/bin/{bin}/main.rs")).exists(),
                     "{package}: no binary {bin}"
                 );
             } else {

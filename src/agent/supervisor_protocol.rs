@@ -136,8 +136,6 @@ pub enum StepError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the agent is shutting down")]
-    ShuttingDown,
     #[error(transparent)]
     Native(#[from] NativeChildError),
 }
@@ -194,7 +192,6 @@ pub struct ProcessFacts {
     /// Its `hot_upgrade_exit_timeout`; None: unknown.
     pub exit_window: Option<Duration>,
     pub binary: PathBuf,
-    pub exe: Option<PathBuf>,
     pub version: String,
 }
 

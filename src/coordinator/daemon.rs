@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
-    agents::{AgentPool, PoolError},
+    agent_pool::{AgentPool, PoolError},
     config::CoordinatorConfig,
     service::CoordinatorService,
     store::{Store, StoreError},

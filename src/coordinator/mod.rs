@@ -1,7 +1,7 @@
 //! The coordinator: cluster-wide Stop All, Start All and Restart All across
 //! the agents, run as persistent tasks.
 //!
-//! [`config`] (clusters and agents), [`agents`] (clients with deadlines),
+//! [`config`] (clusters and agents), [`agent_pool`] (clients with deadlines),
 //! [`live_status`] (every agent's status as it pushes it, over
 //! [`status_stream`]s),
 //! [`rules`] (the console's preconditions), [`task`] (the task model),
@@ -9,16 +9,16 @@
 //! [`task_manager`] (create, resume, cancel, retry), [`service`] (gRPC
 //! translation), [`metrics`] (its Prometheus registry), [`preflight`]
 //! (`--check`), [`daemon`] (wiring).
-pub mod agents;
+pub(crate) mod agent_pool;
 pub mod config;
 pub mod daemon;
-pub mod live_status;
-pub mod metrics;
+pub(crate) mod live_status;
+pub(crate) mod metrics;
 pub mod preflight;
-pub mod rules;
-pub mod runner;
-pub mod service;
-pub mod status_stream;
-pub mod store;
-pub mod task;
-pub mod task_manager;
+pub(crate) mod rules;
+pub(crate) mod runner;
+pub(crate) mod service;
+pub(crate) mod status_stream;
+pub(crate) mod store;
+pub(crate) mod task;
+pub(crate) mod task_manager;

@@ -18,7 +18,7 @@ use crate::{
 };
 
 use super::{
-    agents::AgentPool,
+    agent_pool::AgentPool,
     config::CoordinatorConfig,
     live_status::{LiveStatus, Seen},
     rules::{self, Odp},
@@ -350,7 +350,7 @@ impl Tasks {
     pub async fn cluster_status(
         &self,
         name: &str,
-    ) -> Result<Vec<(String, Result<Seen, super::agents::AgentError>)>, TaskError> {
+    ) -> Result<Vec<(String, Result<Seen, super::agent_pool::AgentError>)>, TaskError> {
         let cluster = self
             .config
             .cluster(name)

@@ -114,10 +114,6 @@ impl AuditLog {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Opens the path again (logrotate's SIGHUP); a failure is logged, and
     /// the next line tries again (and refuses its call if it cannot).
     pub fn reopen(&self) {

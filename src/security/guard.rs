@@ -50,15 +50,6 @@ impl Guard {
         }
     }
 
-    /// A guard that lets every caller operate and audits nothing (tests of
-    /// the services themselves).
-    pub fn open() -> Self {
-        Self::new(
-            Policy::new(&Default::default(), false).with_local(vec![], Role::Operator),
-            None,
-        )
-    }
-
     /// Opens the audit log again (SIGHUP, after logrotate moved it).
     pub fn reopen_audit(&self) {
         if let Some(audit) = &self.audit {

@@ -12,7 +12,7 @@ use mysql_async::{Conn, OptsBuilder, Row, prelude::Queryable};
 use serde::Deserialize;
 
 pub use answers::BinaryInfo;
-pub use password::{PasswordFileError, SysPassword};
+pub use password::SysPassword;
 
 /// obproxy's administrator: the user `root` of its internal tenant `proxysys`.
 pub const USER: &str = "root@proxysys";
@@ -200,10 +200,6 @@ impl Admin {
     /// wildcard address).
     pub fn new(addr: SocketAddr, password: SysPassword) -> Self {
         Self { addr, password }
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
     }
 
     pub async fn connect(&self) -> Result<Session, AdminError> {

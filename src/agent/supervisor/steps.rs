@@ -93,7 +93,6 @@ impl Supervisor {
                 let _ = reply.send(self.processes.get(pid).map(|p| ProcessFacts {
                     exit_window: p.exit_window,
                     binary: p.binary.clone(),
-                    exe: p.exe.clone(),
                     version: p.version.clone(),
                 }));
             }
