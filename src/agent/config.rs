@@ -241,8 +241,7 @@ dir = {state:?}
         let security = Security::resolve(
             path,
             &base,
-            &raw.server.listen,
-            raw.server.loopback_role,
+            raw.server.exposure(),
             raw.tls,
             raw.auth,
             raw.audit,

@@ -253,8 +253,7 @@ impl CoordinatorConfig {
         let security = Security::resolve(
             path,
             &base,
-            &raw.server.listen,
-            raw.server.loopback_role,
+            raw.server.exposure(),
             raw.tls,
             raw.auth,
             raw.audit,

@@ -85,21 +85,33 @@ pub struct Security {
     pub loopback_role: Role,
 }
 
+/// What the `[server]` section says that the security settings are checked
+/// against: where the daemon listens, and what a loopback caller may do.
+#[derive(Debug, Clone, Copy)]
+pub struct Exposure {
+    pub listen: SocketAddr,
+    pub loopback_role: Option<Role>,
+}
+
 impl Security {
     /// Resolves the sections of the file `path` (relative paths against
-    /// `base`) and checks them with the `[server]` section's `listen` and
-    /// `loopback_role`; `default_audit` is
-    /// where the audit log goes unless `[audit] path` says otherwise.
+    /// `base`) and checks them with the `[server]` section's `exposure`;
+    /// `default_audit` is where the audit log goes unless `[audit] path`
+    /// says otherwise.
     pub fn resolve(
         path: &Path,
         base: &Path,
-        listen: &SocketAddr,
-        loopback_role: Option<Role>,
+        exposure: Exposure,
         tls: Option<TlsConfig>,
         auth: AuthConfig,
         audit: AuditConfig,
         default_audit: PathBuf,
     ) -> Result<Self, ConfigError> {
+        let Exposure {
+            listen,
+            loopback_role,
+        } = exposure;
+        let listen = &listen;
         let tls = tls
             .map(|t| {
                 Ok::<_, ConfigError>(TlsConfig {

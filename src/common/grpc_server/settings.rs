@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::{
     common::config_file::{self, ConfigError},
-    security::role::Role,
+    security::{config::Exposure, role::Role},
 };
 
 /// The `[server]` section as written (both daemons share it).
@@ -102,6 +102,14 @@ pub struct UnixSocket {
 const MAX_SOCKET_PATH: usize = 107;
 
 impl ServerSection {
+    /// What the security settings are checked against.
+    pub fn exposure(&self) -> Exposure {
+        Exposure {
+            listen: self.listen,
+            loopback_role: self.loopback_role,
+        }
+    }
+
     /// Typed settings for the file `path` (relative paths against `base`);
     /// `default_socket` is where the local socket goes when not configured.
     pub fn resolve(
