@@ -43,7 +43,7 @@ pub async fn run(ctl: &Ctl, request: &Request) -> Result<Option<u32>, Error> {
     let cfg = &ctl.config.obproxy;
     let old = ctl.serving_at_start.ok_or(Error::NotServing)?;
     // The request names another binary only when it is not the configured
-    // one (see agent_service::requests::binary).
+    // one (see agent::service::requests::binary).
     if let Some(binary) = request.binary.as_ref() {
         ctl.progress(
             Phase::Queued,
