@@ -9,9 +9,12 @@ use std::{process::ExitCode, time::Duration};
 use anyhow::{Context, Result};
 use clap::Parser;
 use odp_agent::{
-    loadgen::{EchoBackend, Load, LoadConfig},
-    local_cluster::{LocalCluster, Options},
     proto::coordinator::{self as pb, coordinator_client::CoordinatorClient},
+    testkit::{
+        echo_backend::EchoBackend,
+        loadgen::{Load, LoadConfig},
+        local_cluster::{LocalCluster, Options},
+    },
 };
 use tokio_util::sync::CancellationToken;
 

@@ -12,12 +12,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{
-    agents::{AgentError, AgentPool, Command},
+    agent_pool::{AgentError, AgentPool, Command},
     store::Store,
     task::{Kind, Mode, State, SubtaskState, Task},
 };
 use crate::{
-    change_feed::Feed, error_chain::describe, metrics::coordinator::CoordinatorMetrics,
+    common::{change_feed::Feed, error_chain::describe},
+    coordinator::metrics::CoordinatorMetrics,
     proto::agent as pb,
 };
 
@@ -432,7 +433,7 @@ async fn subtask(
         expected,
         resumed,
     } = call;
-    let fail = |e: &super::agents::AgentError| Outcome {
+    let fail = |e: &super::agent_pool::AgentError| Outcome {
         state: if e.is_unreachable() {
             SubtaskState::Unreachable
         } else {
@@ -548,7 +549,7 @@ async fn follow(
 /// The health gate by asking: done only when the agent reports the intended
 /// state.
 async fn gate(pool: &AgentPool, agent: &str, expected: pb::ProxyState, what: &str) -> Outcome {
-    let fail = |e: &super::agents::AgentError| Outcome {
+    let fail = |e: &super::agent_pool::AgentError| Outcome {
         state: if e.is_unreachable() {
             SubtaskState::Unreachable
         } else {

@@ -16,7 +16,7 @@ use futures::{StreamExt, stream};
 
 use super::{Shared, error_page, task_pages::panel};
 use crate::{
-    grpc_server::conn::Peer,
+    common::grpc_server::conn::Peer,
     proto::coordinator::{self as pb, coordinator_server::Coordinator as _},
 };
 

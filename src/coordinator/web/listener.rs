@@ -12,7 +12,7 @@ use tonic::transport::server::Connected;
 use tower::ServiceExt;
 
 use crate::{
-    grpc_server::{accept, settings::Limits},
+    common::grpc_server::{accept, settings::Limits},
     security::config::TlsConfig,
 };
 

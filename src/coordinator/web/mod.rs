@@ -14,7 +14,7 @@
 //! [`pages`] (clusters and Overview), [`task_pages`] (tasks), [`actions`]
 //! (the forms' POSTs), [`events`] (a task's live feed).
 pub mod actions;
-pub mod config;
+pub use super::web_config as config;
 pub mod events;
 pub mod html;
 pub mod listener;
@@ -217,7 +217,7 @@ async fn signin(State(console): State<Shared>, Form(form): Form<SignIn>) -> Resp
     let session = match console.sessions.open(token, caller.clone()) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(error = %crate::error_chain::describe(&e), "console sign-in failed");
+            tracing::error!(error = %crate::common::error_chain::describe(&e), "console sign-in failed");
             return refused(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Cannot open a session now.",

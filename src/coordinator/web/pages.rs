@@ -336,7 +336,7 @@ fn confirm(what: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::security::roles::{Caller, Role};
+    use crate::security::{callers::Caller, role::Role};
 
     fn odp(agent: &str, state: apb::ProxyState, version: &str) -> pb::OdpStatus {
         pb::OdpStatus {

@@ -14,7 +14,7 @@ use std::{
 
 use http::HeaderMap;
 
-use crate::security::roles::{Caller, Role};
+use crate::security::{callers::Caller, role::Role};
 
 /// The cookie's name.
 pub const COOKIE: &str = "odp_session";
