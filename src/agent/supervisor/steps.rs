@@ -135,6 +135,10 @@ impl Supervisor {
                     Err(e) => tracing::warn!(op_id = %op, error = %e, "operation failed"),
                 }
                 let serving = self.processes.serving_pid();
+                // Before the finished operation is published: a caller told
+                // it failed (a 4.3 that never served) must not then see the
+                // RPC listeners still held.
+                self.release_unused_rpc();
                 // What the operation leaves: the state once nothing runs.
                 let left = self.settled_state();
                 let metrics = self.metrics.clone();
@@ -155,7 +159,6 @@ impl Supervisor {
                         }
                     }
                 });
-                self.release_unused_rpc();
                 self.maybe_schedule_respawn();
                 self.ask_binary_info();
             }
