@@ -11,8 +11,10 @@ use serde::Deserialize;
 
 use super::load_balancer::config::{LoadBalancerConfig, RawLoadBalancer};
 use crate::{
-    config_file::{self, ConfigError, MetricsSection},
-    grpc_server::settings::{ServerSection, Settings},
+    common::{
+        config_file::{self, ConfigError, MetricsSection},
+        grpc_server::settings::{ServerSection, Settings},
+    },
     security::config::{AuditConfig, AuthConfig, ClientTlsConfig, Security, TlsConfig},
 };
 
@@ -30,6 +32,8 @@ pub struct CoordinatorConfig {
     pub clusters: Vec<Cluster>,
     /// Where `GET /metrics` listens; None: no metrics endpoint.
     pub metrics: Option<SocketAddr>,
+    /// `[web]`: the console's pages; None: no console.
+    pub web: Option<super::web_config::WebConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -135,6 +139,8 @@ struct Raw {
     auth: AuthConfig,
     #[serde(default)]
     audit: AuditConfig,
+    #[serde(default)]
+    web: Option<super::web_config::WebSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -161,22 +167,6 @@ pub fn valid_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
-/// `host:port` with a plain host name or IP (IPv6 in brackets).
-pub fn valid_agent_addr(addr: &str) -> bool {
-    if addr.parse::<SocketAddr>().is_ok() {
-        return true;
-    }
-    let Some((host, port)) = addr.rsplit_once(':') else {
-        return false;
-    };
-    port.parse::<u16>().is_ok_and(|p| p != 0)
-        && !host.is_empty()
-        && host.len() <= 253
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
 }
 
 impl CoordinatorConfig {
@@ -217,7 +207,7 @@ impl CoordinatorConfig {
             }
             let mut seen = HashSet::new();
             for a in &c.agents {
-                if !valid_agent_addr(a) {
+                if !config_file::valid_host_port(a) {
                     return Err(ConfigError::new(
                         path,
                         key("agents"),
@@ -273,13 +263,14 @@ impl CoordinatorConfig {
         let security = Security::resolve(
             path,
             &base,
-            &raw.server,
+            raw.server.exposure(),
             raw.tls,
             raw.auth,
             raw.audit,
             default_audit,
         )?;
         let agent_tls = raw.agents.tls.map(|t| t.resolve(path, &base)).transpose()?;
+        let web = raw.web.map(|w| w.resolve(path, &security)).transpose()?;
         // A coordinator holding a certificate the agents trust acts with
         // their operator's role: whoever may call it must prove who they are,
         // or any local user could stop every ODP through it.
@@ -306,6 +297,7 @@ impl CoordinatorConfig {
             clusters,
             metrics: raw.metrics.map(|m| m.listen),
             security,
+            web,
         })
     }
 
@@ -428,3 +420,61 @@ agents = ["10.0.0.1:2889", "10.0.0.2:2889", "odp-3.example:2889"]
         assert_eq!(e.key, "server.listen");
     }
 }
+
+/// The `[web]` section as the whole file is read (here: `web_config` names
+/// no other coordinator module).
+#[cfg(test)]
+mod web_section_tests {
+    use super::CoordinatorConfig;
+    use std::{path::Path, time::Duration};
+
+    const BASE: &str = r#"
+[server]
+listen = "127.0.0.1:2890"
+[store]
+path = "/var/lib/odp-coordinator/tasks.db"
+[[auth.tokens]]
+name = "ops"
+sha256 = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+role = "OBPROXY_MANAGER"
+"#;
+
+    fn parse(text: &str) -> Result<CoordinatorConfig, crate::common::config_file::ConfigError> {
+        CoordinatorConfig::parse(Path::new("/etc/odp-coordinator.toml"), text)
+    }
+
+    #[test]
+    fn the_console_is_off_unless_configured() {
+        assert!(parse(BASE).unwrap().web.is_none());
+        let web = parse(&format!("{BASE}[web]\nlisten = \"127.0.0.1:8080\"\n"))
+            .unwrap()
+            .web
+            .unwrap();
+        assert_eq!(web.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(web.session_ttl, Duration::from_secs(8 * 3600));
+        assert!(!web.tls);
+    }
+
+    #[test]
+    fn the_network_needs_tls_and_the_console_needs_tokens() {
+        let e = parse(&format!("{BASE}[web]\nlisten = \"0.0.0.0:8080\"\n")).unwrap_err();
+        assert_eq!(e.key, "web.listen");
+        let without_tokens = BASE.split("[[auth.tokens]]").next().unwrap();
+        let e = parse(&format!(
+            "{without_tokens}[web]\nlisten = \"127.0.0.1:8080\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "web.listen");
+        assert!(e.reason.contains("[[auth.tokens]]"), "{e}");
+        let e = parse(&format!(
+            "{BASE}[web]\nlisten = \"127.0.0.1:8080\"\nsession_ttl = \"0s\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "web.session_ttl");
+    }
+}
+
+/// `[clusters.load_balancer]` read as part of the whole file (here, so that
+/// `load_balancer` names no module that names it).
+#[cfg(test)]
+mod load_balancer_tests;

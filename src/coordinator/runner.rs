@@ -12,19 +12,18 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+mod balancer_plan;
 mod odp;
 
 use super::{
-    agents::{AgentPool, Command},
-    load_balancer::{
-        LoadBalancer,
-        rotation::{BalancerNote, Plan},
-    },
+    agent_pool::{AgentPool, Command},
+    load_balancer::{LoadBalancer, rotation::BalancerNote},
     store::Store,
     task::{Kind, Mode, State, SubtaskState, Task},
 };
 use crate::{
-    change_feed::Feed, error_chain::describe, metrics::coordinator::CoordinatorMetrics,
+    common::{change_feed::Feed, error_chain::describe},
+    coordinator::metrics::CoordinatorMetrics,
     proto::agent as pb,
 };
 
@@ -314,7 +313,7 @@ impl Runner {
         let plan = self
             .balancer
             .as_ref()
-            .and_then(|(_, lb_drain)| Plan::for_task(&self.task, *lb_drain));
+            .and_then(|(_, lb_drain)| balancer_plan::plan_for(&self.task, *lb_drain));
         loop {
             let now = SystemTime::now();
             for &i in todo {

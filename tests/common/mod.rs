@@ -5,7 +5,9 @@
 
 pub mod admin_sql;
 pub mod balanced;
+pub mod browser;
 pub mod cluster;
+pub mod console;
 pub mod e2e;
 mod echo;
 pub mod haproxy;

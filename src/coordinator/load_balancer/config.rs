@@ -10,7 +10,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::config_file::{self, ConfigError};
+use crate::common::config_file::{self, ConfigError};
 
 /// The section as written: one flat table whose keys depend on `kind`, so
 /// that a key of the other kind is refused by name.
@@ -272,7 +272,7 @@ fn parse_socket(raw: &str, base: &Path) -> Result<Socket, String> {
     if raw.contains('/') {
         return Ok(Socket::Unix(base.join(raw)));
     }
-    if raw.parse::<SocketAddr>().is_ok() || crate::coordinator::config::valid_agent_addr(raw) {
+    if raw.parse::<SocketAddr>().is_ok() || config_file::valid_host_port(raw) {
         return Ok(Socket::Tcp(raw.to_string()));
     }
     Err(format!(
@@ -327,6 +327,3 @@ fn check_placeholders(arg: &str) -> Result<(), String> {
     }
     Ok(())
 }
-
-#[cfg(test)]
-mod tests;

@@ -8,10 +8,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::{LoadBalancer, ServerState};
-use crate::{
-    coordinator::task::{Kind, Mode, Task},
-    error_chain::describe,
-};
+use crate::common::error_chain::describe;
 
 /// How often a draining server's sessions are asked for.
 const POLL: Duration = Duration::from_millis(250);
@@ -45,34 +42,6 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Stop All drains and leaves the server in maint (drained for a command
-    /// balancer without `maint`); Start All checks the balancer answers and
-    /// sets ready; FORCE (and HOT with `lb_drain`) drains and sets ready. A
-    /// restart whose batch holds every ODP drains nothing: no other server
-    /// could take the clients, and the held listeners queue them anyway.
-    pub fn for_task(task: &Task, lb_drain: bool) -> Option<Plan> {
-        let n = task.subtasks.len();
-        let rolling = task.rollout.batch_len(n) < n;
-        match (task.kind, task.mode) {
-            (Kind::StopAll, _) => Some(Plan {
-                drain: true,
-                end: ServerState::Maint,
-                no_drain: "",
-            }),
-            (Kind::StartAll, _) => Some(Plan {
-                drain: false,
-                end: ServerState::Ready,
-                no_drain: "a stopped ODP has no sessions",
-            }),
-            (Kind::RestartAll, Some(Mode::Hot)) if !lb_drain => None,
-            (Kind::RestartAll, _) => Some(Plan {
-                drain: rolling,
-                end: ServerState::Ready,
-                no_drain: "the batch holds every ODP, so no other server could take its clients",
-            }),
-        }
-    }
-
     /// Written with the subtask before its batch starts.
     pub fn intend(&self, lb: &LoadBalancer, agent: &str, note: &mut Option<BalancerNote>) {
         let note = note.get_or_insert_with(|| BalancerNote {
@@ -245,56 +214,5 @@ impl<'a> Rotation<'a> {
         };
         self.publish();
         outcome
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::coordinator::task::Rollout;
-
-    fn task(kind: Kind, mode: Option<Mode>, batch_size: Option<u32>) -> Task {
-        let agents: Vec<String> = (1..=3).map(|i| format!("10.0.0.{i}:2889")).collect();
-        let rollout = Rollout {
-            batch_size,
-            ..Rollout::default()
-        };
-        Task::new("c", &agents, kind, mode, rollout, None, None)
-    }
-
-    fn plan(
-        kind: Kind,
-        mode: Option<Mode>,
-        batch: Option<u32>,
-        lb_drain: bool,
-    ) -> Option<(bool, ServerState)> {
-        Plan::for_task(&task(kind, mode, batch), lb_drain).map(|p| (p.drain, p.end))
-    }
-
-    #[test]
-    fn each_task_kind_has_its_steps() {
-        use ServerState::*;
-        // Stop All drains even all at once: sessions end before the ODPs stop.
-        assert_eq!(plan(Kind::StopAll, None, None, false), Some((true, Maint)));
-        assert_eq!(
-            plan(Kind::StartAll, None, Some(1), false),
-            Some((false, Ready))
-        );
-        let force = Some(Mode::Force);
-        assert_eq!(
-            plan(Kind::RestartAll, force, Some(1), false),
-            Some((true, Ready))
-        );
-        // Every ODP in one batch: no other server could take the clients.
-        assert_eq!(
-            plan(Kind::RestartAll, force, None, false),
-            Some((false, Ready))
-        );
-        let hot = Some(Mode::Hot);
-        assert_eq!(plan(Kind::RestartAll, hot, Some(1), false), None);
-        assert_eq!(
-            plan(Kind::RestartAll, hot, Some(2), true),
-            Some((true, Ready))
-        );
     }
 }

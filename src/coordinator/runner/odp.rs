@@ -4,14 +4,14 @@
 use std::time::Duration;
 
 use super::super::{
-    agents::{AgentError, AgentPool, Command},
+    agent_pool::{AgentError, AgentPool, Command},
     load_balancer::{
         LoadBalancer,
         rotation::{BalancerNote, Plan, Rotation},
     },
     task::SubtaskState,
 };
-use crate::{error_chain::describe, proto::agent as pb};
+use crate::{common::error_chain::describe, proto::agent as pb};
 
 /// How long an ODP may take to report the intended state after its
 /// operation succeeded (the health gate), and how often it is asked when the

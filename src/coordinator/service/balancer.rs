@@ -1,11 +1,11 @@
 //! The load balancer's side of the wire: each ODP's server in the cluster
 //! status, and what a subtask did with it.
 use crate::{
+    common::error_chain::describe,
     coordinator::{
         load_balancer::{ServerState, rotation::BalancerNote},
-        tasks::BalancerStatuses,
+        task_manager::BalancerStatuses,
     },
-    error_chain::describe,
     proto::coordinator as pb,
 };
 
