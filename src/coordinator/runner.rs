@@ -1,6 +1,7 @@
 //! Runs one task: batch by batch, each ODP's operation followed to its end
-//! and through the health gate, the failure budget checked between batches,
-//! every change written to the store before it is shown.
+//! and through the health gate ([`odp`], with the load balancer's steps
+//! around it), the failure budget checked between batches, every change
+//! written to the store before it is shown.
 use std::{
     sync::Arc,
     time::{Duration, SystemTime},
@@ -11,8 +12,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+mod balancer_plan;
+mod odp;
+
 use super::{
-    agent_pool::{AgentError, AgentPool, Command},
+    agent_pool::{AgentPool, Command},
+    load_balancer::{LoadBalancer, rotation::BalancerNote},
     store::Store,
     task::{Kind, Mode, State, SubtaskState, Task},
 };
@@ -22,11 +27,6 @@ use crate::{
     proto::agent as pb,
 };
 
-/// How long an ODP may take to report the intended state after its
-/// operation succeeded (the health gate), and how often it is asked when the
-/// operation's own last update did not show it.
-const GATE_TIMEOUT: Duration = Duration::from_secs(10);
-const GATE_INTERVAL: Duration = Duration::from_millis(250);
 /// How soon a task write the store refused is tried again: once the disk
 /// has room (or is writable) again, the task goes on within this.
 const STORE_RETRY: Duration = Duration::from_secs(1);
@@ -42,13 +42,16 @@ pub struct Runner {
     /// The coordinator stopping: leave the task as it is, to resume later.
     pub shutdown: CancellationToken,
     pub metrics: Arc<CoordinatorMetrics>,
+    /// The cluster's load balancer, and whether HOT restarts drain too.
+    pub balancer: Option<(Arc<LoadBalancer>, bool)>,
 }
 
-struct Outcome {
-    state: SubtaskState,
-    error: Option<String>,
-    pid: Option<u32>,
-    proxy_state: i32,
+/// What a subtask reports while it runs, to be stored and shown.
+enum Progress {
+    /// The agent's operation and the pid that served before it.
+    Operation(String, u32),
+    /// What was done with the ODP's server in the load balancer.
+    Balancer(BalancerNote),
 }
 
 /// How a batch ended.
@@ -261,13 +264,18 @@ impl Runner {
         self.feed.close();
     }
 
-    fn note_operation(&mut self, i: usize, op_id: String, previous_pid: u32) {
+    fn note_progress(&mut self, i: usize, progress: Progress) {
         let s = &mut self.task.subtasks[i];
-        s.operation_id = Some(op_id);
-        s.previous_pid = (previous_pid != 0).then_some(previous_pid);
+        match progress {
+            Progress::Operation(op_id, previous_pid) => {
+                s.operation_id = Some(op_id);
+                s.previous_pid = (previous_pid != 0).then_some(previous_pid);
+            }
+            Progress::Balancer(note) => s.balancer = Some(note),
+        }
     }
 
-    fn note_outcome(&mut self, i: usize, outcome: Outcome) {
+    fn note_outcome(&mut self, i: usize, outcome: odp::Outcome) {
         let s = &mut self.task.subtasks[i];
         s.state = outcome.state;
         self.metrics.subtask_finished(s.state);
@@ -302,6 +310,10 @@ impl Runner {
         // A cancel ends the wait unless an operation is already in flight
         // (a resumed attempt), which is followed to its end regardless.
         let in_flight = before.iter().any(|s| s.state == SubtaskState::Running);
+        let plan = self
+            .balancer
+            .as_ref()
+            .and_then(|(_, lb_drain)| balancer_plan::plan_for(&self.task, *lb_drain));
         loop {
             let now = SystemTime::now();
             for &i in todo {
@@ -312,6 +324,11 @@ impl Runner {
                     s.finished_at = None;
                 }
                 s.state = SubtaskState::Running;
+                // The server may be drained from here on: known to a
+                // coordinator restarted before the drain is even sent.
+                if let (Some((lb, _)), Some(plan)) = (&self.balancer, plan) {
+                    plan.intend(lb, &s.agent, &mut s.balancer);
+                }
             }
             if self.save() {
                 break;
@@ -329,7 +346,7 @@ impl Runner {
         self.show();
         let command = self.command();
         let expected = self.expected();
-        let (op_tx, mut op_rx) = mpsc::unbounded_channel::<(usize, String, u32)>();
+        let (op_tx, mut op_rx) = mpsc::unbounded_channel::<(usize, Progress)>();
         let mut running: FuturesUnordered<_> = todo
             .iter()
             .zip(resumed)
@@ -338,17 +355,27 @@ impl Runner {
                 let agent = self.task.subtasks[i].agent.clone();
                 let request_id = self.task.request_id_for(i);
                 let op_tx = op_tx.clone();
+                let lb = self.balancer.as_ref().map(|(lb, _)| lb.clone());
+                let note = self.task.subtasks[i].balancer.clone();
                 async move {
-                    let call = Call {
+                    let call = odp::Call {
                         command,
                         request_id: &request_id,
                         expected,
                         resumed,
                     };
-                    let outcome = subtask(&pool, &agent, call, |id, previous_pid| {
-                        let _ = op_tx.send((i, id, previous_pid));
-                    })
-                    .await;
+                    let balanced =
+                        lb.as_deref()
+                            .zip(plan)
+                            .map(|(lb, plan)| odp::Balanced { lb, plan, note });
+                    let on_note = |note| {
+                        let _ = op_tx.send((i, Progress::Balancer(note)));
+                    };
+                    let on_operation = |id, previous_pid| {
+                        let _ = op_tx.send((i, Progress::Operation(id, previous_pid)));
+                    };
+                    let outcome =
+                        odp::run(&pool, &agent, call, balanced, on_operation, &on_note).await;
                     (i, outcome)
                 }
             })
@@ -369,8 +396,8 @@ impl Runner {
                     self.task.cancel_requested = true;
                     changed = true;
                 }
-                Some((i, op_id, previous_pid)) = op_rx.recv() => {
-                    self.note_operation(i, op_id, previous_pid);
+                Some((i, progress)) = op_rx.recv() => {
+                    self.note_progress(i, progress);
                     changed = true;
                 }
                 next = running.next() => match next {
@@ -384,10 +411,6 @@ impl Runner {
             // What else is ready now goes into the same write: the ODPs of a
             // batch tend to answer and finish together, and each write is an
             // fsync the next batch would wait for.
-            while let Ok((i, op_id, previous_pid)) = op_rx.try_recv() {
-                self.note_operation(i, op_id, previous_pid);
-                changed = true;
-            }
             while !done {
                 match running.next().now_or_never() {
                     Some(Some((i, outcome))) => {
@@ -398,198 +421,16 @@ impl Runner {
                     None => break,
                 }
             }
+            // After the outcomes: a subtask reports what it did just before it
+            // ends, within the same poll.
+            while let Ok((i, progress)) = op_rx.try_recv() {
+                self.note_progress(i, progress);
+                changed = true;
+            }
             if changed {
                 self.publish();
             }
         }
         BatchEnd::Done
-    }
-}
-
-/// One ODP: submit (idempotent by request id), follow, then the health gate.
-/// What one subtask asks of its agent.
-struct Call<'a> {
-    command: Command,
-    request_id: &'a str,
-    expected: pb::ProxyState,
-    /// (operation id, pid serving before it) of an attempt interrupted by a
-    /// coordinator restart.
-    resumed: Option<(String, Option<u32>)>,
-}
-
-/// One ODP: submit (idempotent by request id), follow, then the health gate.
-/// A resumed attempt first asks for its operation: the agent may have been
-/// restarted too and have forgotten the request id, and a restart that
-/// already happened (the serving pid changed) must not happen twice.
-async fn subtask(
-    pool: &AgentPool,
-    agent: &str,
-    call: Call<'_>,
-    on_operation: impl Fn(String, u32),
-) -> Outcome {
-    let Call {
-        command,
-        request_id,
-        expected,
-        resumed,
-    } = call;
-    let fail = |e: &super::agent_pool::AgentError| Outcome {
-        state: if e.is_unreachable() {
-            SubtaskState::Unreachable
-        } else {
-            SubtaskState::Failed
-        },
-        error: Some(describe(e)),
-        pid: None,
-        proxy_state: pb::ProxyState::Unavailable as i32,
-    };
-    let known = match &resumed {
-        Some((id, previous_pid)) => match pool.operation(agent, id).await {
-            Ok(op) => Some(op),
-            Err(e) if e.is_not_found() => {
-                tracing::info!(odp = %agent, op_id = %id, previous_pid = ?previous_pid, "the agent no longer knows the operation");
-                None
-            }
-            Err(e) => return fail(&e),
-        },
-        None => None,
-    };
-    let op = match known {
-        Some(op) => op,
-        None => {
-            if let (Command::Restart { .. }, Some((_, Some(prev)))) = (command, &resumed) {
-                // The agent forgot the operation: if another process serves
-                // now, the restart already happened; go to the health gate.
-                match pool.status(agent).await {
-                    Ok(s) if s.pid != 0 && s.pid != *prev => {
-                        return gate(pool, agent, expected, "the resumed restart").await;
-                    }
-                    Ok(_) => {}
-                    Err(e) => return fail(&e),
-                }
-            }
-            match pool.submit(agent, command, request_id).await {
-                Ok(op) => op,
-                Err(e) => return fail(&e),
-            }
-        }
-    };
-    on_operation(op.id.clone(), op.previous_pid);
-    let op = match follow(pool, agent, op).await {
-        Ok(op) => op,
-        Err(e) => return fail(&e),
-    };
-    if op.state() == pb::OperationState::Failed {
-        return Outcome {
-            state: SubtaskState::Failed,
-            error: Some(op.error),
-            pid: (op.pid != 0).then_some(op.pid),
-            proxy_state: 0,
-        };
-    }
-    // The health gate follows the operation's stream: its last update says
-    // the state it left the ODP in. Only when that is not the intended one
-    // (or an older agent does not say) is the agent asked again.
-    if op.proxy_state() == expected {
-        return Outcome {
-            state: SubtaskState::Succeeded,
-            error: None,
-            pid: (op.pid != 0).then_some(op.pid),
-            proxy_state: op.proxy_state,
-        };
-    }
-    gate(pool, agent, expected, &format!("operation {}", op.id)).await
-}
-
-/// Follows an operation to its end. A watch that breaks (a dropped
-/// connection, an agent that missed its keepalive pings, or the coordinator
-/// itself frozen for a while) is not yet an unreachable agent: it is asked
-/// for the operation once, within `status_timeout`, and followed again if it
-/// answers. All of it within `operation_timeout`.
-async fn follow(
-    pool: &AgentPool,
-    agent: &str,
-    op: pb::Operation,
-) -> Result<pb::Operation, AgentError> {
-    let timeout = pool.timeouts().operation_timeout;
-    let follow = async {
-        let mut op = op;
-        while op.state() == pb::OperationState::Running {
-            op = match pool.follow(agent, &op.id, |_| {}).await {
-                Ok(done) => done,
-                Err(e) if e.is_unreachable() => {
-                    tracing::info!(odp = %agent, op_id = %op.id, error = %describe(&e), "lost the operation's watch; asking the agent again");
-                    let again = match pool.operation(agent, &op.id).await {
-                        Ok(again) => again,
-                        // A restarted agent that forgot it: what became of
-                        // the operation is unknown, as for an unreachable
-                        // agent (a retry asks again before it acts).
-                        Err(forgot) if forgot.is_not_found() => return Err(e),
-                        Err(other) => return Err(other),
-                    };
-                    // Reachable but its watch broke: not in a tight loop.
-                    tokio::time::sleep(GATE_INTERVAL).await;
-                    again
-                }
-                Err(e) => return Err(e),
-            };
-        }
-        Ok(op)
-    };
-    tokio::time::timeout(timeout, follow)
-        .await
-        .unwrap_or_else(|_| {
-            Err(AgentError::Timeout {
-                agent: agent.to_string(),
-                timeout,
-            })
-        })
-}
-
-/// The health gate by asking: done only when the agent reports the intended
-/// state.
-async fn gate(pool: &AgentPool, agent: &str, expected: pb::ProxyState, what: &str) -> Outcome {
-    let fail = |e: &super::agent_pool::AgentError| Outcome {
-        state: if e.is_unreachable() {
-            SubtaskState::Unreachable
-        } else {
-            SubtaskState::Failed
-        },
-        error: Some(describe(e)),
-        pid: None,
-        proxy_state: pb::ProxyState::Unavailable as i32,
-    };
-    let deadline = tokio::time::Instant::now() + GATE_TIMEOUT;
-    loop {
-        match pool.status(agent).await {
-            Ok(s) if s.state() == expected => {
-                return Outcome {
-                    state: SubtaskState::Succeeded,
-                    error: None,
-                    pid: (s.pid != 0).then_some(s.pid),
-                    proxy_state: s.state,
-                };
-            }
-            Ok(s) if tokio::time::Instant::now() >= deadline => {
-                return Outcome {
-                    state: SubtaskState::Failed,
-                    error: Some(format!(
-                        "health gate: the ODP is {} after {what}, not {}",
-                        s.state().as_str_name(),
-                        expected.as_str_name()
-                    )),
-                    pid: (s.pid != 0).then_some(s.pid),
-                    proxy_state: s.state,
-                };
-            }
-            Ok(_) => tokio::time::sleep(GATE_INTERVAL).await,
-            // One slow answer from a loaded host is not an unreachable ODP:
-            // ask again until the gate's own deadline.
-            Err(e) if e.is_unreachable() && tokio::time::Instant::now() < deadline => {
-                tracing::debug!(odp = %agent, error = %e, "health gate: asking again");
-                tokio::time::sleep(GATE_INTERVAL).await;
-            }
-            Err(e) => return fail(&e),
-        }
     }
 }

@@ -1,6 +1,7 @@
 //! The `odp.coordinator.v1.Coordinator` gRPC service: it admits the caller
 //! (the guard), validates ([`requests`]) and translates; the task manager
 //! decides. Every mutating call is audited.
+pub mod balancer;
 pub mod requests;
 
 use std::{pin::Pin, sync::Arc, time::Duration};
@@ -218,6 +219,11 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             .map(|c| pb::Cluster {
                 name: c.name.clone(),
                 agents: c.agents.clone(),
+                load_balancer: c
+                    .load_balancer
+                    .as_ref()
+                    .map(|lb| lb.kind.name().to_string())
+                    .unwrap_or_default(),
             })
             .collect();
         Ok(Response::new(pb::ListClustersResponse { clusters }))
@@ -230,14 +236,17 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         self.guard.read(&request, "GetClusterStatus")?;
         self.metrics.cluster_status_requested();
         let name = requests::cluster(&request.into_inner().cluster)?;
-        let statuses = self
-            .tasks
-            .cluster_status(&name)
-            .await
-            .map_err(task_status)?;
+        // The balancer is asked while the agents are.
+        let (statuses, servers) = tokio::join!(
+            self.tasks.cluster_status(&name),
+            self.tasks.balancer_status(&name)
+        );
+        let statuses = statuses.map_err(task_status)?;
+        let mut servers = servers.map(balancer::servers_pb).map(Vec::into_iter);
         let odps = statuses
             .into_iter()
-            .map(|(agent, s)| match s {
+            .map(|(agent, s)| (agent, s, servers.as_mut().and_then(Iterator::next)))
+            .map(|(agent, s, balancer)| match s {
                 Ok(seen) => pb::OdpStatus {
                     agent,
                     state: seen.status.state,
@@ -246,6 +255,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                     error: String::new(),
                     age: Some(dur(seen.age)),
                     status: Some(seen.status),
+                    balancer,
                 },
                 Err(e) => pb::OdpStatus {
                     agent,
@@ -255,6 +265,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                     error: describe(&e),
                     status: None,
                     age: None,
+                    balancer,
                 },
             })
             .collect();
@@ -428,6 +439,7 @@ pub fn task_pb(t: &task::Task) -> pb::Task {
                 operation_id: s.operation_id.clone().unwrap_or_default(),
                 pid: s.pid.unwrap_or(0),
                 proxy_state: s.proxy_state,
+                balancer: s.balancer.as_ref().map(balancer::note_pb),
             })
             .collect(),
         rollout: Some(pb::Rollout {

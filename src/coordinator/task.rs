@@ -102,6 +102,9 @@ pub struct Subtask {
     pub pid: Option<u32>,
     /// The agent's `ProxyState` wire value as last seen.
     pub proxy_state: i32,
+    /// What was done with the ODP's server in the cluster's load balancer.
+    #[serde(default)]
+    pub balancer: Option<super::load_balancer::rotation::BalancerNote>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -155,6 +158,7 @@ impl Task {
                 reconcile: false,
                 pid: None,
                 proxy_state: 0,
+                balancer: None,
             })
             .collect();
         let batches = subtasks.last().map_or(0, |s| s.batch);
