@@ -256,6 +256,30 @@ async fn run(cli: Cli) -> Result<bool> {
                     let task = c.restart_all(request).await;
                     follow_answer(&mut c, task, rollout.detach, json_out).await
                 }
+                ClusterCmd::Upgrade {
+                    cluster,
+                    binary,
+                    sha256,
+                    canary,
+                    canary_wait,
+                    allow_downgrade,
+                    exit_timeout,
+                    rollout,
+                } => {
+                    let request = cluster_request!(
+                        UpgradeAllRequest,
+                        cluster,
+                        rollout,
+                        binary: binary,
+                        binary_sha256: sha256,
+                        canary_size: canary,
+                        canary_wait: canary_wait.map(proto_duration),
+                        exit_timeout: exit_timeout.map(proto_duration),
+                        allow_downgrade: allow_downgrade
+                    );
+                    let task = c.upgrade_all(request).await;
+                    follow_answer(&mut c, task, rollout.detach, json_out).await
+                }
             }
         }
         Top::Task(cmd) => {

@@ -6,11 +6,14 @@
 //! [`status_stream`]s),
 //! [`rules`] (the console's preconditions), [`task`] (the task model),
 //! [`store`] (SQLite persistence), [`runner`] (one task's batches),
-//! [`tasks`] (create, resume, cancel, retry), [`service`] (gRPC
-//! translation), [`daemon`] (wiring).
+//! [`health_gate`] (an ODP done only when it shows it),
+//! [`tasks`] (create, resume, cancel, retry), [`upgrade`] (Upgrade All's
+//! checks and rollback), [`service`] (gRPC translation), [`daemon`]
+//! (wiring).
 pub mod agents;
 pub mod config;
 pub mod daemon;
+pub mod health_gate;
 pub mod live_status;
 pub mod rules;
 pub mod runner;
@@ -19,3 +22,4 @@ pub mod status_stream;
 pub mod store;
 pub mod task;
 pub mod tasks;
+pub mod upgrade;

@@ -13,19 +13,16 @@ use tracing::Instrument;
 
 use super::{
     agents::{AgentError, AgentPool, Command},
+    health_gate::{Expect, GATE_INTERVAL, Outcome, gate},
     store::Store,
     task::{Kind, Mode, State, SubtaskState, Task},
+    upgrade,
 };
 use crate::{
     change_feed::Feed, error_chain::describe, metrics::coordinator::CoordinatorMetrics,
     proto::agent as pb,
 };
 
-/// How long an ODP may take to report the intended state after its
-/// operation succeeded (the health gate), and how often it is asked when the
-/// operation's own last update did not show it.
-const GATE_TIMEOUT: Duration = Duration::from_secs(10);
-const GATE_INTERVAL: Duration = Duration::from_millis(250);
 /// How soon a task write the store refused is tried again: once the disk
 /// has room (or is writable) again, the task goes on within this.
 const STORE_RETRY: Duration = Duration::from_secs(1);
@@ -43,13 +40,6 @@ pub struct Runner {
     pub metrics: Arc<CoordinatorMetrics>,
 }
 
-struct Outcome {
-    state: SubtaskState,
-    error: Option<String>,
-    pid: Option<u32>,
-    proxy_state: i32,
-}
-
 /// How a batch ended.
 #[derive(Debug, PartialEq, Eq)]
 enum BatchEnd {
@@ -64,7 +54,7 @@ impl Runner {
     /// Writes the task to the store and shows it to its watchers. A write
     /// the store refuses is shown (`store_error`) and retried by the next
     /// one; callers that must not go on unwritten use [`Runner::record`].
-    fn publish(&mut self) -> bool {
+    pub(super) fn publish(&mut self) -> bool {
         let saved = self.save();
         self.show();
         saved
@@ -96,7 +86,7 @@ impl Runner {
 
     /// Writes the task, waiting as long as the store refuses. False if the
     /// coordinator shuts down first.
-    async fn record(&mut self) -> bool {
+    pub(super) async fn record(&mut self) -> bool {
         while !self.publish() {
             tokio::select! {
                 _ = tokio::time::sleep(STORE_RETRY) => {}
@@ -118,6 +108,7 @@ impl Runner {
                 },
                 exit_timeout: self.task.exit_timeout,
             },
+            (Kind::UpgradeAll, _) => upgrade::command(&self.task),
         }
     }
 
@@ -187,9 +178,10 @@ impl Runner {
                 if todo.is_empty() {
                     continue;
                 }
-                if ran_a_batch && !cancelled && !self.task.rollout.pause.is_zero() {
+                let pause = upgrade::pause_before(&self.task, batch, ran_a_batch);
+                if !cancelled && !pause.is_zero() {
                     tokio::select! {
-                        _ = tokio::time::sleep(self.task.rollout.pause) => {}
+                        _ = tokio::time::sleep(pause) => {}
                         _ = self.cancel.cancelled() => break,
                         _ = self.shutdown.cancelled() => return,
                     }
@@ -203,6 +195,9 @@ impl Runner {
             if self.cancel.is_cancelled() {
                 self.task.cancel_requested = true;
                 self.mark_remaining(SubtaskState::Cancelled, "the task was cancelled");
+            }
+            if self.task.kind == Kind::UpgradeAll && !self.roll_back_if_needed().await {
+                return; // the store keeps the rollback to resume
             }
             drop(running); // before finish() shows the final state
             self.finish().await;
@@ -251,6 +246,7 @@ impl Runner {
         } else if cancelled && self.task.error.is_none() {
             self.task.error = Some("cancelled before every ODP was done".into());
         }
+        upgrade::rollback::conclude(&mut self.task);
         self.task.finished_at = Some(SystemTime::now());
         self.metrics.task_finished(self.task.kind, self.task.state);
         // The task stays live (GetTask answers from memory) until its end is
@@ -273,6 +269,9 @@ impl Runner {
         s.last_error = outcome.error;
         s.pid = outcome.pid;
         s.proxy_state = outcome.proxy_state;
+        if let (Some(u), Some(v)) = (s.upgrade.as_mut(), outcome.version) {
+            u.version = v;
+        }
         s.reconcile = false;
         s.finished_at = Some(SystemTime::now());
         tracing::info!(odp = %s.agent, state = ?s.state, error = ?s.last_error, "subtask done");
@@ -337,11 +336,14 @@ impl Runner {
                 let agent = self.task.subtasks[i].agent.clone();
                 let request_id = self.task.request_id_for(i);
                 let op_tx = op_tx.clone();
+                let command = command.clone();
+                let expect = upgrade::expect_after(&self.task, i);
                 async move {
                     let call = Call {
                         command,
                         request_id: &request_id,
                         expected,
+                        expect,
                         resumed,
                     };
                     let outcome = subtask(&pool, &agent, call, |id, previous_pid| {
@@ -411,6 +413,8 @@ struct Call<'a> {
     command: Command,
     request_id: &'a str,
     expected: pb::ProxyState,
+    /// An upgrade's binary and version, checked by the health gate too.
+    expect: Option<Expect>,
     /// (operation id, pid serving before it) of an attempt interrupted by a
     /// coordinator restart.
     resumed: Option<(String, Option<u32>)>,
@@ -430,18 +434,10 @@ async fn subtask(
         command,
         request_id,
         expected,
+        expect,
         resumed,
     } = call;
-    let fail = |e: &super::agents::AgentError| Outcome {
-        state: if e.is_unreachable() {
-            SubtaskState::Unreachable
-        } else {
-            SubtaskState::Failed
-        },
-        error: Some(describe(e)),
-        pid: None,
-        proxy_state: pb::ProxyState::Unavailable as i32,
-    };
+    let fail = Outcome::failed;
     let known = match &resumed {
         Some((id, previous_pid)) => match pool.operation(agent, id).await {
             Ok(op) => Some(op),
@@ -456,12 +452,15 @@ async fn subtask(
     let op = match known {
         Some(op) => op,
         None => {
-            if let (Command::Restart { .. }, Some((_, Some(prev)))) = (command, &resumed) {
+            if let (Command::Restart { .. } | Command::Upgrade { .. }, Some((_, Some(prev)))) =
+                (&command, &resumed)
+            {
                 // The agent forgot the operation: if another process serves
                 // now, the restart already happened; go to the health gate.
                 match pool.status(agent).await {
                     Ok(s) if s.pid != 0 && s.pid != *prev => {
-                        return gate(pool, agent, expected, "the resumed restart").await;
+                        let what = "the resumed restart";
+                        return gate(pool, agent, expected, expect.as_ref(), what).await;
                     }
                     Ok(_) => {}
                     Err(e) => return fail(&e),
@@ -484,20 +483,23 @@ async fn subtask(
             error: Some(op.error),
             pid: (op.pid != 0).then_some(op.pid),
             proxy_state: 0,
+            version: None,
         };
     }
     // The health gate follows the operation's stream: its last update says
     // the state it left the ODP in. Only when that is not the intended one
     // (or an older agent does not say) is the agent asked again.
-    if op.proxy_state() == expected {
+    if op.proxy_state() == expected && expect.is_none() {
         return Outcome {
             state: SubtaskState::Succeeded,
             error: None,
             pid: (op.pid != 0).then_some(op.pid),
             proxy_state: op.proxy_state,
+            version: None,
         };
     }
-    gate(pool, agent, expected, &format!("operation {}", op.id)).await
+    let what = format!("operation {}", op.id);
+    gate(pool, agent, expected, expect.as_ref(), &what).await
 }
 
 /// Follows an operation to its end. A watch that breaks (a dropped
@@ -505,7 +507,7 @@ async fn subtask(
 /// itself frozen for a while) is not yet an unreachable agent: it is asked
 /// for the operation once, within `status_timeout`, and followed again if it
 /// answers. All of it within `operation_timeout`.
-async fn follow(
+pub(super) async fn follow(
     pool: &AgentPool,
     agent: &str,
     op: pb::Operation,
@@ -543,52 +545,4 @@ async fn follow(
                 timeout,
             })
         })
-}
-
-/// The health gate by asking: done only when the agent reports the intended
-/// state.
-async fn gate(pool: &AgentPool, agent: &str, expected: pb::ProxyState, what: &str) -> Outcome {
-    let fail = |e: &super::agents::AgentError| Outcome {
-        state: if e.is_unreachable() {
-            SubtaskState::Unreachable
-        } else {
-            SubtaskState::Failed
-        },
-        error: Some(describe(e)),
-        pid: None,
-        proxy_state: pb::ProxyState::Unavailable as i32,
-    };
-    let deadline = tokio::time::Instant::now() + GATE_TIMEOUT;
-    loop {
-        match pool.status(agent).await {
-            Ok(s) if s.state() == expected => {
-                return Outcome {
-                    state: SubtaskState::Succeeded,
-                    error: None,
-                    pid: (s.pid != 0).then_some(s.pid),
-                    proxy_state: s.state,
-                };
-            }
-            Ok(s) if tokio::time::Instant::now() >= deadline => {
-                return Outcome {
-                    state: SubtaskState::Failed,
-                    error: Some(format!(
-                        "health gate: the ODP is {} after {what}, not {}",
-                        s.state().as_str_name(),
-                        expected.as_str_name()
-                    )),
-                    pid: (s.pid != 0).then_some(s.pid),
-                    proxy_state: s.state,
-                };
-            }
-            Ok(_) => tokio::time::sleep(GATE_INTERVAL).await,
-            // One slow answer from a loaded host is not an unreachable ODP:
-            // ask again until the gate's own deadline.
-            Err(e) if e.is_unreachable() && tokio::time::Instant::now() < deadline => {
-                tracing::debug!(odp = %agent, error = %e, "health gate: asking again");
-                tokio::time::sleep(GATE_INTERVAL).await;
-            }
-            Err(e) => return fail(&e),
-        }
-    }
 }

@@ -9,6 +9,7 @@ pub enum Kind {
     StopAll,
     StartAll,
     RestartAll,
+    UpgradeAll,
 }
 
 impl Kind {
@@ -17,6 +18,7 @@ impl Kind {
             Kind::StopAll => "Stop All",
             Kind::StartAll => "Start All",
             Kind::RestartAll => "Restart All",
+            Kind::UpgradeAll => "Upgrade All",
         }
     }
 }
@@ -33,6 +35,8 @@ pub enum State {
     Succeeded,
     Failed,
     Cancelled,
+    /// Upgrade All: an ODP failed and every ODP moved is back.
+    RolledBack,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +48,10 @@ pub enum SubtaskState {
     Unreachable,
     Skipped,
     Cancelled,
+    /// Upgrade All: going back onto its previous binary.
+    RollingBack,
+    /// Upgrade All: back on its previous binary.
+    RolledBack,
 }
 
 impl SubtaskState {
@@ -100,6 +108,10 @@ pub struct Subtask {
     pub pid: Option<u32>,
     /// The agent's `ProxyState` wire value as last seen.
     pub proxy_state: i32,
+    /// Upgrade All: what it ran before (its rollback target) and its
+    /// rollback.
+    #[serde(default)]
+    pub upgrade: Option<super::upgrade::OdpUpgrade>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -123,6 +135,9 @@ pub struct Task {
     /// disk); None once it is. Never stored itself.
     #[serde(skip)]
     pub store_error: Option<String>,
+    /// Upgrade All: the binary, its version, the canary and the rollback.
+    #[serde(default)]
+    pub upgrade: Option<super::upgrade::Upgrade>,
 }
 
 impl Task {
@@ -153,6 +168,7 @@ impl Task {
                 reconcile: false,
                 pid: None,
                 proxy_state: 0,
+                upgrade: None,
             })
             .collect();
         let batches = subtasks.last().map_or(0, |s| s.batch);
@@ -173,6 +189,7 @@ impl Task {
             current_batch: 0,
             cancel_requested: false,
             store_error: None,
+            upgrade: None,
         }
     }
 

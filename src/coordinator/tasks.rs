@@ -23,6 +23,7 @@ use super::{
     runner::Runner,
     store::{Store, StoreError},
     task::{Kind, Mode, Rollout, State, SubtaskState, Task},
+    upgrade::{UpgradeRequest, precheck},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +71,8 @@ pub struct NewTask {
     pub rollout: Rollout,
     pub exit_timeout: Option<Duration>,
     pub request_id: Option<String>,
+    /// Upgrade All: the binary, its SHA-256 and the canary.
+    pub upgrade: Option<UpgradeRequest>,
 }
 
 /// Changes a WatchTask caller may fall behind before it is told so. A task
@@ -181,15 +184,20 @@ impl Tasks {
             })
             .collect();
         rules::check(new.kind, new.mode, &odps).map_err(TaskError::Refused)?;
-        let task = Task::new(
-            &cluster.name,
-            &cluster.agents,
-            new.kind,
-            new.mode,
-            new.rollout,
-            new.exit_timeout,
-            new.request_id,
-        );
+        let task = match &new.upgrade {
+            Some(ask) => precheck::plan(&self.pool, cluster, &statuses, &new, ask)
+                .await
+                .map_err(TaskError::Refused)?,
+            None => Task::new(
+                &cluster.name,
+                &cluster.agents,
+                new.kind,
+                new.mode,
+                new.rollout,
+                new.exit_timeout,
+                new.request_id,
+            ),
+        };
         // Written down before any RPC is sent.
         if let Err(e) = self.store.save(&task) {
             // The same request id, created concurrently: that task it is.
@@ -307,6 +315,14 @@ impl Tasks {
         let original = self.get(id)?;
         if original.state == State::Succeeded {
             return Err(TaskError::NothingToRetry { id: original.id });
+        }
+        // Its checks and its rollback are of the cluster as it was: a new
+        // Upgrade All checks the cluster as it is now.
+        if original.kind == Kind::UpgradeAll {
+            return Err(TaskError::Refused(format!(
+                "task {} is an Upgrade All: run UpgradeAll again (every check is repeated)",
+                original.id
+            )));
         }
         let mut task = original.clone();
         for s in &mut task.subtasks {
