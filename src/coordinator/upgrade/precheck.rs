@@ -78,8 +78,9 @@ pub async fn plan(
                 None
             }
             Ok(t) => Some(t),
+            // The error names the agent.
             Err(e) => {
-                problems.push(format!("{agent}: {}", describe(e)));
+                problems.push(describe(e));
                 None
             }
         };
@@ -87,7 +88,7 @@ pub async fn plan(
             Ok(p) => Some(p),
             Err(e) => {
                 problems.push(format!(
-                    "{agent}: its current binary {} could not be gone back to: {}",
+                    "the current binary {} could not be gone back to: {}",
                     i.previous_binary,
                     describe(e)
                 ));
