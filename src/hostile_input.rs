@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use tonic::{Code, Request, Status, metadata::MetadataValue};
 
 use crate::{
-    agent_service::requests as agent,
+    agent_service::{inspect, requests as agent},
     config::{AgentConfig, ObproxyConfig},
     coordinator::{config::CoordinatorConfig, service::requests as coordinator},
     obproxy::executable::Executable,
@@ -43,6 +43,10 @@ const COORDINATOR_FIELDS: &[&str] = &[
     "pause",
     "limit",
     "id",
+    "binary",
+    "binary_sha256",
+    "canary_size",
+    "canary_wait",
 ];
 
 /// Parses `text` as both daemons' configuration files: either typed values,
@@ -74,7 +78,7 @@ pub fn agent_request(data: &[u8], obproxy: &ObproxyConfig) -> Outcome {
     let Some((&which, bytes)) = data.split_first() else {
         return Outcome::Undecodable;
     };
-    let result = match which % 5 {
+    let result = match which % 6 {
         0 => decode::<apb::StartRequest>(bytes).map(|r| agent::start(&r).map(|_| ())),
         1 => decode::<apb::StopRequest>(bytes).map(|r| agent::stop(&r).map(|_| ())),
         2 => decode::<apb::RestartRequest>(bytes).map(|r| {
@@ -86,6 +90,13 @@ pub fn agent_request(data: &[u8], obproxy: &ObproxyConfig) -> Outcome {
         }),
         3 => decode::<apb::GetOperationRequest>(bytes)
             .map(|r| agent::operation_id(&r.id).map(|_| ())),
+        4 => decode::<apb::InspectBinaryRequest>(bytes).map(|r| {
+            inspect::resolve(obproxy, &r.binary).map(|(exe, configured)| {
+                if !configured {
+                    assert_runnable_upgrade(&exe, obproxy);
+                }
+            })
+        }),
         _ => decode::<apb::WatchOperationRequest>(bytes)
             .map(|r| agent::operation_id(&r.id).map(|_| ())),
     };
@@ -97,7 +108,7 @@ pub fn coordinator_request(data: &[u8]) -> Outcome {
     let Some((&which, bytes)) = data.split_first() else {
         return Outcome::Undecodable;
     };
-    let result = match which % 9 {
+    let result = match which % 10 {
         0 => decode::<cpb::StopAllRequest>(bytes).map(|r| coordinator::stop_all(&r).map(|_| ())),
         1 => decode::<cpb::StartAllRequest>(bytes).map(|r| coordinator::start_all(&r).map(|_| ())),
         2 => decode::<cpb::RestartAllRequest>(bytes)
@@ -114,6 +125,8 @@ pub fn coordinator_request(data: &[u8]) -> Outcome {
         7 => {
             decode::<cpb::CancelTaskRequest>(bytes).map(|r| coordinator::task_id(&r.id).map(|_| ()))
         }
+        8 => decode::<cpb::UpgradeAllRequest>(bytes)
+            .map(|r| coordinator::upgrade_all(&r).map(|_| ())),
         _ => {
             decode::<cpb::RetryTaskRequest>(bytes).map(|r| coordinator::task_id(&r.id).map(|_| ()))
         }

@@ -410,3 +410,67 @@ async fn a_coordinator_killed_during_the_rollback_finishes_it_after_restart() {
     assert_eq!(canary.restart_count - before[0].restart_count, 2);
     assert_no_request_failed(loads).await;
 }
+
+#[tokio::test]
+async fn inspect_binary_hashes_and_versions_a_staged_binary_for_operators_only_and_is_audited() {
+    let agent = Agent::start().await;
+    let content = package(V43);
+    stage(&agent, &content);
+    let mut client = agent.client().await;
+    let inspect = |binary: &str| apb::InspectBinaryRequest {
+        binary: binary.into(),
+    };
+    let got = client
+        .inspect_binary(inspect(TARGET))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.sha256, sha256(&content));
+    assert_eq!(got.version, V43);
+    assert!(!got.configured);
+    assert_eq!(got.binary, agent.home().join(TARGET).display().to_string());
+    let audited = agent.audit();
+    let line = audited
+        .iter()
+        .find(|l| l["rpc"] == "InspectBinary")
+        .unwrap_or_else(|| panic!("no InspectBinary line: {audited:?}"));
+    assert_eq!(line["outcome"], "ok", "{line}");
+    assert_eq!(line["binary"], got.binary, "{line}");
+
+    // The configured binary, by its own path, is one to go back to.
+    let configured = client
+        .inspect_binary(inspect("bin/obproxy"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(configured.configured);
+    // Nothing outside the upgrade directory is opened, let alone run.
+    let e = client.inspect_binary(inspect("/bin/sh")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().starts_with("binary: "), "{e:?}");
+
+    // The status shows the serving binary's digest next to its version.
+    agent.start_proxy().await;
+    let status = agent.status().await;
+    assert_eq!(status.binary, configured.binary);
+    assert_eq!(status.binary_sha256, configured.sha256);
+    assert_eq!(
+        status.serving.as_ref().unwrap().binary_sha256,
+        configured.sha256
+    );
+
+    // It runs the file: a READ_ONLY caller may not.
+    let viewer = Agent::start_with(Options {
+        server: "loopback_role = \"READ_ONLY\"".into(),
+        ..Options::default()
+    })
+    .await;
+    stage(&viewer, &content);
+    let e = viewer
+        .client()
+        .await
+        .inspect_binary(inspect(TARGET))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+}

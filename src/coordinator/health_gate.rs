@@ -60,18 +60,14 @@ impl Expect {
             .map(|i| i.version.as_str())
             .filter(|v| !v.is_empty());
         if s.version != self.version || binary != self.binary {
-            Some(format!(
+            return Some(format!(
                 "serves {} from {binary:?}, not {} from {:?}",
                 s.version, self.version, self.binary
-            ))
-        } else if let Some(v) = reported.filter(|v| *v != self.version) {
-            Some(format!(
-                "obproxy itself reports version {v}, not {}",
-                self.version
-            ))
-        } else {
-            None
+            ));
         }
+        reported
+            .filter(|v| *v != self.version)
+            .map(|v| format!("obproxy itself reports version {v}, not {}", self.version))
     }
 }
 
