@@ -40,6 +40,9 @@ pub struct OdpUpgrade {
     /// The binary it served from before the task (its rollback target), as
     /// its agent reported it.
     pub previous_binary: String,
+    /// The same file as its agent resolves it: what a restart onto it runs,
+    /// and so the path its status shows after the rollback.
+    pub rollback_binary: String,
     /// It is the agent's configured binary: a restart onto it names none.
     pub previous_configured: bool,
     pub previous_version: String,

@@ -144,6 +144,7 @@ pub async fn plan(
         s.batch = batch;
         s.upgrade = Some(OdpUpgrade {
             previous_binary: i.previous_binary.clone(),
+            rollback_binary: p.binary.clone(),
             previous_configured: p.configured,
             previous_version: i.current_version.clone(),
             previous_sha256: p.sha256.clone(),

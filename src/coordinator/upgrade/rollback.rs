@@ -199,7 +199,8 @@ fn needs_a_look(task: &Task, i: usize) -> bool {
 }
 
 /// One ODP back onto its previous binary: nothing if its agent shows it
-/// there already; else a HOT restart onto it (the same request id on a
+/// there already; else, once its agent confirms the file is still the one
+/// it ran (its SHA-256), a HOT restart onto it (the same request id on a
 /// resume, so an agent that ran it answers with that operation), then the
 /// health gate on the previous binary and version.
 async fn roll_back_one(
@@ -210,12 +211,8 @@ async fn roll_back_one(
     exit_timeout: Option<std::time::Duration>,
     on_operation: impl Fn(String),
 ) -> End {
-    let expect = Expect {
-        binary: odp.previous_binary.clone(),
-        version: odp.previous_version.clone(),
-    };
     match pool.status(agent).await {
-        Ok(s) if s.state() == pb::ProxyState::Running && expect.mismatch(&s).is_none() => {
+        Ok(s) if is_back(odp, &s) => {
             return End::Unneeded {
                 pid: s.pid,
                 version: s.version,
@@ -224,12 +221,23 @@ async fn roll_back_one(
         Ok(_) => {}
         Err(e) => return End::Failed(describe(&e)),
     }
+    let binary = if odp.previous_configured {
+        ""
+    } else {
+        odp.rollback_binary.as_str()
+    };
+    match pool.inspect(agent, binary).await {
+        Ok(now) if now.sha256.eq_ignore_ascii_case(&odp.previous_sha256) => {}
+        Ok(now) => {
+            return End::Failed(format!(
+                "{} changed since the upgrade began (SHA-256 {}, was {}): not run",
+                now.binary, now.sha256, odp.previous_sha256
+            ));
+        }
+        Err(e) => return End::Failed(describe(&e)),
+    }
     let command = Command::Upgrade {
-        binary: Arc::from(if odp.previous_configured {
-            ""
-        } else {
-            odp.previous_binary.as_str()
-        }),
+        binary: Arc::from(binary),
         exit_timeout,
     };
     let op = match pool.submit(agent, command, request_id).await {
@@ -244,6 +252,10 @@ async fn roll_back_one(
     if op.state() == pb::OperationState::Failed {
         return End::Failed(format!("operation {}: {}", op.id, op.error));
     }
+    let expect = Expect {
+        binary: odp.rollback_binary.clone(),
+        version: odp.previous_version.clone(),
+    };
     let what = format!("the rollback (operation {})", op.id);
     let gated = gate(pool, agent, pb::ProxyState::Running, Some(&expect), &what).await;
     match gated.state {
@@ -257,6 +269,16 @@ async fn roll_back_one(
                 .unwrap_or_else(|| "the health gate failed".into()),
         ),
     }
+}
+
+/// Whether the ODP serves from its previous binary at its previous version
+/// (by the path its status showed before the task, or the one a restart
+/// onto it shows).
+fn is_back(odp: &OdpUpgrade, s: &pb::ProxyStatus) -> bool {
+    let binary = s.serving.as_ref().map_or("", |p| p.binary.as_str());
+    s.state() == pb::ProxyState::Running
+        && s.version == odp.previous_version
+        && (binary == odp.previous_binary || binary == odp.rollback_binary)
 }
 
 /// An upgrade that rolled back ends ROLLED_BACK, or FAILED naming the ODPs
@@ -283,5 +305,98 @@ pub fn conclude(task: &mut Task) {
             "the rollback failed on {}: these ODPs need a person; {reason}",
             stuck.join(", ")
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coordinator::task::{Kind, Rollout};
+
+    fn odp() -> OdpUpgrade {
+        OdpUpgrade {
+            previous_binary: "/h/./bin/obproxy".into(),
+            rollback_binary: "/h/bin/obproxy".into(),
+            previous_configured: true,
+            previous_version: "4.2.3.0".into(),
+            previous_sha256: "ab".repeat(32),
+            target_binary: "/h/bin/obproxy-4.3.1".into(),
+            version: "4.2.3.0".into(),
+            rollback_operation_id: None,
+            rollback_failed: false,
+            rollback_ended: false,
+        }
+    }
+
+    fn task(states: &[SubtaskState]) -> Task {
+        let agents: Vec<String> = (0..states.len()).map(|i| format!("a{i}:2889")).collect();
+        let mut t = Task::new(
+            "c",
+            &agents,
+            Kind::UpgradeAll,
+            None,
+            Rollout::default(),
+            None,
+            None,
+        );
+        for (s, &state) in t.subtasks.iter_mut().zip(states) {
+            s.state = state;
+            s.attempts = u32::from(state != SubtaskState::Skipped);
+            s.upgrade = Some(odp());
+        }
+        t.upgrade = Some(super::super::Upgrade {
+            binary: "bin/obproxy-4.3.1".into(),
+            sha256: "cd".repeat(32),
+            version: "4.3.1.0".into(),
+            canary_size: 1,
+            canary_wait: std::time::Duration::ZERO,
+            allow_downgrade: false,
+            rollback: Some("a1:2889 failed".into()),
+        });
+        t
+    }
+
+    #[test]
+    fn every_odp_touched_is_looked_at_once_and_never_one_left_alone() {
+        use SubtaskState::*;
+        let mut t = task(&[Succeeded, Failed, Skipped, RollingBack, RolledBack]);
+        let looked: Vec<bool> = (0..5).map(|i| needs_a_look(&t, i)).collect();
+        assert_eq!(looked, [true, true, false, true, false]);
+        t.subtasks[1].upgrade.as_mut().unwrap().rollback_ended = true;
+        assert!(
+            !needs_a_look(&t, 1),
+            "a resumed rollback does not look again"
+        );
+    }
+
+    #[test]
+    fn a_rollback_ends_rolled_back_or_failed_naming_who_needs_a_person() {
+        use SubtaskState::*;
+        let mut t = task(&[RolledBack, Failed, Skipped]);
+        conclude(&mut t);
+        assert_eq!(t.state, State::RolledBack);
+        assert!(t.error.as_deref().unwrap().contains("a1:2889 failed"));
+        t.subtasks[0].upgrade.as_mut().unwrap().rollback_failed = true;
+        conclude(&mut t);
+        assert_eq!(t.state, State::Failed);
+        let e = t.error.unwrap();
+        assert!(e.contains("a0:2889") && e.contains("need a person"), "{e}");
+    }
+
+    #[test]
+    fn back_means_running_the_previous_version_from_the_previous_file() {
+        let status = |binary: &str, version: &str| pb::ProxyStatus {
+            state: pb::ProxyState::Running as i32,
+            version: version.into(),
+            serving: Some(pb::ProxyProcess {
+                binary: binary.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(is_back(&odp(), &status("/h/./bin/obproxy", "4.2.3.0")));
+        assert!(is_back(&odp(), &status("/h/bin/obproxy", "4.2.3.0")));
+        assert!(!is_back(&odp(), &status("/h/bin/obproxy-4.3.1", "4.3.1.0")));
+        assert!(!is_back(&odp(), &status("/h/bin/obproxy", "4.3.1.0")));
     }
 }
