@@ -391,8 +391,20 @@ dir = {state:?}
     }
 
     /// Every process (stand-in) whose working directory is this agent's home.
+    /// The obproxy processes in the home, without the agent's own short
+    /// `obproxy -V` runs (it asks a binary it has not seen for its version,
+    /// e.g. while taking over an obproxy it did not start), before or after
+    /// their exec.
     pub fn obproxy_pids(&self) -> Vec<u32> {
         processes_in(&self.home())
+            .into_iter()
+            .filter(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let mut args = cmdline.split(|b| *b == 0);
+                let forked_agent = args.next().is_some_and(|a| a.ends_with(b"odp-agent"));
+                !forked_agent && !args.any(|arg| arg == b"-V")
+            })
+            .collect()
     }
 }
 
