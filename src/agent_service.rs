@@ -178,12 +178,14 @@ impl pb::agent_server::Agent for AgentService {
         request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::ProxyStatus>, Status> {
         self.guard.read(&request, "GetStatus")?;
-        let report = self.reporter.report().await;
         // The serving binary's digest, read once per file: a new binary's
-        // first status waits a little for it rather than show none.
-        if let Some(p) = &report.status.serving {
+        // first status waits a little for it rather than show none (before
+        // the status is taken, so the wait does not make it stale).
+        let serving = self.reporter.report_now().status.serving.clone();
+        if let Some(p) = serving {
             obproxy::digest::settle(&[&p.binary], DIGEST_WAIT).await;
         }
+        let report = self.reporter.report().await;
         Ok(Response::new(status_pb(&report)))
     }
 
