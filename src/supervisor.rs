@@ -1007,6 +1007,10 @@ impl Supervisor {
                     Err(e) => tracing::warn!(op_id = %op, error = %e, "operation failed"),
                 }
                 let serving = self.serving_pid();
+                // Before the finished operation is published: a caller told
+                // it failed (a 4.3 that never served) must not then see the
+                // RPC listeners still held.
+                self.release_unused_rpc();
                 // What the operation leaves: the state once nothing runs.
                 let left = self.settled_state();
                 let metrics = self.metrics.clone();
@@ -1027,7 +1031,6 @@ impl Supervisor {
                         }
                     }
                 });
-                self.release_unused_rpc();
                 self.maybe_schedule_respawn();
                 self.ask_binary_info();
             }

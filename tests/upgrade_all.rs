@@ -133,6 +133,10 @@ fn upgrade(sha: &str, canary_wait: Duration) -> pb::UpgradeAllRequest {
     }
 }
 
+fn kinds(status: &apb::ProxyStatus) -> Vec<apb::ListenerKind> {
+    status.listeners.iter().map(|l| l.kind()).collect()
+}
+
 fn secs(t: &Option<prost_types::Timestamp>) -> f64 {
     let t = t.as_ref().expect("a timestamp");
     t.seconds as f64 + f64::from(t.nanos) / 1e9
@@ -218,6 +222,8 @@ async fn three_odps_move_from_4_2_to_4_3_canary_first_without_a_failed_request()
         assert!(s.binary.ends_with(TARGET), "{}", s.binary);
         // The agent's own digest of what it runs, next to the version.
         assert_eq!(s.binary_sha256, sha);
+        // 4.3 serves with the RPC listener the agent bound and handed over.
+        assert_eq!(kinds(&s), [apb::ListenerKind::Sql, apb::ListenerKind::Rpc]);
     }
     assert_no_request_failed(loads).await;
 }
@@ -286,6 +292,8 @@ async fn a_binary_that_fails_to_start_on_the_second_odp_rolls_the_first_back() {
         assert_eq!(s.version, V42);
         assert_eq!(s.binary, b.binary);
         assert_eq!(s.binary_sha256, b.binary_sha256);
+        // Back below 4.3 (or never above it), no RPC listener is held.
+        assert_eq!(kinds(s), [apb::ListenerKind::Sql], "{s:?}");
     }
     assert_eq!(after[0].restart_count - before[0].restart_count, 2);
     assert_ne!(after[0].pid, before[0].pid);
