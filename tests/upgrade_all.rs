@@ -482,3 +482,52 @@ async fn inspect_binary_hashes_and_versions_a_staged_binary_for_operators_only_a
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_that_crashes_during_its_hold_stops_the_upgrade() {
+    let (cluster, _backend) = cluster_at_4_2(&[]).await;
+    let content = package(V43);
+    for a in &cluster.agents {
+        stage(a, &content);
+    }
+    let task = cluster
+        .client()
+        .await
+        .upgrade_all(upgrade(&sha256(&content), Duration::from_secs(3)))
+        .await
+        .unwrap()
+        .into_inner();
+    let canary_done = cluster
+        .watch_task_until(&task.id, |t| {
+            t.subtasks[0].state() == pb::SubtaskState::Succeeded
+        })
+        .await;
+    assert_eq!(canary_done.subtasks[1].state(), pb::SubtaskState::Pending);
+    // The canary's 4.3 dies during the hold; its agent starts the
+    // configured binary (4.2) again.
+    let pid = cluster.agents[0].status().await.pid;
+    common::signal(pid, libc::SIGKILL);
+
+    let done = cluster.wait_task(&task.id).await;
+    assert_eq!(
+        done.state(),
+        pb::TaskState::RolledBack,
+        "{}\n{}",
+        done.error,
+        cluster.logs()
+    );
+    let canary = &done.subtasks[0];
+    assert_eq!(canary.state(), pb::SubtaskState::Failed, "{canary:?}");
+    assert!(
+        canary.last_error.contains("after canary_wait"),
+        "{canary:?}"
+    );
+    for s in &done.subtasks[1..] {
+        assert_eq!(s.state(), pb::SubtaskState::Skipped, "{s:?}");
+        assert_eq!(s.attempts, 0);
+    }
+    for a in &cluster.agents[1..] {
+        let s = a.status().await;
+        assert_eq!((s.version.as_str(), s.restart_count), (V42, 0));
+    }
+}

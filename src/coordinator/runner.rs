@@ -186,6 +186,12 @@ impl Runner {
                         _ = self.shutdown.cancelled() => return,
                     }
                 }
+                // An upgrade's canary must still be healthy after its hold;
+                // if not, the failure budget decides (at the next batch, or
+                // the rollback).
+                if batch == 2 && !cancelled && !self.canary_holds().await {
+                    continue;
+                }
                 self.task.current_batch = batch;
                 if self.run_batch(&todo).await == BatchEnd::Shutdown {
                     return; // the store keeps the task running

@@ -14,9 +14,11 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     agents::Command,
-    health_gate::Expect,
-    task::{Kind, Task},
+    health_gate::{Expect, gate},
+    runner::Runner,
+    task::{Kind, SubtaskState, Task},
 };
+use crate::proto::agent as pb;
 
 /// What an Upgrade All moves the ODPs onto, as stored with its task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +119,62 @@ pub fn pause_before(task: &Task, batch: u32, ran_a_batch: bool) -> Duration {
         .and_then(|t| SystemTime::now().duration_since(t).ok())
         .unwrap_or_default();
     pause.max(up.canary_wait.saturating_sub(held))
+}
+
+impl Runner {
+    /// After the canary's hold, asks each canary ODP again whether it still
+    /// serves from the new binary at its version (one that crashed meanwhile
+    /// and was respawned on the configured binary does not). A canary that
+    /// does not is FAILED. False when the failure budget is exceeded then.
+    pub(super) async fn canary_holds(&mut self) -> bool {
+        if self.task.kind != Kind::UpgradeAll {
+            return true;
+        }
+        let canary: Vec<usize> = (0..self.task.subtasks.len())
+            .filter(|&i| {
+                let s = &self.task.subtasks[i];
+                s.batch == 1 && s.state == SubtaskState::Succeeded
+            })
+            .collect();
+        let checks = canary.iter().map(|&i| {
+            let pool = self.pool.clone();
+            let agent = self.task.subtasks[i].agent.clone();
+            let expect = expect_after(&self.task, i);
+            async move {
+                let what = "the canary's hold";
+                gate(
+                    &pool,
+                    &agent,
+                    pb::ProxyState::Running,
+                    expect.as_ref(),
+                    what,
+                )
+                .await
+            }
+        });
+        let outcomes = futures::future::join_all(checks).await;
+        let mut changed = false;
+        for (&i, outcome) in canary.iter().zip(outcomes) {
+            if outcome.state == SubtaskState::Succeeded {
+                continue;
+            }
+            let s = &mut self.task.subtasks[i];
+            tracing::warn!(odp = %s.agent, error = ?outcome.error, "the canary failed during its hold");
+            s.state = SubtaskState::Failed;
+            s.last_error = outcome.error.map(|e| format!("after canary_wait: {e}"));
+            s.pid = outcome.pid;
+            s.proxy_state = outcome.proxy_state;
+            if let (Some(u), Some(v)) = (s.upgrade.as_mut(), outcome.version) {
+                u.version = v;
+            }
+            self.metrics.subtask_finished(SubtaskState::Failed);
+            changed = true;
+        }
+        if changed {
+            self.publish();
+        }
+        self.task.failures() <= self.task.rollout.max_failures as usize
+    }
 }
 
 /// The batch of each of `n` ODPs: the first `canary` alone in batch 1, the
