@@ -189,7 +189,7 @@ impl Runner {
                 // An upgrade's canary must still be healthy after its hold;
                 // if not, the failure budget decides (at the next batch, or
                 // the rollback).
-                if batch == 2 && !cancelled && !self.canary_holds().await {
+                if batch == 2 && !cancelled && !self.canary_holds(&todo).await {
                     continue;
                 }
                 self.task.current_batch = batch;

@@ -126,8 +126,13 @@ impl Runner {
     /// serves from the new binary at its version (one that crashed meanwhile
     /// and was respawned on the configured binary does not). A canary that
     /// does not is FAILED. False when the failure budget is exceeded then.
-    pub(super) async fn canary_holds(&mut self) -> bool {
-        if self.task.kind != Kind::UpgradeAll {
+    /// Not asked when the next batch (`todo`) is already in flight (a
+    /// coordinator restarted during it): that batch is followed regardless.
+    pub(super) async fn canary_holds(&mut self, todo: &[usize]) -> bool {
+        let in_flight = todo
+            .iter()
+            .any(|&i| self.task.subtasks[i].state == SubtaskState::Running);
+        if self.task.kind != Kind::UpgradeAll || in_flight {
             return true;
         }
         let canary: Vec<usize> = (0..self.task.subtasks.len())
