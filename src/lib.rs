@@ -1,76 +1,28 @@
-//! odp-agent: a host agent that controls one obproxy (ODP) over gRPC.
+//! odp-agent: a host agent that controls one obproxy (ODP) over gRPC, and a
+//! coordinator that runs cluster-wide operations across agents.
 //!
-//! Layout:
-//! - [`config_file`] loads TOML with errors naming file, key and reason;
-//!   [`config`] is the agent's typed configuration.
-//! - [`admin_sql`] is obproxy's admin SQL as `root@proxysys` (drain window,
-//!   native restart, what the binary reports).
-//! - [`listeners`] binds and holds the SQL listening sockets handed to obproxy.
-//! - [`obproxy`] is the process itself: its command line, version, pidfd,
-//!   `/proc` facts and the long-lived thread it is forked from.
-//! - [`signals`] catches what obproxy sends its parent (SIGUSR1 ready,
-//!   SIGUSR2 exit) and the agent's own SIGTERM/SIGINT.
-//! - [`supervisor`] is the one owner of listeners, processes and the
-//!   [`operation`] log; [`operations`] are the start/stop/restart scripts
-//!   that drive it step by step. [`sampling`] observes the processes (CPU,
-//!   memory, sessions) on a thread of its own; [`status_report`] joins the
-//!   supervisor's published status with those samples. [`change_feed`] lets
-//!   every watcher of an operation or a task see every change.
-//! - [`error_chain`] renders an error with its causes on one line;
-//!   [`redact`] masks the secrets obproxy's arguments may carry.
-//! - [`agent_service`] translates gRPC to supervisor calls; [`agent`] wires
-//!   the daemon; [`proto`] holds the generated code.
-//! - [`state_file`] is what the agent remembers on disk; [`adoption`]
-//!   re-adopts the obproxy processes a previous agent left running.
-//! - [`coordinator`] runs cluster-wide operations across agents.
-//! - [`security`] is TLS, callers' roles and the audit log;
-//!   [`hostile_input`] is what no input may do to the daemons (run by the
-//!   fuzzers).
-//! - [`command_line`] is the three programs' command lines (clap), with
-//!   their shell completions and man pages; [`preflight`] is the daemons'
-//!   `--check`.
-//! - [`container_init`] is the minimal init the agent leaves behind when it
-//!   is started as PID 1 (a container's entrypoint).
-//! - [`systemd`] is what systemd is told (ready, stopping, watchdog);
-//!   [`metrics`] owns the Prometheus registries and the `/metrics` endpoint;
-//!   [`telemetry`] sets up the logs (a lost log line never hurts the
-//!   daemon); [`panics`] makes a panic in any thread end the process.
-//! - [`grpc_server`] is how both daemons serve gRPC: TLS, the local socket,
-//!   and the bounds on connections, streams and calls in flight.
-//! - [`loadgen`] is client load against an ODP's SQL port, counted by outcome
-//!   (refused, reset, cut), for the load tests and `odp-bench`;
-//!   [`local_cluster`] runs agents, stand-ins and a coordinator on loopback
-//!   for the demo and benchmarks; [`sim`] is a simulated agent for scale.
-pub mod admin_sql;
-pub mod adoption;
+//! # Layout
+//!
+//! Five folders, by role. [`agent`] is everything the daemon on an ODP host
+//! runs: its configuration, the gRPC service, the supervisor (the one owner
+//! of the listeners and the obproxy processes, with its pure process table
+//! and the protocol the rest of the agent talks to it in), the operations it
+//! runs step by step, obproxy itself (launch, version, pidfd, `/proc`), admin
+//! SQL, the state file, re-adoption, signals, sampling and metrics.
+//! [`coordinator`] is the other daemon: agent clients, tasks with their
+//! runner, rules and store, its service and metrics. [`common`] is what both
+//! share: configuration loading, the gRPC server, the metrics endpoint,
+//! request validation, obproxy versions, systemd, logs, panics, `--check`
+//! and the programs' command lines. [`security`] is TLS, roles, callers, the
+//! guard and the audit log. [`testkit`] is for the tests, the demo, the
+//! benchmarks and the fuzzers (load generator, echo backend, local cluster,
+//! simulated agent, hostile-input properties); no daemon uses it. [`proto`]
+//! holds the generated gRPC code. Imports run one way:
+//! `tests/module_graph.rs` fails on a cycle between modules, on shared code
+//! importing a daemon, and on the coordinator importing the agent.
 pub mod agent;
-pub mod agent_service;
-pub mod change_feed;
-pub mod command_line;
-pub mod config;
-pub mod config_file;
-pub mod container_init;
+pub mod common;
 pub mod coordinator;
-pub mod error_chain;
-pub mod grpc_server;
-pub mod hostile_input;
-pub mod listeners;
-pub mod loadgen;
-pub mod local_cluster;
-pub mod metrics;
-pub mod obproxy;
-pub mod operation;
-pub mod operations;
-pub mod panics;
-pub mod preflight;
 pub mod proto;
-pub mod redact;
-pub mod sampling;
 pub mod security;
-pub mod signals;
-pub mod sim;
-pub mod state_file;
-pub mod status_report;
-pub mod supervisor;
-pub mod systemd;
-pub mod telemetry;
+pub mod testkit;

@@ -211,7 +211,7 @@ async fn a_recorded_pid_now_used_by_another_process_is_neither_adopted_nor_signa
         "drain_deadline": null
     }, {
         "pid": other.id(),
-        "start_ticks": odp_agent::obproxy::procfs::start_ticks(other.id()).unwrap(),
+        "start_ticks": odp_agent::agent::obproxy::procfs::start_ticks(other.id()).unwrap(),
         "exe": common::STANDIN,
         "binary": agent.home().join("bin/obproxy"),
         "version": "4.3.1.0",
@@ -440,8 +440,8 @@ async fn a_drain_recorded_but_never_signalled_begins_when_the_agent_returns() {
         .unwrap()
         .push(serde_json::json!({
             "pid": pid,
-            "start_ticks": odp_agent::obproxy::procfs::start_ticks(pid).unwrap(),
-            "exe": odp_agent::obproxy::procfs::exe(pid).unwrap(),
+            "start_ticks": odp_agent::agent::obproxy::procfs::start_ticks(pid).unwrap(),
+            "exe": odp_agent::agent::obproxy::procfs::exe(pid).unwrap(),
             "binary": common::STANDIN,
             "version": "4.3.1.0",
             "role": "draining",

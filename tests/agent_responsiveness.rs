@@ -15,7 +15,7 @@ use std::{
 
 use common::{Agent, PATIENCE, STANDIN};
 use futures::StreamExt;
-use odp_agent::{proto::agent as pb, sampling::MAX_AGE};
+use odp_agent::{agent::sampling::MAX_AGE, proto::agent as pb};
 
 /// The agent's resident memory, from /proc.
 fn rss_mib(pid: u32) -> f64 {

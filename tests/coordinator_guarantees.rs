@@ -221,9 +221,14 @@ async fn simulated_restart(
     batch_size: u32,
     stop: &CancellationToken,
 ) -> (Cluster, String) {
-    let addrs = odp_agent::sim::serve_many(n, "4.3.1.0", Duration::from_millis(5), stop.clone())
-        .await
-        .unwrap();
+    let addrs = odp_agent::testkit::sim_agent::serve_many(
+        n,
+        "4.3.1.0",
+        Duration::from_millis(5),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
     let names: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
     let cluster = Cluster::with_agents(vec![], &names);
     let task = cluster
@@ -343,9 +348,14 @@ async fn a_watcher_too_far_behind_is_told_how_far_and_can_watch_again() {
 #[tokio::test]
 async fn a_hundred_simulated_odps_roll_in_ten_batches() {
     let stop = CancellationToken::new();
-    let addrs = odp_agent::sim::serve_many(100, "4.3.1.0", Duration::from_millis(20), stop.clone())
-        .await
-        .unwrap();
+    let addrs = odp_agent::testkit::sim_agent::serve_many(
+        100,
+        "4.3.1.0",
+        Duration::from_millis(20),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
     let names: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
     let cluster = Cluster::with_agents(vec![], &names);
     let status = cluster

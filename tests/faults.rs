@@ -160,12 +160,12 @@ async fn a_panic_in_any_thread_ends_the_agent_and_obproxy_is_readopted() {
     for (point, place, exit) in [
         (
             "signals",
-            "thread 'signals' at src/signals.rs",
+            "thread 'signals' at src/agent/signals.rs",
             panicking_agent(&agent, "signals", sighup).await,
         ),
         (
             "supervisor",
-            "at src/supervisor.rs",
+            "at src/agent/supervisor.rs",
             panicking_agent(&agent, "supervisor", status).await,
         ),
     ] {
@@ -194,7 +194,7 @@ async fn a_panic_in_any_thread_ends_the_agent_and_obproxy_is_readopted() {
     let text = log.lock().unwrap().join("\n");
     assert_eq!(exit.signal(), Some(libc::SIGABRT), "{exit:?}\n{text}");
     assert!(
-        text.contains("panic in thread 'obproxy-spawner' at src/obproxy/spawner.rs"),
+        text.contains("panic in thread 'obproxy-spawner' at src/agent/obproxy/spawner.rs"),
         "{text}"
     );
 

@@ -1,4 +1,4 @@
-//! The fuzz targets' properties (see `odp_agent::hostile_input`) on stable
+//! The fuzz targets' properties (see `odp_agent::testkit::hostile_input`) on stable
 //! Rust without cargo-fuzz: seeded random mutations of valid inputs, bounded
 //! in time, through the same functions. Ignored by default (it runs for a
 //! while); run it with
@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use odp_agent::hostile_input::{self, Outcome};
+use odp_agent::testkit::hostile_input::{self, Outcome};
 use prost::Message;
 
 /// xorshift64*: tiny, seeded, and good enough to pick mutations.

@@ -117,7 +117,7 @@ async fn a_forged_state_file_makes_the_agent_signal_nobody() {
     agent.start_proxy().await;
     agent.stop_proxy().await;
     let mut sleeps: Vec<Child> = (0..4).map(|_| foreign_sleep()).collect();
-    let ticks = |c: &Child| odp_agent::obproxy::procfs::start_ticks(c.id()).unwrap();
+    let ticks = |c: &Child| odp_agent::agent::obproxy::procfs::start_ticks(c.id()).unwrap();
     // Every start time right, no executable, no listeners: the checks a
     // forged file can skip.
     let state_path = agent.dir.path().join("state/agent-state.json");

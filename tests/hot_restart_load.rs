@@ -9,8 +9,11 @@ use std::time::Duration;
 
 use common::{Agent, Options, PATIENCE};
 use odp_agent::{
-    loadgen::{EchoBackend, Load, LoadConfig},
     proto::agent as pb,
+    testkit::{
+        echo_backend::EchoBackend,
+        loadgen::{Load, LoadConfig},
+    },
 };
 use tokio_util::sync::CancellationToken;
 

@@ -43,8 +43,9 @@ fn the_maintainer_scripts_parse_and_take_the_generated_snippets() {
 
 #[test]
 fn the_shipped_configurations_are_valid_and_use_the_packaged_state() {
-    let agent = odp_agent::config::AgentConfig::load(&repo("packaging/odp-agent/agent.toml"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let agent =
+        odp_agent::agent::config::AgentConfig::load(&repo("packaging/odp-agent/agent.toml"))
+            .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(agent.state.dir, Path::new("/var/lib/odp-agent"));
     assert!(agent.server.listen.ip().is_loopback());
     let coordinator = odp_agent::coordinator::config::CoordinatorConfig::load(&repo(
@@ -114,7 +115,8 @@ fn every_packaged_file_is_in_the_tree_or_generated() {
                 shipped.extend(found);
             } else if let Some(bin) = source.strip_prefix("target/release/") {
                 assert!(
-                    repo(&format!("src/bin/{bin}.rs")).exists(),
+                    repo(&format!("src/bin/{bin}.rs")).exists()
+                        || repo(&format!("src/bin/{bin}/main.rs")).exists(),
                     "{package}: no binary {bin}"
                 );
             } else {

@@ -10,7 +10,7 @@ use common::{
     Agent, Load, Options, STANDIN,
     ports::{reserve_port, wait_serving},
 };
-use odp_agent::{obproxy::procfs, proto::agent as pb};
+use odp_agent::{agent::obproxy::procfs, proto::agent as pb};
 
 /// The stand-in started by hand in `home`, fresh (not inherited): it
 /// daemonizes like obproxy and binds `-p port` itself.

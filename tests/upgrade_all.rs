@@ -12,8 +12,11 @@ use common::{
     cluster::{CLUSTER, Cluster},
 };
 use odp_agent::{
-    loadgen::{EchoBackend, Load, LoadConfig, Report},
     proto::{agent as apb, coordinator as pb},
+    testkit::{
+        echo_backend::EchoBackend,
+        loadgen::{Load, LoadConfig, Report},
+    },
 };
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;

@@ -9,9 +9,12 @@ use std::{net::SocketAddr, time::Duration};
 
 use common::{Agent, Options, PATIENCE};
 use odp_agent::{
-    loadgen::{EchoBackend, Load, LoadConfig, Report},
-    obproxy::procfs,
+    agent::obproxy::procfs,
     proto::agent as pb,
+    testkit::{
+        echo_backend::EchoBackend,
+        loadgen::{Load, LoadConfig, Report},
+    },
 };
 use tokio_util::sync::CancellationToken;
 

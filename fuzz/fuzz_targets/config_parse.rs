@@ -6,6 +6,6 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
-        odp_agent::hostile_input::config_text(text);
+        odp_agent::testkit::hostile_input::config_text(text);
     }
 });

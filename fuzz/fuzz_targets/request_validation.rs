@@ -7,7 +7,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use odp_agent::{config::ObproxyConfig, hostile_input};
+use odp_agent::{agent::config::ObproxyConfig, testkit::hostile_input};
 
 /// An obproxy home with the traps a hostile `binary` reaches for.
 fn obproxy() -> &'static ObproxyConfig {

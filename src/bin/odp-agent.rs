@@ -4,24 +4,26 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use odp_agent::{
-    command_line::AgentArgs as Args,
-    config::AgentConfig,
-    config_file::{ConfigError, EX_CONFIG},
-    preflight, telemetry,
+    agent::config::AgentConfig,
+    common::{
+        command_line::AgentArgs as Args,
+        config_file::{ConfigError, EX_CONFIG},
+        telemetry,
+    },
 };
 
 fn main() -> ExitCode {
     // First, while single-threaded: as PID 1 the agent forks and PID 1
     // stays a minimal init (obproxy never signals readiness to PID 1).
-    if let Some(code) = odp_agent::container_init::split_if_pid1() {
+    if let Some(code) = odp_agent::agent::container_init::split_if_pid1() {
         return ExitCode::from(code);
     }
     let args = Args::parse();
     if let (true, Some(path)) = (args.check, &args.config) {
-        return preflight::agent::check(path).finish("odp-agent");
+        return odp_agent::agent::preflight::check(path).finish("odp-agent");
     }
     telemetry::init(args.log_format);
-    odp_agent::panics::install("odp-agent");
+    odp_agent::common::panics::install("odp-agent");
     // Everything the daemon creates is its own (0700 directories, 0600
     // files), whatever umask it was started with.
     odp_agent::security::files::restrict_umask();
@@ -36,7 +38,7 @@ fn main() -> ExitCode {
             ConfigError::new(
                 args.config.as_deref().unwrap_or(&c.state.dir),
                 "state.dir",
-                odp_agent::error_chain::describe(&e),
+                odp_agent::common::error_chain::describe(&e),
             )
         })?;
         Ok(c)
@@ -54,17 +56,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(odp_agent::agent::run(config, args.demo)) {
+    match runtime.block_on(odp_agent::agent::daemon::run(config, args.demo)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is_config() => {
             odp_agent::say!(
                 "odp-agent: bad configuration: {}",
-                odp_agent::error_chain::describe(&e)
+                odp_agent::common::error_chain::describe(&e)
             );
             ExitCode::from(EX_CONFIG as u8)
         }
         Err(e) => {
-            odp_agent::say!("odp-agent: {}", odp_agent::error_chain::describe(&e));
+            odp_agent::say!(
+                "odp-agent: {}",
+                odp_agent::common::error_chain::describe(&e)
+            );
             ExitCode::FAILURE
         }
     }

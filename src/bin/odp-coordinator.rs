@@ -4,17 +4,17 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use odp_agent::{
-    command_line::CoordinatorArgs as Args, config_file::EX_CONFIG,
-    coordinator::config::CoordinatorConfig, preflight, telemetry,
+    common::{command_line::CoordinatorArgs as Args, config_file::EX_CONFIG, telemetry},
+    coordinator::config::CoordinatorConfig,
 };
 
 fn main() -> ExitCode {
     let args = Args::parse();
     if args.check {
-        return preflight::coordinator::check(&args.config).finish("odp-coordinator");
+        return odp_agent::coordinator::preflight::check(&args.config).finish("odp-coordinator");
     }
     telemetry::init(args.log_format);
-    odp_agent::panics::install("odp-coordinator");
+    odp_agent::common::panics::install("odp-coordinator");
     // Everything the daemon creates is its own (0700 directories, 0600
     // files), whatever umask it was started with.
     odp_agent::security::files::restrict_umask();
@@ -37,12 +37,15 @@ fn main() -> ExitCode {
         Err(e) if e.is_config() => {
             odp_agent::say!(
                 "odp-coordinator: bad configuration: {}",
-                odp_agent::error_chain::describe(&e)
+                odp_agent::common::error_chain::describe(&e)
             );
             ExitCode::from(EX_CONFIG as u8)
         }
         Err(e) => {
-            odp_agent::say!("odp-coordinator: {}", odp_agent::error_chain::describe(&e));
+            odp_agent::say!(
+                "odp-coordinator: {}",
+                odp_agent::common::error_chain::describe(&e)
+            );
             ExitCode::FAILURE
         }
     }

@@ -1,15 +1,20 @@
 //! `odp-demo`: a local ODP cluster on loopback (three agents with the obproxy
 //! stand-in, a coordinator, an echo backend), a client load through every
 //! ODP, and a Restart All shown live with odpctl, ending with the count of
-//! failed client requests. Needs nothing installed.
+//! failed client requests. The coordinator also serves the console (its
+//! address and sign-in token are printed), where the same tasks show.
+//! Needs nothing installed.
 use std::{process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use odp_agent::{
-    loadgen::{EchoBackend, Load, LoadConfig},
-    local_cluster::{LocalCluster, Options},
     proto::coordinator::{self as pb, coordinator_client::CoordinatorClient},
+    testkit::{
+        echo_backend::EchoBackend,
+        loadgen::{Load, LoadConfig},
+        local_cluster::{LocalCluster, Options},
+    },
 };
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +36,9 @@ struct Args {
     /// Long-lived sessions per ODP.
     #[arg(long, default_value_t = 2)]
     sessions: usize,
+    /// Keep the cluster (and its console) up at the end until Ctrl-C.
+    #[arg(long)]
+    keep_running: bool,
 }
 
 fn main() -> ExitCode {
@@ -58,11 +66,17 @@ fn step(text: &str) {
 
 /// Runs odpctl (the operator's CLI) against the demo's coordinator, on this
 /// terminal, so the live progress is the real one.
-fn odpctl(cluster: &LocalCluster, bin_dir: &std::path::Path, args: &[&str]) -> Result<bool> {
+fn odpctl(
+    cluster: &LocalCluster,
+    bin_dir: &std::path::Path,
+    token: &str,
+    args: &[&str],
+) -> Result<bool> {
     let status = std::process::Command::new(bin_dir.join("odpctl"))
         .arg("--coordinator")
         .arg(cluster.coordinator.addr.to_string())
         .args(args)
+        .env("ODPCTL_TOKEN", token)
         .status()
         .context("cannot run odpctl")?;
     Ok(status.success())
@@ -77,6 +91,10 @@ async fn run(args: Args) -> Result<u64> {
     opts.exit_timeout = Duration::from_secs(10);
     // A real obproxy takes a moment to come up; so does the stand-in here.
     opts.start_delay = Some(Duration::from_millis(300));
+    // The console signs in with a token, so every caller needs it: odpctl
+    // (ODPCTL_TOKEN) and this program's own client.
+    let token = odp_agent::coordinator::web::session::random_hex()?;
+    opts.console_token = Some(token.clone());
     let bin_dir = opts.bin_dir.clone();
     step(&format!(
         "Starting {} agents with the obproxy stand-in, and a coordinator",
@@ -85,12 +103,28 @@ async fn run(args: Args) -> Result<u64> {
     let cluster = LocalCluster::start(&opts)?;
     println!("files and logs: {}", cluster.dir.path().display());
     println!("coordinator:    {}", cluster.coordinator.addr);
+    if let Some(console) = cluster.coordinator.console {
+        println!("console:        http://{console}/  (sign in with the token {token})");
+    }
 
     step("Start All");
-    odpctl(&cluster, &bin_dir, &["cluster", "start", &cluster.name])?;
+    odpctl(
+        &cluster,
+        &bin_dir,
+        &token,
+        &["cluster", "start", &cluster.name],
+    )?;
 
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.coordinator.addr))?
+            .connect()
+            .await?;
+    let bearer: tonic::metadata::AsciiMetadataValue = format!("Bearer {token}").parse()?;
     let mut client =
-        CoordinatorClient::connect(format!("http://{}", cluster.coordinator.addr)).await?;
+        CoordinatorClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert("authorization", bearer.clone());
+            Ok(r)
+        });
     let status = client
         .get_cluster_status(pb::GetClusterStatusRequest {
             cluster: cluster.name.clone(),
@@ -132,10 +166,15 @@ async fn run(args: Args) -> Result<u64> {
     if let Some(b) = &batch {
         restart.extend(["--batch", b.as_str()]);
     }
-    let restarted = odpctl(&cluster, &bin_dir, &restart)?;
+    let restarted = odpctl(&cluster, &bin_dir, &token, &restart)?;
 
     step("Cluster status after the restart");
-    odpctl(&cluster, &bin_dir, &["cluster", "status", &cluster.name])?;
+    odpctl(
+        &cluster,
+        &bin_dir,
+        &token,
+        &["cluster", "status", &cluster.name],
+    )?;
 
     stop.cancel();
     let mut total = (0, 0, 0, 0, 0);
@@ -149,8 +188,21 @@ async fn run(args: Args) -> Result<u64> {
             total.4 + r.cut_sessions,
         );
     }
+    if args.keep_running {
+        if let Some(console) = cluster.coordinator.console {
+            step(&format!(
+                "The cluster stays up: the console is at http://{console}/ (token {token}); Ctrl-C ends it"
+            ));
+        }
+        tokio::signal::ctrl_c().await?;
+    }
     step("Stop All");
-    odpctl(&cluster, &bin_dir, &["cluster", "stop", &cluster.name])?;
+    odpctl(
+        &cluster,
+        &bin_dir,
+        &token,
+        &["cluster", "stop", &cluster.name],
+    )?;
 
     let (ok, failed, refused, reset, cut) = total;
     step("Result");

@@ -5,7 +5,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::Parser;
-use odp_agent::command_line::shell_files;
+use odp_agent::common::command_line::shell_files;
 
 #[derive(Parser)]
 #[command(
@@ -28,7 +28,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("odp-shell-files: {}", odp_agent::error_chain::describe(&e));
+            eprintln!(
+                "odp-shell-files: {}",
+                odp_agent::common::error_chain::describe(&e)
+            );
             ExitCode::FAILURE
         }
     }

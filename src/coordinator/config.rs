@@ -10,8 +10,10 @@ use std::{
 use serde::Deserialize;
 
 use crate::{
-    config_file::{self, ConfigError, MetricsSection},
-    grpc_server::settings::{ServerSection, Settings},
+    common::{
+        config_file::{self, ConfigError, MetricsSection},
+        grpc_server::settings::{ServerSection, Settings},
+    },
     security::config::{AuditConfig, AuthConfig, ClientTlsConfig, Security, TlsConfig},
 };
 
@@ -29,6 +31,8 @@ pub struct CoordinatorConfig {
     pub clusters: Vec<Cluster>,
     /// Where `GET /metrics` listens; None: no metrics endpoint.
     pub metrics: Option<SocketAddr>,
+    /// `[web]`: the console's pages; None: no console.
+    pub web: Option<super::web_config::WebConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +134,8 @@ struct Raw {
     auth: AuthConfig,
     #[serde(default)]
     audit: AuditConfig,
+    #[serde(default)]
+    web: Option<super::web_config::WebSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -251,13 +257,14 @@ impl CoordinatorConfig {
         let security = Security::resolve(
             path,
             &base,
-            &raw.server,
+            raw.server.exposure(),
             raw.tls,
             raw.auth,
             raw.audit,
             default_audit,
         )?;
         let agent_tls = raw.agents.tls.map(|t| t.resolve(path, &base)).transpose()?;
+        let web = raw.web.map(|w| w.resolve(path, &security)).transpose()?;
         // A coordinator holding a certificate the agents trust acts with
         // their operator's role: whoever may call it must prove who they are,
         // or any local user could stop every ODP through it.
@@ -284,6 +291,7 @@ impl CoordinatorConfig {
             clusters,
             metrics: raw.metrics.map(|m| m.listen),
             security,
+            web,
         })
     }
 
@@ -404,5 +412,58 @@ agents = ["10.0.0.1:2889", "10.0.0.2:2889", "odp-3.example:2889"]
     fn the_network_without_tls_is_refused() {
         let e = parse(&GOOD.replace("127.0.0.1:2890", "0.0.0.0:2890")).unwrap_err();
         assert_eq!(e.key, "server.listen");
+    }
+}
+
+/// The `[web]` section as the whole file is read (here: `web_config` names
+/// no other coordinator module).
+#[cfg(test)]
+mod web_section_tests {
+    use super::CoordinatorConfig;
+    use std::{path::Path, time::Duration};
+
+    const BASE: &str = r#"
+[server]
+listen = "127.0.0.1:2890"
+[store]
+path = "/var/lib/odp-coordinator/tasks.db"
+[[auth.tokens]]
+name = "ops"
+sha256 = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+role = "OBPROXY_MANAGER"
+"#;
+
+    fn parse(text: &str) -> Result<CoordinatorConfig, crate::common::config_file::ConfigError> {
+        CoordinatorConfig::parse(Path::new("/etc/odp-coordinator.toml"), text)
+    }
+
+    #[test]
+    fn the_console_is_off_unless_configured() {
+        assert!(parse(BASE).unwrap().web.is_none());
+        let web = parse(&format!("{BASE}[web]\nlisten = \"127.0.0.1:8080\"\n"))
+            .unwrap()
+            .web
+            .unwrap();
+        assert_eq!(web.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(web.session_ttl, Duration::from_secs(8 * 3600));
+        assert!(!web.tls);
+    }
+
+    #[test]
+    fn the_network_needs_tls_and_the_console_needs_tokens() {
+        let e = parse(&format!("{BASE}[web]\nlisten = \"0.0.0.0:8080\"\n")).unwrap_err();
+        assert_eq!(e.key, "web.listen");
+        let without_tokens = BASE.split("[[auth.tokens]]").next().unwrap();
+        let e = parse(&format!(
+            "{without_tokens}[web]\nlisten = \"127.0.0.1:8080\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "web.listen");
+        assert!(e.reason.contains("[[auth.tokens]]"), "{e}");
+        let e = parse(&format!(
+            "{BASE}[web]\nlisten = \"127.0.0.1:8080\"\nsession_ttl = \"0s\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "web.session_ttl");
     }
 }

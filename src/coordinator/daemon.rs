@@ -7,18 +7,21 @@ use std::sync::Arc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
-    agents::{AgentPool, PoolError},
+    agent_pool::{AgentPool, PoolError},
     config::CoordinatorConfig,
     service::CoordinatorService,
     store::{Store, StoreError},
-    tasks::Tasks,
+    task_manager::Tasks,
 };
 use crate::{
-    grpc_server::{self, SHUTDOWN_GRACE, ServeError},
-    metrics::{self, MetricsError, coordinator::CoordinatorMetrics},
+    common::{
+        grpc_server::{self, SHUTDOWN_GRACE, ServeError},
+        metrics_endpoint::{self, MetricsError},
+        systemd,
+    },
+    coordinator::metrics::CoordinatorMetrics,
     proto::coordinator::coordinator_server::CoordinatorServer,
-    security::{audit::AuditError, roles::Role},
-    systemd,
+    security::{audit::AuditError, guard::Guard, role::Role},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +38,8 @@ pub enum Error {
     Audit(#[from] AuditError),
     #[error(transparent)]
     Agents(#[from] PoolError),
+    #[error(transparent)]
+    Console(#[from] super::web::listener::ListenError),
 }
 
 impl Error {
@@ -45,6 +50,7 @@ impl Error {
             self,
             Error::Audit(_)
                 | Error::Agents(_)
+                | Error::Console(_)
                 | Error::Store(StoreError::Dir(_))
                 | Error::Serve(
                     ServeError::Tls { .. } | ServeError::TlsFiles(_) | ServeError::Socket(_)
@@ -57,7 +63,7 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), Error> {
     let config = Arc::new(config);
     // Before anything starts: a daemon that cannot audit or speak TLS as
     // configured must not run at all.
-    let guard = config.security.guard()?;
+    let guard = Guard::from_config(&config.security)?;
     // The TLS settings are checked (files, key permissions) before anything
     // starts; the listeners' own servers are built below.
     grpc_server::builder(config.security.tls.as_ref(), &config.server.limits)?;
@@ -90,7 +96,7 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), Error> {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = hup.recv() => {
                     tracing::info!(signal = "SIGHUP", "reopening the audit log");
-                    crate::panics::injected("coordinator-signals");
+                    crate::common::panics::injected("coordinator-signals");
                     audit.reopen_audit();
                 }
             }
@@ -120,9 +126,22 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), Error> {
         )
     };
     if let Some(listen) = config.metrics {
-        let endpoint = metrics::Endpoint::bind(listen).await?;
+        let endpoint = metrics_endpoint::Endpoint::bind(listen).await?;
         tracing::info!(metrics_addr = %endpoint.addr, "metrics endpoint serving");
         tracker.spawn(endpoint.serve(metrics.clone().router(), shutdown.clone()));
+    }
+    if let Some(web) = &config.web {
+        let service = CoordinatorService::new(tasks.clone(), metrics.clone(), guard.clone());
+        let (listener, router) = super::web::start(
+            web,
+            config.security.tls.as_ref(),
+            service,
+            guard.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+        tracing::info!(console_addr = %listener.addr, tls = web.tls, "console serving");
+        tracker.spawn(listener.serve(router, shutdown.clone()));
     }
     tracing::info!(
         grpc_addr = %addr,

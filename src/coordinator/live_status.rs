@@ -18,7 +18,7 @@ use std::{
 use tokio::sync::{Notify, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::agents::{AgentError, AgentPool};
+use super::agent_pool::{AgentError, AgentPool};
 use crate::proto::agent as pb;
 
 /// The longest silence asked of each agent's stream.

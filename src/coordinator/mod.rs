@@ -1,25 +1,29 @@
 //! The coordinator: cluster-wide Stop All, Start All and Restart All across
 //! the agents, run as persistent tasks.
 //!
-//! [`config`] (clusters and agents), [`agents`] (clients with deadlines),
+//! [`config`] (clusters and agents), [`agent_pool`] (clients with deadlines),
 //! [`live_status`] (every agent's status as it pushes it, over
 //! [`status_stream`]s),
 //! [`rules`] (the console's preconditions), [`task`] (the task model),
 //! [`store`] (SQLite persistence), [`runner`] (one task's batches),
-//! [`health_gate`] (an ODP done only when it shows it),
-//! [`tasks`] (create, resume, cancel, retry), [`upgrade`] (Upgrade All's
-//! checks and rollback), [`service`] (gRPC translation), [`daemon`]
-//! (wiring).
-pub mod agents;
+//! [`task_manager`] (create, resume, cancel, retry), [`upgrade_plan`]
+//! (Upgrade All's checks before anything moves), [`service`] (gRPC translation), [`metrics`]
+//! (its Prometheus registry), [`preflight`] (`--check`), [`web`] (the
+//! console's pages over the same service), [`web_config`] (its `[web]`
+//! section), [`daemon`] (wiring).
+pub(crate) mod agent_pool;
 pub mod config;
 pub mod daemon;
-pub mod health_gate;
-pub mod live_status;
-pub mod rules;
-pub mod runner;
-pub mod service;
-pub mod status_stream;
-pub mod store;
-pub mod task;
-pub mod tasks;
-pub mod upgrade;
+pub(crate) mod live_status;
+pub(crate) mod metrics;
+pub mod preflight;
+pub(crate) mod rules;
+pub(crate) mod runner;
+pub(crate) mod service;
+pub(crate) mod status_stream;
+pub(crate) mod store;
+pub(crate) mod task;
+pub(crate) mod task_manager;
+pub(crate) mod upgrade_plan;
+pub mod web;
+pub mod web_config;

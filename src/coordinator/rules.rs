@@ -1,6 +1,6 @@
 //! The console's rules for cluster operations, checked against every ODP's
 //! status before anything is touched.
-use crate::{obproxy::version, proto::agent as pb};
+use crate::{common::obproxy_version, proto::agent as pb};
 
 use super::task::{Kind, Mode};
 
@@ -29,7 +29,7 @@ pub fn check(kind: Kind, mode: Option<Mode>, odps: &[Odp<'_>]) -> Result<(), Str
                     Some(s) if s.state() != pb::ProxyState::Running => {
                         Some(format!("{} is {}", o.agent, state_name(s.state())))
                     }
-                    Some(s) if !version::at_least(&s.version, MIN_HOT_VERSION) => {
+                    Some(s) if !obproxy_version::at_least(&s.version, MIN_HOT_VERSION) => {
                         Some(format!("{} runs {}", o.agent, s.version))
                     }
                     Some(_) => None,

@@ -1,6 +1,12 @@
 //! Runs one task: batch by batch, each ODP's operation followed to its end
-//! and through the health gate, the failure budget checked between batches,
-//! every change written to the store before it is shown.
+//! and through the health gate ([`health_gate`]), the failure budget checked
+//! between batches, every change written to the store before it is shown.
+//! An Upgrade All adds its canary ([`upgrade`]) and, past the failure
+//! budget, its rollback ([`rollback`]).
+mod health_gate;
+mod rollback;
+mod upgrade;
+
 use std::{
     sync::Arc,
     time::{Duration, SystemTime},
@@ -11,15 +17,15 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use self::health_gate::{Expect, GATE_INTERVAL, Outcome, gate};
 use super::{
-    agents::{AgentError, AgentPool, Command},
-    health_gate::{Expect, GATE_INTERVAL, Outcome, gate},
+    agent_pool::{AgentError, AgentPool, Command},
     store::Store,
     task::{Kind, Mode, State, SubtaskState, Task},
-    upgrade,
 };
 use crate::{
-    change_feed::Feed, error_chain::describe, metrics::coordinator::CoordinatorMetrics,
+    common::{change_feed::Feed, error_chain::describe},
+    coordinator::metrics::CoordinatorMetrics,
     proto::agent as pb,
 };
 
@@ -252,7 +258,7 @@ impl Runner {
         } else if cancelled && self.task.error.is_none() {
             self.task.error = Some("cancelled before every ODP was done".into());
         }
-        upgrade::rollback::conclude(&mut self.task);
+        rollback::conclude(&mut self.task);
         self.task.finished_at = Some(SystemTime::now());
         self.metrics.task_finished(self.task.kind, self.task.state);
         // The task stays live (GetTask answers from memory) until its end is

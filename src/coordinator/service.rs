@@ -10,12 +10,11 @@ use tonic::{Request, Response, Status};
 
 use super::{
     task::{self, Kind, Mode, SubtaskState},
-    tasks::{NewTask, TaskError, Tasks},
+    task_manager::{NewTask, TaskError, Tasks},
 };
 use crate::{
-    change_feed::Watcher,
-    error_chain::describe,
-    metrics::coordinator::CoordinatorMetrics,
+    common::{change_feed::Watcher, error_chain::describe},
+    coordinator::metrics::CoordinatorMetrics,
     proto::{agent as apb, coordinator as pb},
     security::{
         audit::Details,

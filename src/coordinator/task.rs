@@ -4,6 +4,10 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+pub mod upgrade;
+
+// The console's names for them, and the RPCs', all end in "All".
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
     StopAll,
@@ -111,7 +115,7 @@ pub struct Subtask {
     /// Upgrade All: what it ran before (its rollback target) and its
     /// rollback.
     #[serde(default)]
-    pub upgrade: Option<super::upgrade::OdpUpgrade>,
+    pub upgrade: Option<upgrade::OdpUpgrade>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -137,7 +141,7 @@ pub struct Task {
     pub store_error: Option<String>,
     /// Upgrade All: the binary, its version, the canary and the rollback.
     #[serde(default)]
-    pub upgrade: Option<super::upgrade::Upgrade>,
+    pub upgrade: Option<upgrade::Upgrade>,
 }
 
 impl Task {

@@ -114,10 +114,6 @@ impl AuditLog {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Opens the path again (logrotate's SIGHUP); a failure is logged, and
     /// the next line tries again (and refuses its call if it cannot).
     pub fn reopen(&self) {
@@ -129,7 +125,7 @@ impl AuditLog {
             }
             Err(e) => {
                 *slot = None;
-                tracing::error!(path = %self.path.display(), error = %crate::error_chain::describe(&e), "cannot reopen the audit log");
+                tracing::error!(path = %self.path.display(), error = %crate::common::error_chain::describe(&e), "cannot reopen the audit log");
             }
         }
     }
@@ -183,7 +179,8 @@ impl AuditLog {
             if slot.is_some() {
                 tracing::warn!(path = %self.path.display(), "the audit log was moved or deleted; opening it again");
             }
-            *slot = Some(open_file(&self.path).map_err(|e| crate::error_chain::describe(&e))?);
+            *slot =
+                Some(open_file(&self.path).map_err(|e| crate::common::error_chain::describe(&e))?);
         }
         slot.as_mut().ok_or_else(|| "not open".to_string())
     }

@@ -8,12 +8,8 @@ use std::{
 
 use serde::Deserialize;
 
-use super::{
-    audit::{AuditError, AuditLog},
-    guard::Guard,
-    roles::{LocalPrincipal, Policy, Role},
-};
-use crate::{config_file::ConfigError, grpc_server::settings::ServerSection};
+use super::role::{CertRule, LocalPrincipal, Role, TokenRule};
+use crate::common::config_file::ConfigError;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,27 +50,6 @@ pub struct LocalRule {
     pub role: Role,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenRule {
-    /// Who holds it, for the audit log.
-    pub name: String,
-    /// Hex SHA-256 of the token (`printf %s "$TOKEN" | sha256sum`); the
-    /// token itself is never written to the configuration.
-    pub sha256: String,
-    pub role: Role,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CertRule {
-    /// Matches the certificate subject's common name.
-    pub subject_cn: Option<String>,
-    /// Or one of its DNS / URI subject alternative names.
-    pub san: Option<String>,
-    pub role: Role,
-}
-
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
@@ -110,20 +85,33 @@ pub struct Security {
     pub loopback_role: Role,
 }
 
+/// What the `[server]` section says that the security settings are checked
+/// against: where the daemon listens, and what a loopback caller may do.
+#[derive(Debug, Clone, Copy)]
+pub struct Exposure {
+    pub listen: SocketAddr,
+    pub loopback_role: Option<Role>,
+}
+
 impl Security {
     /// Resolves the sections of the file `path` (relative paths against
-    /// `base`) and checks them with the `[server]` section; `default_audit` is
-    /// where the audit log goes unless `[audit] path` says otherwise.
+    /// `base`) and checks them with the `[server]` section's `exposure`;
+    /// `default_audit` is where the audit log goes unless `[audit] path`
+    /// says otherwise.
     pub fn resolve(
         path: &Path,
         base: &Path,
-        server: &ServerSection,
+        exposure: Exposure,
         tls: Option<TlsConfig>,
         auth: AuthConfig,
         audit: AuditConfig,
         default_audit: PathBuf,
     ) -> Result<Self, ConfigError> {
-        let (listen, loopback_role) = (&server.listen, server.loopback_role);
+        let Exposure {
+            listen,
+            loopback_role,
+        } = exposure;
+        let listen = &listen;
         let tls = tls
             .map(|t| {
                 Ok::<_, ConfigError>(TlsConfig {
@@ -175,18 +163,6 @@ impl Security {
     /// token): not on the loopback default.
     pub fn requires_credentials(&self) -> bool {
         self.tls.is_some() || !self.auth.tokens.is_empty()
-    }
-
-    /// The role policy the services apply.
-    pub fn policy(&self) -> Policy {
-        Policy::new(&self.auth, self.tls.is_some())
-            .with_local(self.local.clone(), self.loopback_role)
-    }
-
-    /// The guard the services call: the role policy and the opened audit log.
-    pub fn guard(&self) -> Result<Guard, AuditError> {
-        let audit = AuditLog::open(&self.audit_path)?;
-        Ok(Guard::new(self.policy(), Some(audit)))
     }
 }
 

@@ -8,8 +8,10 @@ use std::sync::Arc;
 use tonic::{Request, Status};
 
 use super::{
-    audit::{AuditLog, Details, Entry},
-    roles::{Caller, Policy, Role},
+    audit::{AuditError, AuditLog, Details, Entry},
+    callers::{Caller, Policy},
+    config::Security,
+    role::Role,
 };
 
 #[derive(Clone)]
@@ -34,20 +36,18 @@ pub struct Call<'a> {
 }
 
 impl Guard {
+    /// The guard the services call: the role policy of `security` and its
+    /// opened audit log.
+    pub fn from_config(security: &Security) -> Result<Self, AuditError> {
+        let audit = AuditLog::open(&security.audit_path)?;
+        Ok(Self::new(Policy::for_daemon(security), Some(audit)))
+    }
+
     pub fn new(policy: Policy, audit: Option<AuditLog>) -> Self {
         Self {
             policy: Arc::new(policy),
             audit: audit.map(Arc::new),
         }
-    }
-
-    /// A guard that lets every caller operate and audits nothing (tests of
-    /// the services themselves).
-    pub fn open() -> Self {
-        Self::new(
-            Policy::new(&Default::default(), false).with_local(vec![], Role::Operator),
-            None,
-        )
     }
 
     /// Opens the audit log again (SIGHUP, after logrotate moved it).

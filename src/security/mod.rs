@@ -3,13 +3,15 @@
 //! audit log of every mutating call.
 //!
 //! [`config`] (the `[tls]`, `[auth]`, `[audit]` sections), [`tls`] (rustls
-//! server and client settings), [`roles`] (identifying callers and checking
-//! their role), [`audit`] (the append-only log), [`guard`] (what a service
-//! handler calls: admit, then record), [`files`] (the daemons' private files
-//! and the permission checks on what they trust).
-pub mod audit;
-pub mod config;
+//! server and client settings), [`role`] (the two roles and the rules that
+//! grant them), [`callers`] (identifying callers and checking their role),
+//! [`audit`] (the append-only log), [`guard`] (what a service handler calls:
+//! admit, then record; built from the config), [`files`] (the daemons'
+//! private files and the permission checks on what they trust).
+pub(crate) mod audit;
+pub(crate) mod callers;
+pub(crate) mod config;
 pub mod files;
-pub mod guard;
-pub mod roles;
+pub(crate) mod guard;
+pub(crate) mod role;
 pub mod tls;

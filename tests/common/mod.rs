@@ -4,7 +4,9 @@
 #![allow(dead_code)]
 
 pub mod admin_sql;
+pub mod browser;
 pub mod cluster;
+pub mod console;
 pub mod e2e;
 mod echo;
 pub mod local;

@@ -10,12 +10,11 @@ use std::{
 
 use anyhow::{Context, bail};
 use odp_agent::{
-    local_cluster,
     proto::{
         agent as apb,
         coordinator::{self as pb, coordinator_client::CoordinatorClient},
     },
-    sim,
+    testkit::{local_cluster, sim_agent},
 };
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
@@ -62,13 +61,13 @@ pub struct SimArgs {
 pub async fn serve_sims(args: SimArgs) -> anyhow::Result<()> {
     proc_stat::raise_fd_limit();
     let stop = CancellationToken::new();
-    let opts = sim::FleetOptions {
+    let opts = sim_agent::FleetOptions {
         agents: args.agents,
         version: "4.3.1.0".into(),
         op_time: Duration::from_millis(10),
         status_cost: args.status_cost,
     };
-    let addrs = sim::serve_fleet(&opts, stop.clone()).await?;
+    let addrs = sim_agent::serve_fleet(&opts, stop.clone()).await?;
     let mut text = String::new();
     for a in &addrs {
         text.push_str(&format!("{a}\n"));

@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, process::Stdio, time::Duration};
 
 use anyhow::{Context, bail};
-use odp_agent::loadgen::{Load, LoadConfig, Progress, Report};
+use odp_agent::testkit::loadgen::{Load, LoadConfig, Progress, Report};
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},

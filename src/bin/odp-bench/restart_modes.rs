@@ -433,17 +433,29 @@ mod tests {
     #[test]
     fn start_up_runs_from_the_last_spawn_before_the_readiness_of_that_pid() {
         let log = [
-            line(0, "INFO odp_agent::supervisor: spawning obproxy binary=/x"),
-            line(5, "INFO odp_agent::supervisor: obproxy spawned pid=7"),
+            line(
+                0,
+                "INFO odp_agent::agent::supervisor: spawning obproxy binary=/x",
+            ),
+            line(
+                5,
+                "INFO odp_agent::agent::supervisor: obproxy spawned pid=7",
+            ),
             line(
                 9,
-                "INFO odp_agent::supervisor: obproxy signalled readiness pid=7",
+                "INFO odp_agent::agent::supervisor: obproxy signalled readiness pid=7",
             ),
-            line(20, "INFO odp_agent::supervisor: spawning obproxy binary=/x"),
-            line(22, "INFO odp_agent::supervisor: obproxy spawned pid=8"),
+            line(
+                20,
+                "INFO odp_agent::agent::supervisor: spawning obproxy binary=/x",
+            ),
+            line(
+                22,
+                "INFO odp_agent::agent::supervisor: obproxy spawned pid=8",
+            ),
             line(
                 320,
-                "INFO odp_agent::supervisor: obproxy signalled readiness pid=8",
+                "INFO odp_agent::agent::supervisor: obproxy signalled readiness pid=8",
             ),
         ];
         let (spawning, ready) = startup_marks(&log, 8).unwrap();
@@ -457,9 +469,18 @@ mod tests {
     #[test]
     fn without_the_signal_line_the_ready_note_marks_readiness() {
         let log = [
-            line(0, "INFO odp_agent::supervisor: spawning obproxy binary=/x"),
-            line(4, "INFO odp_agent::supervisor: obproxy spawned pid=8"),
-            line(6, "INFO odp_agent::supervisor: pid 8 is ready op_id=op-1"),
+            line(
+                0,
+                "INFO odp_agent::agent::supervisor: spawning obproxy binary=/x",
+            ),
+            line(
+                4,
+                "INFO odp_agent::agent::supervisor: obproxy spawned pid=8",
+            ),
+            line(
+                6,
+                "INFO odp_agent::agent::supervisor: pid 8 is ready op_id=op-1",
+            ),
         ];
         let (spawning, ready) = startup_marks(&log, 8).unwrap();
         assert_eq!(

@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 use crate::stats::{Spread, median, print_table};
 use anyhow::Context;
 use odp_agent::{
-    local_cluster::{LocalCluster, Options},
     proto::{
         agent::{self as apb, agent_client::AgentClient},
         coordinator::{self as pb, coordinator_client::CoordinatorClient},
     },
+    testkit::local_cluster::{LocalCluster, Options},
 };
 
 #[derive(clap::Args)]

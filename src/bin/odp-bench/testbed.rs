@@ -12,8 +12,8 @@ use std::{
 
 use anyhow::{Context, bail};
 use odp_agent::{
-    loadgen::EchoBackend,
     proto::agent::{self as pb, agent_client::AgentClient},
+    testkit::echo_backend::EchoBackend,
 };
 use tonic::transport::Channel;
 

@@ -20,7 +20,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use odp_agent::{obproxy::pidfd::Pidfd, proto::agent as pb};
+use odp_agent::{agent::obproxy::pidfd::Pidfd, proto::agent as pb};
 
 use crate::{
     load_process::{self, Counts, LoadProcess, Summary},

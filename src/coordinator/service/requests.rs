@@ -6,13 +6,11 @@ use std::time::Duration;
 use tonic::Status;
 
 use crate::{
-    agent_service::requests::{duration, request_id},
-    config::MAX_EXIT_TIMEOUT,
+    common::rpc_validate::{MAX_EXIT_TIMEOUT, duration, request_id},
     coordinator::{
         config::valid_name,
-        task::{Kind, Mode, Rollout},
-        tasks::NewTask,
-        upgrade::UpgradeRequest,
+        task::{Kind, Mode, Rollout, upgrade::UpgradeRequest},
+        task_manager::NewTask,
     },
     proto::{agent as apb, coordinator as pb},
 };

@@ -1,0 +1,382 @@
+//! The task manager: creates tasks (after the console's rules), runs each in
+//! its own runner, resumes unfinished ones at start, and answers get, list,
+//! watch, cancel and retry.
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    common::{
+        change_feed::{Feed, Watcher},
+        error_chain::describe,
+    },
+    coordinator::metrics::CoordinatorMetrics,
+};
+
+use super::{
+    agent_pool::AgentPool,
+    config::CoordinatorConfig,
+    live_status::{LiveStatus, Seen},
+    rules::{self, Odp},
+    runner::Runner,
+    store::{Store, StoreError},
+    task::upgrade::UpgradeRequest,
+    task::{Kind, Mode, Rollout, State, SubtaskState, Task},
+    upgrade_plan,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error("cluster: no cluster named {0:?}")]
+    UnknownCluster(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("id: no task {0:?}")]
+    NotFound(String),
+    #[error("task {id} is already {state:?}")]
+    Finished { id: String, state: State },
+    #[error("task {id} is still running; cancel it or wait for it")]
+    StillRunning { id: String },
+    #[error("task {id} succeeded: nothing to retry")]
+    NothingToRetry { id: String },
+    #[error("request_id {request_id:?} was used for task {id} ({}), not {}", used.name(), asked.name())]
+    RequestIdReused {
+        request_id: String,
+        id: String,
+        used: Kind,
+        asked: Kind,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The task could not be written down, so no agent was called.
+    #[error("refused before any agent was called: cannot record the task")]
+    Unrecorded(#[source] StoreError),
+    /// The admission could not be recorded (the audit log): refused.
+    #[error("{0}")]
+    NotRecorded(String),
+}
+
+/// Run in the step that admits a task (created, replayed, cancelled or
+/// retried), before anything is done, with the task's id and whether the
+/// request id was a replay: the audit log's line. An error refuses the call.
+pub type OnAdmit = Box<dyn FnOnce(&str, bool) -> Result<(), String> + Send>;
+
+/// A cluster operation as asked for (validated by the service).
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub cluster: String,
+    pub kind: Kind,
+    pub mode: Option<Mode>,
+    pub rollout: Rollout,
+    pub exit_timeout: Option<Duration>,
+    pub request_id: Option<String>,
+    /// Upgrade All: the binary, its SHA-256 and the canary.
+    pub upgrade: Option<UpgradeRequest>,
+}
+
+/// Changes a WatchTask caller may fall behind before it is told so. A task
+/// changes a few times per ODP (started, operation known, done), so a watcher
+/// reading along never gets there; one that stops reading does.
+pub const WATCH_BUFFER: usize = 256;
+
+/// How long CancelTask waits for the runner to write the cancel down. The
+/// runner does it at once unless its store write is stuck.
+const CANCEL_RECORDED: Duration = Duration::from_secs(10);
+
+struct Live {
+    feed: Arc<Feed<Task>>,
+    cancel: CancellationToken,
+}
+
+pub struct Tasks {
+    config: Arc<CoordinatorConfig>,
+    store: Arc<Store>,
+    pool: Arc<AgentPool>,
+    /// Every agent's status as it pushes it.
+    statuses: Arc<LiveStatus>,
+    live: Mutex<HashMap<String, Live>>,
+    /// Serialises RetryTask, so two concurrent retries cannot both find the
+    /// task idle and start two runners.
+    retrying: Mutex<()>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    metrics: Arc<CoordinatorMetrics>,
+}
+
+impl Tasks {
+    pub fn new(
+        config: Arc<CoordinatorConfig>,
+        store: Arc<Store>,
+        pool: Arc<AgentPool>,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+        metrics: Arc<CoordinatorMetrics>,
+    ) -> Arc<Self> {
+        let agents = config.clusters.iter().flat_map(|c| c.agents.clone());
+        let statuses = LiveStatus::start(
+            pool.clone(),
+            agents,
+            config.agents.status_timeout,
+            &tracker,
+            shutdown.clone(),
+        );
+        Arc::new(Self {
+            config,
+            store,
+            pool,
+            statuses,
+            live: Mutex::new(HashMap::new()),
+            retrying: Mutex::new(()),
+            tracker,
+            shutdown,
+            metrics,
+        })
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Picks up the tasks that were running when the coordinator stopped.
+    /// Their running subtasks are asked again with the same request ids, so
+    /// the agents answer with the operations they already ran.
+    pub fn resume_all(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let unfinished = self.store.unfinished()?;
+        let n = unfinished.len();
+        for task in unfinished {
+            tracing::info!(task_id = %task.id, "resuming task");
+            self.launch(task);
+        }
+        Ok(n)
+    }
+
+    pub async fn create(self: &Arc<Self>, new: NewTask, admit: OnAdmit) -> Result<Task, TaskError> {
+        let cluster = self
+            .config
+            .cluster(&new.cluster)
+            .ok_or_else(|| TaskError::UnknownCluster(new.cluster.clone()))?;
+        if let Some(rid) = &new.request_id
+            && let Some(existing) = self.store.by_request_id(rid)?
+        {
+            if existing.kind != new.kind {
+                return Err(TaskError::RequestIdReused {
+                    request_id: rid.clone(),
+                    id: existing.id,
+                    used: existing.kind,
+                    asked: new.kind,
+                });
+            }
+            admit(&existing.id, true).map_err(TaskError::NotRecorded)?;
+            return Ok(self.snapshot(&existing.id)?.unwrap_or(existing));
+        }
+        // Asked, not read from the live view: a rule checked against a status
+        // a moment old could refuse (or admit) what the agents' state of now
+        // would not.
+        let statuses = self.pool.statuses(&cluster.agents).await;
+        let odps: Vec<Odp> = cluster
+            .agents
+            .iter()
+            .zip(&statuses)
+            .map(|(agent, s)| Odp {
+                agent,
+                status: s.as_ref().ok(),
+            })
+            .collect();
+        rules::check(new.kind, new.mode, &odps).map_err(TaskError::Refused)?;
+        let mut task = Task::new(
+            &cluster.name,
+            &cluster.agents,
+            new.kind,
+            new.mode,
+            new.rollout,
+            new.exit_timeout,
+            new.request_id,
+        );
+        if let Some(ask) = &new.upgrade {
+            task = upgrade_plan::plan(&self.pool, cluster, &statuses, task, ask)
+                .await
+                .map_err(TaskError::Refused)?;
+        }
+        // Written down before any RPC is sent.
+        if let Err(e) = self.store.save(&task) {
+            // The same request id, created concurrently: that task it is.
+            if let Some(rid) = &task.request_id
+                && let Ok(Some(existing)) = self.store.by_request_id(rid)
+            {
+                admit(&existing.id, true).map_err(TaskError::NotRecorded)?;
+                return Ok(self.snapshot(&existing.id)?.unwrap_or(existing));
+            }
+            return Err(TaskError::Unrecorded(e));
+        }
+        // Audited before it runs; a line that cannot be written takes the
+        // task back (no agent has been called).
+        if let Err(reason) = admit(&task.id, false) {
+            if let Err(e) = self.store.delete(&task.id) {
+                tracing::error!(task_id = %task.id, error = %describe(&e), "cannot take back a task whose admission was not recorded");
+            }
+            return Err(TaskError::NotRecorded(reason));
+        }
+        tracing::info!(task_id = %task.id, cluster = %task.cluster, kind = task.kind.name(), "task created");
+        self.launch(task.clone());
+        Ok(task)
+    }
+
+    fn launch(self: &Arc<Self>, task: Task) {
+        let feed = Arc::new(Feed::new(task.clone(), WATCH_BUFFER));
+        let cancel = CancellationToken::new();
+        let id = task.id.clone();
+        self.live().insert(
+            id.clone(),
+            Live {
+                feed: feed.clone(),
+                cancel: cancel.clone(),
+            },
+        );
+        let runner = Runner {
+            task,
+            store: self.store.clone(),
+            pool: self.pool.clone(),
+            feed,
+            cancel,
+            shutdown: self.shutdown.clone(),
+            metrics: self.metrics.clone(),
+        };
+        let me = self.clone();
+        self.tracker.spawn(async move {
+            runner.run().await;
+            me.live().remove(&id);
+        });
+    }
+
+    fn snapshot(&self, id: &str) -> Result<Option<Task>, StoreError> {
+        if let Some(live) = self.live().get(id) {
+            return Ok(Some(live.feed.latest()));
+        }
+        self.store.get(id)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Task, TaskError> {
+        self.snapshot(id)?
+            .ok_or_else(|| TaskError::NotFound(id.to_string()))
+    }
+
+    pub fn list(&self, cluster: Option<&str>, limit: u32) -> Result<Vec<Task>, TaskError> {
+        Ok(self.store.list(cluster, limit)?)
+    }
+
+    /// A running task as it is now and every change to it, or the final
+    /// state of a finished one.
+    pub fn watch(&self, id: &str) -> Result<Watcher<Task>, TaskError> {
+        if let Some(live) = self.live().get(id) {
+            return Ok(live.feed.watch());
+        }
+        Ok(Watcher::finished(self.get(id)?))
+    }
+
+    /// Stops further batches. Answers once the cancel is in the store (or the
+    /// task has ended), so a coordinator restarted right after still honours
+    /// it.
+    pub async fn cancel(&self, id: &str, admit: OnAdmit) -> Result<Task, TaskError> {
+        let latest = match self.live().get(id) {
+            Some(live) => {
+                admit(id, false).map_err(TaskError::NotRecorded)?;
+                live.cancel.cancel();
+                Some(live.feed.subscribe_latest())
+            }
+            None => None,
+        };
+        let Some(mut latest) = latest else {
+            let task = self.get(id)?;
+            return Err(TaskError::Finished {
+                id: task.id,
+                state: task.state,
+            });
+        };
+        tracing::info!(task_id = %id, "task cancel requested");
+        let recorded = latest.wait_for(|t| t.cancel_requested || t.is_finished());
+        if tokio::time::timeout(CANCEL_RECORDED, recorded)
+            .await
+            .is_err()
+        {
+            tracing::warn!(task_id = %id, "the cancel was not written down in time");
+        }
+        let mut task = latest.borrow().clone();
+        task.cancel_requested = true;
+        Ok(task)
+    }
+
+    /// Runs again every subtask that did not succeed, with new request ids.
+    pub fn retry(self: &Arc<Self>, id: &str, admit: OnAdmit) -> Result<Task, TaskError> {
+        let _one_at_a_time = self.retrying.lock().unwrap_or_else(|e| e.into_inner());
+        if self.live().contains_key(id) {
+            return Err(TaskError::StillRunning { id: id.to_string() });
+        }
+        let original = self.get(id)?;
+        if original.state == State::Succeeded {
+            return Err(TaskError::NothingToRetry { id: original.id });
+        }
+        // Its checks and its rollback are of the cluster as it was: a new
+        // Upgrade All checks the cluster as it is now.
+        if original.kind == Kind::UpgradeAll {
+            return Err(TaskError::Refused(format!(
+                "task {} is an Upgrade All: run UpgradeAll again (every check is repeated)",
+                original.id
+            )));
+        }
+        let mut task = original.clone();
+        for s in &mut task.subtasks {
+            match s.state {
+                SubtaskState::Succeeded => continue,
+                // Whether its last attempt happened is unknown: the same
+                // request id asks the agent, which answers with what it did
+                // (or does it now, once).
+                SubtaskState::Unreachable => s.reconcile = true,
+                // A new attempt: what the last one did is no longer its news.
+                _ => {
+                    s.generation += 1;
+                    s.reconcile = false;
+                    s.operation_id = None;
+                    s.previous_pid = None;
+                }
+            }
+            s.state = SubtaskState::Pending;
+        }
+        task.state = State::Running;
+        task.finished_at = None;
+        task.error = None;
+        task.cancel_requested = false;
+        task.current_batch = 0;
+        // Written down first (what cannot be is not done), then audited; a
+        // line that cannot be written puts the task back as it was.
+        self.store.save(&task).map_err(TaskError::Unrecorded)?;
+        if let Err(reason) = admit(&task.id, false) {
+            if let Err(e) = self.store.save(&original) {
+                tracing::error!(task_id = %task.id, error = %describe(&e), "cannot put back a task whose retry was not recorded");
+            }
+            return Err(TaskError::NotRecorded(reason));
+        }
+        tracing::info!(task_id = %task.id, "task retried");
+        self.launch(task.clone());
+        Ok(task)
+    }
+
+    pub async fn cluster_status(
+        &self,
+        name: &str,
+    ) -> Result<Vec<(String, Result<Seen, super::agent_pool::AgentError>)>, TaskError> {
+        let cluster = self
+            .config
+            .cluster(name)
+            .ok_or_else(|| TaskError::UnknownCluster(name.to_string()))?;
+        let statuses = self.statuses.statuses(&cluster.agents).await;
+        Ok(cluster.agents.iter().cloned().zip(statuses).collect())
+    }
+
+    pub fn clusters(&self) -> &[super::config::Cluster] {
+        &self.config.clusters
+    }
+}
