@@ -9,6 +9,7 @@ use std::{
 
 use serde::Deserialize;
 
+use super::load_balancer::config::{LoadBalancerConfig, RawLoadBalancer};
 use crate::{
     common::{
         config_file::{self, ConfigError, MetricsSection},
@@ -40,6 +41,10 @@ pub struct Cluster {
     pub name: String,
     /// `host:port` of each agent; the address names the ODP.
     pub agents: Vec<String>,
+    /// `[clusters.load_balancer]`: the balancer in front of the ODPs.
+    pub load_balancer: Option<LoadBalancerConfig>,
+    /// `lb_drain`: HOT Restart All drains each ODP in the balancer too.
+    pub lb_drain: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -149,6 +154,10 @@ struct RawStore {
 struct RawCluster {
     name: String,
     agents: Vec<String>,
+    #[serde(default)]
+    lb_drain: bool,
+    #[serde(default)]
+    load_balancer: Option<RawLoadBalancer>,
 }
 
 /// Cluster names travel in requests and logs: keep them plain.
@@ -158,22 +167,6 @@ pub fn valid_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
-/// `host:port` with a plain host name or IP (IPv6 in brackets).
-pub fn valid_agent_addr(addr: &str) -> bool {
-    if addr.parse::<SocketAddr>().is_ok() {
-        return true;
-    }
-    let Some((host, port)) = addr.rsplit_once(':') else {
-        return false;
-    };
-    port.parse::<u16>().is_ok_and(|p| p != 0)
-        && !host.is_empty()
-        && host.len() <= 253
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
 }
 
 impl CoordinatorConfig {
@@ -214,7 +207,7 @@ impl CoordinatorConfig {
             }
             let mut seen = HashSet::new();
             for a in &c.agents {
-                if !valid_agent_addr(a) {
+                if !config_file::valid_host_port(a) {
                     return Err(ConfigError::new(
                         path,
                         key("agents"),
@@ -229,9 +222,22 @@ impl CoordinatorConfig {
                     ));
                 }
             }
+            let load_balancer = c
+                .load_balancer
+                .map(|lb| lb.resolve(path, &base, &key("load_balancer"), &c.agents))
+                .transpose()?;
+            if c.lb_drain && load_balancer.is_none() {
+                return Err(ConfigError::new(
+                    path,
+                    key("lb_drain"),
+                    "needs [clusters.load_balancer]",
+                ));
+            }
             clusters.push(Cluster {
                 name: c.name,
                 agents: c.agents,
+                load_balancer,
+                lb_drain: c.lb_drain,
             });
         }
         for (key, d) in [
@@ -467,3 +473,8 @@ role = "OBPROXY_MANAGER"
         assert_eq!(e.key, "web.session_ttl");
     }
 }
+
+/// `[clusters.load_balancer]` read as part of the whole file (here, so that
+/// `load_balancer` names no module that names it).
+#[cfg(test)]
+mod load_balancer_tests;

@@ -2,6 +2,7 @@
 //! the agents, run as persistent tasks.
 //!
 //! [`config`] (clusters and agents), [`agent_pool`] (clients with deadlines),
+//! [`load_balancer`] (each ODP's server taken out and put back),
 //! [`live_status`] (every agent's status as it pushes it, over
 //! [`status_stream`]s),
 //! [`rules`] (the console's preconditions), [`task`] (the task model),
@@ -15,6 +16,7 @@ pub(crate) mod agent_pool;
 pub mod config;
 pub mod daemon;
 pub(crate) mod live_status;
+pub(crate) mod load_balancer;
 pub(crate) mod metrics;
 pub mod preflight;
 pub(crate) mod rules;

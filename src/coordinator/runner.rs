@@ -1,12 +1,9 @@
 //! Runs one task: batch by batch, each ODP's operation followed to its end
-//! and through the health gate ([`health_gate`]), the failure budget checked
-//! between batches, every change written to the store before it is shown.
-//! An Upgrade All adds its canary ([`upgrade`]) and, past the failure
-//! budget, its rollback ([`rollback`]).
-mod health_gate;
-mod rollback;
-mod upgrade;
-
+//! and through the health gate ([`odp`], with the load balancer's steps
+//! around it; [`health_gate`]), the failure budget checked between batches,
+//! every change written to the store before it is shown. An Upgrade All
+//! adds its canary ([`upgrade`]) and, past the failure budget, its rollback
+//! ([`rollback`]).
 use std::{
     sync::Arc,
     time::{Duration, SystemTime},
@@ -17,9 +14,15 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use self::health_gate::{Expect, GATE_INTERVAL, Outcome, gate};
+mod balancer_plan;
+mod health_gate;
+mod odp;
+mod rollback;
+mod upgrade;
+
 use super::{
-    agent_pool::{AgentError, AgentPool, Command},
+    agent_pool::{AgentPool, Command},
+    load_balancer::{LoadBalancer, rotation::BalancerNote},
     store::Store,
     task::{Kind, Mode, State, SubtaskState, Task},
 };
@@ -44,6 +47,16 @@ pub struct Runner {
     /// The coordinator stopping: leave the task as it is, to resume later.
     pub shutdown: CancellationToken,
     pub metrics: Arc<CoordinatorMetrics>,
+    /// The cluster's load balancer, and whether HOT restarts drain too.
+    pub balancer: Option<(Arc<LoadBalancer>, bool)>,
+}
+
+/// What a subtask reports while it runs, to be stored and shown.
+enum Progress {
+    /// The agent's operation and the pid that served before it.
+    Operation(String, u32),
+    /// What was done with the ODP's server in the load balancer.
+    Balancer(BalancerNote),
 }
 
 /// How a batch ended.
@@ -60,7 +73,7 @@ impl Runner {
     /// Writes the task to the store and shows it to its watchers. A write
     /// the store refuses is shown (`store_error`) and retried by the next
     /// one; callers that must not go on unwritten use [`Runner::record`].
-    pub(super) fn publish(&mut self) -> bool {
+    fn publish(&mut self) -> bool {
         let saved = self.save();
         self.show();
         saved
@@ -92,7 +105,7 @@ impl Runner {
 
     /// Writes the task, waiting as long as the store refuses. False if the
     /// coordinator shuts down first.
-    pub(super) async fn record(&mut self) -> bool {
+    async fn record(&mut self) -> bool {
         while !self.publish() {
             tokio::select! {
                 _ = tokio::time::sleep(STORE_RETRY) => {}
@@ -268,13 +281,18 @@ impl Runner {
         self.feed.close();
     }
 
-    fn note_operation(&mut self, i: usize, op_id: String, previous_pid: u32) {
+    fn note_progress(&mut self, i: usize, progress: Progress) {
         let s = &mut self.task.subtasks[i];
-        s.operation_id = Some(op_id);
-        s.previous_pid = (previous_pid != 0).then_some(previous_pid);
+        match progress {
+            Progress::Operation(op_id, previous_pid) => {
+                s.operation_id = Some(op_id);
+                s.previous_pid = (previous_pid != 0).then_some(previous_pid);
+            }
+            Progress::Balancer(note) => s.balancer = Some(note),
+        }
     }
 
-    fn note_outcome(&mut self, i: usize, outcome: Outcome) {
+    fn note_outcome(&mut self, i: usize, outcome: health_gate::Outcome) {
         let s = &mut self.task.subtasks[i];
         s.state = outcome.state;
         self.metrics.subtask_finished(s.state);
@@ -312,6 +330,10 @@ impl Runner {
         // A cancel ends the wait unless an operation is already in flight
         // (a resumed attempt), which is followed to its end regardless.
         let in_flight = before.iter().any(|s| s.state == SubtaskState::Running);
+        let plan = self
+            .balancer
+            .as_ref()
+            .and_then(|(_, lb_drain)| balancer_plan::plan_for(&self.task, *lb_drain));
         loop {
             let now = SystemTime::now();
             for &i in todo {
@@ -322,6 +344,11 @@ impl Runner {
                     s.finished_at = None;
                 }
                 s.state = SubtaskState::Running;
+                // The server may be drained from here on: known to a
+                // coordinator restarted before the drain is even sent.
+                if let (Some((lb, _)), Some(plan)) = (&self.balancer, plan) {
+                    plan.intend(lb, &s.agent, &mut s.balancer);
+                }
             }
             if self.save() {
                 break;
@@ -339,7 +366,7 @@ impl Runner {
         self.show();
         let command = self.command();
         let expected = self.expected();
-        let (op_tx, mut op_rx) = mpsc::unbounded_channel::<(usize, String, u32)>();
+        let (op_tx, mut op_rx) = mpsc::unbounded_channel::<(usize, Progress)>();
         let mut running: FuturesUnordered<_> = todo
             .iter()
             .zip(resumed)
@@ -348,20 +375,30 @@ impl Runner {
                 let agent = self.task.subtasks[i].agent.clone();
                 let request_id = self.task.request_id_for(i);
                 let op_tx = op_tx.clone();
+                let lb = self.balancer.as_ref().map(|(lb, _)| lb.clone());
+                let note = self.task.subtasks[i].balancer.clone();
                 let command = command.clone();
                 let expect = upgrade::expect_after(&self.task, i);
                 async move {
-                    let call = Call {
+                    let call = odp::Call {
                         command,
                         request_id: &request_id,
                         expected,
                         expect,
                         resumed,
                     };
-                    let outcome = subtask(&pool, &agent, call, |id, previous_pid| {
-                        let _ = op_tx.send((i, id, previous_pid));
-                    })
-                    .await;
+                    let balanced =
+                        lb.as_deref()
+                            .zip(plan)
+                            .map(|(lb, plan)| odp::Balanced { lb, plan, note });
+                    let on_note = |note| {
+                        let _ = op_tx.send((i, Progress::Balancer(note)));
+                    };
+                    let on_operation = |id, previous_pid| {
+                        let _ = op_tx.send((i, Progress::Operation(id, previous_pid)));
+                    };
+                    let outcome =
+                        odp::run(&pool, &agent, call, balanced, on_operation, &on_note).await;
                     (i, outcome)
                 }
             })
@@ -382,8 +419,8 @@ impl Runner {
                     self.task.cancel_requested = true;
                     changed = true;
                 }
-                Some((i, op_id, previous_pid)) = op_rx.recv() => {
-                    self.note_operation(i, op_id, previous_pid);
+                Some((i, progress)) = op_rx.recv() => {
+                    self.note_progress(i, progress);
                     changed = true;
                 }
                 next = running.next() => match next {
@@ -397,10 +434,6 @@ impl Runner {
             // What else is ready now goes into the same write: the ODPs of a
             // batch tend to answer and finish together, and each write is an
             // fsync the next batch would wait for.
-            while let Ok((i, op_id, previous_pid)) = op_rx.try_recv() {
-                self.note_operation(i, op_id, previous_pid);
-                changed = true;
-            }
             while !done {
                 match running.next().now_or_never() {
                     Some(Some((i, outcome))) => {
@@ -411,150 +444,16 @@ impl Runner {
                     None => break,
                 }
             }
+            // After the outcomes: a subtask reports what it did just before it
+            // ends, within the same poll.
+            while let Ok((i, progress)) = op_rx.try_recv() {
+                self.note_progress(i, progress);
+                changed = true;
+            }
             if changed {
                 self.publish();
             }
         }
         BatchEnd::Done
     }
-}
-
-/// One ODP: submit (idempotent by request id), follow, then the health gate.
-/// What one subtask asks of its agent.
-struct Call<'a> {
-    command: Command,
-    request_id: &'a str,
-    expected: pb::ProxyState,
-    /// An upgrade's binary and version, checked by the health gate too.
-    expect: Option<Expect>,
-    /// (operation id, pid serving before it) of an attempt interrupted by a
-    /// coordinator restart.
-    resumed: Option<(String, Option<u32>)>,
-}
-
-/// One ODP: submit (idempotent by request id), follow, then the health gate.
-/// A resumed attempt first asks for its operation: the agent may have been
-/// restarted too and have forgotten the request id, and a restart that
-/// already happened (the serving pid changed) must not happen twice.
-async fn subtask(
-    pool: &AgentPool,
-    agent: &str,
-    call: Call<'_>,
-    on_operation: impl Fn(String, u32),
-) -> Outcome {
-    let Call {
-        command,
-        request_id,
-        expected,
-        expect,
-        resumed,
-    } = call;
-    let fail = Outcome::failed;
-    let known = match &resumed {
-        Some((id, previous_pid)) => match pool.operation(agent, id).await {
-            Ok(op) => Some(op),
-            Err(e) if e.is_not_found() => {
-                tracing::info!(odp = %agent, op_id = %id, previous_pid = ?previous_pid, "the agent no longer knows the operation");
-                None
-            }
-            Err(e) => return fail(&e),
-        },
-        None => None,
-    };
-    let op = match known {
-        Some(op) => op,
-        None => {
-            if let (Command::Restart { .. } | Command::Upgrade { .. }, Some((_, Some(prev)))) =
-                (&command, &resumed)
-            {
-                // The agent forgot the operation: if another process serves
-                // now, the restart already happened; go to the health gate.
-                match pool.status(agent).await {
-                    Ok(s) if s.pid != 0 && s.pid != *prev => {
-                        let what = "the resumed restart";
-                        return gate(pool, agent, expected, expect.as_ref(), what).await;
-                    }
-                    Ok(_) => {}
-                    Err(e) => return fail(&e),
-                }
-            }
-            match pool.submit(agent, command, request_id).await {
-                Ok(op) => op,
-                Err(e) => return fail(&e),
-            }
-        }
-    };
-    on_operation(op.id.clone(), op.previous_pid);
-    let op = match follow(pool, agent, op).await {
-        Ok(op) => op,
-        Err(e) => return fail(&e),
-    };
-    if op.state() == pb::OperationState::Failed {
-        return Outcome {
-            state: SubtaskState::Failed,
-            error: Some(op.error),
-            pid: (op.pid != 0).then_some(op.pid),
-            proxy_state: 0,
-            version: None,
-        };
-    }
-    // The health gate follows the operation's stream: its last update says
-    // the state it left the ODP in. Only when that is not the intended one
-    // (or an older agent does not say) is the agent asked again.
-    if op.proxy_state() == expected && expect.is_none() {
-        return Outcome {
-            state: SubtaskState::Succeeded,
-            error: None,
-            pid: (op.pid != 0).then_some(op.pid),
-            proxy_state: op.proxy_state,
-            version: None,
-        };
-    }
-    let what = format!("operation {}", op.id);
-    gate(pool, agent, expected, expect.as_ref(), &what).await
-}
-
-/// Follows an operation to its end. A watch that breaks (a dropped
-/// connection, an agent that missed its keepalive pings, or the coordinator
-/// itself frozen for a while) is not yet an unreachable agent: it is asked
-/// for the operation once, within `status_timeout`, and followed again if it
-/// answers. All of it within `operation_timeout`.
-pub(super) async fn follow(
-    pool: &AgentPool,
-    agent: &str,
-    op: pb::Operation,
-) -> Result<pb::Operation, AgentError> {
-    let timeout = pool.timeouts().operation_timeout;
-    let follow = async {
-        let mut op = op;
-        while op.state() == pb::OperationState::Running {
-            op = match pool.follow(agent, &op.id, |_| {}).await {
-                Ok(done) => done,
-                Err(e) if e.is_unreachable() => {
-                    tracing::info!(odp = %agent, op_id = %op.id, error = %describe(&e), "lost the operation's watch; asking the agent again");
-                    let again = match pool.operation(agent, &op.id).await {
-                        Ok(again) => again,
-                        // A restarted agent that forgot it: what became of
-                        // the operation is unknown, as for an unreachable
-                        // agent (a retry asks again before it acts).
-                        Err(forgot) if forgot.is_not_found() => return Err(e),
-                        Err(other) => return Err(other),
-                    };
-                    // Reachable but its watch broke: not in a tight loop.
-                    tokio::time::sleep(GATE_INTERVAL).await;
-                    again
-                }
-                Err(e) => return Err(e),
-            };
-        }
-        Ok(op)
-    };
-    tokio::time::timeout(timeout, follow)
-        .await
-        .unwrap_or_else(|_| {
-            Err(AgentError::Timeout {
-                agent: agent.to_string(),
-                timeout,
-            })
-        })
 }

@@ -1,6 +1,7 @@
 //! The `odp.coordinator.v1.Coordinator` gRPC service: it admits the caller
 //! (the guard), validates ([`requests`]) and translates; the task manager
 //! decides. Every mutating call is audited.
+pub mod balancer;
 pub mod requests;
 
 use std::{pin::Pin, sync::Arc, time::Duration};
@@ -231,6 +232,11 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             .map(|c| pb::Cluster {
                 name: c.name.clone(),
                 agents: c.agents.clone(),
+                load_balancer: c
+                    .load_balancer
+                    .as_ref()
+                    .map(|lb| lb.kind.name().to_string())
+                    .unwrap_or_default(),
             })
             .collect();
         Ok(Response::new(pb::ListClustersResponse { clusters }))
@@ -243,14 +249,17 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         self.guard.read(&request, "GetClusterStatus")?;
         self.metrics.cluster_status_requested();
         let name = requests::cluster(&request.into_inner().cluster)?;
-        let statuses = self
-            .tasks
-            .cluster_status(&name)
-            .await
-            .map_err(task_status)?;
+        // The balancer is asked while the agents are.
+        let (statuses, servers) = tokio::join!(
+            self.tasks.cluster_status(&name),
+            self.tasks.balancer_status(&name)
+        );
+        let statuses = statuses.map_err(task_status)?;
+        let mut servers = servers.map(balancer::servers_pb).map(Vec::into_iter);
         let odps = statuses
             .into_iter()
-            .map(|(agent, s)| match s {
+            .map(|(agent, s)| (agent, s, servers.as_mut().and_then(Iterator::next)))
+            .map(|(agent, s, balancer)| match s {
                 Ok(seen) => pb::OdpStatus {
                     agent,
                     state: seen.status.state,
@@ -259,6 +268,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                     error: String::new(),
                     age: Some(dur(seen.age)),
                     status: Some(seen.status),
+                    balancer,
                 },
                 Err(e) => pb::OdpStatus {
                     agent,
@@ -268,6 +278,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                     error: describe(&e),
                     status: None,
                     age: None,
+                    balancer,
                 },
             })
             .collect();
@@ -456,6 +467,7 @@ pub fn task_pb(t: &task::Task) -> pb::Task {
                 operation_id: s.operation_id.clone().unwrap_or_default(),
                 pid: s.pid.unwrap_or(0),
                 proxy_state: s.proxy_state,
+                balancer: s.balancer.as_ref().map(balancer::note_pb),
                 previous_binary: s
                     .upgrade
                     .as_ref()

@@ -112,6 +112,9 @@ pub struct Subtask {
     pub pid: Option<u32>,
     /// The agent's `ProxyState` wire value as last seen.
     pub proxy_state: i32,
+    /// What was done with the ODP's server in the cluster's load balancer.
+    #[serde(default)]
+    pub balancer: Option<super::load_balancer::rotation::BalancerNote>,
     /// Upgrade All: what it ran before (its rollback target) and its
     /// rollback.
     #[serde(default)]
@@ -172,6 +175,7 @@ impl Task {
                 reconcile: false,
                 pid: None,
                 proxy_state: 0,
+                balancer: None,
                 upgrade: None,
             })
             .collect();

@@ -21,6 +21,7 @@ use super::{
     agent_pool::AgentPool,
     config::CoordinatorConfig,
     live_status::{LiveStatus, Seen},
+    load_balancer::{LbError, LoadBalancer, ServerStatus},
     rules::{self, Odp},
     runner::Runner,
     store::{Store, StoreError},
@@ -28,6 +29,13 @@ use super::{
     task::{Kind, Mode, Rollout, State, SubtaskState, Task},
     upgrade_plan,
 };
+
+/// Each ODP's server name, and what the balancer says of each (or why it
+/// could not be asked).
+pub type BalancerStatuses = (
+    Vec<String>,
+    Result<Vec<Result<ServerStatus, LbError>>, LbError>,
+);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
@@ -99,6 +107,8 @@ pub struct Tasks {
     /// Every agent's status as it pushes it.
     statuses: Arc<LiveStatus>,
     live: Mutex<HashMap<String, Live>>,
+    /// Each cluster's load balancer, by cluster name.
+    balancers: HashMap<String, Arc<LoadBalancer>>,
     /// Serialises RetryTask, so two concurrent retries cannot both find the
     /// task idle and start two runners.
     retrying: Mutex<()>,
@@ -124,7 +134,16 @@ impl Tasks {
             &tracker,
             shutdown.clone(),
         );
+        let balancers = config
+            .clusters
+            .iter()
+            .filter_map(|c| {
+                let lb = c.load_balancer.clone()?;
+                Some((c.name.clone(), Arc::new(LoadBalancer::new(lb))))
+            })
+            .collect();
         Arc::new(Self {
+            balancers,
             config,
             store,
             pool,
@@ -236,6 +255,7 @@ impl Tasks {
                 cancel: cancel.clone(),
             },
         );
+        let balancer = self.balancer(&task.cluster);
         let runner = Runner {
             task,
             store: self.store.clone(),
@@ -244,6 +264,7 @@ impl Tasks {
             cancel,
             shutdown: self.shutdown.clone(),
             metrics: self.metrics.clone(),
+            balancer,
         };
         let me = self.clone();
         self.tracker.spawn(async move {
@@ -374,6 +395,29 @@ impl Tasks {
             .ok_or_else(|| TaskError::UnknownCluster(name.to_string()))?;
         let statuses = self.statuses.statuses(&cluster.agents).await;
         Ok(cluster.agents.iter().cloned().zip(statuses).collect())
+    }
+
+    /// The cluster's load balancer, and whether HOT restarts drain too.
+    fn balancer(&self, cluster: &str) -> Option<(Arc<LoadBalancer>, bool)> {
+        let lb = self.balancers.get(cluster)?.clone();
+        let lb_drain = self.config.cluster(cluster).is_some_and(|c| c.lb_drain);
+        Some((lb, lb_drain))
+    }
+
+    /// Every ODP's server in the cluster's load balancer, in agent order;
+    /// None when the cluster has none.
+    pub async fn balancer_status(&self, name: &str) -> Option<BalancerStatuses> {
+        let cluster = self.config.cluster(name)?;
+        let lb = self.balancers.get(name)?;
+        let statuses = lb
+            .statuses(&cluster.agents, self.config.agents.status_timeout)
+            .await;
+        let servers = cluster
+            .agents
+            .iter()
+            .map(|a| lb.server(a).to_string())
+            .collect();
+        Some((servers, statuses))
     }
 
     pub fn clusters(&self) -> &[super::config::Cluster] {

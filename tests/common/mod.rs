@@ -4,11 +4,13 @@
 #![allow(dead_code)]
 
 pub mod admin_sql;
+pub mod balanced;
 pub mod browser;
 pub mod cluster;
 pub mod console;
 pub mod e2e;
 mod echo;
+pub mod haproxy;
 pub mod local;
 mod log;
 pub mod mariadb;

@@ -40,6 +40,7 @@ pub(crate) async fn run(cmd: AgentCmd, tls: &TlsArgs, json_out: bool) -> Result<
                     error: String::new(),
                     status: Some(s),
                     age: None,
+                    balancer: None,
                 }],
             };
             if json_out {

@@ -75,6 +75,12 @@ impl Progress {
                 if !s.version.is_empty() {
                     msg.push_str(&format!("  {}", s.version));
                 }
+                if let Some(b) = &s.balancer {
+                    msg.push_str(&format!("  lb {}", balancer_state(b.state())));
+                    if !b.drain.is_empty() {
+                        msg.push_str(&format!(" ({})", b.drain));
+                    }
+                }
                 if !s.last_error.is_empty() {
                     msg.push_str(&format!("  {}", s.last_error));
                 }
@@ -167,6 +173,15 @@ pub fn print_task(t: &pb::Task, json_out: bool) -> Result<()> {
             s.version,
             s.last_error
         );
+        if let Some(b) = &s.balancer {
+            println!(
+                "{:<24} lb server {} {}  {}",
+                "",
+                b.server,
+                balancer_state(b.state()),
+                b.drain
+            );
+        }
     }
     Ok(())
 }
@@ -201,6 +216,12 @@ pub fn task_json(t: &pb::Task) -> Value {
             "attempts": s.attempts,
             "pid": s.pid,
             "operation_id": s.operation_id,
+            "balancer": s.balancer.as_ref().map(|b| json!({
+                "server": b.server,
+                "state": b.state().as_str_name(),
+                "drain": b.drain,
+                "log": b.log,
+            })),
             "last_error": s.last_error,
             "previous_binary": s.previous_binary,
             "previous_version": s.previous_version,
@@ -227,14 +248,27 @@ pub fn cluster_json(s: &pb::ClusterStatus) -> Value {
                 "restart_count": st.map(|s| s.restart_count),
                 "open_connections": st.and_then(|s| s.serving.as_ref()).map(|p| p.open_connections),
                 "draining": st.map(|s| s.draining.len()),
+                "balancer": o.balancer.as_ref().map(|b| json!({
+                    "server": b.server,
+                    "state": b.state().as_str_name(),
+                    "sessions": b.sessions,
+                    "error": b.error,
+                })),
             })
         }).collect::<Vec<_>>(),
     })
 }
 
 pub fn print_cluster(s: &pb::ClusterStatus) {
+    // The balancer's columns only for a cluster that has one.
+    let lb = s.odps.iter().any(|o| o.balancer.is_some());
+    let lb_head = if lb {
+        format!("{:<12} {:<8} {:>7} ", "LB SERVER", "LB", "LB SESS")
+    } else {
+        String::new()
+    };
     println!(
-        "{:<24} {:<12} {:>8} {:<10} {:>10} {:>8} {:>6} {:>8}  ERROR",
+        "{:<24} {:<12} {:>8} {:<10} {:>10} {:>8} {:>6} {:>8}  {lb_head}ERROR",
         "ODP", "STATE", "PID", "VERSION", "UPTIME", "RESTARTS", "CONNS", "DRAINING"
     );
     for o in &s.odps {
@@ -245,8 +279,25 @@ pub fn print_cluster(s: &pb::ClusterStatus) {
                 humantime::format_duration(Duration::from_secs(u.seconds.max(0) as u64)).to_string()
             })
             .unwrap_or_default();
+        let (lb_cells, lb_error) = match &o.balancer {
+            Some(b) if b.error.is_empty() => (
+                format!(
+                    "{:<12} {:<8} {:>7} ",
+                    b.server,
+                    balancer_state(b.state()),
+                    b.sessions
+                ),
+                String::new(),
+            ),
+            Some(b) => (
+                format!("{:<12} {:<8} {:>7} ", b.server, "?", "?"),
+                format!("  lb: {}", b.error),
+            ),
+            None if lb => (format!("{:<12} {:<8} {:>7} ", "", "", ""), String::new()),
+            None => (String::new(), String::new()),
+        };
         println!(
-            "{:<24} {:<12} {:>8} {:<10} {:>10} {:>8} {:>6} {:>8}  {}",
+            "{:<24} {:<12} {:>8} {:<10} {:>10} {:>8} {:>6} {:>8}  {lb_cells}{}{lb_error}",
             o.agent,
             short(o.state().as_str_name(), "PROXY_STATE_"),
             o.pid,
@@ -259,5 +310,15 @@ pub fn print_cluster(s: &pb::ClusterStatus) {
             st.map(|s| s.draining.len()).unwrap_or(0),
             o.error
         );
+    }
+}
+
+/// ready, drain, maint, or - when not known.
+pub fn balancer_state(state: pb::BalancerState) -> &'static str {
+    match state {
+        pb::BalancerState::Ready => "ready",
+        pb::BalancerState::Drain => "drain",
+        pb::BalancerState::Maint => "maint",
+        pb::BalancerState::Unspecified => "-",
     }
 }

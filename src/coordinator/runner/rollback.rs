@@ -5,19 +5,26 @@
 //! call, and each ODP's rollback has its own request id, so a coordinator
 //! restarted mid-rollback resumes it and repeats nothing: an ODP already
 //! back is seen so by its status, one in flight answers with its operation.
+//! A server the task left out of the cluster's load balancer (drained before
+//! the ODP's move) is set ready again once its ODP is back.
 use std::{sync::Arc, time::SystemTime};
 
 use futures::{StreamExt, stream::FuturesUnordered};
 use tokio::sync::mpsc;
 
 use super::{
-    Runner, follow,
+    Progress, Runner,
     health_gate::{Expect, gate},
+    odp::follow,
 };
 use crate::{
     common::error_chain::describe,
     coordinator::{
         agent_pool::{AgentPool, Command},
+        load_balancer::{
+            LoadBalancer, ServerState,
+            rotation::{BalancerNote, Plan, Rotation},
+        },
         task::{State, SubtaskState, Task, upgrade::OdpUpgrade},
     },
     proto::agent as pb,
@@ -91,7 +98,7 @@ impl Runner {
         let todo: Vec<usize> = (0..self.task.subtasks.len())
             .filter(|&i| needs_a_look(&self.task, i))
             .collect();
-        let (op_tx, mut op_rx) = mpsc::unbounded_channel::<(usize, String)>();
+        let (op_tx, mut op_rx) = mpsc::unbounded_channel::<(usize, Progress)>();
         let mut running: FuturesUnordered<_> = todo
             .iter()
             .filter_map(|&i| {
@@ -102,12 +109,21 @@ impl Runner {
                 let request_id = format!("{}.rollback", self.task.request_id_for(i));
                 let exit_timeout = self.task.exit_timeout;
                 let op_tx = op_tx.clone();
+                let lb = self.balancer.as_ref().map(|(lb, _)| lb.clone());
+                let note = s.balancer.clone();
                 Some(async move {
                     let on_op = |id: String| {
-                        let _ = op_tx.send((i, id));
+                        let _ = op_tx.send((i, Progress::Operation(id, 0)));
                     };
                     let end =
                         roll_back_one(&pool, &agent, &odp, &request_id, exit_timeout, on_op).await;
+                    let on_note = |note| {
+                        let _ = op_tx.send((i, Progress::Balancer(note)));
+                    };
+                    let end = match lb {
+                        Some(lb) => put_back(&lb, &agent, note, end, &on_note).await,
+                        None => end,
+                    };
                     (i, end)
                 })
             })
@@ -116,11 +132,16 @@ impl Runner {
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return false,
-                Some((i, id)) = op_rx.recv() => {
+                Some((i, progress)) = op_rx.recv() => {
                     let s = &mut self.task.subtasks[i];
-                    s.state = SubtaskState::RollingBack;
-                    if let Some(u) = s.upgrade.as_mut() {
-                        u.rollback_operation_id = Some(id);
+                    match progress {
+                        Progress::Operation(id, _) => {
+                            s.state = SubtaskState::RollingBack;
+                            if let Some(u) = s.upgrade.as_mut() {
+                                u.rollback_operation_id = Some(id);
+                            }
+                        }
+                        Progress::Balancer(note) => s.balancer = Some(note),
                     }
                     self.publish();
                 }
@@ -269,6 +290,38 @@ async fn roll_back_one(
                 .error
                 .unwrap_or_else(|| "the health gate failed".into()),
         ),
+    }
+}
+
+/// An ODP back on its previous binary whose server the task left out of
+/// the balancer (DRAIN: drained before its move, and left out when the move
+/// failed) is set ready again, as it was before the task. A balancer that
+/// refuses leaves the ODP serving but out of rotation: a person must look.
+async fn put_back(
+    lb: &LoadBalancer,
+    agent: &str,
+    note: Option<BalancerNote>,
+    end: End,
+    on_note: &(dyn Fn(BalancerNote) + Send + Sync),
+) -> End {
+    let left_out = note
+        .as_ref()
+        .is_some_and(|n| n.state == Some(ServerState::Drain));
+    if matches!(end, End::Failed(_)) || !left_out {
+        return end;
+    }
+    let plan = Plan {
+        drain: false,
+        end: ServerState::Ready,
+        no_drain: "",
+    };
+    let mut rotation = Rotation::new(lb, agent, plan, note, on_note);
+    match rotation
+        .put_back("the ODP is back on its previous binary")
+        .await
+    {
+        Ok(()) => end,
+        Err(error) => End::Failed(error),
     }
 }
 
