@@ -5,11 +5,12 @@
 //! cut short by a coordinator crash is finished after its restart.
 mod common;
 
-use std::{net::SocketAddr, os::unix::fs::PermissionsExt, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use common::{
     Agent, Options, PATIENCE,
     cluster::{CLUSTER, Cluster},
+    upgrade_package::{TARGET, V42, V43, break_host, package, sha256, stage},
 };
 use odp_agent::{
     proto::{agent as apb, coordinator as pb},
@@ -18,44 +19,7 @@ use odp_agent::{
         loadgen::{Load, LoadConfig, Report},
     },
 };
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
-
-const V42: &str = "4.2.3.0";
-const V43: &str = "4.3.1.0";
-/// Where the upgrade's binary is staged on every host (home-relative,
-/// inside the agents' upgrade_dir, which defaults to `bin`).
-const TARGET: &str = "bin/obproxy-4.3.1";
-
-/// The new obproxy as a package installs it: the same file, byte for byte,
-/// on every host. It runs the stand-in beside the agents' binary as 4.3
-/// (obproxy runs in its home, so the path is home-relative), and reads an
-/// optional file of its host's own: a host-local condition (a missing
-/// library, say) is how one host's start fails while the file is the same.
-fn package(version: &str) -> String {
-    format!(
-        "#!/bin/sh\nexport ODP_STANDIN_VERSION='{version}'\n\
-         [ -f etc/host.env ] && . etc/host.env\nexec bin/.obproxy-standin \"$@\"\n"
-    )
-}
-
-fn sha256(text: &str) -> String {
-    hex::encode(Sha256::digest(text.as_bytes()))
-}
-
-/// Installs `content` as `TARGET` on `agent`'s host.
-fn stage(agent: &Agent, content: &str) {
-    let path = agent.home().join(TARGET);
-    std::fs::write(&path, content).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-/// Makes the upgrade's binary fail to start on `agent`'s host (only there).
-fn break_host(agent: &Agent) {
-    let etc = agent.home().join("etc");
-    std::fs::create_dir_all(&etc).unwrap();
-    std::fs::write(etc.join("host.env"), "export ODP_STANDIN_FAIL_START=true\n").unwrap();
-}
 
 /// Three agents whose ODPs run the 4.2 stand-in, started, forwarding to an
 /// echo backend (kept alive by the caller), with `env` for their configured
