@@ -167,6 +167,29 @@ fn request_seeds() -> Vec<Vec<u8>> {
         .encode_to_vec(),
     ));
     seeds.push(with(
+        4,
+        apb::InspectBinaryRequest {
+            binary: "bin/obproxy-new".into(),
+        }
+        .encode_to_vec(),
+    ));
+    seeds.push(with(
+        8,
+        cpb::UpgradeAllRequest {
+            cluster: "prod".into(),
+            binary: "bin/obproxy-4.3.1".into(),
+            binary_sha256: "ab".repeat(32),
+            canary_size: 1,
+            canary_wait: Some(prost_types::Duration {
+                seconds: 300,
+                nanos: 0,
+            }),
+            batch_size: 2,
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    ));
+    seeds.push(with(
         3,
         apb::GetOperationRequest {
             id: "op-0b8e7c1e-3f0e-4d5c-9d4e-2b1f0c9a8e7d".into(),

@@ -2,6 +2,7 @@
 //! validates and translates requests into supervisor calls ([`requests`]),
 //! audits every mutating call, and maps domain results back into proto. No
 //! decisions are made here.
+pub mod inspect;
 pub mod requests;
 
 use std::{
@@ -18,7 +19,7 @@ use tracing::Instrument;
 use crate::{
     agent::{
         config::AgentConfig,
-        listeners,
+        listeners, obproxy,
         operation_log::{self, Kind, OnAdmit, Phase},
         process_table::ProxyState,
         sampling::Usage,
@@ -35,6 +36,8 @@ use crate::{
 
 /// What the audit log names as the target of an agent's calls: its own ODP.
 const TARGET: &str = "local";
+/// How long GetStatus waits for a new serving binary's digest.
+const DIGEST_WAIT: Duration = Duration::from_secs(2);
 
 pub struct AgentService {
     sup: Handle,
@@ -177,6 +180,13 @@ impl pb::agent_server::Agent for AgentService {
         request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::ProxyStatus>, Status> {
         self.guard.read(&request, "GetStatus")?;
+        // The serving binary's digest, read once per file: a new binary's
+        // first status waits a little for it rather than show none (before
+        // the status is taken, so the wait does not make it stale).
+        let serving = self.reporter.report_now().status.serving.clone();
+        if let Some(p) = serving {
+            obproxy::digest::settle(&[&p.binary], DIGEST_WAIT).await;
+        }
         let report = self.reporter.report().await;
         Ok(Response::new(status_pb(&report)))
     }
@@ -201,6 +211,36 @@ impl pb::agent_server::Agent for AgentService {
     ) -> Result<Response<pb::Operation>, Status> {
         self.mutate(request, |r| requests::restart(r, &self.config.obproxy))
             .await
+    }
+
+    async fn inspect_binary(
+        &self,
+        request: Request<pb::InspectBinaryRequest>,
+    ) -> Result<Response<pb::BinaryInspection>, Status> {
+        // It runs the file (`-V`): an operator's call, audited.
+        const RPC: &str = "InspectBinary";
+        let caller = self.guard.write(&request, RPC, TARGET, "")?;
+        let call = Call {
+            caller: &caller,
+            rpc: RPC,
+            target: TARGET,
+            request_id: "",
+        };
+        let cfg = &self.config.obproxy;
+        let (exe, configured) = match inspect::resolve(cfg, &request.get_ref().binary) {
+            Ok(found) => found,
+            Err(e) => {
+                self.guard.record(&call, Vec::new(), &e);
+                return Err(e);
+            }
+        };
+        let path = exe.path().display().to_string();
+        let admit = self
+            .guard
+            .admission(&call, vec![("binary", path.clone().into())]);
+        admit(&path, false).map_err(|reason| guard::not_recorded(&reason))?;
+        let inspection = inspect::inspect(cfg, exe, configured).await?;
+        Ok(Response::new(inspection))
     }
 
     async fn get_operation(
@@ -394,6 +434,7 @@ fn process_pb(
         pid: p.pid,
         version: p.version.clone(),
         binary: p.binary.display().to_string(),
+        binary_sha256: obproxy::digest::cached(&p.binary).unwrap_or_default(),
         started_at: Some(timestamp(p.started_at)),
         uptime: Some(duration(p.started_at.elapsed().unwrap_or_default())),
         usage: usage.map(|u| pb::ProcessUsage {
@@ -446,5 +487,9 @@ pub fn status_pb(report: &Report) -> pb::ProxyStatus {
         last_exit: s.last_exit.clone().unwrap_or_default(),
         notices: s.notices.clone(),
         usage_age: report.usage_age().map(duration),
+        binary: serving.map_or_else(String::new, |p| p.binary.display().to_string()),
+        binary_sha256: serving
+            .and_then(|p| obproxy::digest::cached(&p.binary))
+            .unwrap_or_default(),
     }
 }

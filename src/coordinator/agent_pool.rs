@@ -67,12 +67,17 @@ impl AgentError {
 }
 
 /// What a subtask asks an agent to do.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Command {
     Start,
     Stop,
     Restart {
         mode: pb::RestartMode,
+        exit_timeout: Option<Duration>,
+    },
+    /// A HOT restart onto `binary` (empty: the agent's configured one).
+    Upgrade {
+        binary: std::sync::Arc<str>,
         exit_timeout: Option<Duration>,
     },
 }
@@ -228,18 +233,53 @@ impl AgentPool {
                     client
                         .restart(pb::RestartRequest {
                             mode: mode as i32,
-                            exit_timeout: exit_timeout.map(|d| prost_types::Duration {
-                                seconds: d.as_secs() as i64,
-                                nanos: d.subsec_nanos() as i32,
-                            }),
+                            exit_timeout: exit_timeout.map(proto_duration),
                             request_id,
                             wait: false,
                             binary: String::new(),
                         })
                         .await
                 }
+                Command::Upgrade {
+                    binary,
+                    exit_timeout,
+                } => {
+                    client
+                        .restart(pb::RestartRequest {
+                            mode: pb::RestartMode::Hot as i32,
+                            exit_timeout: exit_timeout.map(proto_duration),
+                            request_id,
+                            wait: false,
+                            binary: binary.to_string(),
+                        })
+                        .await
+                }
             }
         };
+        let timeout = self.timeouts.request_timeout;
+        let result = match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(status)) => Err(AgentError::from_status(agent, status)),
+            Err(_) => Err(AgentError::Timeout {
+                agent: agent.to_string(),
+                timeout,
+            }),
+        };
+        self.settle(agent, result)
+    }
+
+    /// What the agent makes of `binary` (its path, SHA-256 and `-V`).
+    pub async fn inspect(
+        &self,
+        agent: &str,
+        binary: &str,
+    ) -> Result<pb::BinaryInspection, AgentError> {
+        let mut client = self.client(agent)?;
+        let call = client.inspect_binary(pb::InspectBinaryRequest {
+            binary: binary.to_string(),
+        });
+        // Hashing a large binary and running its `-V` takes longer than a
+        // status: the request's own timeout.
         let timeout = self.timeouts.request_timeout;
         let result = match tokio::time::timeout(timeout, call).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
@@ -305,5 +345,12 @@ impl AgentPool {
                 })
             });
         self.settle(agent, result)
+    }
+}
+
+fn proto_duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
     }
 }

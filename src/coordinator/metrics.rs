@@ -102,12 +102,14 @@ impl CoordinatorMetrics {
                 Kind::StopAll => "stop_all",
                 Kind::StartAll => "start_all",
                 Kind::RestartAll => "restart_all",
+                Kind::UpgradeAll => "upgrade_all",
             },
             outcome: match state {
                 TaskState::Running => "running",
                 TaskState::Succeeded => "succeeded",
                 TaskState::Failed => "failed",
                 TaskState::Cancelled => "cancelled",
+                TaskState::RolledBack => "rolled_back",
             },
         };
         self.tasks.get_or_create(&labels).inc();
@@ -123,6 +125,8 @@ impl CoordinatorMetrics {
             SubtaskState::Unreachable => "unreachable",
             SubtaskState::Skipped => "skipped",
             SubtaskState::Cancelled => "cancelled",
+            SubtaskState::RollingBack => "rolling_back",
+            SubtaskState::RolledBack => "rolled_back",
         };
         self.subtasks.get_or_create(&SubtaskLabels { state }).inc();
     }

@@ -7,11 +7,11 @@
 //! [`status_stream`]s),
 //! [`rules`] (the console's preconditions), [`task`] (the task model),
 //! [`store`] (SQLite persistence), [`runner`] (one task's batches),
-//! [`task_manager`] (create, resume, cancel, retry), [`service`] (gRPC
-//! translation), [`metrics`] (its Prometheus registry), [`preflight`]
-//! (`--check`), [`web`] (the console's pages over the same service), [`web_config`]
-//! (its `[web]` section),
-//! [`daemon`] (wiring).
+//! [`task_manager`] (create, resume, cancel, retry), [`upgrade_plan`]
+//! (Upgrade All's checks before anything moves), [`service`] (gRPC translation), [`metrics`]
+//! (its Prometheus registry), [`preflight`] (`--check`), [`web`] (the
+//! console's pages over the same service), [`web_config`] (its `[web]`
+//! section), [`daemon`] (wiring).
 pub(crate) mod agent_pool;
 pub mod config;
 pub mod daemon;
@@ -26,5 +26,6 @@ pub(crate) mod status_stream;
 pub(crate) mod store;
 pub(crate) mod task;
 pub(crate) mod task_manager;
+pub(crate) mod upgrade_plan;
 pub mod web;
 pub mod web_config;

@@ -21,7 +21,7 @@ fn state_name(s: pb::ProxyState) -> &'static str {
 /// Why the operation may not run, or Ok.
 pub fn check(kind: Kind, mode: Option<Mode>, odps: &[Odp<'_>]) -> Result<(), String> {
     match (kind, mode) {
-        (Kind::RestartAll, Some(Mode::Hot)) => {
+        (Kind::RestartAll, Some(Mode::Hot)) | (Kind::UpgradeAll, _) => {
             let problems: Vec<String> = odps
                 .iter()
                 .filter_map(|o| match o.status {
@@ -37,6 +37,12 @@ pub fn check(kind: Kind, mode: Option<Mode>, odps: &[Odp<'_>]) -> Result<(), Str
                 .collect();
             if problems.is_empty() {
                 Ok(())
+            } else if kind == Kind::UpgradeAll {
+                Err(format!(
+                    "Upgrade All (a hot upgrade) needs every ODP Running at version {MIN_HOT_VERSION} \
+                     or later: {}",
+                    problems.join(", ")
+                ))
             } else {
                 Err(format!(
                     "Restart (HOT) needs every ODP Running at version {MIN_HOT_VERSION} or later: {}; \

@@ -1,7 +1,9 @@
 //! Runs one task: batch by batch, each ODP's operation followed to its end
 //! and through the health gate ([`odp`], with the load balancer's steps
-//! around it), the failure budget checked between batches, every change
-//! written to the store before it is shown.
+//! around it; [`health_gate`]), the failure budget checked between batches,
+//! every change written to the store before it is shown. An Upgrade All
+//! adds its canary ([`upgrade`]) and, past the failure budget, its rollback
+//! ([`rollback`]).
 use std::{
     sync::Arc,
     time::{Duration, SystemTime},
@@ -13,7 +15,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 mod balancer_plan;
+mod health_gate;
 mod odp;
+mod rollback;
+mod upgrade;
 
 use super::{
     agent_pool::{AgentPool, Command},
@@ -122,6 +127,7 @@ impl Runner {
                 },
                 exit_timeout: self.task.exit_timeout,
             },
+            (Kind::UpgradeAll, _) => upgrade::command(&self.task),
         }
     }
 
@@ -191,12 +197,19 @@ impl Runner {
                 if todo.is_empty() {
                     continue;
                 }
-                if ran_a_batch && !cancelled && !self.task.rollout.pause.is_zero() {
+                let pause = upgrade::pause_before(&self.task, batch, ran_a_batch);
+                if !cancelled && !pause.is_zero() {
                     tokio::select! {
-                        _ = tokio::time::sleep(self.task.rollout.pause) => {}
+                        _ = tokio::time::sleep(pause) => {}
                         _ = self.cancel.cancelled() => break,
                         _ = self.shutdown.cancelled() => return,
                     }
+                }
+                // An upgrade's canary must still be healthy after its hold;
+                // if not, the failure budget decides (at the next batch, or
+                // the rollback).
+                if batch == 2 && !cancelled && !self.canary_holds(&todo).await {
+                    continue;
                 }
                 self.task.current_batch = batch;
                 if self.run_batch(&todo).await == BatchEnd::Shutdown {
@@ -207,6 +220,9 @@ impl Runner {
             if self.cancel.is_cancelled() {
                 self.task.cancel_requested = true;
                 self.mark_remaining(SubtaskState::Cancelled, "the task was cancelled");
+            }
+            if self.task.kind == Kind::UpgradeAll && !self.roll_back_if_needed().await {
+                return; // the store keeps the rollback to resume
             }
             drop(running); // before finish() shows the final state
             self.finish().await;
@@ -255,6 +271,7 @@ impl Runner {
         } else if cancelled && self.task.error.is_none() {
             self.task.error = Some("cancelled before every ODP was done".into());
         }
+        rollback::conclude(&mut self.task);
         self.task.finished_at = Some(SystemTime::now());
         self.metrics.task_finished(self.task.kind, self.task.state);
         // The task stays live (GetTask answers from memory) until its end is
@@ -275,13 +292,16 @@ impl Runner {
         }
     }
 
-    fn note_outcome(&mut self, i: usize, outcome: odp::Outcome) {
+    fn note_outcome(&mut self, i: usize, outcome: health_gate::Outcome) {
         let s = &mut self.task.subtasks[i];
         s.state = outcome.state;
         self.metrics.subtask_finished(s.state);
         s.last_error = outcome.error;
         s.pid = outcome.pid;
         s.proxy_state = outcome.proxy_state;
+        if let (Some(u), Some(v)) = (s.upgrade.as_mut(), outcome.version) {
+            u.version = v;
+        }
         s.reconcile = false;
         s.finished_at = Some(SystemTime::now());
         tracing::info!(odp = %s.agent, state = ?s.state, error = ?s.last_error, "subtask done");
@@ -357,11 +377,14 @@ impl Runner {
                 let op_tx = op_tx.clone();
                 let lb = self.balancer.as_ref().map(|(lb, _)| lb.clone());
                 let note = self.task.subtasks[i].balancer.clone();
+                let command = command.clone();
+                let expect = upgrade::expect_after(&self.task, i);
                 async move {
                     let call = odp::Call {
                         command,
                         request_id: &request_id,
                         expected,
+                        expect,
                         resumed,
                     };
                     let balanced =

@@ -130,6 +130,18 @@ fn task_details(new: &NewTask) -> Details {
             humantime::format_duration(t).to_string().into(),
         ));
     }
+    if let Some(up) = &new.upgrade {
+        details.push(("binary", up.binary.clone().into()));
+        details.push(("binary_sha256", up.sha256.clone().into()));
+        details.push(("canary_size", up.canary_size.into()));
+        details.push((
+            "canary_wait",
+            humantime::format_duration(up.canary_wait)
+                .to_string()
+                .into(),
+        ));
+        details.push(("allow_downgrade", up.allow_downgrade.into()));
+    }
     let r = &new.rollout;
     if let Some(n) = r.batch_size {
         details.push(("batch_size", n.into()));
@@ -171,6 +183,7 @@ macro_rules! cluster_mutation {
 cluster_mutation!(pb::StopAllRequest, "StopAll");
 cluster_mutation!(pb::StartAllRequest, "StartAll");
 cluster_mutation!(pb::RestartAllRequest, "RestartAll");
+cluster_mutation!(pb::UpgradeAllRequest, "UpgradeAll");
 
 macro_rules! task_mutation {
     ($t:ty, $rpc:literal) => {
@@ -308,6 +321,17 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         .await
     }
 
+    async fn upgrade_all(
+        &self,
+        request: Request<pb::UpgradeAllRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
+        self.mutate(request, async |r, call| {
+            let new = requests::upgrade_all(r).map_err(Failed::invalid)?;
+            self.create(call, new).await
+        })
+        .await
+    }
+
     async fn get_task(
         &self,
         request: Request<pb::GetTaskRequest>,
@@ -405,6 +429,7 @@ pub fn task_pb(t: &task::Task) -> pb::Task {
             Kind::StopAll => pb::TaskKind::StopAll,
             Kind::StartAll => pb::TaskKind::StartAll,
             Kind::RestartAll => pb::TaskKind::RestartAll,
+            Kind::UpgradeAll => pb::TaskKind::UpgradeAll,
         } as i32,
         mode: match t.mode {
             Some(Mode::Hot) => apb::RestartMode::Hot,
@@ -416,6 +441,7 @@ pub fn task_pb(t: &task::Task) -> pb::Task {
             task::State::Succeeded => pb::TaskState::Succeeded,
             task::State::Failed => pb::TaskState::Failed,
             task::State::Cancelled => pb::TaskState::Cancelled,
+            task::State::RolledBack => pb::TaskState::RolledBack,
         } as i32,
         subtasks: t
             .subtasks
@@ -430,6 +456,8 @@ pub fn task_pb(t: &task::Task) -> pb::Task {
                     SubtaskState::Unreachable => pb::SubtaskState::Unreachable,
                     SubtaskState::Skipped => pb::SubtaskState::Skipped,
                     SubtaskState::Cancelled => pb::SubtaskState::Cancelled,
+                    SubtaskState::RollingBack => pb::SubtaskState::RollingBack,
+                    SubtaskState::RolledBack => pb::SubtaskState::RolledBack,
                 } as i32,
                 batch: s.batch,
                 attempts: s.attempts,
@@ -440,6 +468,23 @@ pub fn task_pb(t: &task::Task) -> pb::Task {
                 pid: s.pid.unwrap_or(0),
                 proxy_state: s.proxy_state,
                 balancer: s.balancer.as_ref().map(balancer::note_pb),
+                previous_binary: s
+                    .upgrade
+                    .as_ref()
+                    .map_or_else(String::new, |u| u.previous_binary.clone()),
+                previous_version: s
+                    .upgrade
+                    .as_ref()
+                    .map_or_else(String::new, |u| u.previous_version.clone()),
+                version: s
+                    .upgrade
+                    .as_ref()
+                    .map_or_else(String::new, |u| u.version.clone()),
+                rollback_operation_id: s
+                    .upgrade
+                    .as_ref()
+                    .and_then(|u| u.rollback_operation_id.clone())
+                    .unwrap_or_default(),
             })
             .collect(),
         rollout: Some(pb::Rollout {
@@ -457,5 +502,14 @@ pub fn task_pb(t: &task::Task) -> pb::Task {
         current_batch: t.current_batch,
         cancel_requested: t.cancel_requested,
         store_error: t.store_error.clone().unwrap_or_default(),
+        upgrade: t.upgrade.as_ref().map(|u| pb::Upgrade {
+            binary: u.binary.clone(),
+            binary_sha256: u.sha256.clone(),
+            version: u.version.clone(),
+            canary_size: u.canary_size,
+            canary_wait: Some(dur(u.canary_wait)),
+            allow_downgrade: u.allow_downgrade,
+            rollback_reason: u.rollback.clone().unwrap_or_default(),
+        }),
     }
 }

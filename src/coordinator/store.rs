@@ -57,6 +57,7 @@ fn state_name(s: State) -> &'static str {
         State::Succeeded => "succeeded",
         State::Failed => "failed",
         State::Cancelled => "cancelled",
+        State::RolledBack => "rolled_back",
     }
 }
 

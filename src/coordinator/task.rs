@@ -4,6 +4,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+pub mod upgrade;
+
 // The console's names for them, and the RPCs', all end in "All".
 #[allow(clippy::enum_variant_names)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -11,6 +13,7 @@ pub enum Kind {
     StopAll,
     StartAll,
     RestartAll,
+    UpgradeAll,
 }
 
 impl Kind {
@@ -19,6 +22,7 @@ impl Kind {
             Kind::StopAll => "Stop All",
             Kind::StartAll => "Start All",
             Kind::RestartAll => "Restart All",
+            Kind::UpgradeAll => "Upgrade All",
         }
     }
 }
@@ -35,6 +39,8 @@ pub enum State {
     Succeeded,
     Failed,
     Cancelled,
+    /// Upgrade All: an ODP failed and every ODP moved is back.
+    RolledBack,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +52,10 @@ pub enum SubtaskState {
     Unreachable,
     Skipped,
     Cancelled,
+    /// Upgrade All: going back onto its previous binary.
+    RollingBack,
+    /// Upgrade All: back on its previous binary.
+    RolledBack,
 }
 
 impl SubtaskState {
@@ -105,6 +115,10 @@ pub struct Subtask {
     /// What was done with the ODP's server in the cluster's load balancer.
     #[serde(default)]
     pub balancer: Option<super::load_balancer::rotation::BalancerNote>,
+    /// Upgrade All: what it ran before (its rollback target) and its
+    /// rollback.
+    #[serde(default)]
+    pub upgrade: Option<upgrade::OdpUpgrade>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -128,6 +142,9 @@ pub struct Task {
     /// disk); None once it is. Never stored itself.
     #[serde(skip)]
     pub store_error: Option<String>,
+    /// Upgrade All: the binary, its version, the canary and the rollback.
+    #[serde(default)]
+    pub upgrade: Option<upgrade::Upgrade>,
 }
 
 impl Task {
@@ -159,6 +176,7 @@ impl Task {
                 pid: None,
                 proxy_state: 0,
                 balancer: None,
+                upgrade: None,
             })
             .collect();
         let batches = subtasks.last().map_or(0, |s| s.batch);
@@ -179,6 +197,7 @@ impl Task {
             current_batch: 0,
             cancel_requested: false,
             store_error: None,
+            upgrade: None,
         }
     }
 

@@ -25,7 +25,9 @@ use super::{
     rules::{self, Odp},
     runner::Runner,
     store::{Store, StoreError},
+    task::upgrade::UpgradeRequest,
     task::{Kind, Mode, Rollout, State, SubtaskState, Task},
+    upgrade_plan,
 };
 
 /// Each ODP's server name, and what the balancer says of each (or why it
@@ -80,6 +82,8 @@ pub struct NewTask {
     pub rollout: Rollout,
     pub exit_timeout: Option<Duration>,
     pub request_id: Option<String>,
+    /// Upgrade All: the binary, its SHA-256 and the canary.
+    pub upgrade: Option<UpgradeRequest>,
 }
 
 /// Changes a WatchTask caller may fall behind before it is told so. A task
@@ -202,7 +206,7 @@ impl Tasks {
             })
             .collect();
         rules::check(new.kind, new.mode, &odps).map_err(TaskError::Refused)?;
-        let task = Task::new(
+        let mut task = Task::new(
             &cluster.name,
             &cluster.agents,
             new.kind,
@@ -211,6 +215,11 @@ impl Tasks {
             new.exit_timeout,
             new.request_id,
         );
+        if let Some(ask) = &new.upgrade {
+            task = upgrade_plan::plan(&self.pool, cluster, &statuses, task, ask)
+                .await
+                .map_err(TaskError::Refused)?;
+        }
         // Written down before any RPC is sent.
         if let Err(e) = self.store.save(&task) {
             // The same request id, created concurrently: that task it is.
@@ -330,6 +339,14 @@ impl Tasks {
         let original = self.get(id)?;
         if original.state == State::Succeeded {
             return Err(TaskError::NothingToRetry { id: original.id });
+        }
+        // Its checks and its rollback are of the cluster as it was: a new
+        // Upgrade All checks the cluster as it is now.
+        if original.kind == Kind::UpgradeAll {
+            return Err(TaskError::Refused(format!(
+                "task {} is an Upgrade All: run UpgradeAll again (every check is repeated)",
+                original.id
+            )));
         }
         let mut task = original.clone();
         for s in &mut task.subtasks {

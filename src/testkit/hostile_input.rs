@@ -13,7 +13,7 @@ use crate::{
     agent::{
         config::{AgentConfig, ObproxyConfig},
         obproxy::executable::Executable,
-        service::requests as agent,
+        service::{inspect, requests as agent},
     },
     coordinator::{config::CoordinatorConfig, service::requests as coordinator},
     proto::{agent as apb, coordinator as cpb},
@@ -46,6 +46,10 @@ const COORDINATOR_FIELDS: &[&str] = &[
     "pause",
     "limit",
     "id",
+    "binary",
+    "binary_sha256",
+    "canary_size",
+    "canary_wait",
 ];
 
 /// Parses `text` as both daemons' configuration files: either typed values,
@@ -77,7 +81,7 @@ pub fn agent_request(data: &[u8], obproxy: &ObproxyConfig) -> Outcome {
     let Some((&which, bytes)) = data.split_first() else {
         return Outcome::Undecodable;
     };
-    let result = match which % 5 {
+    let result = match which % 6 {
         0 => decode::<apb::StartRequest>(bytes).map(|r| agent::start(&r).map(|_| ())),
         1 => decode::<apb::StopRequest>(bytes).map(|r| agent::stop(&r).map(|_| ())),
         2 => decode::<apb::RestartRequest>(bytes).map(|r| {
@@ -89,6 +93,13 @@ pub fn agent_request(data: &[u8], obproxy: &ObproxyConfig) -> Outcome {
         }),
         3 => decode::<apb::GetOperationRequest>(bytes)
             .map(|r| agent::operation_id(&r.id).map(|_| ())),
+        4 => decode::<apb::InspectBinaryRequest>(bytes).map(|r| {
+            inspect::resolve(obproxy, &r.binary).map(|(exe, configured)| {
+                if !configured {
+                    assert_runnable_upgrade(&exe, obproxy);
+                }
+            })
+        }),
         _ => decode::<apb::WatchOperationRequest>(bytes)
             .map(|r| agent::operation_id(&r.id).map(|_| ())),
     };
@@ -100,7 +111,7 @@ pub fn coordinator_request(data: &[u8]) -> Outcome {
     let Some((&which, bytes)) = data.split_first() else {
         return Outcome::Undecodable;
     };
-    let result = match which % 9 {
+    let result = match which % 10 {
         0 => decode::<cpb::StopAllRequest>(bytes).map(|r| coordinator::stop_all(&r).map(|_| ())),
         1 => decode::<cpb::StartAllRequest>(bytes).map(|r| coordinator::start_all(&r).map(|_| ())),
         2 => decode::<cpb::RestartAllRequest>(bytes)
@@ -117,6 +128,8 @@ pub fn coordinator_request(data: &[u8]) -> Outcome {
         7 => {
             decode::<cpb::CancelTaskRequest>(bytes).map(|r| coordinator::task_id(&r.id).map(|_| ()))
         }
+        8 => decode::<cpb::UpgradeAllRequest>(bytes)
+            .map(|r| coordinator::upgrade_all(&r).map(|_| ())),
         _ => {
             decode::<cpb::RetryTaskRequest>(bytes).map(|r| coordinator::task_id(&r.id).map(|_| ()))
         }

@@ -266,6 +266,16 @@ impl pb::agent_server::Agent for SimFleet {
         Ok(Response::new(agent.restart(r.into_inner())))
     }
 
+    async fn inspect_binary(
+        &self,
+        _: Request<pb::InspectBinaryRequest>,
+    ) -> Result<Response<pb::BinaryInspection>, Status> {
+        // A simulated agent holds no files to hash or run.
+        Err(Status::unimplemented(
+            "InspectBinary: a simulated agent has no binaries (Upgrade All needs real agents)",
+        ))
+    }
+
     async fn get_operation(
         &self,
         r: Request<pb::GetOperationRequest>,

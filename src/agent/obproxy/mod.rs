@@ -1,6 +1,7 @@
 //! The obproxy process as the agent sees it: how it is launched, how its
-//! version is read, how it is watched and signalled, what `/proc` says
+//! version and digest are read, how it is watched and signalled, what `/proc` says
 //! about it, and how one the agent did not start is found.
+pub mod digest;
 pub mod discovery;
 pub mod executable;
 pub mod launch;

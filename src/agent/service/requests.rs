@@ -162,7 +162,7 @@ pub fn binary(config: &ObproxyConfig, raw: &str) -> Result<Option<Executable>, S
 }
 
 /// `path` with `.` and `..` resolved by name (no filesystem access).
-fn normalized(path: &Path) -> PathBuf {
+pub(super) fn normalized(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {

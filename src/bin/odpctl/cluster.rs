@@ -1,6 +1,6 @@
 //! `odpctl cluster`: list the clusters, show one's status, and run Stop
-//! All, Start All and Restart All on it (followed to the end unless
-//! detached).
+//! All, Start All, Restart All and Upgrade All on it (followed to the end
+//! unless detached).
 use anyhow::{Context, Result, bail};
 use odp_agent::{
     common::command_line::odpctl::ClusterCmd,
@@ -129,6 +129,30 @@ pub(crate) async fn run(
                 exit_timeout: exit_timeout.map(proto_duration)
             );
             let task = c.restart_all(request).await;
+            follow_answer(&mut c, task, rollout.detach, json_out).await
+        }
+        ClusterCmd::Upgrade {
+            cluster,
+            binary,
+            sha256,
+            canary,
+            canary_wait,
+            allow_downgrade,
+            exit_timeout,
+            rollout,
+        } => {
+            let request = cluster_request!(
+                UpgradeAllRequest,
+                cluster,
+                rollout,
+                binary: binary,
+                binary_sha256: sha256,
+                canary_size: canary,
+                canary_wait: canary_wait.map(proto_duration),
+                exit_timeout: exit_timeout.map(proto_duration),
+                allow_downgrade: allow_downgrade
+            );
+            let task = c.upgrade_all(request).await;
             follow_answer(&mut c, task, rollout.detach, json_out).await
         }
     }

@@ -52,7 +52,9 @@ impl Progress {
             .filter(|s| {
                 !matches!(
                     s.state(),
-                    pb::SubtaskState::Pending | pb::SubtaskState::Running
+                    pb::SubtaskState::Pending
+                        | pb::SubtaskState::Running
+                        | pb::SubtaskState::RollingBack
                 )
             })
             .count();
@@ -70,6 +72,9 @@ impl Progress {
                     s.batch,
                     short(s.state().as_str_name(), "SUBTASK_STATE_")
                 );
+                if !s.version.is_empty() {
+                    msg.push_str(&format!("  {}", s.version));
+                }
                 if let Some(b) = &s.balancer {
                     msg.push_str(&format!("  lb {}", balancer_state(b.state())));
                     if !b.drain.is_empty() {
@@ -82,7 +87,9 @@ impl Progress {
                 bar.set_message(msg);
                 if !matches!(
                     s.state(),
-                    pb::SubtaskState::Pending | pb::SubtaskState::Running
+                    pb::SubtaskState::Pending
+                        | pb::SubtaskState::Running
+                        | pb::SubtaskState::RollingBack
                 ) && !bar.is_finished()
                 {
                     bar.finish();
@@ -112,6 +119,7 @@ pub fn kind_name(t: &pb::Task) -> String {
             apb::RestartMode::Force => "restart-force".into(),
             _ => "restart-hot".into(),
         },
+        pb::TaskKind::UpgradeAll => "upgrade".into(),
         pb::TaskKind::Unspecified => "?".into(),
     }
 }
@@ -135,21 +143,34 @@ pub fn print_task(t: &pb::Task, json_out: bool) -> Result<()> {
         t.current_batch,
         t.batches
     );
+    if let Some(u) = &t.upgrade {
+        println!(
+            "onto {} (version {}, sha256 {}), canary {} held {}",
+            u.binary,
+            u.version,
+            u.binary_sha256,
+            u.canary_size,
+            humantime::format_duration(u.canary_wait.as_ref().map_or(Duration::ZERO, |d| {
+                Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
+            }))
+        );
+    }
     if !t.error.is_empty() {
         println!("error: {}", t.error);
     }
     println!(
-        "{:<24} {:>5} {:<12} {:>8} {:>8}  ERROR",
-        "ODP", "BATCH", "STATE", "ATTEMPTS", "PID"
+        "{:<24} {:>5} {:<13} {:>8} {:>8} {:<10}  ERROR",
+        "ODP", "BATCH", "STATE", "ATTEMPTS", "PID", "VERSION"
     );
     for s in &t.subtasks {
         println!(
-            "{:<24} {:>5} {:<12} {:>8} {:>8}  {}",
+            "{:<24} {:>5} {:<13} {:>8} {:>8} {:<10}  {}",
             s.agent,
             s.batch,
             short(s.state().as_str_name(), "SUBTASK_STATE_"),
             s.attempts,
             s.pid,
+            s.version,
             s.last_error
         );
         if let Some(b) = &s.balancer {
@@ -177,6 +198,15 @@ pub fn task_json(t: &pb::Task) -> Value {
         "batches": t.batches,
         "current_batch": t.current_batch,
         "cancel_requested": t.cancel_requested,
+        "upgrade": t.upgrade.as_ref().map(|u| json!({
+            "binary": u.binary,
+            "binary_sha256": u.binary_sha256,
+            "version": u.version,
+            "canary_size": u.canary_size,
+            "canary_wait_seconds": u.canary_wait.as_ref().map(|d| d.seconds),
+            "allow_downgrade": u.allow_downgrade,
+            "rollback_reason": u.rollback_reason,
+        })),
         "created_at": t.created_at.as_ref().map(timestamp),
         "finished_at": t.finished_at.as_ref().map(timestamp),
         "subtasks": t.subtasks.iter().map(|s| json!({
@@ -193,6 +223,10 @@ pub fn task_json(t: &pb::Task) -> Value {
                 "log": b.log,
             })),
             "last_error": s.last_error,
+            "previous_binary": s.previous_binary,
+            "previous_version": s.previous_version,
+            "version": s.version,
+            "rollback_operation_id": s.rollback_operation_id,
             "started_at": s.started_at.as_ref().map(timestamp),
             "finished_at": s.finished_at.as_ref().map(timestamp),
         })).collect::<Vec<_>>(),

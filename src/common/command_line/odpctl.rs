@@ -106,6 +106,34 @@ pub enum ClusterCmd {
         #[command(flatten)]
         rollout: RolloutArgs,
     },
+    /// Upgrade All: hot-upgrade every ODP onto another obproxy binary,
+    /// canary first; on a failure, every ODP moved goes back.
+    Upgrade {
+        /// The cluster's name, as in the coordinator's configuration.
+        cluster: String,
+        /// The new obproxy's path on every host (relative to the agents'
+        /// home, inside their upgrade_dir), e.g. bin/obproxy-4.3.1.
+        #[arg(long)]
+        binary: String,
+        /// Its SHA-256, as sha256sum prints it; every host must hold it.
+        #[arg(long)]
+        sha256: String,
+        /// ODPs in the first batch, the canary.
+        #[arg(long, default_value_t = 1)]
+        canary: u32,
+        /// How long the canary serves on the new binary before the rest,
+        /// e.g. 5m.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        canary_wait: Option<Duration>,
+        /// Allow a binary older than an ODP's version.
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// The drain window of each hot upgrade (and rollback), e.g. 30s.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        exit_timeout: Option<Duration>,
+        #[command(flatten)]
+        rollout: RolloutArgs,
+    },
 }
 
 #[derive(Args)]

@@ -54,6 +54,8 @@ impl Class {
             "StopAll",
             "StartAll",
             "RestartAll",
+            "UpgradeAll",
+            "InspectBinary",
             "CancelTask",
             "RetryTask",
         ];

@@ -7,12 +7,14 @@ use crate::coordinator::{
 
 /// Stop All drains and leaves the server in maint (drained for a command
 /// balancer without `maint`); Start All checks the balancer answers and
-/// sets ready; FORCE (and HOT with `lb_drain`) drains and sets ready. A
-/// restart whose batch holds every ODP drains nothing: no other server
+/// sets ready; FORCE (and HOT with `lb_drain`) drains and sets ready. An
+/// Upgrade All is a HOT restart of each ODP onto the new binary: as HOT.
+/// A restart whose batch holds every ODP drains nothing: no other server
 /// could take the clients, and the held listeners queue them anyway.
 pub(super) fn plan_for(task: &Task, lb_drain: bool) -> Option<Plan> {
     let n = task.subtasks.len();
-    let rolling = task.rollout.batch_len(n) < n;
+    // An upgrade's canary is a batch of its own whatever the rollout says.
+    let rolling = task.rollout.batch_len(n) < n || task.batches > 1;
     match (task.kind, task.mode) {
         (Kind::StopAll, _) => Some(Plan {
             drain: true,
@@ -24,8 +26,8 @@ pub(super) fn plan_for(task: &Task, lb_drain: bool) -> Option<Plan> {
             end: ServerState::Ready,
             no_drain: "a stopped ODP has no sessions",
         }),
-        (Kind::RestartAll, Some(Mode::Hot)) if !lb_drain => None,
-        (Kind::RestartAll, _) => Some(Plan {
+        (Kind::RestartAll, Some(Mode::Hot)) | (Kind::UpgradeAll, _) if !lb_drain => None,
+        (Kind::RestartAll | Kind::UpgradeAll, _) => Some(Plan {
             drain: rolling,
             end: ServerState::Ready,
             no_drain: "the batch holds every ODP, so no other server could take its clients",
@@ -80,6 +82,22 @@ mod tests {
         assert_eq!(
             plan(Kind::RestartAll, hot, Some(2), true),
             Some((true, Ready))
+        );
+        // Upgrade All is HOT: nothing without lb_drain; with it, its canary
+        // batch drains even when the rest go all at once.
+        assert_eq!(plan(Kind::UpgradeAll, None, None, false), None);
+        let mut upgrade = task(Kind::UpgradeAll, None, None);
+        upgrade.subtasks[0].batch = 1;
+        for s in &mut upgrade.subtasks[1..] {
+            s.batch = 2;
+        }
+        upgrade.batches = 2;
+        let p = plan_for(&upgrade, true).map(|p| (p.drain, p.end));
+        assert_eq!(p, Some((true, Ready)));
+        assert_eq!(
+            plan(Kind::UpgradeAll, None, None, true),
+            Some((false, Ready)),
+            "a canary of the whole cluster: one batch"
         );
     }
 }

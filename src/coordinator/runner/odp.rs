@@ -1,23 +1,18 @@
 //! One ODP of a batch: its server taken out of the load balancer (when the
 //! cluster has one), its operation submitted (idempotent by request id) and
 //! followed to its end, the health gate, and its server put back.
-use std::time::Duration;
-
-use super::super::{
-    agent_pool::{AgentError, AgentPool, Command},
-    load_balancer::{
-        LoadBalancer,
-        rotation::{BalancerNote, Plan, Rotation},
+use super::{
+    super::{
+        agent_pool::{AgentError, AgentPool, Command},
+        load_balancer::{
+            LoadBalancer,
+            rotation::{BalancerNote, Plan, Rotation},
+        },
+        task::SubtaskState,
     },
-    task::SubtaskState,
+    health_gate::{Expect, GATE_INTERVAL, Outcome, gate},
 };
 use crate::{common::error_chain::describe, proto::agent as pb};
-
-/// How long an ODP may take to report the intended state after its
-/// operation succeeded (the health gate), and how often it is asked when the
-/// operation's own last update did not show it.
-const GATE_TIMEOUT: Duration = Duration::from_secs(10);
-const GATE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// The cluster's balancer and what the task does with it, for one ODP.
 pub(super) struct Balanced<'a> {
@@ -48,6 +43,7 @@ pub(super) async fn run(
             error: Some(error),
             pid: None,
             proxy_state: 0,
+            version: None,
         };
     }
     let outcome = subtask(pool, agent, call, on_operation).await;
@@ -69,19 +65,13 @@ pub(super) async fn run(
     }
 }
 
-/// How one ODP's subtask ended.
-pub(super) struct Outcome {
-    pub(super) state: SubtaskState,
-    pub(super) error: Option<String>,
-    pub(super) pid: Option<u32>,
-    pub(super) proxy_state: i32,
-}
-
 /// What one subtask asks of its agent.
 pub(super) struct Call<'a> {
     pub(super) command: Command,
     pub(super) request_id: &'a str,
     pub(super) expected: pb::ProxyState,
+    /// An upgrade's binary and version, checked by the health gate too.
+    pub(super) expect: Option<Expect>,
     /// (operation id, pid serving before it) of an attempt interrupted by a
     /// coordinator restart.
     pub(super) resumed: Option<(String, Option<u32>)>,
@@ -101,18 +91,10 @@ async fn subtask(
         command,
         request_id,
         expected,
+        expect,
         resumed,
     } = call;
-    let fail = |e: &AgentError| Outcome {
-        state: if e.is_unreachable() {
-            SubtaskState::Unreachable
-        } else {
-            SubtaskState::Failed
-        },
-        error: Some(describe(e)),
-        pid: None,
-        proxy_state: pb::ProxyState::Unavailable as i32,
-    };
+    let fail = Outcome::failed;
     let known = match &resumed {
         Some((id, previous_pid)) => match pool.operation(agent, id).await {
             Ok(op) => Some(op),
@@ -127,12 +109,15 @@ async fn subtask(
     let op = match known {
         Some(op) => op,
         None => {
-            if let (Command::Restart { .. }, Some((_, Some(prev)))) = (command, &resumed) {
+            if let (Command::Restart { .. } | Command::Upgrade { .. }, Some((_, Some(prev)))) =
+                (&command, &resumed)
+            {
                 // The agent forgot the operation: if another process serves
                 // now, the restart already happened; go to the health gate.
                 match pool.status(agent).await {
                     Ok(s) if s.pid != 0 && s.pid != *prev => {
-                        return gate(pool, agent, expected, "the resumed restart").await;
+                        let what = "the resumed restart";
+                        return gate(pool, agent, expected, expect.as_ref(), what).await;
                     }
                     Ok(_) => {}
                     Err(e) => return fail(&e),
@@ -155,20 +140,23 @@ async fn subtask(
             error: Some(op.error),
             pid: (op.pid != 0).then_some(op.pid),
             proxy_state: 0,
+            version: None,
         };
     }
     // The health gate follows the operation's stream: its last update says
     // the state it left the ODP in. Only when that is not the intended one
     // (or an older agent does not say) is the agent asked again.
-    if op.proxy_state() == expected {
+    if op.proxy_state() == expected && expect.is_none() {
         return Outcome {
             state: SubtaskState::Succeeded,
             error: None,
             pid: (op.pid != 0).then_some(op.pid),
             proxy_state: op.proxy_state,
+            version: None,
         };
     }
-    gate(pool, agent, expected, &format!("operation {}", op.id)).await
+    let what = format!("operation {}", op.id);
+    gate(pool, agent, expected, expect.as_ref(), &what).await
 }
 
 /// Follows an operation to its end. A watch that breaks (a dropped
@@ -176,7 +164,7 @@ async fn subtask(
 /// itself frozen for a while) is not yet an unreachable agent: it is asked
 /// for the operation once, within `status_timeout`, and followed again if it
 /// answers. All of it within `operation_timeout`.
-async fn follow(
+pub(super) async fn follow(
     pool: &AgentPool,
     agent: &str,
     op: pb::Operation,
@@ -214,52 +202,4 @@ async fn follow(
                 timeout,
             })
         })
-}
-
-/// The health gate by asking: done only when the agent reports the intended
-/// state.
-async fn gate(pool: &AgentPool, agent: &str, expected: pb::ProxyState, what: &str) -> Outcome {
-    let fail = |e: &AgentError| Outcome {
-        state: if e.is_unreachable() {
-            SubtaskState::Unreachable
-        } else {
-            SubtaskState::Failed
-        },
-        error: Some(describe(e)),
-        pid: None,
-        proxy_state: pb::ProxyState::Unavailable as i32,
-    };
-    let deadline = tokio::time::Instant::now() + GATE_TIMEOUT;
-    loop {
-        match pool.status(agent).await {
-            Ok(s) if s.state() == expected => {
-                return Outcome {
-                    state: SubtaskState::Succeeded,
-                    error: None,
-                    pid: (s.pid != 0).then_some(s.pid),
-                    proxy_state: s.state,
-                };
-            }
-            Ok(s) if tokio::time::Instant::now() >= deadline => {
-                return Outcome {
-                    state: SubtaskState::Failed,
-                    error: Some(format!(
-                        "health gate: the ODP is {} after {what}, not {}",
-                        s.state().as_str_name(),
-                        expected.as_str_name()
-                    )),
-                    pid: (s.pid != 0).then_some(s.pid),
-                    proxy_state: s.state,
-                };
-            }
-            Ok(_) => tokio::time::sleep(GATE_INTERVAL).await,
-            // One slow answer from a loaded host is not an unreachable ODP:
-            // ask again until the gate's own deadline.
-            Err(e) if e.is_unreachable() && tokio::time::Instant::now() < deadline => {
-                tracing::debug!(odp = %agent, error = %e, "health gate: asking again");
-                tokio::time::sleep(GATE_INTERVAL).await;
-            }
-            Err(e) => return fail(&e),
-        }
-    }
 }

@@ -9,7 +9,7 @@ use crate::{
     common::rpc_validate::{MAX_EXIT_TIMEOUT, duration, request_id},
     coordinator::{
         config::valid_name,
-        task::{Kind, Mode, Rollout},
+        task::{Kind, Mode, Rollout, upgrade::UpgradeRequest},
         task_manager::NewTask,
     },
     proto::{agent as apb, coordinator as pb},
@@ -31,6 +31,7 @@ pub fn stop_all(r: &pb::StopAllRequest) -> Result<NewTask, Status> {
         rollout: rollout(r.batch_size, r.batch_percent, r.max_failures, r.pause)?,
         exit_timeout: None,
         request_id: request_id(&r.request_id)?,
+        upgrade: None,
     })
 }
 
@@ -42,6 +43,7 @@ pub fn start_all(r: &pb::StartAllRequest) -> Result<NewTask, Status> {
         rollout: rollout(r.batch_size, r.batch_percent, r.max_failures, r.pause)?,
         exit_timeout: None,
         request_id: request_id(&r.request_id)?,
+        upgrade: None,
     })
 }
 
@@ -72,6 +74,64 @@ pub fn restart_all(r: &pb::RestartAllRequest) -> Result<NewTask, Status> {
         rollout: rollout(r.batch_size, r.batch_percent, r.max_failures, r.pause)?,
         exit_timeout,
         request_id: request_id(&r.request_id)?,
+        upgrade: None,
+    })
+}
+
+/// Longest a canary may be held before the next batch.
+pub const MAX_CANARY_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// A path no longer than Linux's PATH_MAX.
+const MAX_BINARY: usize = 4096;
+
+pub fn upgrade_all(r: &pb::UpgradeAllRequest) -> Result<NewTask, Status> {
+    let cluster = cluster(&r.cluster)?;
+    if r.binary.is_empty() {
+        return Err(Status::invalid_argument(
+            "binary: required (the new obproxy's path on every host, inside upgrade_dir)",
+        ));
+    }
+    if r.binary.len() > MAX_BINARY || r.binary.contains('\0') {
+        return Err(Status::invalid_argument(format!(
+            "binary: not a usable path ({} bytes)",
+            r.binary.len()
+        )));
+    }
+    let sha = &r.binary_sha256;
+    if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(Status::invalid_argument(format!(
+            "binary_sha256: {:?} is not a SHA-256 (64 hex digits, as sha256sum prints it)",
+            shown(sha)
+        )));
+    }
+    if r.canary_size > MAX_BATCH_SIZE {
+        return Err(Status::invalid_argument(format!(
+            "canary_size: {} is over {MAX_BATCH_SIZE}",
+            r.canary_size
+        )));
+    }
+    let canary_wait = r
+        .canary_wait
+        .map(|d| duration("canary_wait", d, MAX_CANARY_WAIT))
+        .transpose()?
+        .unwrap_or_default();
+    let exit_timeout = r
+        .exit_timeout
+        .map(|d| duration("exit_timeout", d, MAX_EXIT_TIMEOUT))
+        .transpose()?;
+    Ok(NewTask {
+        cluster,
+        kind: Kind::UpgradeAll,
+        mode: None,
+        rollout: rollout(r.batch_size, r.batch_percent, r.max_failures, r.pause)?,
+        exit_timeout,
+        request_id: request_id(&r.request_id)?,
+        upgrade: Some(UpgradeRequest {
+            binary: r.binary.clone(),
+            sha256: sha.to_ascii_lowercase(),
+            canary_size: r.canary_size.max(1),
+            canary_wait,
+            allow_downgrade: r.allow_downgrade,
+        }),
     })
 }
 
@@ -197,6 +257,39 @@ mod tests {
         };
         let e = rollout(0, 0, 0, Some(pause)).unwrap_err();
         assert!(e.message().starts_with("pause: "), "{e:?}");
+    }
+
+    #[test]
+    fn upgrade_all_checks_binary_sha_and_canary() {
+        let good = pb::UpgradeAllRequest {
+            cluster: "prod".into(),
+            binary: "bin/obproxy-4.3.1".into(),
+            binary_sha256: "AB".repeat(32),
+            ..Default::default()
+        };
+        let new = upgrade_all(&good).unwrap();
+        let up = new.upgrade.unwrap();
+        assert_eq!(up.canary_size, 1, "one ODP is the canary by default");
+        assert_eq!(up.sha256, "ab".repeat(32));
+        let field = |r: pb::UpgradeAllRequest| upgrade_all(&r).unwrap_err().message().to_string();
+        let e = field(pb::UpgradeAllRequest {
+            binary: String::new(),
+            ..good.clone()
+        });
+        assert!(e.starts_with("binary: "), "{e}");
+        let e = field(pb::UpgradeAllRequest {
+            binary_sha256: "abc".into(),
+            ..good.clone()
+        });
+        assert!(e.starts_with("binary_sha256: "), "{e}");
+        let e = field(pb::UpgradeAllRequest {
+            canary_wait: Some(prost_types::Duration {
+                seconds: -1,
+                nanos: 0,
+            }),
+            ..good.clone()
+        });
+        assert!(e.starts_with("canary_wait: "), "{e}");
     }
 
     #[test]

@@ -109,6 +109,7 @@ pub fn task_state(state: i32) -> &'static str {
         Ok(pb::TaskState::Succeeded) => "Completed",
         Ok(pb::TaskState::Failed) => "Failed",
         Ok(pb::TaskState::Cancelled) => "Cancelled",
+        Ok(pb::TaskState::RolledBack) => "Rolled Back",
         _ => "Unknown",
     }
 }
@@ -129,6 +130,7 @@ pub fn task_kind(kind: i32, mode: i32) -> String {
         Ok(pb::TaskKind::StopAll) => "Stop All",
         Ok(pb::TaskKind::StartAll) => "Start All",
         Ok(pb::TaskKind::RestartAll) => "Restart All",
+        Ok(pb::TaskKind::UpgradeAll) => "Upgrade All",
         _ => "Task",
     };
     match apb::RestartMode::try_from(mode) {
@@ -143,7 +145,8 @@ pub fn badge(text: &str) -> String {
     let class = match text {
         "Running" | "Completed" | "Succeeded" => "ok",
         "Failed" | "Unreachable" | "Unavailable" => "bad",
-        "Stopped" | "Cancelled" | "Skipped" => "off",
+        // Rolled back: serving as before the task, which did not happen.
+        "Stopped" | "Cancelled" | "Skipped" | "Rolled Back" => "off",
         _ => "busy",
     };
     badge_as(text, class)
@@ -210,5 +213,12 @@ mod tests {
             "Restart All (Force Restart)"
         );
         assert_eq!(title_case("ROLLED_BACK"), "Rolled Back");
+        assert_eq!(task_state(pb::TaskState::RolledBack as i32), "Rolled Back");
+        assert_eq!(
+            subtask_state(pb::SubtaskState::RollingBack as i32),
+            "Rolling Back"
+        );
+        assert_eq!(task_kind(pb::TaskKind::UpgradeAll as i32, 0), "Upgrade All");
+        assert!(badge("Rolled Back").contains("badge off"));
     }
 }

@@ -175,6 +175,17 @@ pub fn panel(session: &Session, t: &pb::Task) -> String {
                 .unwrap_or_default()
         );
     }
+    if let Some(u) = &t.upgrade {
+        let _ = write!(
+            out,
+            "<p class=\"sub\" id=\"upgrade\">Onto {} (version {}, sha256 {}) · canary {} held {}</p>",
+            esc(&u.binary),
+            esc(&u.version),
+            esc(&u.binary_sha256),
+            u.canary_size,
+            html::duration(u.canary_wait.as_ref()),
+        );
+    }
     out.push_str(
         "<table id=\"subtasks\"><thead><tr><th>ODP</th><th>Batch</th><th>State</th><th>PID</th>\
          <th>Attempts</th><th>Started</th><th>Finished</th><th>Last error</th></tr></thead><tbody>",
@@ -211,7 +222,10 @@ pub fn panel(session: &Session, t: &pb::Task) -> String {
                 "<button id=\"cancel-task\" class=\"secondary\">Cancel</button>",
             ));
         }
-        if !running && t.state() != pb::TaskState::Succeeded {
+        // The engine refuses to retry an Upgrade All (it is run again, every
+        // check repeated): no button that can only be refused.
+        if !running && t.state() != pb::TaskState::Succeeded && t.kind() != pb::TaskKind::UpgradeAll
+        {
             buttons.push_str(&html::form(
                 session,
                 &format!("/tasks/{}/retry", seg(&t.id)),
@@ -222,4 +236,62 @@ pub fn panel(session: &Session, t: &pb::Task) -> String {
         let _ = write!(out, "<div class=\"buttons\">{buttons}</div>");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::security::{callers::Caller, role::Role};
+
+    fn operator() -> Session {
+        Session {
+            id: "s".into(),
+            token: "t".into(),
+            caller: Caller {
+                identity: "token:oncall".into(),
+                role: Role::Operator,
+            },
+            csrf: "c".into(),
+            expires: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn a_rolled_back_upgrade_reads_so_and_offers_no_retry() {
+        let subtask = |state: pb::SubtaskState| pb::Subtask {
+            agent: "10.0.0.1:2889".into(),
+            state: state as i32,
+            ..Default::default()
+        };
+        let mut t = pb::Task {
+            id: "task-1".into(),
+            kind: pb::TaskKind::UpgradeAll as i32,
+            state: pb::TaskState::RolledBack as i32,
+            upgrade: Some(pb::Upgrade {
+                binary: "bin/obproxy-4.3.1".into(),
+                version: "4.3.1.0".into(),
+                canary_size: 1,
+                ..Default::default()
+            }),
+            subtasks: vec![
+                subtask(pb::SubtaskState::RolledBack),
+                subtask(pb::SubtaskState::RollingBack),
+            ],
+            ..Default::default()
+        };
+        let page = panel(&operator(), &t);
+        assert!(page.contains("data-state=\"Rolled Back\""), "{page}");
+        assert!(page.contains("data-state=\"Rolling Back\""), "{page}");
+        assert!(
+            page.contains("Onto bin/obproxy-4.3.1 (version 4.3.1.0"),
+            "{page}"
+        );
+        assert!(!page.contains("retry-task"), "{page}");
+        // Another kind that ended without succeeding is offered Retry.
+        t.kind = pb::TaskKind::RestartAll as i32;
+        t.state = pb::TaskState::Failed as i32;
+        assert!(panel(&operator(), &t).contains("retry-task"));
+    }
 }
