@@ -287,6 +287,7 @@ mod tests {
         })
         .unwrap();
         let t = target(&[10, 11]);
+        let began = Instant::now();
         let answers = futures::future::join_all((0..200).map(|_| sampler.sample(&t))).await;
         for a in &answers {
             assert_eq!(a.as_ref().unwrap().usage[&11].open_connections, 7);
@@ -294,15 +295,19 @@ mod tests {
         for _ in 0..200 {
             sampler.sample(&t).await.unwrap();
         }
-        assert_eq!(
-            taken.load(Ordering::SeqCst),
-            1,
-            "one sample for 400 callers"
+        // One sample per MAX_AGE at most: one for all 400 callers, unless a
+        // busy machine stretched them over more than MAX_AGE.
+        let allowed = 1 + (began.elapsed().as_secs_f64() / MAX_AGE.as_secs_f64()) as usize;
+        let shared = taken.load(Ordering::SeqCst);
+        assert!(
+            (1..=allowed).contains(&shared),
+            "{shared} samples for 400 callers in {:?}",
+            began.elapsed()
         );
         // Another process set is sampled anew.
         let other = sampler.sample(&target(&[12])).await.unwrap();
         assert!(other.usage.contains_key(&12));
-        assert_eq!(taken.load(Ordering::SeqCst), 2);
+        assert_eq!(taken.load(Ordering::SeqCst), shared + 1);
         assert!(threads.lock().unwrap().iter().all(|n| n == THREAD));
     }
 
