@@ -383,7 +383,9 @@ fn spawn_holder(agent: &Agent, serving: u32) -> Child {
     child
 }
 
-/// Polls `done` (a file, /proc) every 20 ms, up to PATIENCE.
+/// Polls `done` (a file, /proc) every 20 ms, up to PATIENCE: a line a
+/// helper process writes into a file and a /proc entry have no event to
+/// wait on, so this is the event's poll, not a fixed wait.
 fn wait_until(done: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + common::PATIENCE;
     while !done() {

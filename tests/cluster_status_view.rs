@@ -53,6 +53,8 @@ async fn wait_all(cluster: &Cluster, token: Option<&str>, state: apb::ProxyState
 async fn a_frozen_agent_still_shows(cluster: &Cluster, token: Option<&str>) {
     let frozen = cluster.agents[0].child.id();
     signal(frozen, libc::SIGSTOP);
+    // Not a wait for an event: the freeze must last a known time, so the
+    // view can be checked to show at least that age for the frozen agent.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let asked = Instant::now();
     let status = cluster_status_as(cluster, token).await;

@@ -106,7 +106,9 @@ impl HaProxy {
         haproxy
     }
 
-    /// Asks `until` at short intervals, up to [`PATIENCE`].
+    /// Asks `until` at short intervals, up to [`PATIENCE`]: HAProxy's
+    /// state (its runtime API up, a server's state and sessions) is only
+    /// known by asking its stats socket, which has no push, so this polls.
     pub fn wait_until(&self, what: &str, until: impl Fn() -> bool) {
         let deadline = Instant::now() + PATIENCE;
         while !until() {
