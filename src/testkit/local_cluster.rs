@@ -218,18 +218,23 @@ dir = "agent-{i}"
         let name = "demo".to_string();
         let addrs: Vec<String> = agents.iter().map(|a| a.addr.to_string()).collect();
         let config = dir.path().join("coordinator.toml");
-        let callers = match &opts.console_token {
-            None => LOOPBACK_OPERATES.to_string(),
+        // `loopback_role` belongs to `[server]`; the console's tables come last, since
+        // `[[clusters]]` would otherwise swallow the keys that follow it.
+        let (server_role, callers) = match &opts.console_token {
+            None => (format!("{LOOPBACK_OPERATES}\n"), String::new()),
             Some(token) => {
                 use sha2::Digest;
                 let hash = hex::encode(sha2::Sha256::digest(token.as_bytes()));
-                format!(
-                    "[web]\nlisten = \"127.0.0.1:0\"\n[[auth.tokens]]\nname = \"demo\"\nsha256 = \"{hash}\"\nrole = \"OBPROXY_MANAGER\"\n"
+                (
+                    String::new(),
+                    format!(
+                        "[web]\nlisten = \"127.0.0.1:0\"\n[[auth.tokens]]\nname = \"demo\"\nsha256 = \"{hash}\"\nrole = \"OBPROXY_MANAGER\"\n"
+                    ),
                 )
             }
         };
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"tasks.db\"\n[[clusters]]\nname = \"{name}\"\nagents = {addrs:?}\n{callers}"
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server_role}[store]\npath = \"tasks.db\"\n[[clusters]]\nname = \"{name}\"\nagents = {addrs:?}\n{callers}"
         );
         std::fs::write(&config, text).map_err(io_err(&config))?;
         let coordinator = spawn(
