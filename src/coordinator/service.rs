@@ -338,7 +338,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
     ) -> Result<Response<pb::Task>, Status> {
         self.guard.read(&request, "GetTask")?;
         let id = requests::task_id(&request.into_inner().id)?;
-        let task = self.tasks.get(&id).map_err(task_status)?;
+        let task = self.tasks.get(&id).await.map_err(task_status)?;
         Ok(Response::new(task_pb(&task)))
     }
 
@@ -351,6 +351,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         let tasks = self
             .tasks
             .list(cluster.as_deref(), limit)
+            .await
             .map_err(task_status)?;
         Ok(Response::new(pb::ListTasksResponse {
             tasks: tasks.iter().map(task_pb).collect(),
@@ -365,7 +366,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
         self.guard.read(&request, "WatchTask")?;
         let id = requests::task_id(&request.into_inner().id)?;
-        let watcher = self.tasks.watch(&id).map_err(task_status)?;
+        let watcher = self.tasks.watch(&id).await.map_err(task_status)?;
         Ok(Response::new(Box::pin(task_stream(watcher))))
     }
 
@@ -393,6 +394,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             let admit = self.guard.admission(call, Vec::new());
             self.tasks
                 .retry(&id, admit)
+                .await
                 .map_err(|e| Failed::task(e, Vec::new()))
         })
         .await
