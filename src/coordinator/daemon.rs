@@ -63,6 +63,11 @@ impl Error {
 
 pub async fn run(config: CoordinatorConfig) -> Result<(), Error> {
     let config = Arc::new(config);
+    // With a metadb, the coordinator's own files have a directory of their
+    // own (with SQLite, the store makes its file's).
+    if let StoreConfig::Metadb(m) = &config.store {
+        crate::security::files::private_dir(&m.state_dir).map_err(StoreError::Dir)?;
+    }
     // Before anything starts: a daemon that cannot audit or speak TLS as
     // configured must not run at all.
     let guard = Guard::from_config(&config.security)?;

@@ -35,6 +35,8 @@ pub struct MetadbConfig {
     /// The name this coordinator holds the lease under; None: `host:port`
     /// of its gRPC listener, known once it is bound.
     pub holder: Option<String>,
+    /// `state_dir`: the audit log and the local socket (by default).
+    pub state_dir: PathBuf,
 }
 
 impl std::fmt::Debug for MetadbConfig {
@@ -145,6 +147,7 @@ impl RawStore {
                         opts,
                         lease,
                         holder: self.holder,
+                        state_dir: dir.clone(),
                     }),
                     dir,
                 ))
