@@ -148,7 +148,9 @@ async fn a_runner_whose_token_was_superseded_writes_nothing_more() {
     fleet.coordinators[0]
         .wait_log("lease lost: stopping without writing")
         .await;
-    fleet.coordinators[0].wait_log("lease lost: not leading").await;
+    fleet.coordinators[0]
+        .wait_log("lease lost: not leading")
+        .await;
     // The first ODP's restart ends at its agent; the coordinator writes
     // none of it, and never starts the second.
     fleet.agents[0]
@@ -164,9 +166,7 @@ async fn a_runner_whose_token_was_superseded_writes_nothing_more() {
     sql.query_drop("UPDATE odp_leader SET expires_at = NOW(6) WHERE id = 1")
         .await
         .unwrap();
-    let done = fleet
-        .wait_task(0, &task.id, PATIENCE * 2, |_| false)
-        .await;
+    let done = fleet.wait_task(0, &task.id, PATIENCE * 2, |_| false).await;
     assert_eq!(
         done.state(),
         pb::TaskState::Succeeded,
@@ -199,9 +199,7 @@ fn run_config(config: &str, env: &[(&str, &str)]) -> (i32, String, String) {
 }
 
 fn config(store: &str) -> String {
-    format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\n{store}\nstate_dir = \"state\"\n"
-    )
+    format!("[server]\nlisten = \"127.0.0.1:0\"\n[store]\n{store}\nstate_dir = \"state\"\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,8 +247,16 @@ fn a_bad_store_section_exits_78_naming_file_key_and_reason() {
             "store.url",
             "not both",
         ),
-        ("url = \"mysql://odp@127.0.0.1:3306\"", "store.url", "names no database"),
-        ("url = \"mysql:/odp@nowhere\"", "store.url", "mysql://user@host:port/db"),
+        (
+            "url = \"mysql://odp@127.0.0.1:3306\"",
+            "store.url",
+            "names no database",
+        ),
+        (
+            "url = \"mysql:/odp@nowhere\"",
+            "store.url",
+            "mysql://user@host:port/db",
+        ),
         (
             "url = \"mysql://odp@127.0.0.1:3306/odp\"\npassword_file = \"absent\"",
             "store.password_file",

@@ -102,16 +102,18 @@ async fn the_leader_killed_mid_rolling_restart_under_load_is_replaced_and_no_odp
     fleet.coordinators[l].child.wait().unwrap();
     assert!(!alive(pid));
     let (next, _) = fleet.wait_leader(|h, t| t > token && h != leader).await;
-    let done = fleet
-        .wait_task(f, &task.id, PATIENCE * 2, |_| false)
-        .await;
+    let done = fleet.wait_task(f, &task.id, PATIENCE * 2, |_| false).await;
     assert_eq!(
         done.state(),
         pb::TaskState::Succeeded,
         "{done:?}\n{}",
         fleet.all_logs()
     );
-    assert_eq!(restarts(&fleet).await, vec![1, 1, 1], "an ODP restarted twice");
+    assert_eq!(
+        restarts(&fleet).await,
+        vec![1, 1, 1],
+        "an ODP restarted twice"
+    );
     let n = fleet.index_of(&next);
     assert!(
         fleet.coordinators[n].logs().contains("resuming task"),
@@ -174,9 +176,17 @@ async fn a_leader_frozen_past_its_lease_writes_nothing_when_it_wakes() {
     // Woken well past its lease, it finds out and stops, writing nothing.
     signal(pid, libc::SIGCONT);
     fleet.coordinators[l].wait_log("lease lost").await;
-    assert_eq!(fleet.task_row(&task.id).await, row, "the woken leader wrote");
+    assert_eq!(
+        fleet.task_row(&task.id).await,
+        row,
+        "the woken leader wrote"
+    );
     assert_eq!(fleet.leader().await, (holder, new_token));
-    assert_eq!(restarts(&fleet).await, vec![1, 1, 1], "an ODP restarted twice");
+    assert_eq!(
+        restarts(&fleet).await,
+        vec![1, 1, 1],
+        "an ODP restarted twice"
+    );
     // Its next lease attempt finds the lease held: it stays a follower.
     assert!(
         fleet.coordinators[l]
@@ -211,16 +221,18 @@ async fn the_metadb_restarted_mid_task_holds_the_task_and_it_goes_on() {
         .await;
     let db = &mut fleet.db;
     tokio::task::block_in_place(|| db.restart());
-    let done = fleet
-        .wait_task(0, &task.id, PATIENCE * 3, |_| false)
-        .await;
+    let done = fleet.wait_task(0, &task.id, PATIENCE * 3, |_| false).await;
     assert_eq!(
         done.state(),
         pb::TaskState::Succeeded,
         "{done:?}\n{}",
         fleet.all_logs()
     );
-    assert_eq!(restarts(&fleet).await, vec![1, 1, 1], "an ODP restarted twice");
+    assert_eq!(
+        restarts(&fleet).await,
+        vec![1, 1, 1],
+        "an ODP restarted twice"
+    );
     let (state, _) = fleet.task_row(&task.id).await;
     assert_eq!(state, "succeeded");
     let _ = Duration::ZERO;
