@@ -77,6 +77,41 @@ async fn three_coordinators_share_the_tasks_and_only_the_leader_runs_them() {
         let ran = fleet.coordinators[i].logs().contains("task running");
         assert_eq!(ran, i == l, "coordinator {i} ran the task: {ran}");
     }
+    // Every coordinator names the same leader; it alone says it leads, in
+    // GetLeader, in its metrics and through odpctl.
+    for i in 0..3 {
+        let said = fleet
+            .client(i)
+            .await
+            .get_leader(pb::GetLeaderRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(said.holder, leader);
+        assert_eq!(said.store, "metadb");
+        assert_eq!(said.this_coordinator, fleet.coordinators[i].name);
+        assert_eq!(said.this_coordinator_leads, i == l);
+        assert!(said.expires_in.unwrap().seconds <= 3);
+        let c = &fleet.coordinators[i];
+        let leads = if i == l { 1.0 } else { 0.0 };
+        assert_eq!(c.metric("odp_coordinator_is_leader").await, Some(leads));
+        let acquired = c
+            .metric("odp_coordinator_lease_changes_total{event=\"acquired\"}")
+            .await;
+        assert_eq!(acquired, (i == l).then_some(1.0));
+    }
+    let out = Command::new(common::cluster::ODPCTL)
+        .args([
+            "--coordinator",
+            &fleet.coordinators[followers[0]].addr.to_string(),
+        ])
+        .args(["cluster", "leader"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(&format!("leader {leader}  token")), "{text}");
+    assert!(text.contains("(following)"), "{text}");
     // WatchTask at a follower follows the leader's run to its end.
     let watched = fleet
         .client(followers[0])

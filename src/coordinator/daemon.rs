@@ -118,6 +118,7 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), Error> {
     // holds the lease does.
     let resumed = match &config.store {
         StoreConfig::Sqlite(_) => {
+            tasks.set_name(default_holder(addr));
             let term = Term {
                 fence: None,
                 stop: shutdown.clone(),
@@ -126,6 +127,7 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), Error> {
         }
         StoreConfig::Metadb(m) => {
             let holder = m.holder.clone().unwrap_or_else(|| default_holder(addr));
+            tasks.set_name(holder.clone());
             tracing::info!(metadb = %m.url, holder = %holder, lease = ?m.lease, "tasks in the metadb: leading while holding its lease");
             let leadership = Leadership {
                 store: store.clone(),

@@ -220,6 +220,32 @@ fn task_status(e: TaskError) -> Status {
 
 #[tonic::async_trait]
 impl pb::coordinator_server::Coordinator for CoordinatorService {
+    async fn get_leader(
+        &self,
+        request: Request<pb::GetLeaderRequest>,
+    ) -> Result<Response<pb::Leader>, Status> {
+        self.guard.read(&request, "GetLeader")?;
+        let view = self.tasks.leader().await.map_err(task_status)?;
+        Ok(Response::new(match view.lease {
+            Some(lease) => pb::Leader {
+                holder: lease.holder,
+                token: lease.token,
+                expires_in: Some(dur(lease.remaining.unwrap_or_default())),
+                this_coordinator: view.me,
+                this_coordinator_leads: view.leading,
+                store: "metadb".into(),
+            },
+            None => pb::Leader {
+                holder: view.me.clone(),
+                token: 0,
+                expires_in: None,
+                this_coordinator: view.me,
+                this_coordinator_leads: view.leading,
+                store: "sqlite".into(),
+            },
+        }))
+    }
+
     async fn list_clusters(
         &self,
         request: Request<pb::ListClustersRequest>,

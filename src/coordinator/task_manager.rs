@@ -128,6 +128,16 @@ pub struct Tasks {
     metrics: Arc<CoordinatorMetrics>,
     /// Some while this coordinator runs tasks.
     term: Mutex<Option<Term>>,
+    /// The name this coordinator leads under (set once its listener is
+    /// bound).
+    name: std::sync::OnceLock<String>,
+}
+
+/// GetLeader's answer.
+pub struct LeaderView {
+    pub lease: Option<crate::coordinator::store::lease::Leader>,
+    pub me: String,
+    pub leading: bool,
 }
 
 impl Tasks {
@@ -167,6 +177,26 @@ impl Tasks {
             shutdown,
             metrics,
             term: Mutex::new(None),
+            name: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Names this coordinator (the lease holder's name).
+    pub fn set_name(&self, name: String) {
+        let _ = self.name.set(name);
+    }
+
+    /// Who leads, as the metadb's lease row says (None with SQLite: this
+    /// coordinator).
+    pub async fn leader(&self) -> Result<LeaderView, TaskError> {
+        let lease = match self.store.metadb() {
+            Some(db) => Some(db.leader().await?),
+            None => None,
+        };
+        Ok(LeaderView {
+            lease,
+            me: self.name.get().cloned().unwrap_or_default(),
+            leading: self.leading(),
         })
     }
 

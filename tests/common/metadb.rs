@@ -32,6 +32,19 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
+    /// A sample of its metrics endpoint (`series` exactly as written).
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let addr = {
+            let log = self.log.lock().unwrap();
+            log.iter()
+                .find_map(|l| super::log_field(l, "metrics_addr"))
+                .expect("no metrics_addr in the log")
+        };
+        let (code, body) = super::http_get(addr.parse().unwrap(), "/metrics").await;
+        assert_eq!(code, 200);
+        super::sample(&body, series)
+    }
+
     pub fn logs(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
@@ -98,6 +111,8 @@ loopback_role = "OBPROXY_MANAGER"
 {store}
 [agents]
 status_timeout = "3s"
+[metrics]
+listen = "127.0.0.1:0"
 [[clusters]]
 name = "{CLUSTER}"
 agents = {addrs:?}
