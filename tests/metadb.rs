@@ -26,6 +26,10 @@ fn start_all(request_id: &str) -> pb::StartAllRequest {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    skip_mariadb,
+    ignore = "needs MariaDB: built with ODP_TEST_SKIP_MARIADB=1"
+)]
 async fn three_coordinators_share_the_tasks_and_only_the_leader_runs_them() {
     let fleet = Fleet::start(3, 3).await;
     let (leader, _) = fleet.leader().await;
@@ -130,6 +134,10 @@ async fn three_coordinators_share_the_tasks_and_only_the_leader_runs_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    skip_mariadb,
+    ignore = "needs MariaDB: built with ODP_TEST_SKIP_MARIADB=1"
+)]
 async fn a_runner_whose_token_was_superseded_writes_nothing_more() {
     // A long lease: the renewal (every 100 s) does not notice the takeover
     // below in time; the fence on the runner's next write must.
@@ -238,6 +246,10 @@ fn config(store: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    skip_mariadb,
+    ignore = "needs MariaDB: built with ODP_TEST_SKIP_MARIADB=1"
+)]
 async fn a_schema_newer_than_the_coordinator_knows_is_refused() {
     let db = MariaDb::start();
     let mut sql = db.connect().await;

@@ -70,6 +70,10 @@ fn audited_restarts(fleet: &Fleet) -> Vec<usize> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    skip_mariadb,
+    ignore = "needs MariaDB: built with ODP_TEST_SKIP_MARIADB=1"
+)]
 async fn the_leader_killed_mid_rolling_restart_under_load_is_replaced_and_no_odp_restarts_twice() {
     let mut fleet = Fleet::start(3, 3).await;
     start_all(&fleet, 0).await;
@@ -136,6 +140,10 @@ async fn the_leader_killed_mid_rolling_restart_under_load_is_replaced_and_no_odp
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    skip_mariadb,
+    ignore = "needs MariaDB: built with ODP_TEST_SKIP_MARIADB=1"
+)]
 async fn a_leader_frozen_past_its_lease_writes_nothing_when_it_wakes() {
     let fleet = Fleet::start(3, 2).await;
     start_all(&fleet, 0).await;
@@ -201,6 +209,10 @@ async fn a_leader_frozen_past_its_lease_writes_nothing_when_it_wakes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    skip_mariadb,
+    ignore = "needs MariaDB: built with ODP_TEST_SKIP_MARIADB=1"
+)]
 async fn the_metadb_restarted_mid_task_holds_the_task_and_it_goes_on() {
     let mut fleet = Fleet::start(3, 2).await;
     start_all(&fleet, 0).await;
