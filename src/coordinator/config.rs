@@ -300,6 +300,7 @@ impl CoordinatorConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     const GOOD: &str = r#"
 [server]

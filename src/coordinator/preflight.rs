@@ -144,7 +144,7 @@ fn store_file(report: &mut Report, file: &Path) {
             Err(reason) => report.problem("store.path", reason),
         }
     }
-    match paths::writable_file(&file) {
+    match paths::writable_file(file) {
         Ok(paths::Writable::Exists { .. }) => report.plan(
             "task store",
             format!("{} (unfinished tasks resume at start)", file.display()),

@@ -207,6 +207,10 @@ fn task_status(e: TaskError) -> Status {
         | TaskError::StillRunning { .. }
         | TaskError::NothingToRetry { .. } => Status::failed_precondition(message),
         TaskError::RequestIdReused { .. } => Status::already_exists(message),
+        // The metadb is down or cut off: another try (or coordinator) may do.
+        TaskError::Store(e) | TaskError::Unrecorded(e) if e.is_unreachable() => {
+            Status::unavailable(message)
+        }
         TaskError::Store(_) => Status::internal(message),
         // A full disk is a resource running out; a read-only or failing one
         // must be fixed first. Either way no agent was called.

@@ -49,7 +49,7 @@ pub enum StoreError {
         what: &'static str,
         id: String,
         #[source]
-        source: mysql_async::Error,
+        source: Box<mysql_async::Error>,
     },
     #[error("metadb {url}: {what} {id}: no answer within {after:?}")]
     MetadbTimeout {
@@ -69,6 +69,19 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The metadb did not answer (down, unreachable, too slow): worth
+    /// trying again, at this coordinator or another.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            StoreError::MetadbTimeout { .. } => true,
+            StoreError::Metadb { source, .. } => matches!(
+                **source,
+                mysql_async::Error::Io(_) | mysql_async::Error::Driver(_)
+            ),
+            _ => false,
+        }
+    }
+
     /// The disk under the store is full: space, not a fault, is missing.
     pub fn is_storage_full(&self) -> bool {
         match self {

@@ -17,6 +17,9 @@ use crate::{
     coordinator::metrics::CoordinatorMetrics,
 };
 
+mod following;
+mod leading;
+
 use super::{
     agent_pool::AgentPool,
     config::CoordinatorConfig,
@@ -133,13 +136,6 @@ pub struct Tasks {
     name: std::sync::OnceLock<String>,
 }
 
-/// GetLeader's answer.
-pub struct LeaderView {
-    pub lease: Option<crate::coordinator::store::lease::Leader>,
-    pub me: String,
-    pub leading: bool,
-}
-
 impl Tasks {
     pub fn new(
         config: Arc<CoordinatorConfig>,
@@ -179,66 +175,6 @@ impl Tasks {
             term: Mutex::new(None),
             name: std::sync::OnceLock::new(),
         })
-    }
-
-    /// Names this coordinator (the lease holder's name).
-    pub fn set_name(&self, name: String) {
-        let _ = self.name.set(name);
-    }
-
-    /// Who leads, as the metadb's lease row says (None with SQLite: this
-    /// coordinator).
-    pub async fn leader(&self) -> Result<LeaderView, TaskError> {
-        let lease = match self.store.metadb() {
-            Some(db) => Some(db.leader().await?),
-            None => None,
-        };
-        Ok(LeaderView {
-            lease,
-            me: self.name.get().cloned().unwrap_or_default(),
-            leading: self.leading(),
-        })
-    }
-
-    fn term(&self) -> Option<Term> {
-        self.term.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Whether this coordinator runs tasks now.
-    pub fn leading(&self) -> bool {
-        self.term().is_some()
-    }
-
-    /// Starts running tasks: every unfinished one is resumed.
-    pub async fn lead(self: &Arc<Self>, term: Term) -> Result<usize, StoreError> {
-        *self.term.lock().unwrap_or_else(|e| e.into_inner()) = Some(term);
-        self.resume_all().await
-    }
-
-    /// Stops running tasks at once (the lease is lost): every runner stops
-    /// where it is, writing nothing more; the next leader resumes them.
-    pub fn step_down(&self) {
-        if let Some(term) = self.term.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            term.stop.cancel();
-        }
-    }
-
-    /// The leader's poll: tasks created, retried or cancelled through
-    /// another coordinator.
-    pub async fn pick_up(self: &Arc<Self>) -> Result<(), StoreError> {
-        if !self.leading() {
-            return Ok(());
-        }
-        for task in self.store.unfinished().await? {
-            let cancel = task.cancel_requested;
-            let id = task.id.clone();
-            if !self.launch(task) && cancel {
-                if let Some(live) = self.live().get(&id) {
-                    live.cancel.cancel();
-                }
-            }
-        }
-        Ok(())
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
@@ -405,39 +341,6 @@ impl Tasks {
         Ok(self.follow(task))
     }
 
-    /// WatchTask of a task another coordinator (the leader) runs: the
-    /// metadb read every [`leadership::POLL`] while anyone watches, each
-    /// change passed on; it ends with the task.
-    fn follow(&self, task: Task) -> Watcher<Task> {
-        let feed = Arc::new(Feed::new(task.clone(), WATCH_BUFFER));
-        let watcher = feed.watch();
-        let store = self.store.clone();
-        let shutdown = self.shutdown.clone();
-        self.tracker.spawn(async move {
-            let mut seen = serde_json::to_string(&task).unwrap_or_default();
-            while feed.watchers() > 0 {
-                tokio::select! {
-                    _ = tokio::time::sleep(super::leadership::POLL) => {}
-                    _ = shutdown.cancelled() => break,
-                }
-                let Ok(Some(now)) = store.get(&task.id).await else {
-                    continue;
-                };
-                let text = serde_json::to_string(&now).unwrap_or_default();
-                let finished = now.is_finished();
-                if text != seen {
-                    seen = text;
-                    feed.replace(now);
-                }
-                if finished {
-                    break;
-                }
-            }
-            feed.close();
-        });
-        watcher
-    }
-
     /// Stops further batches. Answers once the cancel is in the store (or the
     /// task has ended), so a coordinator restarted right after still honours
     /// it.
@@ -451,7 +354,7 @@ impl Tasks {
         let latest = self.live().get(id).map(|live| live.feed.subscribe_latest());
         let Some(mut latest) = latest else {
             // Ended meanwhile.
-            return Ok(self.get(id).await?);
+            return self.get(id).await;
         };
         tracing::info!(task_id = %id, "task cancel requested");
         let recorded = latest.wait_for(|t| t.cancel_requested || t.is_finished());
@@ -464,27 +367,6 @@ impl Tasks {
         let mut task = latest.borrow().clone();
         task.cancel_requested = true;
         Ok(task)
-    }
-
-    /// CancelTask for a task no runner here has: run by another coordinator
-    /// (the leader), or about to be; the flag in the store is what its
-    /// runner honours.
-    async fn cancel_elsewhere(&self, id: &str, admit: OnAdmit) -> Result<Task, TaskError> {
-        let task = self.get(id).await?;
-        if task.state == State::Running {
-            admit(id, false).map_err(TaskError::NotRecorded)?;
-            if self.store.request_cancel(id).await? {
-                tracing::info!(task_id = %id, "task cancel recorded for the leader");
-                let mut task = task;
-                task.cancel_requested = true;
-                return Ok(task);
-            }
-        }
-        let task = self.get(id).await?;
-        Err(TaskError::Finished {
-            id: task.id,
-            state: task.state,
-        })
     }
 
     /// Runs again every subtask that did not succeed, with new request ids.

@@ -62,7 +62,7 @@ impl Metadb {
                 url: self.url.clone(),
                 what,
                 id: id.to_string(),
-                source,
+                source: Box::new(source),
             }),
             Err(_) => Err(StoreError::MetadbTimeout {
                 url: self.url.clone(),
