@@ -98,6 +98,6 @@ fn rolling_prints_its_table() {
     ignore = "needs MariaDB: built with ODP_TEST_SKIP_MARIADB=1"
 )]
 fn takeover_prints_its_table() {
-    let out = bench(&["takeover", "--runs", "1", "--odps", "3", "--lease", "1s"]);
+    let out = bench(&["takeover", "--runs", "1", "--odps", "3", "--lease", "2s"]);
     assert!(out.contains("kill → task moving again"), "{out}");
 }

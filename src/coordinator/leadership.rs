@@ -16,13 +16,9 @@ use tokio_util::sync::CancellationToken;
 use super::{
     metrics::CoordinatorMetrics,
     store::{Fence, Store},
-    task_manager::{Tasks, Term},
+    task_manager::{POLL, Tasks, Term},
 };
 use crate::common::error_chain::describe;
-
-/// How often the leader looks for tasks accepted by other coordinators
-/// (and cancels asked of them).
-pub const POLL: Duration = Duration::from_millis(500);
 
 pub struct Leadership {
     pub store: Arc<Store>,

@@ -94,6 +94,11 @@ pub struct NewTask {
 /// reading along never gets there; one that stops reading does.
 pub const WATCH_BUFFER: usize = 256;
 
+/// How often the metadb is read for what other coordinators changed: the
+/// leader's poll for tasks (and cancels) accepted elsewhere, a follower's
+/// WatchTask.
+pub const POLL: Duration = Duration::from_millis(500);
+
 /// How long CancelTask waits for the runner to write the cancel down. The
 /// runner does it at once unless its store write is stuck.
 const CANCEL_RECORDED: Duration = Duration::from_secs(10);

@@ -6,15 +6,12 @@ use std::sync::Arc;
 use super::{OnAdmit, TaskError, Tasks, WATCH_BUFFER};
 use crate::{
     common::change_feed::{Feed, Watcher},
-    coordinator::{
-        leadership,
-        task::{State, Task},
-    },
+    coordinator::task::{State, Task},
 };
 
 impl Tasks {
     /// WatchTask of a task another coordinator (the leader) runs: the
-    /// metadb read every [`leadership::POLL`] while anyone watches, each
+    /// metadb read every [`super::POLL`] while anyone watches, each
     /// change passed on; it ends with the task.
     pub(super) fn follow(&self, task: Task) -> Watcher<Task> {
         let feed = Arc::new(Feed::new(task.clone(), WATCH_BUFFER));
@@ -25,7 +22,7 @@ impl Tasks {
             let mut seen = serde_json::to_string(&task).unwrap_or_default();
             while feed.watchers() > 0 {
                 tokio::select! {
-                    _ = tokio::time::sleep(leadership::POLL) => {}
+                    _ = tokio::time::sleep(super::POLL) => {}
                     _ = shutdown.cancelled() => break,
                 }
                 let Ok(Some(now)) = store.get(&task.id).await else {
