@@ -85,49 +85,17 @@ impl MetadbServer {
              CREATE DATABASE IF NOT EXISTS odp;\n",
         )
         .map_err(io(&init))?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(io(Path::new("127.0.0.1:0")))?
-            .port();
-        let mut child = Command::new(&mariadbd)
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", data.display()))
-            .arg(format!("--socket={}", dir.path().join("sock").display()))
-            .arg(format!("--pid-file={}", dir.path().join("pid").display()))
-            .arg(format!("--port={port}"))
-            .args([
-                "--bind-address=127.0.0.1",
-                "--skip-name-resolve",
-                "--skip-log-bin",
-                "--innodb-buffer-pool-size=32M",
-            ])
-            .arg(format!("--init-file={}", init.display()))
-            .args(user)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(io(&mariadbd))?;
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
+        // The port is free when asked, but another process may take it before
+        // mariadbd binds it: then again, on another.
+        let mut attempts = 0;
+        let (child, port) = loop {
+            attempts += 1;
+            match spawn(&mariadbd, dir.path(), &init, user) {
+                Err(MetadbServerError::NoStart(log))
+                    if attempts < 5 && log.contains("Address already in use") => {}
+                other => break other?,
             }
-        });
-        let deadline = Instant::now() + STARTUP;
-        let mut seen = Vec::new();
-        loop {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) if line.contains("ready for connections") => break,
-                Ok(line) => seen.push(line),
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(MetadbServerError::NoStart(seen.join("\n")));
-                }
-            }
-        }
+        };
         Ok(Self {
             child,
             port,
@@ -145,6 +113,60 @@ impl MetadbServer {
             lease.as_millis()
         )
     }
+}
+
+/// Starts `mariadbd` on the data in `dir` on a free port and waits until it
+/// is ready.
+fn spawn(
+    mariadbd: &Path,
+    dir: &Path,
+    init: &Path,
+    user: &[&str],
+) -> Result<(Child, u16), MetadbServerError> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(io(Path::new("127.0.0.1:0")))?
+        .port();
+    let mut child = Command::new(mariadbd)
+        .arg("--no-defaults")
+        .arg(format!("--datadir={}", dir.join("data").display()))
+        .arg(format!("--socket={}", dir.join("sock").display()))
+        .arg(format!("--pid-file={}", dir.join("pid").display()))
+        .arg(format!("--port={port}"))
+        .args([
+            "--bind-address=127.0.0.1",
+            "--skip-name-resolve",
+            "--skip-log-bin",
+            "--innodb-buffer-pool-size=32M",
+        ])
+        .arg(format!("--init-file={}", init.display()))
+        .args(user)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io(mariadbd))?;
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + STARTUP;
+    let mut seen = Vec::new();
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if line.contains("ready for connections") => break,
+            Ok(line) => seen.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(MetadbServerError::NoStart(seen.join("\n")));
+            }
+        }
+    }
+    Ok((child, port))
 }
 
 impl Drop for MetadbServer {
