@@ -1,7 +1,7 @@
 //! Tasks in a shared MySQL-compatible metadb (a real MariaDB started by the
 //! test): three coordinators on it, one leader runs every task whichever
 //! coordinator accepted it, all of them answer for it; one request id makes
-//! one task across coordinators; a runner whose lease token is no longer the
+//! one task across coordinators; a cancel asked of a follower is honoured; a runner whose lease token is no longer the
 //! leader's writes nothing more; a schema newer than the coordinator knows
 //! and a bad `[store]` are refused with exit 78.
 mod common;
@@ -219,6 +219,64 @@ async fn a_runner_whose_token_was_superseded_writes_nothing_more() {
     for a in &fleet.agents {
         assert_eq!(a.status().await.restart_count, 1, "restarted twice");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(skip_mariadb, ignore = "needs MariaDB: built with ODP_TEST_SKIP_MARIADB=1")]
+async fn a_cancel_asked_of_a_follower_is_honoured_by_the_leader() {
+    let fleet = Fleet::start(3, 2).await;
+    let (leader, _) = fleet.leader().await;
+    let f = 1 - fleet.index_of(&leader);
+    let started = fleet
+        .client(f)
+        .await
+        .start_all(start_all(""))
+        .await
+        .unwrap()
+        .into_inner();
+    let done = fleet.wait_task(f, &started.id, PATIENCE, |_| false).await;
+    assert_eq!(done.state(), pb::TaskState::Succeeded, "{done:?}");
+    for a in &fleet.agents {
+        a.set_standin_env(&[("ODP_STANDIN_START_DELAY", "1s")]);
+    }
+    let task = fleet
+        .client(f)
+        .await
+        .restart_all(pb::RestartAllRequest {
+            cluster: CLUSTER.into(),
+            mode: apb::RestartMode::Force as i32,
+            batch_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    fleet
+        .wait_task(f, &task.id, PATIENCE, |t| {
+            !t.subtasks[0].operation_id.is_empty()
+        })
+        .await;
+    let answer = fleet
+        .client(f)
+        .await
+        .cancel_task(pb::CancelTaskRequest {
+            id: task.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answer.cancel_requested);
+    let done = fleet.wait_task(f, &task.id, PATIENCE, |_| false).await;
+    assert_eq!(
+        done.state(),
+        pb::TaskState::Cancelled,
+        "{done:?}\n{}",
+        fleet.all_logs()
+    );
+    // The ODP in flight finished; no later one was touched.
+    assert_eq!(done.subtasks[0].state(), pb::SubtaskState::Succeeded);
+    assert_eq!(done.subtasks[2].state(), pb::SubtaskState::Cancelled);
+    assert_eq!(fleet.agents[2].status().await.restart_count, 0);
 }
 
 /// Runs a coordinator on `config` to its exit: its code and stderr.
