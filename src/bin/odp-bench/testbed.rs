@@ -311,7 +311,7 @@ fn join(lines: &[LogLine]) -> String {
 }
 
 /// Live processes whose working directory is `dir` (obproxy runs in its home).
-fn processes_in(dir: &Path) -> Vec<u32> {
+pub fn processes_in(dir: &Path) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return vec![];
     };
