@@ -305,6 +305,30 @@ mod tests {
     }
 
     #[test]
+    fn a_probe_replaces_nothing_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = AgentState {
+            desired_running: true,
+            ..AgentState::default()
+        };
+        probe(dir.path(), &state).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), None);
+        save(dir.path(), &AgentState::default()).unwrap();
+        probe(dir.path(), &state).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Some(AgentState::default()));
+        assert!(!dir.path().join(format!("{FILE}.tmp")).exists());
+        // What save refuses, a probe refuses too.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = probe(dir.path(), &state).unwrap_err();
+        assert!(
+            describe(&e).contains("refusing to write"),
+            "{}",
+            describe(&e)
+        );
+    }
+
+    #[test]
     fn a_directory_others_may_write_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         use std::os::unix::fs::PermissionsExt;
