@@ -5,8 +5,10 @@
 //! (refused, reset, cut), served by an [`echo_backend`]; [`local_cluster`]
 //! runs agents, stand-ins and a coordinator on loopback; [`sim_agent`] is a
 //! simulated agent for scale; [`hostile_input`] is what no input may do to
-//! the daemons (run by the fuzzers).
+//! the daemons (run by the fuzzers); [`fixed_port`] gives listeners ports
+//! outside the kernel's ephemeral range.
 pub mod echo_backend;
+pub mod fixed_port;
 pub mod hostile_input;
 pub mod loadgen;
 pub mod local_cluster;
