@@ -85,7 +85,9 @@ async fn an_agent_costs_the_coordinator_a_few_kib() {
     let large = coordinator_rss_with(1010, &stop).await;
     stop.cancel();
     let per_agent = (large - small) / 1000.0;
-    eprintln!("coordinator RSS: 10 agents {small} KiB, 1010 agents {large} KiB: {per_agent:.1} KiB an agent");
+    eprintln!(
+        "coordinator RSS: 10 agents {small} KiB, 1010 agents {large} KiB: {per_agent:.1} KiB an agent"
+    );
     assert!(
         per_agent <= PER_AGENT_KIB,
         "{per_agent:.1} KiB an agent (10 agents: {small} KiB, 1010: {large} KiB)"
