@@ -4,7 +4,7 @@
 //! channel adds request and dispatch queues and a decode buffer, and h2 alone still holds
 //! 28 KiB of buffers and its stream and frame slabs per connection (about 23 KiB resident an
 //! agent measured). So the one call is spoken directly ([`http2`], [`hpack`]): a connection
-//! holds its socket and an empty header table between statuses, about 3 KiB an agent with
+//! holds its socket and an empty header table between statuses, about 4 KiB an agent with
 //! its task. Over TLS (`[agents.tls]`) it presents the coordinator's certificate as every
 //! other call to the agents does.
 use std::{io, net::SocketAddr, path::Path, sync::Arc, time::Duration};
