@@ -2,6 +2,9 @@
 //! GetStatus never holds up an operator's Stop nor swells the agent, status
 //! calls share one usage sample instead of each walking the kernel's socket
 //! table, and `obproxy -V` runs once per binary file, not once per restart.
+//! A HOT restart writes the state durably once before the new process serves
+//! (and, as every test's debug agent enforces, walks no process outside the
+//! agent's own tree on its way).
 mod common;
 
 use std::{
@@ -13,7 +16,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use common::{Agent, PATIENCE, STANDIN};
+use common::{Agent, Options, PATIENCE, STANDIN};
 use futures::StreamExt;
 use odp_agent::{agent::sampling::MAX_AGE, proto::agent as pb};
 
@@ -195,4 +198,77 @@ async fn obproxy_v_runs_once_per_binary_file() {
         assert_eq!(op.state(), pb::OperationState::Succeeded, "{}", op.error);
     }
     assert_eq!(versions_read(&binary), 2);
+}
+
+/// Durable writes of the state file so far, from the agent's metrics.
+async fn state_writes(agent: &Agent) -> f64 {
+    let (code, body) = common::http_get(agent.metrics_addr(), "/metrics").await;
+    assert_eq!(code, 200, "{body}");
+    common::sample(&body, "odp_state_writes_total")
+        .unwrap_or_else(|| panic!("no odp_state_writes_total in:\n{body}"))
+}
+
+#[tokio::test]
+async fn a_hot_restart_writes_the_state_durably_once_before_the_new_process_serves() {
+    let agent = Agent::start_with(Options {
+        metrics: true,
+        ..Options::default()
+    })
+    .await;
+    // Every process ignores SIGUSR1, so the old one is still draining when
+    // the count is read: its exit (and the write that records it) comes
+    // only with the SIGKILL at the end of its window.
+    agent.set_standin_env(&[("ODP_STANDIN_IGNORE_SIGNALS", "1")]);
+    agent.start_proxy().await;
+    let old = agent.status().await.pid;
+    for _ in 0..2 {
+        let before = state_writes(&agent).await;
+        // A window shorter than the process's own: the agent's SIGKILL ends
+        // the old process at its end (1 s, not the configured 10 s).
+        let op = agent
+            .restart_with(pb::RestartRequest {
+                mode: pb::RestartMode::Hot as i32,
+                exit_timeout: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let serving = agent
+            .watch_op_until(&op.id, |o| o.phase() == pb::OperationPhase::Draining)
+            .await;
+        assert_eq!(
+            serving.phase(),
+            pb::OperationPhase::Draining,
+            "{}",
+            serving.error
+        );
+        // The admission only checks that the disk takes writes (its intent,
+        // obproxy running, is on disk already); the promotion is the write.
+        assert_eq!(state_writes(&agent).await - before, 1.0, "{}", agent.logs());
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(agent.state.join("agent-state.json")).unwrap())
+                .unwrap();
+        let roles: Vec<(u64, &str)> = state["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["pid"].as_u64().unwrap(), p["role"].as_str().unwrap()))
+            .collect();
+        assert!(
+            roles.contains(&(u64::from(agent.status().await.pid), "serving")),
+            "{roles:?}"
+        );
+        assert!(!agent.state.join("agent-state.json.tmp").exists());
+        let done = agent.wait_op(&op.id).await;
+        assert_eq!(
+            done.state(),
+            pb::OperationState::Succeeded,
+            "{}",
+            done.error
+        );
+    }
+    assert_ne!(agent.status().await.pid, old);
 }

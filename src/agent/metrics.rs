@@ -63,6 +63,7 @@ pub struct AgentMetrics {
     open_connections: Family<ProcessLabels, Gauge>,
     operations: Family<OperationLabels, Counter>,
     drain_duration: Histogram,
+    state_writes: Counter,
 }
 
 impl Default for AgentMetrics {
@@ -115,6 +116,12 @@ impl AgentMetrics {
             "From a hot restart's handover to the old obproxy's exit",
             drain_duration.clone(),
         );
+        let state_writes = Counter::default();
+        registry.register(
+            "odp_state_writes",
+            "Durable writes of the agent's state file (each an fsync of the file and one of its directory)",
+            state_writes.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             state,
@@ -123,7 +130,13 @@ impl AgentMetrics {
             open_connections,
             operations,
             drain_duration,
+            state_writes,
         }
+    }
+
+    /// Hook: the state file was written, durably.
+    pub fn state_written(&self) {
+        self.state_writes.inc();
     }
 
     /// Hook: an operation ended (the supervisor's `Finish`).

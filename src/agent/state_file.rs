@@ -205,6 +205,32 @@ pub fn save(dir: &Path, state: &AgentState) -> Result<(), StateFileError> {
     Ok(())
 }
 
+/// Whether the disk takes a write of `state` now (a full or read-only disk
+/// fails it with the error [`save`] would give), without replacing the file
+/// and without waiting for the disk: the temporary file is written, not
+/// synced, and removed. For an admission whose intent the file already
+/// holds: the request is still refused on a disk that cannot record, and no
+/// durable write is spent saying again what is on it.
+pub fn probe(dir: &Path, state: &AgentState) -> Result<(), StateFileError> {
+    let path = path(dir);
+    let tmp = dir.join(format!("{FILE}.tmp"));
+    let err = |source| StateFileError::Write {
+        path: path.clone(),
+        source,
+    };
+    let body = serde_json::to_vec_pretty(state).map_err(|e| err(std::io::Error::other(e)))?;
+    let unusable = |e: files::FileError| match e {
+        files::FileError::Io { source, .. } => err(source),
+        other => err(std::io::Error::other(describe(&other))),
+    };
+    files::check_writable_dir(dir).map_err(unusable)?;
+    let written = files::create_private(&tmp)
+        .map_err(unusable)
+        .and_then(|mut f| f.write_all(&body).map_err(err));
+    let _ = std::fs::remove_file(&tmp);
+    written
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,6 +302,30 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(load(&state).unwrap(), Some(AgentState::default()));
+    }
+
+    #[test]
+    fn a_probe_replaces_nothing_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = AgentState {
+            desired_running: true,
+            ..AgentState::default()
+        };
+        probe(dir.path(), &state).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), None);
+        save(dir.path(), &AgentState::default()).unwrap();
+        probe(dir.path(), &state).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Some(AgentState::default()));
+        assert!(!dir.path().join(format!("{FILE}.tmp")).exists());
+        // What save refuses, a probe refuses too.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = probe(dir.path(), &state).unwrap_err();
+        assert!(
+            describe(&e).contains("refusing to write"),
+            "{}",
+            describe(&e)
+        );
     }
 
     #[test]

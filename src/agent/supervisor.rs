@@ -101,6 +101,9 @@ pub struct Supervisor {
     /// SHOW PROXYINFO BINARY asked of the serving process: when, and how
     /// the last attempt went.
     proxyinfo: proxyinfo::Asking,
+    /// Processes not started by the agent that held its listeners when it
+    /// took them over (see `native`).
+    outside_holders: Vec<Arc<crate::agent::obproxy::pidfd::Pidfd>>,
 }
 
 impl Supervisor {
@@ -153,6 +156,7 @@ impl Supervisor {
             unrecorded: None,
             metrics,
             proxyinfo: proxyinfo::Asking::default(),
+            outside_holders: Vec::new(),
         };
         // Before anyone can ask: the first status published is the
         // recovered one.

@@ -10,6 +10,8 @@ use std::{
     time::Duration,
 };
 
+use super::fixed_port;
+
 /// How long a daemon may take to say where it listens.
 const STARTUP: Duration = Duration::from_secs(30);
 
@@ -188,6 +190,7 @@ impl LocalCluster {
             args.extend(["-o".into(), format!("standin_backend={b}")]);
         }
         let mut agents = Vec::with_capacity(opts.odps);
+        let loopback = std::net::Ipv4Addr::LOCALHOST.into();
         for i in 0..opts.odps {
             let config = dir.path().join(format!("agent-{i}.toml"));
             let text = format!(
@@ -198,8 +201,8 @@ listen = "127.0.0.1:0"
 home = "odp-{i}"
 binary = {standin:?}
 args = {args:?}
-listen = ["127.0.0.1:0"]
-rpc_listen = ["127.0.0.1:0"]
+listen = ["127.0.0.1:{sql}"]
+rpc_listen = ["127.0.0.1:{rpc}"]
 hot_upgrade_exit_timeout = "{exit}ms"
 start_timeout = "30s"
 stop_timeout = "5s"
@@ -208,6 +211,10 @@ dir = "agent-{i}"
 "#,
                 standin = standin.display().to_string(),
                 exit = opts.exit_timeout.as_millis(),
+                // Outside the ephemeral range, so no client's source port takes a port
+                // a stop+start has closed (see fixed_port).
+                sql = fixed_port::below_ephemeral(loopback).map_err(io_err(&config))?,
+                rpc = fixed_port::below_ephemeral(loopback).map_err(io_err(&config))?,
             );
             let home = dir.path().join(format!("odp-{i}"));
             std::fs::create_dir_all(&home).map_err(io_err(&home))?;

@@ -6,8 +6,10 @@
 //! runs agents, stand-ins and a coordinator on loopback; [`metadb_server`]
 //! a throwaway MariaDB for coordinators sharing a metadb; [`sim_agent`] is a
 //! simulated agent for scale; [`hostile_input`] is what no input may do to
-//! the daemons (run by the fuzzers).
+//! the daemons (run by the fuzzers); [`fixed_port`] gives listeners ports
+//! outside the kernel's ephemeral range.
 pub mod echo_backend;
+pub mod fixed_port;
 pub mod hostile_input;
 pub mod loadgen;
 pub mod local_cluster;

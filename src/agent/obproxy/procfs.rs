@@ -49,8 +49,55 @@ pub fn exe(pid: u32) -> io::Result<std::path::PathBuf> {
     )
 }
 
+/// Whether this kernel lists each thread's children in `/proc`
+/// (`CONFIG_PROC_CHILDREN`, in every common distribution's kernel).
+pub fn lists_children() -> bool {
+    static LISTS: std::sync::LazyLock<bool> =
+        std::sync::LazyLock::new(|| std::path::Path::new("/proc/thread-self/children").exists());
+    *LISTS
+}
+
+/// The children of `pid`, from `/proc/<pid>/task/<tid>/children` of each of
+/// its threads (a child is listed under the thread that forked it). A
+/// process or thread that ended meanwhile shows none.
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// Every descendant of `roots` (their children, theirs, and so on; roots
+/// excluded): the only processes that can have inherited a descriptor from
+/// them. A read per thread of the tree, where a walk of every process's
+/// descriptors on the host reads a link per descriptor (tens of thousands on
+/// a busy host).
+pub fn descendants(roots: &[u32]) -> Vec<u32> {
+    let mut seen: HashSet<u32> = roots.iter().copied().collect();
+    let mut todo: Vec<u32> = roots.to_vec();
+    let mut found = Vec::new();
+    while let Some(pid) = todo.pop() {
+        for kid in children(pid) {
+            if seen.insert(kid) {
+                found.push(kid);
+                todo.push(kid);
+            }
+        }
+    }
+    found
+}
+
 /// Every pid on the host.
 pub fn pids() -> Vec<u32> {
+    host_walk();
     fs::read_dir("/proc")
         .map(|d| {
             d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
@@ -60,11 +107,16 @@ pub fn pids() -> Vec<u32> {
 }
 
 /// Zombie children of `parent` outside `pgid` (orphans re-parented to us).
+/// Only `parent`'s own children are read where the kernel lists them; every
+/// process on the host otherwise.
 pub fn zombie_children(parent: u32, not_in_pgid: u32) -> Vec<u32> {
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return Vec::new();
+    let candidates = if lists_children() {
+        children(parent)
+    } else {
+        pids()
     };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+    candidates
+        .into_iter()
         .filter(|pid| {
             let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
                 return false;
@@ -151,6 +203,7 @@ fn established_inodes<'a>(table: &'a str, ports: &'a [u16]) -> impl Iterator<Ite
 /// is shared by every obproxy that inherited it). Processes that vanish or
 /// cannot be read while we look are skipped.
 pub fn pids_holding_socket(inode: u64) -> io::Result<Vec<u32>> {
+    host_walk();
     let want = format!("socket:[{inode}]");
     let mut pids = Vec::new();
     for entry in fs::read_dir("/proc")? {
@@ -284,6 +337,37 @@ pub fn started_at(pid: u32) -> io::Result<std::time::SystemTime> {
 thread_local! {
     /// Set while this thread handles a supervisor message.
     static HANDLING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Set while the supervisor takes over listeners from outside, the one
+    /// moment it may walk every process on the host.
+    static WALK_ALLOWED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A walk of every process on the host is about to start: never while the
+/// supervisor handles a message (a HOT restart's path: on a busy host it is
+/// tens of thousands of reads, and everything waits for the supervisor),
+/// except under [`HostWalk::allow`] or on a kernel that does not list a
+/// process's children. Debug builds, which the tests run, enforce it.
+fn host_walk() {
+    debug_assert!(
+        !handling() || WALK_ALLOWED.with(std::cell::Cell::get) || !lists_children(),
+        "a walk of every process on the host in the supervisor"
+    );
+}
+
+/// Allows walks of every process on the host while it lives (see [`host_walk`]).
+pub(crate) struct HostWalk;
+
+impl HostWalk {
+    pub(crate) fn allow() -> Self {
+        WALK_ALLOWED.with(|w| w.set(true));
+        Self
+    }
+}
+
+impl Drop for HostWalk {
+    fn drop(&mut self) {
+        WALK_ALLOWED.with(|w| w.set(false));
+    }
 }
 
 /// Whether this thread is handling a supervisor message now: what must never

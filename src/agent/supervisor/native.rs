@@ -27,11 +27,40 @@ impl Supervisor {
     /// Every process that holds one of our listeners and is not ours: the
     /// pidfd is opened first and the socket checked again through it, so a
     /// pid reused in between is never returned.
+    ///
+    /// A process comes to hold a listener only by inheriting it across a
+    /// fork from one that holds it (the agent, its obproxy processes, or one
+    /// that held it when the agent adopted the listener: [`Self::note_outside_holders`]),
+    /// and an orphan of the agent's tree is re-parented to the agent (its
+    /// child subreaper). So the candidates are the descendants of those, read
+    /// from `/proc/<pid>/task/*/children`: a few reads where a walk of every
+    /// process's descriptors on the host reads one link per descriptor (tens
+    /// of thousands on a busy host, milliseconds on the path of every HOT
+    /// restart). Kernels that do not list children are walked in full.
     pub(super) fn strangers(&self) -> Vec<Arc<Pidfd>> {
         let me = std::process::id();
+        let candidates: Option<Vec<u32>> = procfs::lists_children().then(|| {
+            let roots: Vec<u32> = std::iter::once(me)
+                .chain(self.processes.pids())
+                .chain(self.outside_holders.iter().map(|p| p.pid()))
+                .collect();
+            // The outside holders themselves are candidates too.
+            procfs::descendants(&roots)
+                .into_iter()
+                .chain(self.outside_holders.iter().map(|p| p.pid()))
+                .collect()
+        });
         let mut found: Vec<Arc<Pidfd>> = Vec::new();
         for inode in self.listeners.inodes() {
-            for pid in procfs::pids_holding_socket(inode).unwrap_or_default() {
+            let holders = match &candidates {
+                Some(pids) => pids
+                    .iter()
+                    .copied()
+                    .filter(|&pid| procfs::socket_inodes(pid).is_ok_and(|h| h.contains(&inode)))
+                    .collect(),
+                None => procfs::pids_holding_socket(inode).unwrap_or_default(),
+            };
+            for pid in holders {
                 if pid == me || self.processes.contains(pid) || found.iter().any(|p| p.pid() == pid)
                 {
                     continue;
@@ -44,6 +73,38 @@ impl Supervisor {
             }
         }
         found
+    }
+
+    /// Remembers the processes that hold the listeners the agent just took
+    /// over from outside (at recovery, or from an obproxy it did not start)
+    /// without being its own: found by a walk of every process's
+    /// descriptors, once, so that [`Self::strangers`] can follow them and
+    /// their children from then on.
+    pub(super) fn note_outside_holders(&mut self) {
+        let _walk = procfs::HostWalk::allow();
+        let me = std::process::id();
+        let mut outside: Vec<Arc<Pidfd>> = Vec::new();
+        for inode in self.listeners.inodes() {
+            for pid in procfs::pids_holding_socket(inode).unwrap_or_default() {
+                if pid == me
+                    || self.processes.contains(pid)
+                    || outside.iter().any(|p| p.pid() == pid)
+                {
+                    continue;
+                }
+                if let Ok(pidfd) = Pidfd::open(pid) {
+                    outside.push(Arc::new(pidfd));
+                }
+            }
+        }
+        if !outside.is_empty() {
+            let pids: Vec<u32> = outside.iter().map(|p| p.pid()).collect();
+            tracing::info!(
+                ?pids,
+                "processes the agent did not start hold its listeners"
+            );
+        }
+        self.outside_holders = outside;
     }
 
     /// Whether `pid` is the child `parent` forked on our listener: its

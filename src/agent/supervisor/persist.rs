@@ -67,6 +67,7 @@ impl Supervisor {
     pub(super) fn record(&mut self) -> Result<(), StateFileError> {
         match state_file::save(&self.config.state.dir, &self.state_to_record()) {
             Ok(()) => {
+                self.metrics.state_written();
                 if let Some(u) = self.unrecorded.take() {
                     tracing::info!(
                         since = %humantime::format_rfc3339_seconds(u.since),
@@ -108,6 +109,21 @@ impl Supervisor {
         let Some(running) = intent.running else {
             return Ok(intent);
         };
+        if running == self.desired_running && self.unrecorded.is_none() {
+            // The file already says so (the last write succeeded, and every
+            // change of the desire is written): a HOT restart of a running
+            // obproxy. The disk must still take writes, or the request is
+            // refused before obproxy is touched, but the one durable write
+            // before the new process serves is its promotion's.
+            return match state_file::probe(&self.config.state.dir, &self.state_to_record()) {
+                Ok(()) => Ok(intent),
+                Err(e) => {
+                    // Shown in the status and retried like any failed write.
+                    let _ = self.record();
+                    Err(e)
+                }
+            };
+        }
         self.desired_running = running;
         if let Err(e) = self.record() {
             self.desired_running = intent.before;

@@ -119,6 +119,7 @@ impl Supervisor {
                 Ok(listeners) => {
                     tracing::info!(pid = pidfd.pid(), addrs = ?listeners.bound_addrs(), "took the SQL listeners back");
                     self.listeners = listeners;
+                    self.note_outside_holders();
                 }
                 Err(e) => {
                     tracing::error!(pid = pidfd.pid(), error = %e, "cannot take the SQL listeners back");

@@ -71,6 +71,7 @@ impl Supervisor {
         self.last_bound = self.listeners.bound_addrs();
         self.last_rpc_bound = self.listeners.rpc_bound_addrs();
         self.listener_problem = None;
+        self.note_outside_holders();
         self.desired_running = true;
         self.started_count = self.started_count.max(1);
         tracing::info!(pid, sql = ?self.last_bound, rpc = ?self.last_rpc_bound, "took over a running obproxy");

@@ -55,6 +55,29 @@ struct BatchRun {
     ideal: Duration,
     slowest: Duration,
     gap: Duration,
+    /// CPU of every agent, obproxy and the coordinator over the Restart All, per ODP.
+    cpu_per_odp: Duration,
+}
+
+/// CPU used so far by the cluster's daemons and obproxy processes: each agent's own and
+/// that of the stand-ins it reaped, the running stand-ins' (their home is under the
+/// cluster's directory) and the coordinator's.
+fn cluster_cpu(cluster: &LocalCluster) -> Duration {
+    let daemons: Duration = cluster
+        .agents
+        .iter()
+        .chain(std::iter::once(&cluster.coordinator))
+        .map(|d| crate::proc_stat::cpu(d.child.id()))
+        .sum();
+    let running: Duration = std::fs::read_dir(cluster.dir.path())
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("odp-"))
+        .flat_map(|e| crate::testbed::processes_in(&e.path()))
+        .map(crate::proc_stat::cpu)
+        .sum();
+    daemons + running
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -99,6 +122,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 .show(1, "%"),
                 Spread::ms(of.iter().map(|r| r.slowest)).show(0, "ms"),
                 Spread::ms(of.iter().map(|r| r.gap)).show(1, "ms"),
+                Spread::ms(of.iter().map(|r| r.cpu_per_odp)).show(1, "ms"),
+                // What a batch's CPU takes of the 2 cores (or however many there are) at best.
+                Spread::ms(of.iter().map(|r| r.cpu_per_odp * r.batch / cores())).show(0, "ms"),
             ]
         })
         .collect();
@@ -111,10 +137,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "over ideal",
             "slowest ODP per batch (mean)",
             "between batches (mean)",
+            "CPU per ODP restart",
+            "a batch's CPU / cores",
         ],
         &rows,
     );
+    println!();
+    println!(
+        "- CPU per ODP restart: what every agent, obproxy process and the coordinator used \
+         over the Restart All, divided by the ODPs; a batch's CPU / cores is the least wall \
+         time that CPU takes when a batch's ODPs all want it at once."
+    );
     Ok(())
+}
+
+fn cores() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
 
 async fn one_run(args: &Args) -> anyhow::Result<(Duration, Vec<BatchRun>)> {
@@ -173,6 +211,7 @@ async fn one_run(args: &Args) -> anyhow::Result<(Duration, Vec<BatchRun>)> {
     let mut runs = Vec::new();
     for &batch in &args.batches {
         let t = Instant::now();
+        let cpu_before = cluster_cpu(&cluster);
         let task = coord
             .restart_all(pb::RestartAllRequest {
                 cluster: cluster.name.clone(),
@@ -184,6 +223,8 @@ async fn one_run(args: &Args) -> anyhow::Result<(Duration, Vec<BatchRun>)> {
             .into_inner();
         let done = watch(&mut coord, &task.id).await?;
         let took = t.elapsed();
+        // The old processes are reaped by then (the operations end with their exit).
+        let cpu = cluster_cpu(&cluster).saturating_sub(cpu_before);
         anyhow::ensure!(
             done.state() == pb::TaskState::Succeeded,
             "Restart All: {}",
@@ -197,6 +238,7 @@ async fn one_run(args: &Args) -> anyhow::Result<(Duration, Vec<BatchRun>)> {
             ideal: one * done.batches,
             slowest,
             gap,
+            cpu_per_odp: cpu / args.odps.max(1) as u32,
         });
     }
     let stopped = coord

@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context, bail};
 use odp_agent::{
     proto::agent::{self as pb, agent_client::AgentClient},
-    testkit::echo_backend::EchoBackend,
+    testkit::{echo_backend::EchoBackend, fixed_port},
 };
 use tonic::transport::Channel;
 
@@ -81,6 +81,8 @@ impl Testbed {
             format!("standin_backend={}", backend.addr()),
         ];
         let config = dir.path().join("agent.toml");
+        // Ports a client's source port can never take while a stop+start has them closed.
+        let loopback = std::net::Ipv4Addr::LOCALHOST.into();
         std::fs::write(
             &config,
             format!(
@@ -93,16 +95,18 @@ loopback_role = "OBPROXY_MANAGER"
 home = "odp"
 binary = {standin:?}
 args = {args:?}
-listen = ["127.0.0.1:0"]
-rpc_listen = ["127.0.0.1:0"]
-hot_upgrade_exit_timeout = "{}"
+listen = ["127.0.0.1:{sql}"]
+rpc_listen = ["127.0.0.1:{rpc}"]
+hot_upgrade_exit_timeout = "{exit}"
 start_timeout = "60s"
 stop_timeout = "10s"
 
 [state]
 dir = "state"
 "#,
-                humantime::format_duration(opts.exit_timeout)
+                exit = humantime::format_duration(opts.exit_timeout),
+                sql = fixed_port::below_ephemeral(loopback)?,
+                rpc = fixed_port::below_ephemeral(loopback)?,
             ),
         )?;
 
@@ -311,7 +315,7 @@ fn join(lines: &[LogLine]) -> String {
 }
 
 /// Live processes whose working directory is `dir` (obproxy runs in its home).
-fn processes_in(dir: &Path) -> Vec<u32> {
+pub fn processes_in(dir: &Path) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return vec![];
     };
