@@ -222,7 +222,10 @@ async fn a_runner_whose_token_was_superseded_writes_nothing_more() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(skip_mariadb, ignore = "needs MariaDB: built with ODP_TEST_SKIP_MARIADB=1")]
+#[cfg_attr(
+    skip_mariadb,
+    ignore = "needs MariaDB: built with ODP_TEST_SKIP_MARIADB=1"
+)]
 async fn a_cancel_asked_of_a_follower_is_honoured_by_the_leader() {
     let fleet = Fleet::start(3, 2).await;
     let (leader, _) = fleet.leader().await;
