@@ -42,7 +42,11 @@ fn ci_refuses_the_variables_that_would_skip_tests() {
     for var in ["ODP_TEST_SKIP_MARIADB", "ODP_TEST_SKIP_ROOT"] {
         let (out, called) = ci_run_with(var);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{var}: {stderr}\ncalled: {called}");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{var}: {stderr}\ncalled: {called}"
+        );
         assert!(
             stderr.contains(var) && stderr.contains("unset it"),
             "{var}: {stderr}"
