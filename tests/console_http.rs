@@ -97,6 +97,73 @@ async fn pages_need_a_session_opened_by_a_configured_token() {
 }
 
 #[tokio::test]
+async fn sign_ins_are_audited_and_an_address_that_keeps_guessing_is_held_off() {
+    use odp_agent::coordinator::web::sign_in_limit::{MAX_FAILURES, WINDOW};
+    let console = console(1).await;
+    let guesser = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    let sign_in_from = |source, token: String| {
+        let console = &console;
+        async move {
+            console
+                .send_from(
+                    Some(source),
+                    "POST",
+                    "/signin",
+                    None,
+                    Some(&format!("token={token}")),
+                )
+                .await
+        }
+    };
+    for i in 0..MAX_FAILURES {
+        let wrong = sign_in_from(guesser, format!("guess-{i}")).await;
+        assert_eq!(wrong.status, 401, "guess {i}: {}", wrong.body);
+    }
+    // Past the limit even the right token is refused, unread, and says for how long.
+    let held = sign_in_from(guesser, OPERATOR_TOKEN.to_string()).await;
+    assert_eq!(held.status, 429, "{}", held.body);
+    assert!(held.header("set-cookie").is_none());
+    let retry: u64 = held.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        (1..=WINDOW.as_secs()).contains(&retry),
+        "Retry-After {retry}"
+    );
+    assert!(held.body.contains("Too many wrong tokens"), "{}", held.body);
+    // Another address is not held back by it.
+    console.sign_in(OPERATOR_TOKEN).await;
+
+    let lines: Vec<_> = console
+        .audit()
+        .into_iter()
+        .filter(|l| l["rpc"] == "ConsoleSignIn")
+        .collect();
+    let from_guesser: Vec<_> = lines
+        .iter()
+        .filter(|l| l["target"] == "127.0.0.2")
+        .collect();
+    assert_eq!(from_guesser.len(), MAX_FAILURES as usize + 1, "{lines:#?}");
+    for line in &from_guesser {
+        assert_eq!(line["caller"], "unknown", "{line}");
+        let outcome = line["outcome"].as_str().unwrap();
+        assert!(outcome.starts_with("denied: "), "{line}");
+    }
+    assert!(
+        from_guesser.last().unwrap()["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("too many wrong tokens"),
+        "{from_guesser:#?}"
+    );
+    let ok: Vec<_> = lines.iter().filter(|l| l["outcome"] == "ok").collect();
+    assert_eq!(ok.len(), 1, "{lines:#?}");
+    assert_eq!(ok[0]["caller"], "token:oncall");
+    assert_eq!(ok[0]["target"], "127.0.0.1");
+    // No line holds a token that was tried.
+    let audit = std::fs::read_to_string(console.cluster.dir.path().join("audit.log")).unwrap();
+    assert!(!audit.contains("guess-") && !audit.contains(OPERATOR_TOKEN));
+}
+
+#[tokio::test]
 async fn every_action_is_csrf_checked_and_audited_with_its_caller() {
     let console = console(2).await;
     let operator = console.sign_in(OPERATOR_TOKEN).await;
@@ -234,7 +301,7 @@ async fn every_action_is_csrf_checked_and_audited_with_its_caller() {
     let denied = console
         .audit()
         .into_iter()
-        .filter(|l| l["caller"] == "token:dashboard")
+        .filter(|l| l["caller"] == "token:dashboard" && l["rpc"] != "ConsoleSignIn")
         .collect::<Vec<_>>();
     assert_eq!(denied.len(), 3, "{denied:?}");
     assert!(denied.iter().all(

@@ -110,6 +110,25 @@ impl Guard {
         }
     }
 
+    /// Audits a console sign-in: the caller its token named (`unknown` when it named none),
+    /// the address it came from, and the outcome (`ok`, or why it was refused). A sign-in opens
+    /// a session that can operate ODPs, so it is recorded as a mutating call's refusal is.
+    pub fn audit_sign_in(&self, caller: Option<&Caller>, from: &str, outcome: String) {
+        if let Some(audit) = &self.audit {
+            // A sign-in that cannot be recorded is logged by the audit log itself.
+            let _ = audit.record(&Entry {
+                caller: caller.map_or("unknown", |c| c.identity.as_str()),
+                role: &caller.map_or_else(|| "-".to_string(), |c| c.role.to_string()),
+                rpc: "ConsoleSignIn",
+                target: from,
+                request_id: "",
+                outcome,
+                id: None,
+                details: Vec::new(),
+            });
+        }
+    }
+
     /// The hook that records `call` as admitted (`ok`, with the id of what
     /// it started or acted on, and `details`), for the code that admits it
     /// to run in the same step.

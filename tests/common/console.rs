@@ -103,6 +103,19 @@ impl Console {
         cookie: Option<&str>,
         form: Option<&str>,
     ) -> Reply {
+        self.send_from(None, method, path, cookie, form).await
+    }
+
+    /// [`Console::send`] from the loopback address `source` (any of 127.0.0.0/8) when given:
+    /// another client, as far as the console can tell.
+    pub async fn send_from(
+        &self,
+        source: Option<std::net::Ipv4Addr>,
+        method: &str,
+        path: &str,
+        cookie: Option<&str>,
+        form: Option<&str>,
+    ) -> Reply {
         let addr = self.addr;
         let mut request =
             format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
@@ -119,7 +132,14 @@ impl Console {
         request.push_str("\r\n");
         request.push_str(body);
         let exchange = async {
-            let mut stream = TcpStream::connect(addr).await?;
+            let mut stream = match source {
+                None => TcpStream::connect(addr).await?,
+                Some(ip) => {
+                    let socket = tokio::net::TcpSocket::new_v4()?;
+                    socket.bind((ip, 0).into())?;
+                    socket.connect(addr).await?
+                }
+            };
             stream.write_all(request.as_bytes()).await?;
             let mut response = Vec::new();
             stream.read_to_end(&mut response).await?;

@@ -21,6 +21,7 @@ pub mod standin;
 pub mod sysbench;
 pub mod tmpfs;
 pub mod txn_load;
+pub mod upgrade_cluster;
 pub mod upgrade_package;
 
 // Not every test binary uses each of them.

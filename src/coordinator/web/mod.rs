@@ -10,7 +10,7 @@
 //! log records it.
 //!
 //! [`config`] (the `[web]` section), [`session`] (cookies, CSRF tokens),
-//! [`listener`] (connections, TLS), [`html`] (escaping, the page frame),
+//! [`sign_in_limit`] (wrong tokens per address), [`listener`] (connections, TLS), [`html`] (escaping, the page frame),
 //! [`pages`] (clusters and Overview), [`task_pages`] (tasks), [`actions`]
 //! (the forms' POSTs), [`events`] (a task's live feed).
 pub mod actions;
@@ -20,12 +20,13 @@ pub mod html;
 pub mod listener;
 pub mod pages;
 pub mod session;
+pub mod sign_in_limit;
 pub mod task_pages;
 
 use std::sync::Arc;
 
 use axum::{
-    Form, Router,
+    Extension, Form, Router,
     extract::{DefaultBodyLimit, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{Html, IntoResponse, Redirect, Response},
@@ -37,7 +38,11 @@ use tonic::{Code, Status};
 
 use self::session::{Session, Sessions};
 use super::service::CoordinatorService;
-use crate::{proto::coordinator::coordinator_server::Coordinator as _, security::guard::Guard};
+use crate::{
+    common::grpc_server::conn::{Peer, PeerKind},
+    proto::coordinator::coordinator_server::Coordinator as _,
+    security::guard::Guard,
+};
 
 /// What every handler shares.
 pub struct Console {
@@ -45,6 +50,8 @@ pub struct Console {
     pub service: CoordinatorService,
     pub guard: Guard,
     pub sessions: Sessions,
+    /// Wrong tokens per client address: past a few a minute, sign-ins are refused unread.
+    pub sign_in_limit: sign_in_limit::SignInLimit,
     /// Ends the task pages' live feeds when the daemon stops.
     pub shutdown: CancellationToken,
 }
@@ -81,6 +88,7 @@ pub async fn start(
         service,
         guard,
         sessions: Sessions::new(web.session_ttl, web.tls),
+        sign_in_limit: sign_in_limit::SignInLimit::new(),
         shutdown,
     });
     Ok((listener, router(console)))
@@ -196,35 +204,84 @@ pub struct SignIn {
     token: String,
 }
 
+/// The address a request came from; the unspecified address when the connection has none
+/// (a request handed to the router without going through the listener).
+fn client_ip(peer: Option<&Peer>) -> std::net::IpAddr {
+    match peer.map(|p| &p.kind) {
+        Some(PeerKind::Tcp {
+            remote: Some(addr), ..
+        }) => addr.ip(),
+        _ => std::net::Ipv4Addr::UNSPECIFIED.into(),
+    }
+}
+
 /// Checks the token with the guard, as a gRPC call carrying it would be,
-/// and opens a session for whoever it names.
-async fn signin(State(console): State<Shared>, Form(form): Form<SignIn>) -> Response {
-    let token = form.token.trim().to_string();
+/// and opens a session for whoever it names. Every attempt is audited with
+/// the address it came from; an address that sent too many wrong tokens is
+/// refused before its token is read.
+async fn signin(
+    State(console): State<Shared>,
+    peer: Option<Extension<Peer>>,
+    Form(form): Form<SignIn>,
+) -> Response {
+    let ip = client_ip(peer.as_ref().map(|Extension(p)| p));
+    let from = ip.to_string();
     let refused =
         |status: StatusCode, text: &str| (status, Html(signin_form(Some(text)))).into_response();
+    let now = std::time::Instant::now();
+    if let Err(wait) = console.sign_in_limit.check(ip, now) {
+        let secs = wait.as_secs().max(1);
+        console.guard.audit_sign_in(
+            None,
+            &from,
+            format!("denied: too many wrong tokens from this address; retry in {secs} s"),
+        );
+        let mut answer = refused(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!("Too many wrong tokens from your address. Try again in {secs} s."),
+        );
+        if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+            answer.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return answer;
+    }
+    let token = form.token.trim().to_string();
+    let wrong = |reason: &str| {
+        console.sign_in_limit.failed(ip, now);
+        console
+            .guard
+            .audit_sign_in(None, &from, format!("denied: {reason}"));
+        tracing::warn!(reason, from = %from, "console sign-in refused");
+        refused(StatusCode::UNAUTHORIZED, "That token is not valid.")
+    };
     let Ok(value) = format!("Bearer {token}").parse() else {
-        return refused(StatusCode::UNAUTHORIZED, "That token is not valid.");
+        return wrong("the token is not a valid header value");
     };
     let mut request = tonic::Request::new(());
     request.metadata_mut().insert("authorization", value);
     let caller = match console.guard.read(&request, "ConsoleSignIn") {
         Ok(caller) => caller,
-        Err(status) => {
-            tracing::warn!(reason = status.message(), "console sign-in refused");
-            return refused(StatusCode::UNAUTHORIZED, "That token is not valid.");
-        }
+        Err(status) => return wrong(status.message()),
     };
+    console.sign_in_limit.succeeded(ip);
     let session = match console.sessions.open(token, caller.clone()) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(error = %crate::common::error_chain::describe(&e), "console sign-in failed");
+            let error = crate::common::error_chain::describe(&e);
+            tracing::error!(%error, "console sign-in failed");
+            console
+                .guard
+                .audit_sign_in(Some(&caller), &from, format!("error: {error}"));
             return refused(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Cannot open a session now.",
             );
         }
     };
-    tracing::info!(caller = %caller.identity, role = %caller.role, "console sign-in");
+    console
+        .guard
+        .audit_sign_in(Some(&caller), &from, "ok".to_string());
+    tracing::info!(caller = %caller.identity, role = %caller.role, from = %from, "console sign-in");
     (
         [(header::SET_COOKIE, console.sessions.set_cookie(&session))],
         Redirect::to("/clusters"),
