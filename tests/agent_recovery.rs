@@ -35,7 +35,7 @@ async fn killing_the_agent_while_obproxy_serves_changes_nothing_for_clients() {
 
     agent.kill9_and_restart();
     let after = agent.status().await;
-    assert_eq!(after.state(), pb::ProxyState::Running);
+    assert_eq!(after.state(), pb::ProxyState::Running, "{}", agent.logs());
     assert_eq!(after.pid, pid, "the serving obproxy was re-adopted");
     // SQL and RPC (4.3) listeners alike were taken back: the same sockets.
     assert_eq!(after.listeners.len(), 2);
@@ -136,7 +136,7 @@ async fn killing_the_agent_during_a_drain_keeps_the_drains_deadline() {
 
     agent.kill9_and_restart();
     let status = agent.status().await;
-    assert_eq!(status.state(), pb::ProxyState::Running);
+    assert_eq!(status.state(), pb::ProxyState::Running, "{}", agent.logs());
     assert_eq!(status.listeners[0].socket_inode, inode);
     assert_eq!(
         status.draining.len(),
@@ -413,7 +413,12 @@ async fn an_unrecorded_obproxy_holding_the_listener_is_killed_when_the_agent_ret
         agent.logs()
     );
     let status = agent.status().await;
-    assert_eq!(status.pid, serving, "the recorded obproxy serves on");
+    assert_eq!(
+        status.pid,
+        serving,
+        "the recorded obproxy serves on\n{}",
+        agent.logs()
+    );
     assert!(other_notices(&status).is_empty(), "{:?}", status.notices);
     assert_eq!(agent.obproxy_pids(), vec![serving]);
     common::round_trip(agent.sql_addr().await).await.unwrap();

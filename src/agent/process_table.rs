@@ -232,8 +232,11 @@ impl ProcessTable {
     /// drains until `deadline` when there is one (its drain timed from
     /// `now`), and is returned either way. A process promoted before it
     /// signalled readiness (a native restart's child signals its parent, not
-    /// us) counts as ready: `newly_ready` says so, for the caller to read its
-    /// identity.
+    /// us) counts as ready. `unidentified` says that its executable is not
+    /// known yet, for the caller to read it now: so for that child, and for a
+    /// process whose readiness arrived before its spawn was registered (under
+    /// load), whose identity nothing read. A serving process recorded without
+    /// it is not re-adopted by a restarted agent.
     pub(crate) fn promote(
         &mut self,
         pid: u32,
@@ -248,12 +251,12 @@ impl ProcessTable {
             p.drain_deadline = deadline;
             p.drain_started = deadline.map(|_| now);
         }
-        let mut newly_ready = false;
+        let mut unidentified = false;
         let promoted = match self.processes.get_mut(&pid) {
             Some(p) => {
                 p.role = Role::Serving;
-                newly_ready = !p.ready;
                 p.ready = true;
+                unidentified = p.exe.is_none();
                 true
             }
             None => false,
@@ -261,7 +264,7 @@ impl ProcessTable {
         Promotion {
             previous,
             promoted,
-            newly_ready,
+            unidentified,
         }
     }
 
@@ -310,8 +313,8 @@ pub(crate) struct Promotion {
     pub(crate) previous: Option<u32>,
     /// The pid was one of ours (and serves now).
     pub(crate) promoted: bool,
-    /// It had not signalled readiness: being promoted made it ready.
-    pub(crate) newly_ready: bool,
+    /// Its executable is not known: the caller reads it now.
+    pub(crate) unidentified: bool,
 }
 
 #[cfg(test)]
@@ -362,7 +365,7 @@ mod tests {
             Promotion {
                 previous: Some(10),
                 promoted: true,
-                newly_ready: true
+                unidentified: true
             }
         );
         assert_eq!(t.serving_pid(), Some(20));
@@ -377,8 +380,18 @@ mod tests {
         t.get_mut(30).unwrap().ready = true;
         let p = t.promote(30, None, now);
         assert_eq!(p.previous, Some(20));
-        assert!(!p.newly_ready);
         assert_eq!(t.get(20).unwrap().drain_deadline, None);
+        // Ready before its spawn was registered (a busy machine): nothing read
+        // its executable, so the promotion asks for it.
+        assert!(p.unidentified);
+        t.get_mut(30).unwrap().exe = Some(PathBuf::from("/o/bin/obproxy"));
+        t.insert(40, process(Role::Starting, "/o/bin/obproxy"));
+        let ready = t.get_mut(40).unwrap();
+        ready.ready = true;
+        ready.exe = Some(PathBuf::from("/o/bin/obproxy"));
+        let p = t.promote(40, None, now);
+        assert!(p.promoted && !p.unidentified, "read at its readiness");
+        t.promote(30, None, now);
         // Promoting the one that serves changes nothing.
         assert_eq!(t.promote(30, None, now).previous, None);
         assert!(!t.promote(99, None, now).promoted);

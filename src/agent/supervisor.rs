@@ -438,9 +438,10 @@ impl Supervisor {
             self.schedule_drain_deadline(old, deadline);
         }
         if promotion.promoted {
-            // A native restart's child signals its parent, not us: being
-            // promoted is how it counts as ready, and its identity is read now.
-            if promotion.newly_ready
+            // Its identity, if nothing read it yet (a native restart's child
+            // signals its parent, not us; a readiness signal can come before
+            // the spawn is registered): what a restarted agent re-adopts by.
+            if promotion.unidentified
                 && let Some(p) = self.processes.get_mut(pid)
             {
                 p.exe = procfs::exe(pid).ok();

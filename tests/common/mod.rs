@@ -105,6 +105,9 @@ pub struct Agent {
     pub grpc: SocketAddr,
     pub child: Child,
     pub log: Arc<Log>,
+    /// The SQL and RPC ports, held for the agent's life (see
+    /// [`ports::hold_loopback_port`]).
+    _ports: Vec<socket2::Socket>,
 }
 
 impl Agent {
@@ -134,6 +137,8 @@ impl Agent {
             .clone()
             .unwrap_or_else(|| dir.path().join("state"));
         let grpc_listen = opts.grpc_listen.as_deref().unwrap_or("127.0.0.1:0");
+        let (listen, sql_port) = ports::hold_loopback_port(opts.listen);
+        let (rpc_listen, rpc_port) = ports::hold_loopback_port(opts.rpc_listen);
         std::fs::write(
             &config,
             format!(
@@ -167,8 +172,8 @@ dir = {state:?}
                     ""
                 },
                 opts.more,
-                listen = opts.listen,
-                rpc_listen = opts.rpc_listen,
+                listen = listen,
+                rpc_listen = rpc_listen,
             ),
         )
         .unwrap();
@@ -180,6 +185,7 @@ dir = {state:?}
             grpc,
             child,
             log,
+            _ports: sql_port.into_iter().chain(rpc_port).collect(),
         }
     }
 

@@ -1,5 +1,6 @@
-//! Ports for a process that binds them itself (an obproxy started by hand):
-//! reserved without a race, and waited on until they serve.
+//! Ports for a process that binds them itself (an obproxy started by hand, an
+//! agent binding its listeners again after a Stop): reserved without a race,
+//! and waited on until they serve.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -22,6 +23,20 @@ pub fn reserve_port(ip: std::net::IpAddr) -> (socket2::Socket, u16) {
     socket.bind(&addr.into()).unwrap();
     let port = socket.local_addr().unwrap().as_socket().unwrap().port();
     (socket, port)
+}
+
+/// An agent's `listen` (a TOML array) with `127.0.0.1:0` made a reserved
+/// port, and the socket that reserves it (keep it as long as the agent). With
+/// `:0` the agent picks the port, lets it go on Stop and binds it again on the
+/// next Start or FORCE restart; in between, any socket on the machine (a
+/// client's ephemeral port under load, another test's listener) could take it.
+/// Any other `listen` is kept as it is.
+pub fn hold_loopback_port(listen: &str) -> (String, Option<socket2::Socket>) {
+    if listen != r#"["127.0.0.1:0"]"# {
+        return (listen.to_string(), None);
+    }
+    let (socket, port) = reserve_port(std::net::Ipv4Addr::LOCALHOST.into());
+    (format!(r#"["127.0.0.1:{port}"]"#), Some(socket))
 }
 
 /// Waits (up to [`PATIENCE`]) until `addr` accepts a connection that is
