@@ -108,6 +108,15 @@ struct Live {
     cancel: CancellationToken,
 }
 
+impl Live {
+    /// The runner has published its task's end and that end is in the store (a runner
+    /// shows an end it could not store yet with `store_error`, and keeps trying).
+    fn has_ended(&self) -> bool {
+        let task = self.feed.latest();
+        task.is_finished() && task.store_error.is_none()
+    }
+}
+
 /// This coordinator's right to run tasks: with SQLite, from start to stop;
 /// with a metadb, while it holds the lease.
 #[derive(Clone)]
@@ -283,7 +292,9 @@ impl Tasks {
         let id = task.id.clone();
         {
             let mut live = self.live();
-            if live.contains_key(&id) {
+            // A runner whose task has ended may not have left the map yet (it publishes
+            // the stored end, then leaves): a retry takes its place.
+            if live.get(&id).is_some_and(|l| !l.has_ended()) {
                 return false;
             }
             live.insert(
@@ -307,9 +318,14 @@ impl Tasks {
             balancer,
         };
         let me = self.clone();
+        let mine = runner.feed.clone();
         self.tracker.spawn(async move {
             runner.run().await;
-            me.live().remove(&id);
+            // Only its own entry: a retry may already have put the next run's there.
+            let mut live = me.live();
+            if live.get(&id).is_some_and(|l| Arc::ptr_eq(&l.feed, &mine)) {
+                live.remove(&id);
+            }
         });
         true
     }
@@ -377,7 +393,10 @@ impl Tasks {
     /// Runs again every subtask that did not succeed, with new request ids.
     pub async fn retry(self: &Arc<Self>, id: &str, admit: OnAdmit) -> Result<Task, TaskError> {
         let _one_at_a_time = self.retrying.lock().await;
-        if self.live().contains_key(id) {
+        // Its runner publishes the task's stored end before it leaves the map: such a
+        // task is not running, whether or not it has left yet.
+        let running = self.live().get(id).is_some_and(|l| !l.has_ended());
+        if running {
             return Err(TaskError::StillRunning { id: id.to_string() });
         }
         let original = self.get(id).await?;
