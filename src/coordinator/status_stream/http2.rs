@@ -140,7 +140,7 @@ impl Reader {
                         block.extend_from_slice(&more);
                         done = flags & END_HEADERS != 0;
                     }
-                    let fields = self.hpack.decode(&block)?;
+                    let fields = self.hpack.decode(&block, MAX_HEADER_LIST)?;
                     return Ok(Event::Headers { fields, end });
                 }
                 HEADERS | PUSH_PROMISE | CONTINUATION => {
