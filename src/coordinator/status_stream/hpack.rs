@@ -413,10 +413,22 @@ mod tests {
     fn bad_blocks_are_errors_not_panics() {
         let mut d = Decoder::default();
         assert_eq!(d.decode(&[0x80], LIST), Err(HpackError::BadIndex(0)));
-        assert_eq!(d.decode(&[0x04, 0x05, b'a'], LIST), Err(HpackError::Truncated));
-        assert_eq!(d.decode(&[0x04, 0x81, 0x00], LIST), Err(HpackError::Huffman));
-        assert_eq!(d.decode(&hex("3fe21f"), LIST), Err(HpackError::TableSize(4097)));
-        assert!(d.decode(&[0xff, 0xff, 0xff, 0xff, 0xff, 0x7f], LIST).is_err());
+        assert_eq!(
+            d.decode(&[0x04, 0x05, b'a'], LIST),
+            Err(HpackError::Truncated)
+        );
+        assert_eq!(
+            d.decode(&[0x04, 0x81, 0x00], LIST),
+            Err(HpackError::Huffman)
+        );
+        assert_eq!(
+            d.decode(&hex("3fe21f"), LIST),
+            Err(HpackError::TableSize(4097))
+        );
+        assert!(
+            d.decode(&[0xff, 0xff, 0xff, 0xff, 0xff, 0x7f], LIST)
+                .is_err()
+        );
     }
 
     #[test]
@@ -451,10 +463,16 @@ mod tests {
         long.push(0x01);
         assert_eq!(d_string(&long), Err(HpackError::Overflow));
         // A string longer than the block is truncated, not read past.
-        assert_eq!(d_string(&[0x7f, 0xff, 0xff, 0x03, b'a']), Err(HpackError::Truncated));
+        assert_eq!(
+            d_string(&[0x7f, 0xff, 0xff, 0x03, b'a']),
+            Err(HpackError::Truncated)
+        );
         // EOS (30 ones) inside a string is an error; so is padding of 8 bits or more
         // and padding that is not all ones.
-        assert_eq!(d_string(&[0x84, 0xff, 0xff, 0xff, 0xfc]), Err(HpackError::Huffman));
+        assert_eq!(
+            d_string(&[0x84, 0xff, 0xff, 0xff, 0xfc]),
+            Err(HpackError::Huffman)
+        );
         assert_eq!(d_string(&[0x82, 0x1f, 0xff]), Err(HpackError::Huffman));
         assert_eq!(d_string(&[0x81, 0x1e]), Err(HpackError::Huffman));
         // '0' is 00000 and padded with three ones.

@@ -42,7 +42,7 @@ const PRIORITY: u8 = 0x20;
 /// The stream of the one call.
 const STREAM: u32 = 1;
 /// The largest frame the coordinator accepts: the protocol's default and minimum.
-const MAX_FRAME: usize = 16_384;
+pub const MAX_FRAME: usize = 16_384;
 /// The most header bytes a response may send (advertised; longer is an error).
 const MAX_HEADER_LIST: usize = 16_384;
 /// Received bytes given back to the agent's windows once this many have been consumed.
@@ -92,7 +92,8 @@ pub async fn request<S: AsyncWrite + Unpin>(
     Ok(())
 }
 
-fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+/// Appends one frame: header and payload.
+pub fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
     out.extend_from_slice(&[kind, flags]);
     out.extend_from_slice(&stream.to_be_bytes());
