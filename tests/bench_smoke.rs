@@ -91,3 +91,13 @@ fn rolling_prints_its_table() {
     ]);
     assert!(out.contains("| 1 "), "no row for batches of 1:\n{out}");
 }
+
+#[test]
+#[cfg_attr(
+    skip_mariadb,
+    ignore = "needs MariaDB: built with ODP_TEST_SKIP_MARIADB=1"
+)]
+fn takeover_prints_its_table() {
+    let out = bench(&["takeover", "--runs", "1", "--odps", "3", "--lease", "2s"]);
+    assert!(out.contains("kill → task moving again"), "{out}");
+}

@@ -82,6 +82,13 @@ impl<T: Clone + Send + Sync + 'static> Feed<T> {
         self.changes().take();
     }
 
+    /// How many watchers still follow the changes (0 once the value is final).
+    pub fn watchers(&self) -> usize {
+        self.changes()
+            .as_ref()
+            .map_or(0, broadcast::Sender::receiver_count)
+    }
+
     /// A watcher: the value now, then every change from here on.
     pub fn watch(&self) -> Watcher<T> {
         let changes = self.changes();

@@ -1,15 +1,14 @@
 //! The coordinator's configuration: its clusters and their agents, parsed once
 //! at start into typed values.
-use std::{
-    collections::HashSet,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{collections::HashSet, net::SocketAddr, path::Path, time::Duration};
 
 use serde::Deserialize;
 
 use super::load_balancer::config::{LoadBalancerConfig, RawLoadBalancer};
+use store::RawStore;
+pub use store::{MetadbConfig, StoreConfig};
+
+mod store;
 use crate::{
     common::{
         config_file::{self, ConfigError, MetricsSection},
@@ -22,7 +21,8 @@ use crate::{
 pub struct CoordinatorConfig {
     /// gRPC: the TCP address, the local socket, the bounds on callers.
     pub server: Settings,
-    pub store_path: PathBuf,
+    /// `[store]`: a SQLite file or a shared metadb.
+    pub store: StoreConfig,
     pub agents: AgentTimeouts,
     /// `[agents.tls]`: TLS (and the coordinator's client certificate) for
     /// the connections to the agents; None: plain gRPC.
@@ -145,12 +145,6 @@ struct Raw {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawStore {
-    path: PathBuf,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawCluster {
     name: String,
     agents: Vec<String>,
@@ -250,16 +244,13 @@ impl CoordinatorConfig {
                 return Err(ConfigError::new(path, key, "must be longer than zero"));
             }
         }
-        if raw.store.path.as_os_str().is_empty() {
-            return Err(ConfigError::new(path, "store.path", "must not be empty"));
-        }
-        let store_path = base.join(raw.store.path);
+        let (store, state_dir) = raw.store.resolve(path, &base)?;
         // The audit log and the local socket live next to the task store,
         // in the state the coordinator already owns.
-        let default_audit = store_path.with_file_name("audit.log");
+        let default_audit = state_dir.join("audit.log");
         let server = raw
             .server
-            .resolve(path, &base, store_path.with_file_name("grpc.sock"))?;
+            .resolve(path, &base, state_dir.join("grpc.sock"))?;
         let security = Security::resolve(
             path,
             &base,
@@ -286,7 +277,7 @@ impl CoordinatorConfig {
         }
         Ok(Self {
             server,
-            store_path,
+            store,
             agents: AgentTimeouts {
                 connect_timeout: raw.agents.connect_timeout,
                 status_timeout: raw.agents.status_timeout,
@@ -309,6 +300,7 @@ impl CoordinatorConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     const GOOD: &str = r#"
 [server]

@@ -9,9 +9,11 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use super::{
     agent_pool::{AgentPool, PoolError},
     config::CoordinatorConfig,
+    config::StoreConfig,
+    leadership::Leadership,
     service::CoordinatorService,
     store::{Store, StoreError},
-    task_manager::Tasks,
+    task_manager::{Tasks, Term},
 };
 use crate::{
     common::{
@@ -51,7 +53,7 @@ impl Error {
             Error::Audit(_)
                 | Error::Agents(_)
                 | Error::Console(_)
-                | Error::Store(StoreError::Dir(_))
+                | Error::Store(StoreError::Dir(_) | StoreError::SchemaNewer { .. })
                 | Error::Serve(
                     ServeError::Tls { .. } | ServeError::TlsFiles(_) | ServeError::Socket(_)
                 )
@@ -61,6 +63,11 @@ impl Error {
 
 pub async fn run(config: CoordinatorConfig) -> Result<(), Error> {
     let config = Arc::new(config);
+    // With a metadb, the coordinator's own files have a directory of their
+    // own (with SQLite, the store makes its file's).
+    if let StoreConfig::Metadb(m) = &config.store {
+        crate::security::files::private_dir(&m.state_dir).map_err(StoreError::Dir)?;
+    }
     // Before anything starts: a daemon that cannot audit or speak TLS as
     // configured must not run at all.
     let guard = Guard::from_config(&config.security)?;
@@ -70,7 +77,7 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), Error> {
     let pool = Arc::new(AgentPool::new(config.agents, config.agent_tls.as_ref())?);
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let store = Arc::new(Store::open(&config.store_path)?);
+    let store = Arc::new(Store::open(&config.store).await?);
     let metrics = Arc::new(CoordinatorMetrics::new());
     let tasks = Tasks::new(
         config.clone(),
@@ -107,7 +114,33 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), Error> {
 
     let bound = grpc_server::bind_all(&config.server).await?;
     let addr = bound.addr;
-    let resumed = tasks.resume_all()?;
+    // With SQLite this coordinator runs every task; with a metadb, whoever
+    // holds the lease does.
+    let resumed = match &config.store {
+        StoreConfig::Sqlite(_) => {
+            tasks.set_name(default_holder(addr));
+            let term = Term {
+                fence: None,
+                stop: shutdown.clone(),
+            };
+            tasks.lead(term).await?
+        }
+        StoreConfig::Metadb(m) => {
+            let holder = m.holder.clone().unwrap_or_else(|| default_holder(addr));
+            tasks.set_name(holder.clone());
+            tracing::info!(metadb = %m.url, holder = %holder, lease = ?m.lease, "tasks in the metadb: leading while holding its lease");
+            let leadership = Leadership {
+                store: store.clone(),
+                tasks: tasks.clone(),
+                metrics: metrics.clone(),
+                holder,
+                lease: m.lease,
+                shutdown: shutdown.clone(),
+            };
+            tracker.spawn(leadership.run());
+            0
+        }
+    };
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<CoordinatorServer<CoordinatorService>>()
@@ -165,9 +198,15 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), Error> {
     tracker.spawn(systemd::run(shutdown.clone(), move || {
         let store = store.clone();
         async move {
-            tokio::task::spawn_blocking(move || store.list(None, 1).is_ok())
+            // SQLite's calls block; the metadb's are bounded by their deadline.
+            match &*store {
+                Store::Sqlite(_) => tokio::task::spawn_blocking(move || {
+                    tokio::runtime::Handle::current().block_on(store.list(None, 1))
+                })
                 .await
-                .unwrap_or(false)
+                .is_ok_and(|r| r.is_ok()),
+                Store::Metadb(_) => store.list(None, 1).await.is_ok(),
+            }
         }
     }));
     // Connections to the agents and the task store's files come out of the
@@ -192,4 +231,18 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), Error> {
     }
     tracing::info!("odp-coordinator stopped");
     Ok(result?)
+}
+
+/// The name a coordinator holds the lease under unless `[store] holder`
+/// says: this host and its gRPC port.
+fn default_holder(addr: std::net::SocketAddr) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let host = if host.is_empty() {
+        addr.ip().to_string()
+    } else {
+        host
+    };
+    format!("{host}:{}", addr.port())
 }

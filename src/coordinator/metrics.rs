@@ -29,6 +29,13 @@ pub struct CoordinatorMetrics {
     running: Gauge,
     subtasks: Family<SubtaskLabels, Counter>,
     cluster_status_requests: Counter,
+    lease_changes: Family<LeaseLabels, Counter>,
+    leader: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LeaseLabels {
+    event: &'static str,
 }
 
 /// Counts a task as running for as long as it is held (a runner holds it
@@ -79,13 +86,36 @@ impl CoordinatorMetrics {
             "GetClusterStatus requests",
             cluster_status_requests.clone(),
         );
+        let lease_changes = Family::<LeaseLabels, Counter>::default();
+        registry.register(
+            "odp_coordinator_lease_changes",
+            "The metadb lease taken (acquired) or given up (lost) by this coordinator",
+            lease_changes.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "odp_coordinator_is_leader",
+            "1 while this coordinator holds the lease and runs tasks",
+            leader.clone(),
+        );
         Self {
             registry,
             tasks,
             running,
             subtasks,
             cluster_status_requests,
+            lease_changes,
+            leader,
         }
+    }
+
+    /// Hook: this coordinator took the lease (true) or lost it (false).
+    pub fn lease(&self, held: bool) {
+        let event = if held { "acquired" } else { "lost" };
+        self.lease_changes
+            .get_or_create(&LeaseLabels { event })
+            .inc();
+        self.leader.set(i64::from(held));
     }
 
     /// Hook: a runner starts; the task counts as running until the guard

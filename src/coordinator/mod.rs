@@ -6,7 +6,8 @@
 //! [`live_status`] (every agent's status as it pushes it, over
 //! [`status_stream`]s),
 //! [`rules`] (the console's preconditions), [`task`] (the task model),
-//! [`store`] (SQLite persistence), [`runner`] (one task's batches),
+//! [`store`] (SQLite or a shared metadb), [`leadership`] (the metadb's
+//! lease: which coordinator runs tasks), [`runner`] (one task's batches),
 //! [`task_manager`] (create, resume, cancel, retry), [`upgrade_plan`]
 //! (Upgrade All's checks before anything moves), [`service`] (gRPC translation), [`metrics`]
 //! (its Prometheus registry), [`preflight`] (`--check`), [`web`] (the
@@ -15,6 +16,7 @@
 pub(crate) mod agent_pool;
 pub mod config;
 pub mod daemon;
+pub(crate) mod leadership;
 pub(crate) mod live_status;
 pub(crate) mod load_balancer;
 pub(crate) mod metrics;

@@ -31,26 +31,16 @@ pub fn check(path: &Path) -> Report {
         );
     }
     report.plan("callers", crate::common::preflight::callers(security));
-    if let Some(dir) = config.store_path.parent() {
-        match paths::owned(dir) {
-            Ok(Some(note)) => report.note(note),
-            Ok(None) => {}
-            Err(reason) => report.problem("store.path", reason),
-        }
-    }
-    match paths::writable_file(&config.store_path) {
-        Ok(paths::Writable::Exists { .. }) => report.plan(
+    match &config.store {
+        crate::coordinator::config::StoreConfig::Sqlite(file) => store_file(&mut report, file),
+        crate::coordinator::config::StoreConfig::Metadb(m) => report.plan(
             "task store",
             format!(
-                "{} (unfinished tasks resume at start)",
-                config.store_path.display()
+                "metadb {} (shared; this coordinator runs tasks while it holds the {:?} lease; \
+                 not contacted by --check)",
+                m.url, m.lease
             ),
         ),
-        Ok(paths::Writable::Created) => report.plan(
-            "task store",
-            format!("{} (created at start)", config.store_path.display()),
-        ),
-        Err(reason) => report.problem("store.path", reason),
     }
     let audit = &security.audit_path;
     match paths::writable_file(audit) {
@@ -142,5 +132,27 @@ fn is_loopback(agent: &str) -> bool {
         Err(_) => agent
             .rsplit_once(':')
             .is_some_and(|(host, _)| host == "localhost"),
+    }
+}
+
+/// The SQLite file: its directory owned, the file writable.
+fn store_file(report: &mut Report, file: &Path) {
+    if let Some(dir) = file.parent() {
+        match paths::owned(dir) {
+            Ok(Some(note)) => report.note(note),
+            Ok(None) => {}
+            Err(reason) => report.problem("store.path", reason),
+        }
+    }
+    match paths::writable_file(file) {
+        Ok(paths::Writable::Exists { .. }) => report.plan(
+            "task store",
+            format!("{} (unfinished tasks resume at start)", file.display()),
+        ),
+        Ok(paths::Writable::Created) => report.plan(
+            "task store",
+            format!("{} (created at start)", file.display()),
+        ),
+        Err(reason) => report.problem("store.path", reason),
     }
 }

@@ -23,7 +23,7 @@ mod upgrade;
 use super::{
     agent_pool::{AgentPool, Command},
     load_balancer::{LoadBalancer, rotation::BalancerNote},
-    store::Store,
+    store::{Fence, Store, StoreError},
     task::{Kind, Mode, State, SubtaskState, Task},
 };
 use crate::{
@@ -39,12 +39,16 @@ const STORE_RETRY: Duration = Duration::from_secs(1);
 pub struct Runner {
     pub task: Task,
     pub store: Arc<Store>,
+    /// The lease token every write is conditional on (a metadb); None with
+    /// SQLite, where this coordinator is the only one.
+    pub fence: Option<Fence>,
     pub pool: Arc<AgentPool>,
     /// Every change, for GetTask and WatchTask, after it is in the store.
     pub feed: Arc<Feed<Task>>,
     /// CancelTask: no further batch.
     pub cancel: CancellationToken,
-    /// The coordinator stopping: leave the task as it is, to resume later.
+    /// The coordinator stopping, or its lease lost: leave the task as it
+    /// is, to resume later (here or at the next leader).
     pub shutdown: CancellationToken,
     pub metrics: Arc<CoordinatorMetrics>,
     /// The cluster's load balancer, and whether HOT restarts drain too.
@@ -73,8 +77,8 @@ impl Runner {
     /// Writes the task to the store and shows it to its watchers. A write
     /// the store refuses is shown (`store_error`) and retried by the next
     /// one; callers that must not go on unwritten use [`Runner::record`].
-    fn publish(&mut self) -> bool {
-        let saved = self.save();
+    async fn publish(&mut self) -> bool {
+        let saved = self.save().await;
         self.show();
         saved
     }
@@ -84,13 +88,20 @@ impl Runner {
         self.feed.replace(self.task.clone());
     }
 
-    fn save(&mut self) -> bool {
-        match self.store.save(&self.task) {
+    async fn save(&mut self) -> bool {
+        match self.store.save(&self.task, self.fence).await {
             Ok(()) => {
                 if self.task.store_error.take().is_some() {
                     tracing::info!("the task is recorded again");
                 }
                 true
+            }
+            // Another coordinator leads now: nothing more is written or
+            // sent by this one; every runner of this lease stops.
+            Err(e @ StoreError::Fenced { .. }) => {
+                tracing::warn!(error = %describe(&e), "lease lost: stopping without writing");
+                self.shutdown.cancel();
+                false
             }
             Err(e) => {
                 let error = describe(&e);
@@ -106,7 +117,10 @@ impl Runner {
     /// Writes the task, waiting as long as the store refuses. False if the
     /// coordinator shuts down first.
     async fn record(&mut self) -> bool {
-        while !self.publish() {
+        while !self.publish().await {
+            if self.shutdown.is_cancelled() {
+                return false;
+            }
             tokio::select! {
                 _ = tokio::time::sleep(STORE_RETRY) => {}
                 _ = self.shutdown.cancelled() => return false,
@@ -350,7 +364,7 @@ impl Runner {
                     plan.intend(lb, &s.agent, &mut s.balancer);
                 }
             }
-            if self.save() {
+            if self.save().await {
                 break;
             }
             for (&i, s) in todo.iter().zip(&before) {
@@ -411,7 +425,7 @@ impl Runner {
                 _ = self.shutdown.cancelled() => return BatchEnd::Shutdown,
                 // What the store refused is written as soon as it can be.
                 _ = tokio::time::sleep(STORE_RETRY), if self.task.store_error.is_some() => {
-                    self.publish();
+                    self.publish().await;
                 }
                 // Written down at once, so a coordinator restarted while this
                 // batch finishes does not start the next one.
@@ -451,7 +465,7 @@ impl Runner {
                 changed = true;
             }
             if changed {
-                self.publish();
+                self.publish().await;
             }
         }
         BatchEnd::Done

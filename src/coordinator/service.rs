@@ -207,6 +207,10 @@ fn task_status(e: TaskError) -> Status {
         | TaskError::StillRunning { .. }
         | TaskError::NothingToRetry { .. } => Status::failed_precondition(message),
         TaskError::RequestIdReused { .. } => Status::already_exists(message),
+        // The metadb is down or cut off: another try (or coordinator) may do.
+        TaskError::Store(e) | TaskError::Unrecorded(e) if e.is_unreachable() => {
+            Status::unavailable(message)
+        }
         TaskError::Store(_) => Status::internal(message),
         // A full disk is a resource running out; a read-only or failing one
         // must be fixed first. Either way no agent was called.
@@ -220,6 +224,32 @@ fn task_status(e: TaskError) -> Status {
 
 #[tonic::async_trait]
 impl pb::coordinator_server::Coordinator for CoordinatorService {
+    async fn get_leader(
+        &self,
+        request: Request<pb::GetLeaderRequest>,
+    ) -> Result<Response<pb::Leader>, Status> {
+        self.guard.read(&request, "GetLeader")?;
+        let view = self.tasks.leader().await.map_err(task_status)?;
+        Ok(Response::new(match view.lease {
+            Some(lease) => pb::Leader {
+                holder: lease.holder,
+                token: lease.token,
+                expires_in: Some(dur(lease.remaining.unwrap_or_default())),
+                this_coordinator: view.me,
+                this_coordinator_leads: view.leading,
+                store: "metadb".into(),
+            },
+            None => pb::Leader {
+                holder: view.me.clone(),
+                token: 0,
+                expires_in: None,
+                this_coordinator: view.me,
+                this_coordinator_leads: view.leading,
+                store: "sqlite".into(),
+            },
+        }))
+    }
+
     async fn list_clusters(
         &self,
         request: Request<pb::ListClustersRequest>,
@@ -338,7 +368,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
     ) -> Result<Response<pb::Task>, Status> {
         self.guard.read(&request, "GetTask")?;
         let id = requests::task_id(&request.into_inner().id)?;
-        let task = self.tasks.get(&id).map_err(task_status)?;
+        let task = self.tasks.get(&id).await.map_err(task_status)?;
         Ok(Response::new(task_pb(&task)))
     }
 
@@ -351,6 +381,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         let tasks = self
             .tasks
             .list(cluster.as_deref(), limit)
+            .await
             .map_err(task_status)?;
         Ok(Response::new(pb::ListTasksResponse {
             tasks: tasks.iter().map(task_pb).collect(),
@@ -365,7 +396,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
         self.guard.read(&request, "WatchTask")?;
         let id = requests::task_id(&request.into_inner().id)?;
-        let watcher = self.tasks.watch(&id).map_err(task_status)?;
+        let watcher = self.tasks.watch(&id).await.map_err(task_status)?;
         Ok(Response::new(Box::pin(task_stream(watcher))))
     }
 
@@ -393,6 +424,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             let admit = self.guard.admission(call, Vec::new());
             self.tasks
                 .retry(&id, admit)
+                .await
                 .map_err(|e| Failed::task(e, Vec::new()))
         })
         .await

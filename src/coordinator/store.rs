@@ -1,14 +1,24 @@
 //! The task store: every task, written before any agent is called and after
-//! every change, in an embedded SQLite database, so a coordinator that is
-//! killed resumes where it was.
-use std::{
-    path::{Path, PathBuf},
-    sync::Mutex,
-};
+//! every change, so a coordinator that is killed (or replaced by another)
+//! resumes where it was. Two backends: an embedded SQLite file ([`sqlite`],
+//! one coordinator) and a shared MySQL-compatible metadb ([`metadb`], its
+//! tables versioned by [`schema`], its leader's lease row in [`lease`]),
+//! where every write of a runner is conditional on its lease's token.
+use std::{path::PathBuf, time::Duration};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use super::{config::StoreConfig, task::Task};
 
-use super::task::{State, Task};
+pub mod lease;
+mod metadb;
+mod schema;
+mod sqlite;
+
+pub use metadb::Metadb;
+
+/// A lease's token: the runner's writes carry it and are refused once a
+/// newer holder exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence(pub i64);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -33,230 +43,158 @@ pub enum StoreError {
     },
     #[error("task store directory")]
     Dir(#[source] crate::security::files::FileError),
+    #[error("metadb {url}: {what} {id}")]
+    Metadb {
+        url: String,
+        what: &'static str,
+        id: String,
+        #[source]
+        source: Box<mysql_async::Error>,
+    },
+    #[error("metadb {url}: {what} {id}: no answer within {after:?}")]
+    MetadbTimeout {
+        url: String,
+        what: &'static str,
+        id: String,
+        after: Duration,
+    },
+    #[error(
+        "metadb {url}: its schema is version {found}, newer than this coordinator knows \
+         ({known}); upgrade this coordinator"
+    )]
+    SchemaNewer { url: String, found: i64, known: i64 },
+    /// Another coordinator took the lease: this one's writes are refused.
+    #[error("task {id}: not written, lease token {token} is no longer the leader's")]
+    Fenced { id: String, token: i64 },
 }
 
 impl StoreError {
+    /// The metadb did not answer (down, unreachable, too slow): worth
+    /// trying again, at this coordinator or another.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            StoreError::MetadbTimeout { .. } => true,
+            StoreError::Metadb { source, .. } => matches!(
+                **source,
+                mysql_async::Error::Io(_) | mysql_async::Error::Driver(_)
+            ),
+            _ => false,
+        }
+    }
+
     /// The disk under the store is full: space, not a fault, is missing.
     pub fn is_storage_full(&self) -> bool {
-        let source = match self {
-            StoreError::Open { source, .. } | StoreError::Query { source, .. } => source,
-            StoreError::Corrupt { .. } | StoreError::Dir(_) => return false,
-        };
-        source.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+        match self {
+            StoreError::Open { source, .. } | StoreError::Query { source, .. } => {
+                source.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+            }
+            _ => false,
+        }
     }
 }
 
-/// Writes are small (one task's JSON) and synchronous; the mutex orders them.
-pub struct Store {
-    conn: Mutex<Connection>,
-}
-
-fn state_name(s: State) -> &'static str {
-    match s {
-        State::Running => "running",
-        State::Succeeded => "succeeded",
-        State::Failed => "failed",
-        State::Cancelled => "cancelled",
-        State::RolledBack => "rolled_back",
-    }
+/// Where the tasks are.
+pub enum Store {
+    Sqlite(sqlite::SqliteStore),
+    Metadb(Metadb),
 }
 
 impl Store {
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let err = |source| StoreError::Open {
-            path: path.to_path_buf(),
-            source,
-        };
-        if let Some(dir) = path.parent()
-            && let Err(e) = crate::security::files::private_dir(dir)
-        {
-            return Err(StoreError::Dir(e));
-        }
-        let conn = Connection::open(path).map_err(err)?;
-        // WAL + FULL: a task written is on disk before the RPC it announces.
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(err)?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS tasks (
-                 id TEXT PRIMARY KEY,
-                 cluster TEXT NOT NULL,
-                 request_id TEXT UNIQUE,
-                 state TEXT NOT NULL,
-                 created_at REAL NOT NULL,
-                 body TEXT NOT NULL
-             );
-             CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state);",
-        )
-        .map_err(err)?;
-        Ok(Self {
-            conn: Mutex::new(conn),
+    pub async fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        Ok(match config {
+            StoreConfig::Sqlite(path) => Store::Sqlite(sqlite::SqliteStore::open(path)?),
+            StoreConfig::Metadb(m) => Store::Metadb(Metadb::open(m).await?),
         })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    /// The metadb, when the tasks are in one (and coordinators lead in turn).
+    pub fn metadb(&self) -> Option<&Metadb> {
+        match self {
+            Store::Metadb(m) => Some(m),
+            Store::Sqlite(_) => None,
+        }
     }
 
-    pub fn save(&self, task: &Task) -> Result<(), StoreError> {
-        let body = serde_json::to_string(task).map_err(|source| StoreError::Corrupt {
-            id: task.id.clone(),
-            source,
-        })?;
-        let created = task
-            .created_at
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
-        self.conn()
-            .execute(
-                "INSERT INTO tasks (id, cluster, request_id, state, created_at, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT(id) DO UPDATE SET state = excluded.state, body = excluded.body",
-                params![
-                    task.id,
-                    task.cluster,
-                    task.request_id,
-                    state_name(task.state),
-                    created,
-                    body
-                ],
-            )
-            .map_err(|source| StoreError::Query {
-                what: "save",
-                id: task.id.clone(),
-                source,
-            })?;
-        Ok(())
+    /// A new task; a request id already used is refused.
+    pub async fn insert(&self, task: &Task) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.save(task),
+            Store::Metadb(m) => m.insert(task).await,
+        }
+    }
+
+    /// A runner's write: refused ([`StoreError::Fenced`]) once `fence` is
+    /// not the lease's token any more.
+    pub async fn save(&self, task: &Task, fence: Option<Fence>) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.save(task),
+            Store::Metadb(m) => m.save(task, fence).await,
+        }
+    }
+
+    /// RetryTask: the task running again, unless it already is (another
+    /// coordinator retried it first): false then.
+    pub async fn rerun(&self, task: &Task) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.save(task).map(|()| true),
+            Store::Metadb(m) => m.rerun(task).await,
+        }
+    }
+
+    /// Puts back a task whose retry could not be recorded.
+    pub async fn put_back(&self, task: &Task) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.save(task),
+            Store::Metadb(m) => m.put_back(task).await,
+        }
     }
 
     /// Removes a task that must not run after all (its admission could not
     /// be recorded).
-    pub fn delete(&self, id: &str) -> Result<(), StoreError> {
-        self.conn()
-            .execute("DELETE FROM tasks WHERE id = ?1", [id])
-            .map_err(|source| StoreError::Query {
-                what: "delete",
-                id: id.to_string(),
-                source,
-            })?;
-        Ok(())
+    pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.delete(id),
+            Store::Metadb(m) => m.delete(id).await,
+        }
     }
 
-    fn decode(id: String, body: String) -> Result<Task, StoreError> {
-        serde_json::from_str(&body).map_err(|source| StoreError::Corrupt { id, source })
+    pub async fn get(&self, id: &str) -> Result<Option<Task>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.get(id),
+            Store::Metadb(m) => m.get(id).await,
+        }
     }
 
-    pub fn get(&self, id: &str) -> Result<Option<Task>, StoreError> {
-        let body: Option<String> = self
-            .conn()
-            .query_row("SELECT body FROM tasks WHERE id = ?1", [id], |r| r.get(0))
-            .optional()
-            .map_err(|source| StoreError::Query {
-                what: "read",
-                id: id.to_string(),
-                source,
-            })?;
-        body.map(|b| Self::decode(id.to_string(), b)).transpose()
-    }
-
-    pub fn by_request_id(&self, request_id: &str) -> Result<Option<Task>, StoreError> {
-        let row: Option<(String, String)> = self
-            .conn()
-            .query_row(
-                "SELECT id, body FROM tasks WHERE request_id = ?1",
-                [request_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(|source| StoreError::Query {
-                what: "find by request id",
-                id: request_id.to_string(),
-                source,
-            })?;
-        row.map(|(id, b)| Self::decode(id, b)).transpose()
+    pub async fn by_request_id(&self, request_id: &str) -> Result<Option<Task>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.by_request_id(request_id),
+            Store::Metadb(m) => m.by_request_id(request_id).await,
+        }
     }
 
     /// Newest first; `cluster` None for all.
-    pub fn list(&self, cluster: Option<&str>, limit: u32) -> Result<Vec<Task>, StoreError> {
-        self.select(
-            "SELECT id, body FROM tasks WHERE (?1 IS NULL OR cluster = ?1)
-             ORDER BY created_at DESC LIMIT ?2",
-            params![cluster, limit],
-        )
-    }
-
-    /// Tasks that were running when the coordinator last stopped.
-    pub fn unfinished(&self) -> Result<Vec<Task>, StoreError> {
-        self.select(
-            "SELECT id, body FROM tasks WHERE state = 'running' ORDER BY created_at",
-            params![],
-        )
-    }
-
-    fn select(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<Task>, StoreError> {
-        let qerr = |source| StoreError::Query {
-            what: "list",
-            id: "*".into(),
-            source,
-        };
-        let conn = self.conn();
-        let mut stmt = conn.prepare(sql).map_err(qerr)?;
-        let rows = stmt
-            .query_map(params, |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-            })
-            .map_err(qerr)?;
-        let mut tasks = Vec::new();
-        for row in rows {
-            let (id, body) = row.map_err(qerr)?;
-            tasks.push(Self::decode(id, body)?);
+    pub async fn list(&self, cluster: Option<&str>, limit: u32) -> Result<Vec<Task>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.list(cluster, limit),
+            Store::Metadb(m) => m.list(cluster, limit).await,
         }
-        Ok(tasks)
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::coordinator::task::{Kind, Rollout};
-
-    #[test]
-    fn tasks_survive_reopening_and_unfinished_ones_are_found() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tasks.db");
-        let agents = vec!["127.0.0.1:1".to_string()];
-        let mut done = Task::new(
-            "c",
-            &agents,
-            Kind::StopAll,
-            None,
-            Rollout::default(),
-            None,
-            Some("r1".into()),
-        );
-        done.state = State::Succeeded;
-        let running = Task::new(
-            "c",
-            &agents,
-            Kind::StartAll,
-            None,
-            Rollout::default(),
-            None,
-            None,
-        );
-        {
-            let store = Store::open(&path).unwrap();
-            store.save(&done).unwrap();
-            store.save(&running).unwrap();
+    /// Tasks still running (to resume, or to pick up), oldest first, with
+    /// any cancel asked of another coordinator in `cancel_requested`.
+    pub async fn unfinished(&self) -> Result<Vec<Task>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.unfinished(),
+            Store::Metadb(m) => m.unfinished().await,
         }
-        let store = Store::open(&path).unwrap();
-        let unfinished = store.unfinished().unwrap();
-        assert_eq!(unfinished.len(), 1);
-        assert_eq!(unfinished[0].id, running.id);
-        assert_eq!(store.by_request_id("r1").unwrap().unwrap().id, done.id);
-        assert_eq!(store.list(Some("c"), 10).unwrap().len(), 2);
-        assert!(store.get("task-nope").unwrap().is_none());
+    }
+
+    /// CancelTask for a task no runner of this coordinator has: the flag
+    /// its runner honours. False if the task is not running.
+    pub async fn request_cancel(&self, id: &str) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.request_cancel(id),
+            Store::Metadb(m) => m.request_cancel(id).await,
+        }
     }
 }

@@ -17,6 +17,9 @@ use crate::{
     coordinator::metrics::CoordinatorMetrics,
 };
 
+mod following;
+mod leading;
+
 use super::{
     agent_pool::AgentPool,
     config::CoordinatorConfig,
@@ -24,7 +27,7 @@ use super::{
     load_balancer::{LbError, LoadBalancer, ServerStatus},
     rules::{self, Odp},
     runner::Runner,
-    store::{Store, StoreError},
+    store::{Fence, Store, StoreError},
     task::upgrade::UpgradeRequest,
     task::{Kind, Mode, Rollout, State, SubtaskState, Task},
     upgrade_plan,
@@ -91,6 +94,11 @@ pub struct NewTask {
 /// reading along never gets there; one that stops reading does.
 pub const WATCH_BUFFER: usize = 256;
 
+/// How often the metadb is read for what other coordinators changed: the
+/// leader's poll for tasks (and cancels) accepted elsewhere, a follower's
+/// WatchTask.
+pub const POLL: Duration = Duration::from_millis(500);
+
 /// How long CancelTask waits for the runner to write the cancel down. The
 /// runner does it at once unless its store write is stuck.
 const CANCEL_RECORDED: Duration = Duration::from_secs(10);
@@ -98,6 +106,17 @@ const CANCEL_RECORDED: Duration = Duration::from_secs(10);
 struct Live {
     feed: Arc<Feed<Task>>,
     cancel: CancellationToken,
+}
+
+/// This coordinator's right to run tasks: with SQLite, from start to stop;
+/// with a metadb, while it holds the lease.
+#[derive(Clone)]
+pub struct Term {
+    /// The lease's token, which every runner's write carries.
+    pub fence: Option<Fence>,
+    /// Cancelled when the term ends: every runner of it stops at once,
+    /// writing nothing more.
+    pub stop: CancellationToken,
 }
 
 pub struct Tasks {
@@ -111,10 +130,15 @@ pub struct Tasks {
     balancers: HashMap<String, Arc<LoadBalancer>>,
     /// Serialises RetryTask, so two concurrent retries cannot both find the
     /// task idle and start two runners.
-    retrying: Mutex<()>,
+    retrying: tokio::sync::Mutex<()>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
     metrics: Arc<CoordinatorMetrics>,
+    /// Some while this coordinator runs tasks.
+    term: Mutex<Option<Term>>,
+    /// The name this coordinator leads under (set once its listener is
+    /// bound).
+    name: std::sync::OnceLock<String>,
 }
 
 impl Tasks {
@@ -149,10 +173,12 @@ impl Tasks {
             pool,
             statuses,
             live: Mutex::new(HashMap::new()),
-            retrying: Mutex::new(()),
+            retrying: tokio::sync::Mutex::new(()),
             tracker,
             shutdown,
             metrics,
+            term: Mutex::new(None),
+            name: std::sync::OnceLock::new(),
         })
     }
 
@@ -163,8 +189,8 @@ impl Tasks {
     /// Picks up the tasks that were running when the coordinator stopped.
     /// Their running subtasks are asked again with the same request ids, so
     /// the agents answer with the operations they already ran.
-    pub fn resume_all(self: &Arc<Self>) -> Result<usize, StoreError> {
-        let unfinished = self.store.unfinished()?;
+    async fn resume_all(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let unfinished = self.store.unfinished().await?;
         let n = unfinished.len();
         for task in unfinished {
             tracing::info!(task_id = %task.id, "resuming task");
@@ -179,7 +205,7 @@ impl Tasks {
             .cluster(&new.cluster)
             .ok_or_else(|| TaskError::UnknownCluster(new.cluster.clone()))?;
         if let Some(rid) = &new.request_id
-            && let Some(existing) = self.store.by_request_id(rid)?
+            && let Some(existing) = self.store.by_request_id(rid).await?
         {
             if existing.kind != new.kind {
                 return Err(TaskError::RequestIdReused {
@@ -190,7 +216,7 @@ impl Tasks {
                 });
             }
             admit(&existing.id, true).map_err(TaskError::NotRecorded)?;
-            return Ok(self.snapshot(&existing.id)?.unwrap_or(existing));
+            return Ok(self.snapshot(&existing.id).await?.unwrap_or(existing));
         }
         // Asked, not read from the live view: a rule checked against a status
         // a moment old could refuse (or admit) what the agents' state of now
@@ -221,20 +247,21 @@ impl Tasks {
                 .map_err(TaskError::Refused)?;
         }
         // Written down before any RPC is sent.
-        if let Err(e) = self.store.save(&task) {
-            // The same request id, created concurrently: that task it is.
+        if let Err(e) = self.store.insert(&task).await {
+            // The same request id, created concurrently (here or at another
+            // coordinator): that task it is.
             if let Some(rid) = &task.request_id
-                && let Ok(Some(existing)) = self.store.by_request_id(rid)
+                && let Ok(Some(existing)) = self.store.by_request_id(rid).await
             {
                 admit(&existing.id, true).map_err(TaskError::NotRecorded)?;
-                return Ok(self.snapshot(&existing.id)?.unwrap_or(existing));
+                return Ok(self.snapshot(&existing.id).await?.unwrap_or(existing));
             }
             return Err(TaskError::Unrecorded(e));
         }
         // Audited before it runs; a line that cannot be written takes the
         // task back (no agent has been called).
         if let Err(reason) = admit(&task.id, false) {
-            if let Err(e) = self.store.delete(&task.id) {
+            if let Err(e) = self.store.delete(&task.id).await {
                 tracing::error!(task_id = %task.id, error = %describe(&e), "cannot take back a task whose admission was not recorded");
             }
             return Err(TaskError::NotRecorded(reason));
@@ -244,25 +271,38 @@ impl Tasks {
         Ok(task)
     }
 
-    fn launch(self: &Arc<Self>, task: Task) {
+    /// Runs the task here if this coordinator leads and does not run it
+    /// yet (the leader's poll finds its own tasks too); false otherwise.
+    /// A follower leaves it in the store for the leader.
+    fn launch(self: &Arc<Self>, task: Task) -> bool {
+        let Some(term) = self.term() else {
+            return false;
+        };
         let feed = Arc::new(Feed::new(task.clone(), WATCH_BUFFER));
         let cancel = CancellationToken::new();
         let id = task.id.clone();
-        self.live().insert(
-            id.clone(),
-            Live {
-                feed: feed.clone(),
-                cancel: cancel.clone(),
-            },
-        );
+        {
+            let mut live = self.live();
+            if live.contains_key(&id) {
+                return false;
+            }
+            live.insert(
+                id.clone(),
+                Live {
+                    feed: feed.clone(),
+                    cancel: cancel.clone(),
+                },
+            );
+        }
         let balancer = self.balancer(&task.cluster);
         let runner = Runner {
             task,
             store: self.store.clone(),
+            fence: term.fence,
             pool: self.pool.clone(),
             feed,
             cancel,
-            shutdown: self.shutdown.clone(),
+            shutdown: term.stop,
             metrics: self.metrics.clone(),
             balancer,
         };
@@ -271,51 +311,55 @@ impl Tasks {
             runner.run().await;
             me.live().remove(&id);
         });
+        true
     }
 
-    fn snapshot(&self, id: &str) -> Result<Option<Task>, StoreError> {
-        if let Some(live) = self.live().get(id) {
-            return Ok(Some(live.feed.latest()));
+    async fn snapshot(&self, id: &str) -> Result<Option<Task>, StoreError> {
+        let live = self.live().get(id).map(|live| live.feed.latest());
+        match live {
+            Some(task) => Ok(Some(task)),
+            None => self.store.get(id).await,
         }
-        self.store.get(id)
     }
 
-    pub fn get(&self, id: &str) -> Result<Task, TaskError> {
-        self.snapshot(id)?
+    pub async fn get(&self, id: &str) -> Result<Task, TaskError> {
+        self.snapshot(id)
+            .await?
             .ok_or_else(|| TaskError::NotFound(id.to_string()))
     }
 
-    pub fn list(&self, cluster: Option<&str>, limit: u32) -> Result<Vec<Task>, TaskError> {
-        Ok(self.store.list(cluster, limit)?)
+    pub async fn list(&self, cluster: Option<&str>, limit: u32) -> Result<Vec<Task>, TaskError> {
+        Ok(self.store.list(cluster, limit).await?)
     }
 
     /// A running task as it is now and every change to it, or the final
     /// state of a finished one.
-    pub fn watch(&self, id: &str) -> Result<Watcher<Task>, TaskError> {
-        if let Some(live) = self.live().get(id) {
-            return Ok(live.feed.watch());
+    pub async fn watch(&self, id: &str) -> Result<Watcher<Task>, TaskError> {
+        let live = self.live().get(id).map(|live| live.feed.watch());
+        if let Some(watcher) = live {
+            return Ok(watcher);
         }
-        Ok(Watcher::finished(self.get(id)?))
+        let task = self.get(id).await?;
+        if task.is_finished() || self.store.metadb().is_none() {
+            return Ok(Watcher::finished(task));
+        }
+        Ok(self.follow(task))
     }
 
     /// Stops further batches. Answers once the cancel is in the store (or the
     /// task has ended), so a coordinator restarted right after still honours
     /// it.
     pub async fn cancel(&self, id: &str, admit: OnAdmit) -> Result<Task, TaskError> {
-        let latest = match self.live().get(id) {
-            Some(live) => {
-                admit(id, false).map_err(TaskError::NotRecorded)?;
-                live.cancel.cancel();
-                Some(live.feed.subscribe_latest())
-            }
-            None => None,
+        let live = self.live().get(id).map(|live| live.cancel.clone());
+        let Some(cancel) = live else {
+            return self.cancel_elsewhere(id, admit).await;
         };
+        admit(id, false).map_err(TaskError::NotRecorded)?;
+        cancel.cancel();
+        let latest = self.live().get(id).map(|live| live.feed.subscribe_latest());
         let Some(mut latest) = latest else {
-            let task = self.get(id)?;
-            return Err(TaskError::Finished {
-                id: task.id,
-                state: task.state,
-            });
+            // Ended meanwhile.
+            return self.get(id).await;
         };
         tracing::info!(task_id = %id, "task cancel requested");
         let recorded = latest.wait_for(|t| t.cancel_requested || t.is_finished());
@@ -331,12 +375,16 @@ impl Tasks {
     }
 
     /// Runs again every subtask that did not succeed, with new request ids.
-    pub fn retry(self: &Arc<Self>, id: &str, admit: OnAdmit) -> Result<Task, TaskError> {
-        let _one_at_a_time = self.retrying.lock().unwrap_or_else(|e| e.into_inner());
+    pub async fn retry(self: &Arc<Self>, id: &str, admit: OnAdmit) -> Result<Task, TaskError> {
+        let _one_at_a_time = self.retrying.lock().await;
         if self.live().contains_key(id) {
             return Err(TaskError::StillRunning { id: id.to_string() });
         }
-        let original = self.get(id)?;
+        let original = self.get(id).await?;
+        // Run by another coordinator, the leader.
+        if original.state == State::Running {
+            return Err(TaskError::StillRunning { id: id.to_string() });
+        }
         if original.state == State::Succeeded {
             return Err(TaskError::NothingToRetry { id: original.id });
         }
@@ -373,9 +421,17 @@ impl Tasks {
         task.current_batch = 0;
         // Written down first (what cannot be is not done), then audited; a
         // line that cannot be written puts the task back as it was.
-        self.store.save(&task).map_err(TaskError::Unrecorded)?;
+        // Conditional: of coordinators retrying it at once, one wins.
+        if !self
+            .store
+            .rerun(&task)
+            .await
+            .map_err(TaskError::Unrecorded)?
+        {
+            return Err(TaskError::StillRunning { id: id.to_string() });
+        }
         if let Err(reason) = admit(&task.id, false) {
-            if let Err(e) = self.store.save(&original) {
+            if let Err(e) = self.store.put_back(&original).await {
                 tracing::error!(task_id = %task.id, error = %describe(&e), "cannot put back a task whose retry was not recorded");
             }
             return Err(TaskError::NotRecorded(reason));

@@ -87,7 +87,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClusterError + '_ {
 
 /// Spawns `binary --config config`, logging to `log`, and waits for its
 /// `grpc_addr=` line.
-fn spawn(
+pub fn spawn(
     binary: &Path,
     config: &Path,
     log: &Path,

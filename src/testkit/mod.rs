@@ -3,7 +3,8 @@
 //!
 //! [`loadgen`] is client load against an ODP's SQL port, counted by outcome
 //! (refused, reset, cut), served by an [`echo_backend`]; [`local_cluster`]
-//! runs agents, stand-ins and a coordinator on loopback; [`sim_agent`] is a
+//! runs agents, stand-ins and a coordinator on loopback; [`metadb_server`]
+//! a throwaway MariaDB for coordinators sharing a metadb; [`sim_agent`] is a
 //! simulated agent for scale; [`hostile_input`] is what no input may do to
 //! the daemons (run by the fuzzers); [`fixed_port`] gives listeners ports
 //! outside the kernel's ephemeral range.
@@ -12,4 +13,5 @@ pub mod fixed_port;
 pub mod hostile_input;
 pub mod loadgen;
 pub mod local_cluster;
+pub mod metadb_server;
 pub mod sim_agent;

@@ -22,6 +22,7 @@ const STARTUP: Duration = Duration::from_secs(60);
 
 pub struct MariaDb {
     child: Child,
+    mariadbd: PathBuf,
     pub port: u16,
     /// Its port, held for it (see [`reserve_port`]).
     _port: socket2::Socket,
@@ -70,60 +71,27 @@ impl MariaDb {
         .unwrap();
         // mariadbd binds with SO_REUSEADDR, so it can bind over the reservation.
         let (reserved, port) = reserve_port(std::net::Ipv4Addr::LOCALHOST.into());
-        let mut child = Command::new(mariadbd)
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", data.display()))
-            .arg(format!(
-                "--socket={}",
-                dir.path().join("mysqld.sock").display()
-            ))
-            .arg(format!(
-                "--pid-file={}",
-                dir.path().join("mariadbd.pid").display()
-            ))
-            .arg(format!("--port={port}"))
-            .args([
-                "--bind-address=127.0.0.1",
-                "--skip-name-resolve",
-                "--skip-log-bin",
-                "--innodb-buffer-pool-size=32M",
-                // Its data is thrown away: durability would only cost the tests time.
-                "--innodb-flush-log-at-trx-commit=0",
-            ])
-            .arg(format!("--init-file={}", init.display()))
-            .args(user)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // mariadbd logs to stderr; it is read to the end so the pipe never fills.
-        let stderr = child.stderr.take().unwrap();
-        let (lines, log) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = lines.send(line);
-            }
-        });
-        let deadline = Instant::now() + STARTUP;
-        let mut seen = Vec::new();
-        loop {
-            match log.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) if line.contains("ready for connections") => break,
-                Ok(line) => seen.push(line),
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("mariadbd did not become ready:\n{}", seen.join("\n"));
-                }
-            }
-        }
+        let child = spawn(&mariadbd, dir.path(), port, user);
         MariaDb {
             child,
+            mariadbd,
             port,
             _port: reserved,
             _dir: dir,
         }
+    }
+
+    /// Stops the server (SIGTERM, as systemd would) and starts it again on the same data
+    /// and port, returning once it is ready.
+    pub fn restart(&mut self) {
+        super::signal(self.child.id(), libc::SIGTERM);
+        let _ = self.child.wait();
+        let user: &[&str] = if nix::unistd::geteuid().is_root() {
+            &["--user=root"]
+        } else {
+            &[]
+        };
+        self.child = spawn(&self.mariadbd, self._dir.path(), self.port, user);
     }
 
     /// A session straight to the server, not through a proxy.
@@ -171,4 +139,53 @@ pub fn find(program: &str) -> Option<PathBuf> {
         .chain(["/usr/sbin", "/usr/local/sbin"].map(PathBuf::from))
         .map(|dir| dir.join(program))
         .find(|candidate| candidate.is_file())
+}
+
+/// Starts `mariadbd` on the data in `dir` and waits until it is ready.
+fn spawn(mariadbd: &std::path::Path, dir: &std::path::Path, port: u16, user: &[&str]) -> Child {
+    let data = dir.join("data");
+    let init = dir.join("init.sql");
+    let mut child = Command::new(mariadbd)
+        .arg("--no-defaults")
+        .arg(format!("--datadir={}", data.display()))
+        .arg(format!("--socket={}", dir.join("mysqld.sock").display()))
+        .arg(format!("--pid-file={}", dir.join("mariadbd.pid").display()))
+        .arg(format!("--port={port}"))
+        .args([
+            "--bind-address=127.0.0.1",
+            "--skip-name-resolve",
+            "--skip-log-bin",
+            "--innodb-buffer-pool-size=32M",
+            // Its data is thrown away: durability would only cost the tests time.
+            "--innodb-flush-log-at-trx-commit=0",
+        ])
+        .arg(format!("--init-file={}", init.display()))
+        .args(user)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // mariadbd logs to stderr; it is read to the end so the pipe never fills.
+    let stderr = child.stderr.take().unwrap();
+    let (lines, log) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let deadline = Instant::now() + STARTUP;
+    let mut seen = Vec::new();
+    loop {
+        match log.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if line.contains("ready for connections") => break,
+            Ok(line) => seen.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("mariadbd did not become ready:\n{}", seen.join("\n"));
+            }
+        }
+    }
+    child
 }

@@ -14,6 +14,7 @@ pub mod haproxy;
 pub mod local;
 mod log;
 pub mod mariadb;
+pub mod metadb;
 pub mod netns;
 pub mod pki;
 pub mod ports;

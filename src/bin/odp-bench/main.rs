@@ -14,6 +14,7 @@ mod proc_stat;
 mod restart_modes;
 mod rolling;
 mod stats;
+mod takeover;
 mod testbed;
 mod vs_haproxy;
 
@@ -40,6 +41,9 @@ enum Command {
     ClusterStatus(cluster_status::Args),
     /// A rolling HOT Restart All of real agents in batches, against the ideal.
     Rolling(rolling::Args),
+    /// Coordinators sharing a metadb: the leader killed mid Restart All, how soon
+    /// another leads and the task moves again.
+    Takeover(takeover::Args),
     /// (used by the benchmarks) the client load, driven over stdin and stdout.
     #[command(hide = true)]
     Load(load_process::Args),
@@ -63,6 +67,7 @@ fn main() -> anyhow::Result<()> {
         Command::VsHaproxy(args) => runtime.block_on(vs_haproxy::run(args)),
         Command::ClusterStatus(args) => runtime.block_on(cluster_status::run(args)),
         Command::Rolling(args) => runtime.block_on(rolling::run(args)),
+        Command::Takeover(args) => runtime.block_on(takeover::run(args)),
         Command::Load(_) | Command::SimAgents(_) => Ok(()),
     }
 }

@@ -85,6 +85,53 @@ pub(crate) async fn run(
             }
             Ok(true)
         }
+        ClusterCmd::Leader => {
+            let l = c
+                .get_leader(pb::GetLeaderRequest {})
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            let expires_ms = l
+                .expires_in
+                .as_ref()
+                .map(|d| d.seconds.saturating_mul(1000) + i64::from(d.nanos / 1_000_000));
+            if json_out {
+                let v = json!({
+                    "holder": l.holder,
+                    "token": l.token,
+                    "expires_in_ms": expires_ms,
+                    "this_coordinator": l.this_coordinator,
+                    "this_coordinator_leads": l.this_coordinator_leads,
+                    "store": l.store,
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let holder = if l.holder.is_empty() {
+                    "(none)"
+                } else {
+                    &l.holder
+                };
+                let lease = match expires_ms {
+                    Some(0) => "  lease expired".to_string(),
+                    Some(ms) => format!("  lease {ms} ms left"),
+                    None => String::new(),
+                };
+                println!(
+                    "leader {holder}  token {}{lease}  store {}",
+                    l.token, l.store
+                );
+                println!(
+                    "asked  {} ({})",
+                    l.this_coordinator,
+                    if l.this_coordinator_leads {
+                        "leading"
+                    } else {
+                        "following"
+                    }
+                );
+            }
+            Ok(true)
+        }
         ClusterCmd::Status { cluster } => {
             let s = c
                 .get_cluster_status(pb::GetClusterStatusRequest { cluster })

@@ -75,6 +75,9 @@ pub enum Top {
 pub enum ClusterCmd {
     /// The clusters the coordinator knows, with their agents.
     List,
+    /// Which coordinator runs tasks: the holder of the shared metadb's lease
+    /// (with SQLite, the coordinator asked).
+    Leader,
     /// Every ODP's state, fetched in parallel.
     Status {
         /// The cluster's name, as in the coordinator's configuration.

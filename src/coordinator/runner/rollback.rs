@@ -143,12 +143,12 @@ impl Runner {
                         }
                         Progress::Balancer(note) => s.balancer = Some(note),
                     }
-                    self.publish();
+                    self.publish().await;
                 }
                 next = running.next() => match next {
                     Some((i, end)) => {
                         self.note_rollback(i, end);
-                        self.publish();
+                        self.publish().await;
                     }
                     None => break,
                 },

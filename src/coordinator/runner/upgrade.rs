@@ -123,7 +123,7 @@ impl Runner {
             changed = true;
         }
         if changed {
-            self.publish();
+            self.publish().await;
         }
         self.task.failures() <= self.task.rollout.max_failures as usize
     }
