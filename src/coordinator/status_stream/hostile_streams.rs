@@ -83,6 +83,9 @@ async fn replay(input: Vec<u8>) -> (Result<(), StreamError>, usize) {
     (ended, statuses)
 }
 
+/// What a case's error must match.
+type Expected = fn(&StreamError) -> bool;
+
 fn protocol(e: &StreamError) -> bool {
     matches!(
         e,
@@ -103,7 +106,7 @@ async fn a_valid_response_comes_through() {
 #[tokio::test]
 async fn each_attack_ends_the_stream_with_an_error() {
     let headers = response_headers();
-    let mut cases: Vec<(&str, Vec<u8>, fn(&StreamError) -> bool)> = Vec::new();
+    let mut cases: Vec<(&str, Vec<u8>, Expected)> = Vec::new();
     cases.push((
         "an HTTP/1 answer",
         b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec(),
