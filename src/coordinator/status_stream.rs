@@ -17,6 +17,8 @@ use tokio::{
     net::TcpStream,
 };
 
+#[cfg(test)]
+mod hostile_streams;
 mod hpack;
 mod http2;
 
@@ -26,6 +28,21 @@ use crate::{proto::agent as pb, security::config::ClientTlsConfig as TlsSection}
 
 /// gRPC's status code for an RPC the server does not offer.
 const UNIMPLEMENTED: i32 = 12;
+/// The largest status message accepted. A status is a few hundred bytes; the bound keeps
+/// a length prefix of up to 4 GiB from making the stream buffer that much before it can
+/// tell the message is absurd.
+const MAX_STATUS: usize = 64 * 1024;
+
+/// What is wrong with the gRPC messages an agent sends.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MessageError {
+    #[error("a message of {0} bytes (at most {MAX_STATUS} accepted)")]
+    TooLarge(usize),
+    #[error("a compressed message (the coordinator asked for none)")]
+    Compressed,
+    #[error("data before the response's headers")]
+    BeforeHeaders,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -50,6 +67,12 @@ pub enum StreamError {
         agent: String,
         code: i32,
         message: String,
+    },
+    #[error("{agent} sent {source}")]
+    Message {
+        agent: String,
+        #[source]
+        source: MessageError,
     },
     #[error("{agent} sent a status that does not decode")]
     Decode {
@@ -89,13 +112,15 @@ impl Connector {
     }
 
     /// Follows `agent`'s status stream, calling `on_status` for every status, until the
-    /// stream ends, fails, or stays silent for `silence` (the agent promised a heartbeat).
+    /// stream ends, fails, or sends no status for `silence` (the agent promised a heartbeat).
+    /// Only a whole status restarts that clock: frames that carry none (empty data, pings,
+    /// settings, a message trickled a byte at a time) cannot keep a stream alive.
     pub async fn follow(
         &self,
         agent: &str,
         heartbeat: Duration,
         silence: Duration,
-        mut on_status: impl FnMut(pb::ProxyStatus),
+        on_status: impl FnMut(pb::ProxyStatus),
     ) -> Result<(), StreamError> {
         let mut io = self.connect(agent).await?;
         let h2err = |source| StreamError::Http2 {
@@ -119,47 +144,7 @@ impl Connector {
             .await
             .map_err(|_| timeout(self.connect_timeout))?
             .map_err(h2err)?;
-        let mut reader = http2::Reader::default();
-        let mut buf = BytesMut::new();
-        let mut answered = false;
-        loop {
-            let event = tokio::time::timeout(silence, reader.next(&mut io))
-                .await
-                .map_err(|_| timeout(silence))?
-                .map_err(h2err)?;
-            let (payload, end) = match event {
-                http2::Event::Headers { fields, end } => {
-                    // The response's headers first (a refusal comes as headers alone,
-                    // trailers-only), the trailers last.
-                    if !answered {
-                        answered = true;
-                        http_status(agent, &fields)?;
-                    }
-                    grpc_status(agent, &fields)?;
-                    if end {
-                        return Ok(());
-                    }
-                    continue;
-                }
-                http2::Event::Data { payload, end } => (payload, end),
-            };
-            buf.extend_from_slice(&payload);
-            while let Some(message) = next_message(&mut buf) {
-                let status =
-                    pb::ProxyStatus::decode(message).map_err(|source| StreamError::Decode {
-                        agent: agent.to_string(),
-                        source,
-                    })?;
-                on_status(status);
-            }
-            // Between statuses a stream holds no buffer: 10,000 idle ones add up.
-            if buf.is_empty() {
-                buf = BytesMut::new();
-            }
-            if end {
-                return Ok(());
-            }
-        }
+        watch(&mut io, agent, silence, on_status).await
     }
 
     async fn connect(&self, agent: &str) -> Result<Box<dyn Io>, StreamError> {
@@ -195,6 +180,78 @@ impl Connector {
             })?
             .map_err(connect_err)?;
         Ok(Box::new(stream))
+    }
+}
+
+/// Reads the response to the request already sent on `io`: statuses to `on_status` until
+/// the stream ends, fails, or sends no status for `silence`. What it holds at any time is
+/// bounded whatever the agent sends: one frame (16 KiB), one header block and its fields
+/// (16 KiB each), one partial status ([`MAX_STATUS`]) and the header table (4 KiB).
+async fn watch<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    agent: &str,
+    silence: Duration,
+    mut on_status: impl FnMut(pb::ProxyStatus),
+) -> Result<(), StreamError> {
+    let h2err = |source| StreamError::Http2 {
+        agent: agent.to_string(),
+        source,
+    };
+    let timeout = |timeout| StreamError::Timeout {
+        agent: agent.to_string(),
+        timeout,
+    };
+    let mut reader = http2::Reader::default();
+    let mut buf = BytesMut::new();
+    let mut answered = false;
+    let message_err = |source| StreamError::Message {
+        agent: agent.to_string(),
+        source,
+    };
+    let mut deadline = tokio::time::Instant::now() + silence;
+    loop {
+        let event = tokio::time::timeout_at(deadline, reader.next(io))
+            .await
+            .map_err(|_| timeout(silence))?
+            .map_err(h2err)?;
+        let (payload, end) = match event {
+            http2::Event::Headers { fields, end } => {
+                // The response's headers first (a refusal comes as headers alone,
+                // trailers-only), the trailers last.
+                if !answered {
+                    answered = true;
+                    http_status(agent, &fields)?;
+                }
+                grpc_status(agent, &fields)?;
+                if end {
+                    return Ok(());
+                }
+                continue;
+            }
+            http2::Event::Data { .. } if !answered => {
+                return Err(message_err(MessageError::BeforeHeaders));
+            }
+            http2::Event::Data { payload, end } => (payload, end),
+        };
+        buf.extend_from_slice(&payload);
+        // The bound stated above: an accepted partial message and one frame.
+        debug_assert!(buf.len() <= 5 + MAX_STATUS + http2::MAX_FRAME);
+        while let Some(message) = next_message(&mut buf).map_err(message_err)? {
+            deadline = tokio::time::Instant::now() + silence;
+            let status =
+                pb::ProxyStatus::decode(message).map_err(|source| StreamError::Decode {
+                    agent: agent.to_string(),
+                    source,
+                })?;
+            on_status(status);
+        }
+        // Between statuses a stream holds no buffer: 10,000 idle ones add up.
+        if buf.is_empty() {
+            buf = BytesMut::new();
+        }
+        if end {
+            return Ok(());
+        }
     }
 }
 
@@ -245,17 +302,25 @@ fn frame(message: &impl Message) -> Bytes {
     out.freeze()
 }
 
-/// The next whole message in `buf`, if one has arrived.
-fn next_message(buf: &mut BytesMut) -> Option<Bytes> {
+/// The next whole message in `buf`, if one has arrived; an error as soon as its prefix
+/// shows a message the coordinator will not take (so `buf` never holds more than one
+/// accepted message and one frame).
+fn next_message(buf: &mut BytesMut) -> Result<Option<Bytes>, MessageError> {
     if buf.len() < 5 {
-        return None;
+        return Ok(None);
+    }
+    if buf[0] != 0 {
+        return Err(MessageError::Compressed);
     }
     let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if len > MAX_STATUS {
+        return Err(MessageError::TooLarge(len));
+    }
     if buf.len() < 5 + len {
-        return None;
+        return Ok(None);
     }
     buf.advance(5);
-    Some(buf.split_to(len).freeze())
+    Ok(Some(buf.split_to(len).freeze()))
 }
 
 fn header<'a>(fields: &'a [Field], name: &str) -> Option<&'a str> {
@@ -307,13 +372,24 @@ mod tests {
         let one = frame(&status);
         let mut buf = BytesMut::new();
         buf.extend_from_slice(&one[..3]);
-        assert!(next_message(&mut buf).is_none());
+        assert_eq!(next_message(&mut buf), Ok(None));
         buf.extend_from_slice(&one[3..]);
         buf.extend_from_slice(&one[..7]);
-        let got = pb::ProxyStatus::decode(next_message(&mut buf).unwrap()).unwrap();
+        let got = pb::ProxyStatus::decode(next_message(&mut buf).unwrap().unwrap()).unwrap();
         assert_eq!(got, status);
-        assert!(next_message(&mut buf).is_none());
+        assert_eq!(next_message(&mut buf), Ok(None));
         assert_eq!(buf.len(), 7);
+    }
+
+    #[test]
+    fn an_absurd_length_prefix_is_refused_before_anything_is_buffered() {
+        let mut buf = BytesMut::from(&[0u8, 0xff, 0xff, 0xff, 0xff][..]);
+        assert_eq!(
+            next_message(&mut buf),
+            Err(MessageError::TooLarge(u32::MAX as usize))
+        );
+        let mut buf = BytesMut::from(&[1u8, 0, 0, 0, 1, 0][..]);
+        assert_eq!(next_message(&mut buf), Err(MessageError::Compressed));
     }
 
     #[test]

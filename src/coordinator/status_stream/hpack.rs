@@ -17,6 +17,10 @@ pub enum HpackError {
     Huffman,
     #[error("a table size update to {0} exceeds the limit")]
     TableSize(usize),
+    #[error("a table size update after a field (RFC 7541 4.2 allows it only first)")]
+    LateTableSize,
+    #[error("the header list decodes to more than {0} bytes")]
+    ListTooLong(usize),
 }
 
 /// The protocol's default header table size: the most a server may use before it has
@@ -104,14 +108,29 @@ impl Decoder {
         self.max.unwrap_or(DEFAULT_TABLE_SIZE)
     }
 
-    /// Every field of one whole header block, in order.
-    pub fn decode(&mut self, mut block: &[u8]) -> Result<Vec<Field>, HpackError> {
+    /// Every field of one whole header block, in order, as long as the list (names,
+    /// values and 32 bytes a field, RFC 9113 6.5.2) stays within `max_list`: a block
+    /// of one-byte references to a 4 KiB table entry would otherwise decode 16 KiB into
+    /// 64 MiB.
+    pub fn decode(&mut self, mut block: &[u8], max_list: usize) -> Result<Vec<Field>, HpackError> {
         let mut fields = Vec::new();
+        let mut list = 0usize;
+        let mut add = |fields: &mut Vec<Field>, field: Field| {
+            list += field.0.len() + field.1.len() + 32;
+            if list > max_list {
+                return Err(HpackError::ListTooLong(max_list));
+            }
+            fields.push(field);
+            Ok(())
+        };
         while let Some(&first) = block.first() {
             if first & 0x80 != 0 {
                 let index = integer(&mut block, 7)?;
-                fields.push(self.entry(index)?);
+                add(&mut fields, self.entry(index)?)?;
             } else if first & 0xe0 == 0x20 {
+                if !fields.is_empty() {
+                    return Err(HpackError::LateTableSize);
+                }
                 let size = integer(&mut block, 5)?;
                 if size > DEFAULT_TABLE_SIZE {
                     return Err(HpackError::TableSize(size));
@@ -130,7 +149,7 @@ impl Decoder {
                 if indexed {
                     self.insert((name.clone(), value.clone()));
                 }
-                fields.push((name, value));
+                add(&mut fields, (name, value))?;
             }
         }
         Ok(fields)
@@ -326,6 +345,8 @@ fn push_integer(out: &mut Vec<u8>, flags: u8, n: u32, mut value: usize) {
 mod tests {
     use super::*;
 
+    const LIST: usize = 16_384;
+
     fn hex(s: &str) -> Vec<u8> {
         (0..s.len())
             .step_by(2)
@@ -350,13 +371,13 @@ mod tests {
         // RFC 7541 C.4.1 and C.4.2: the second request refers to the first one's entry.
         let mut d = Decoder::default();
         let first = d
-            .decode(&hex("828684418cf1e3c2e5f23a6ba0ab90f4ff"))
+            .decode(&hex("828684418cf1e3c2e5f23a6ba0ab90f4ff"), LIST)
             .unwrap();
         assert_eq!(
             text(&first)[3],
             (":authority".into(), "www.example.com".into())
         );
-        let second = d.decode(&hex("828684be5886a8eb10649cbf")).unwrap();
+        let second = d.decode(&hex("828684be5886a8eb10649cbf"), LIST).unwrap();
         assert_eq!(
             text(&second)[3..],
             [
@@ -365,8 +386,8 @@ mod tests {
             ]
         );
         // A size update to 0 (what the coordinator asks for) empties the table.
-        d.decode(&hex("20")).unwrap();
-        assert_eq!(d.decode(&hex("be")), Err(HpackError::BadIndex(62)));
+        d.decode(&hex("20"), LIST).unwrap();
+        assert_eq!(d.decode(&hex("be"), LIST), Err(HpackError::BadIndex(62)));
     }
 
     #[test]
@@ -376,7 +397,7 @@ mod tests {
         literal(&mut block, 4, "", "/odp.agent.v1.Agent/WatchStatus");
         literal(&mut block, 31, "", "application/grpc");
         literal(&mut block, 0, "te", "trailers");
-        let fields = Decoder::default().decode(&block).unwrap();
+        let fields = Decoder::default().decode(&block, LIST).unwrap();
         assert_eq!(
             text(&fields),
             [
@@ -391,10 +412,74 @@ mod tests {
     #[test]
     fn bad_blocks_are_errors_not_panics() {
         let mut d = Decoder::default();
-        assert_eq!(d.decode(&[0x80]), Err(HpackError::BadIndex(0)));
-        assert_eq!(d.decode(&[0x04, 0x05, b'a']), Err(HpackError::Truncated));
-        assert_eq!(d.decode(&[0x04, 0x81, 0x00]), Err(HpackError::Huffman));
-        assert_eq!(d.decode(&hex("3fe21f")), Err(HpackError::TableSize(4097)));
-        assert!(d.decode(&[0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]).is_err());
+        assert_eq!(d.decode(&[0x80], LIST), Err(HpackError::BadIndex(0)));
+        assert_eq!(
+            d.decode(&[0x04, 0x05, b'a'], LIST),
+            Err(HpackError::Truncated)
+        );
+        assert_eq!(
+            d.decode(&[0x04, 0x81, 0x00], LIST),
+            Err(HpackError::Huffman)
+        );
+        assert_eq!(
+            d.decode(&hex("3fe21f"), LIST),
+            Err(HpackError::TableSize(4097))
+        );
+        assert!(
+            d.decode(&[0xff, 0xff, 0xff, 0xff, 0xff, 0x7f], LIST)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn references_to_a_big_entry_cannot_decode_past_the_list_bound() {
+        // One 4,000-byte entry indexed, then 16,000 one-byte references to it: 64 MB
+        // of fields from a 16 KiB block unless the list size is bounded.
+        let mut block = vec![0x40, 0x01, b'x'];
+        push_integer(&mut block, 0x00, 7, 4000);
+        block.extend(std::iter::repeat_n(b'v', 4000));
+        block.extend(std::iter::repeat_n(0xbe, 16_000));
+        let mut d = Decoder::default();
+        assert_eq!(d.decode(&block, LIST), Err(HpackError::ListTooLong(LIST)));
+        // Static references count too: 16,000 of `accept-encoding: gzip, deflate`.
+        let block = vec![0x90; 16_000];
+        assert_eq!(d.decode(&block, LIST), Err(HpackError::ListTooLong(LIST)));
+        // Within the bound, a list decodes.
+        assert_eq!(d.decode(&[0x88; 100], LIST).unwrap().len(), 100);
+    }
+
+    #[test]
+    fn a_table_size_update_after_a_field_is_an_error() {
+        let mut d = Decoder::default();
+        assert_eq!(d.decode(&hex("8820"), LIST), Err(HpackError::LateTableSize));
+        assert!(d.decode(&hex("2088"), LIST).is_ok());
+    }
+
+    #[test]
+    fn integers_and_huffman_padding_follow_the_rfc_bounds() {
+        // A prefix integer with endless continuation bytes stops at 4 of them.
+        let mut long = vec![0x7f];
+        long.extend(std::iter::repeat_n(0x80, 1000));
+        long.push(0x01);
+        assert_eq!(d_string(&long), Err(HpackError::Overflow));
+        // A string longer than the block is truncated, not read past.
+        assert_eq!(
+            d_string(&[0x7f, 0xff, 0xff, 0x03, b'a']),
+            Err(HpackError::Truncated)
+        );
+        // EOS (30 ones) inside a string is an error; so is padding of 8 bits or more
+        // and padding that is not all ones.
+        assert_eq!(
+            d_string(&[0x84, 0xff, 0xff, 0xff, 0xfc]),
+            Err(HpackError::Huffman)
+        );
+        assert_eq!(d_string(&[0x82, 0x1f, 0xff]), Err(HpackError::Huffman));
+        assert_eq!(d_string(&[0x81, 0x1e]), Err(HpackError::Huffman));
+        // '0' is 00000 and padded with three ones.
+        assert_eq!(d_string(&[0x81, 0x07]), Ok(b"0".to_vec()));
+    }
+
+    fn d_string(mut raw: &[u8]) -> Result<Vec<u8>, HpackError> {
+        string(&mut raw)
     }
 }

@@ -42,9 +42,14 @@ const PRIORITY: u8 = 0x20;
 /// The stream of the one call.
 const STREAM: u32 = 1;
 /// The largest frame the coordinator accepts: the protocol's default and minimum.
-const MAX_FRAME: usize = 16_384;
+pub const MAX_FRAME: usize = 16_384;
 /// The most header bytes a response may send (advertised; longer is an error).
 const MAX_HEADER_LIST: usize = 16_384;
+/// The most frames the agent may send between two events of the call (pings, settings,
+/// window updates, frames of other streams or types, continuations). A real agent sends a
+/// handful between statuses; a flood of them (RFC 9113 10.5) would otherwise keep the
+/// coordinator answering until the stream's silence deadline.
+const MAX_FRAMES_BETWEEN_EVENTS: u32 = 1024;
 /// Received bytes given back to the agent's windows once this many have been consumed.
 const WINDOW_REFILL: u32 = 16_384;
 
@@ -92,7 +97,8 @@ pub async fn request<S: AsyncWrite + Unpin>(
     Ok(())
 }
 
-fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+/// Appends one frame: header and payload.
+pub fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
     out.extend_from_slice(&[kind, flags]);
     out.extend_from_slice(&stream.to_be_bytes());
@@ -106,13 +112,30 @@ pub struct Reader {
     consumed: u32,
 }
 
+/// Counts the frames read for one event, failing past [`MAX_FRAMES_BETWEEN_EVENTS`].
+struct Budget(u32);
+
+impl Budget {
+    fn spend(&mut self) -> Result<(), Http2Error> {
+        self.0 += 1;
+        if self.0 > MAX_FRAMES_BETWEEN_EVENTS {
+            return Err(Http2Error::Protocol(
+                "too many frames without a header or data",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Reader {
     /// The call's next event, answering the connection's own frames on the way.
     pub async fn next<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         io: &mut S,
     ) -> Result<Event, Http2Error> {
+        let mut budget = Budget(0);
         loop {
+            budget.spend()?;
             let (kind, flags, stream, payload) = read_frame(io).await?;
             match kind {
                 DATA if stream == STREAM => {
@@ -130,6 +153,7 @@ impl Reader {
                     let mut block = headers_fragment(flags, &payload)?.to_vec();
                     let mut done = flags & END_HEADERS != 0;
                     while !done {
+                        budget.spend()?;
                         let (kind, flags, s, more) = read_frame(io).await?;
                         if kind != CONTINUATION || s != STREAM {
                             return Err(Http2Error::Protocol("headers without continuation"));
@@ -140,7 +164,7 @@ impl Reader {
                         block.extend_from_slice(&more);
                         done = flags & END_HEADERS != 0;
                     }
-                    let fields = self.hpack.decode(&block)?;
+                    let fields = self.hpack.decode(&block, MAX_HEADER_LIST)?;
                     return Ok(Event::Headers { fields, end });
                 }
                 HEADERS | PUSH_PROMISE | CONTINUATION => {
