@@ -61,6 +61,24 @@ fn vs_haproxy_prints_its_table() {
 }
 
 #[test]
+fn get_status_prints_its_table() {
+    let out = bench(&[
+        "get-status",
+        "--runs",
+        "1",
+        "--calls",
+        "20",
+        "--clients",
+        "2",
+        "--time-wait",
+        "100",
+    ]);
+    for phase in ["| idle", "| under load"] {
+        assert!(out.contains(phase), "no {phase} row:\n{out}");
+    }
+}
+
+#[test]
 fn cluster_status_prints_its_table() {
     let out = bench(&[
         "cluster-status",

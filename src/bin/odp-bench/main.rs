@@ -7,6 +7,7 @@
 //! backend, real `odp-agent`, the obproxy stand-in) in a temporary directory; each
 //! benchmark is one module.
 mod cluster_status;
+mod get_status;
 mod hot_restart;
 mod load_process;
 mod machine;
@@ -37,6 +38,9 @@ enum Command {
     HotRestart(hot_restart::Args),
     /// HOT restart and HAProxy's seamless reload under the same load, side by side.
     VsHaproxy(vs_haproxy::Args),
+    /// What a GetStatus costs its caller, idle and under a connect-per-request load that
+    /// fills the TCP table with TIME_WAIT sockets.
+    GetStatus(get_status::Args),
     /// GetClusterStatus over 10 to 10,000 agents, and the coordinator's memory.
     ClusterStatus(cluster_status::Args),
     /// A rolling HOT Restart All of real agents in batches, against the ideal.
@@ -65,6 +69,7 @@ fn main() -> anyhow::Result<()> {
         Command::RestartModes(args) => runtime.block_on(restart_modes::run(args)),
         Command::HotRestart(args) => runtime.block_on(hot_restart::run(args)),
         Command::VsHaproxy(args) => runtime.block_on(vs_haproxy::run(args)),
+        Command::GetStatus(args) => runtime.block_on(get_status::run(args)),
         Command::ClusterStatus(args) => runtime.block_on(cluster_status::run(args)),
         Command::Rolling(args) => runtime.block_on(rolling::run(args)),
         Command::Takeover(args) => runtime.block_on(takeover::run(args)),

@@ -169,6 +169,11 @@ dir = "state"
         self.client.clone()
     }
 
+    /// CPU time of the agent alone (its sampler thread included).
+    pub fn agent_cpu(&self) -> Duration {
+        crate::proc_stat::cpu(self.agent.id())
+    }
+
     /// CPU time of the agent and of every obproxy it ran: those it reaped count in its
     /// children's time, the running ones are added.
     pub fn cpu(&self) -> Duration {
