@@ -82,7 +82,9 @@ pub async fn run(config: AgentConfig, start_proxy: bool) -> Result<(), Error> {
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         tracing::warn!(error = %e, "cannot become child subreaper");
     }
-    let spawner = Spawner::start().map_err(Error::Spawner)?;
+    // obproxy is exec'd through links named after its binary (see
+    // `spawner::named_program`), kept in the agent's private state directory.
+    let spawner = Spawner::start(config.state.dir.join("exec")).map_err(Error::Spawner)?;
 
     let metrics = Arc::new(AgentMetrics::new());
     let (supervisor, handle) = Supervisor::new(

@@ -3,6 +3,7 @@
 //! spawning from a pooled thread would signal obproxy at random moments.
 use std::{
     os::unix::process::CommandExt,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::mpsc,
     time::SystemTime,
@@ -50,15 +51,17 @@ pub struct Spawner {
 }
 
 impl Spawner {
-    /// Starts the thread; it lives as long as the agent.
-    pub fn start() -> std::io::Result<Self> {
+    /// Starts the thread; it lives as long as the agent. `names` is a directory
+    /// of the agent's own (under its state directory) for the links that give
+    /// obproxy its name (see [`named_program`]).
+    pub fn start(names: PathBuf) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<(LaunchSpec, Reply)>();
         std::thread::Builder::new()
             .name("obproxy-spawner".into())
             .spawn(move || {
                 for (spec, reply) in rx {
                     crate::common::panics::injected("spawner");
-                    reply(spawn(&spec));
+                    reply(spawn(&spec, &names));
                 }
             })?;
         Ok(Self { tx })
@@ -76,7 +79,7 @@ impl Spawner {
     }
 }
 
-fn spawn(spec: &LaunchSpec) -> Result<Spawned, SpawnError> {
+fn spawn(spec: &LaunchSpec, names: &Path) -> Result<Spawned, SpawnError> {
     // obproxy echoes its argv (secrets in -o included) to stderr: 0600, and
     // never through a symlink planted in its place.
     let out = files::append_private(&spec.output).map_err(|e| SpawnError::Output {
@@ -90,7 +93,12 @@ fn spawn(spec: &LaunchSpec) -> Result<Spawned, SpawnError> {
     let fds = spec.inherit_fds.clone();
     // The very file that was opened (and whose version was read) is what
     // runs; argv[0] keeps its path.
-    let (program, exe_fd) = spec.binary.program();
+    let (by_fd, exe_fd) = spec.binary.program();
+    let program = named_program(names, spec.binary.path(), exe_fd).unwrap_or_else(|e| {
+        tracing::warn!(dir = %names.display(), error = %e,
+            "cannot link obproxy's name; it runs as /proc/self/fd/{exe_fd} and ps shows it as {exe_fd}");
+        by_fd
+    });
     let umask = spec.umask;
     let mut cmd = Command::new(program);
     cmd.arg0(spec.binary.path())
@@ -144,4 +152,128 @@ fn spawn(spec: &LaunchSpec) -> Result<Spawned, SpawnError> {
     // reused yet: this pidfd names exactly our child.
     let pidfd = Pidfd::open(pid).map_err(|source| SpawnError::Pidfd { pid, source })?;
     Ok(Spawned { pidfd, started_at })
+}
+
+/// What to exec so that obproxy runs the very file the agent opened and is
+/// still named after it: `names/<fd>/<binary's file name>`, a symlink to
+/// `/proc/self/fd/<fd>`. The kernel names a process (its `comm`: `ps -e`,
+/// `top`, `pgrep -x`, `pidof`) after the last component of the path it was
+/// exec'd by, so exec'ing `/proc/self/fd/22` itself would name obproxy "22".
+/// The link resolves in the child, through the descriptor it inherits, so
+/// what runs is still the file opened (and whose version was read), whatever
+/// the configured path names now. A link's target depends only on the
+/// descriptor's number, so it is made once and never changes: an interpreter
+/// (`#!`) that opens it after a later spawn still finds its own descriptor.
+/// Only the agent's user may write `names` (0700, under the state directory).
+fn named_program(names: &Path, binary: &Path, fd: i32) -> std::io::Result<PathBuf> {
+    let name = binary
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("the binary's path has no file name"))?;
+    let dir = names.join(fd.to_string());
+    let link = dir.join(name);
+    let target = PathBuf::from(format!("/proc/self/fd/{fd}"));
+    if std::fs::read_link(&link).is_ok_and(|t| t == target) {
+        return Ok(link);
+    }
+    files::private_dir(&dir)
+        .map_err(|e| std::io::Error::other(crate::common::error_chain::describe(&e)))?;
+    // Made beside it and renamed over whatever is in the way, so the name is
+    // never missing for an interpreter that opens it meanwhile.
+    let made = dir.join(format!(".{}.new", name.to_string_lossy()));
+    let _ = std::fs::remove_file(&made);
+    std::os::unix::fs::symlink(&target, &made)?;
+    std::fs::rename(&made, &link)?;
+    Ok(link)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::obproxy::executable::Executable;
+
+    /// A copy of `sleep` named `name` in `dir`: a real ELF binary to exec.
+    fn binary(dir: &Path, name: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::copy("/bin/sleep", &path).unwrap();
+        path
+    }
+
+    fn spec(dir: &Path, binary: &Path) -> LaunchSpec {
+        LaunchSpec {
+            binary: Executable::open(binary).unwrap(),
+            umask: 0o022,
+            args: vec!["30".into()],
+            home: dir.to_path_buf(),
+            env: Vec::new(),
+            inherit_fds: Vec::new(),
+            output: dir.join("out"),
+        }
+    }
+
+    fn kill(child: Spawned) {
+        let pid = child.pidfd.pid();
+        child
+            .pidfd
+            .signal(nix::sys::signal::Signal::SIGKILL)
+            .unwrap();
+        nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None).unwrap();
+    }
+
+    fn comm(pid: u32) -> String {
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap()
+            .trim_end()
+            .to_string()
+    }
+
+    #[test]
+    fn obproxy_is_named_after_its_binary_and_runs_the_file_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = dir.path().join("state/exec");
+        let path = binary(dir.path(), "obproxy");
+        let spec = spec(dir.path(), &path);
+        // Whatever the configured path names once the file is open, the
+        // opened one runs.
+        std::fs::rename(&path, dir.path().join("moved")).unwrap();
+        std::fs::write(&path, "#!/bin/sh\nexit 3\n").unwrap();
+        for _ in 0..2 {
+            let child = spawn(&spec, &names).unwrap();
+            let pid = child.pidfd.pid();
+            assert_eq!(comm(pid), "obproxy", "ps, top, pgrep -x and pidof see this");
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+            assert_eq!(exe, dir.path().join("moved"));
+            kill(child);
+        }
+        let mode = std::fs::metadata(&names).unwrap().permissions();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            mode.mode() & 0o077,
+            0,
+            "only the agent's user may plant a link"
+        );
+    }
+
+    #[test]
+    fn a_link_in_the_way_is_replaced_and_an_unusable_directory_falls_back_to_the_descriptor() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = dir.path().join("exec");
+        let path = binary(dir.path(), "obproxy");
+        let spec = spec(dir.path(), &path);
+        let (_, fd) = spec.binary.program();
+        std::fs::create_dir_all(names.join(fd.to_string())).unwrap();
+        std::os::unix::fs::symlink("/bin/false", names.join(format!("{fd}/obproxy"))).unwrap();
+        let link = named_program(&names, &path, fd).unwrap();
+        assert_eq!(
+            std::fs::read_link(&link).unwrap(),
+            PathBuf::from(format!("/proc/self/fd/{fd}"))
+        );
+        // A file where the directory should be: the spawn still runs the
+        // binary, by its descriptor.
+        let blocked = dir.path().join("blocked");
+        std::fs::write(&blocked, "").unwrap();
+        let child = spawn(&spec, &blocked).unwrap();
+        let pid = child.pidfd.pid();
+        assert_eq!(comm(pid), fd.to_string());
+        kill(child);
+    }
 }
