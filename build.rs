@@ -3,7 +3,9 @@
 //! reflection. Also turns `ODP_TEST_SKIP_ROOT=1` into the `skip_root` cfg,
 //! under which the tests that need root (a tmpfs, network namespaces) are
 //! ignored (and say why), and `ODP_TEST_SKIP_MARIADB=1` into `skip_mariadb`
-//! for the MariaDB tests.
+//! for the MariaDB tests. An optimised build (any `opt-level` but 0: a release,
+//! or CI's `ci` profile) gets the `optimized` cfg: the end-to-end tests, whose
+//! drain windows are timed, run only there.
 use std::{env, fs, path::PathBuf};
 
 use prost::Message;
@@ -35,6 +37,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-env-changed={SKIP_MARIADB}");
     if env::var(SKIP_MARIADB).as_deref() == Ok("1") {
         println!("cargo:rustc-cfg=skip_mariadb");
+    }
+    println!("cargo:rustc-check-cfg=cfg(optimized)");
+    if env::var("OPT_LEVEL").is_ok_and(|level| level != "0") {
+        println!("cargo:rustc-cfg=optimized");
     }
     let fds = protox::compile(PROTOS, ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
