@@ -71,22 +71,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             exit_timeout: Duration::from_secs(10),
         })
         .await?;
-        let mut client = testbed.client();
-        let op = client
-            .start(pb::StartRequest {
-                request_id: String::new(),
-                wait: true,
-            })
-            .await?
-            .into_inner();
-        if op.state() != pb::OperationState::Succeeded {
-            bail!("Start failed: {}", op.error);
-        }
-        let status = client
-            .get_status(pb::GetStatusRequest {})
-            .await?
-            .into_inner();
-        let target: SocketAddr = status.listeners[0].address.parse()?;
+        let target = testbed.start_odp().await?;
         let grpc = testbed.grpc_addr().context("no gRPC address")?;
 
         idle.push(phase(&testbed, grpc, args.calls, None).await?);

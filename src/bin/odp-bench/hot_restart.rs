@@ -102,17 +102,7 @@ async fn one_run(args: &Args) -> anyhow::Result<RunResult> {
         exit_timeout: Duration::from_secs(10),
     })
     .await?;
-    let start = testbed
-        .client()
-        .start(pb::StartRequest {
-            request_id: String::new(),
-            wait: true,
-        })
-        .await?
-        .into_inner();
-    if start.state() != pb::OperationState::Succeeded {
-        bail!("Start failed: {}", start.error);
-    }
+    testbed.start_odp().await?;
     let standin = testbed::sibling(&testbed::bin_dir()?, "obproxy-standin")?;
     // The first restart reads the binary's version; later ones know it.
     hot_restart(&testbed).await?;

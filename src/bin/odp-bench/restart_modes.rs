@@ -146,28 +146,7 @@ async fn one_run(args: &Args) -> anyhow::Result<RunResult> {
 }
 
 async fn run_modes(testbed: &Testbed, args: &Args) -> anyhow::Result<Vec<ModeResult>> {
-    let start = testbed
-        .client()
-        .start(pb::StartRequest {
-            request_id: String::new(),
-            wait: true,
-        })
-        .await?
-        .into_inner();
-    if start.state() != pb::OperationState::Succeeded {
-        bail!("the first Start failed: {}", start.error);
-    }
-    let status = testbed
-        .client()
-        .get_status(pb::GetStatusRequest {})
-        .await?
-        .into_inner();
-    let target = status
-        .listeners
-        .first()
-        .context("no SQL listener after Start")?
-        .address
-        .parse()?;
+    let target = testbed.start_odp().await?;
     // The agent's first restart reads the binary's version; later ones know it.
     restart(testbed, Mode::Hot, args).await.context("warm-up")?;
     let load = load_process::Args {

@@ -169,6 +169,31 @@ dir = "state"
         self.client.clone()
     }
 
+    /// Starts the ODP (`Start` with `wait`) and returns its SQL listener's address.
+    pub async fn start_odp(&self) -> anyhow::Result<SocketAddr> {
+        let mut client = self.client();
+        let op = client
+            .start(pb::StartRequest {
+                request_id: String::new(),
+                wait: true,
+            })
+            .await?
+            .into_inner();
+        if op.state() != pb::OperationState::Succeeded {
+            bail!("Start failed: {}", op.error);
+        }
+        let status = client
+            .get_status(pb::GetStatusRequest {})
+            .await?
+            .into_inner();
+        Ok(status
+            .listeners
+            .first()
+            .context("no SQL listener after Start")?
+            .address
+            .parse()?)
+    }
+
     /// CPU time of the agent alone (its sampler thread included).
     pub fn agent_cpu(&self) -> Duration {
         crate::proc_stat::cpu(self.agent.id())

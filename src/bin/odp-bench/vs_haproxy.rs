@@ -116,22 +116,7 @@ fn load_args(target: SocketAddr, args: &Args) -> load_process::Args {
 }
 
 async fn hot_phase(testbed: &Testbed, args: &Args) -> anyhow::Result<Phase> {
-    let mut client = testbed.client();
-    let op = client
-        .start(pb::StartRequest {
-            request_id: String::new(),
-            wait: true,
-        })
-        .await?
-        .into_inner();
-    if op.state() != pb::OperationState::Succeeded {
-        bail!("Start failed: {}", op.error);
-    }
-    let status = client
-        .get_status(pb::GetStatusRequest {})
-        .await?
-        .into_inner();
-    let target: SocketAddr = status.listeners[0].address.parse()?;
+    let target = testbed.start_odp().await?;
     // The first restart reads the binary's version; later ones know it.
     hot_restart(testbed).await?;
     let cpu_before = testbed.cpu();
@@ -146,7 +131,8 @@ async fn hot_phase(testbed: &Testbed, args: &Args) -> anyhow::Result<Phase> {
         lossy += usize::from(settle(&mut load, before, args.gap).await?);
     }
     let (summary, load_cpu) = load.stop().await?;
-    let stop = client
+    let stop = testbed
+        .client()
         .stop(pb::StopRequest {
             request_id: String::new(),
             wait: true,
