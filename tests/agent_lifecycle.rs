@@ -25,6 +25,24 @@ async fn start_reports_running_with_the_version_and_serves_clients() {
     // The process holds the agent's listener: it was handed over, not rebound.
     let args = std::fs::read_to_string(format!("/proc/{}/cmdline", status.pid)).unwrap();
     assert!(args.split('\0').any(|a| a == "-N"), "{args:?}");
+    // It was exec'd through a link named like its binary (so ps and pidof name
+    // it obproxy), kept in the state directory, to the descriptor it inherited.
+    let links: Vec<_> = std::fs::read_dir(agent.state.join("exec"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("obproxy"))
+        .collect();
+    assert_eq!(links.len(), 1, "{links:?}");
+    let fd = links[0]
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    assert_eq!(
+        std::fs::read_link(&links[0]).unwrap(),
+        std::path::PathBuf::from(format!("/proc/self/fd/{fd}"))
+    );
 }
 
 #[tokio::test]
