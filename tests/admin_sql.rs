@@ -3,7 +3,7 @@
 //! obproxy over SQL or, without it, is enforced by SIGKILL (shorter) or
 //! refused (longer), and GetStatus says what the binary reports and why
 //! admin SQL does not work when it does not.
-mod common;
+use crate::common;
 
 use std::{
     path::{Path, PathBuf},

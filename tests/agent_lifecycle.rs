@@ -1,6 +1,6 @@
 //! The agent controls a local obproxy over gRPC: start, stop, status, force
 //! restart, and what it refuses.
-mod common;
+use crate::common;
 
 use common::{Agent, Options, alive, round_trip, signal};
 use odp_agent::proto::agent as pb;

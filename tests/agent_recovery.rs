@@ -1,7 +1,7 @@
 //! The agent survives itself: kill -9 it at any point and start it again;
 //! obproxy keeps serving throughout, the new agent re-adopts what the old one
 //! owned, and never touches a process whose identity it cannot confirm.
-mod common;
+use crate::common;
 
 use std::{
     os::unix::process::{CommandExt, ExitStatusExt},

@@ -5,7 +5,7 @@
 //! A HOT restart writes the state durably once before the new process serves
 //! (and, as every test's debug agent enforces, walks no process outside the
 //! agent's own tree on its way).
-mod common;
+use crate::common;
 
 use std::{
     os::unix::fs::PermissionsExt,

@@ -3,7 +3,7 @@
 //! cannot skip it, a line that cannot be written (a full disk) refuses the
 //! call before obproxy is touched, a rotated or deleted log is opened again,
 //! and SIGHUP reopens it without ending either daemon.
-mod common;
+use crate::common;
 
 use std::{
     collections::HashMap,

@@ -2,7 +2,7 @@
 //! (WatchStatus), each with its age: a change reaches it without anyone
 //! asking, and an agent that cannot answer right now still shows what it
 //! last said, instead of making the caller wait for it.
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

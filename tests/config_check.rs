@@ -2,7 +2,7 @@
 //! what would run on a good configuration; exit 78 with one line per problem
 //! naming the file, the key and the reason on a bad one; and nothing
 //! created, bound or changed either way.
-mod common;
+use crate::common;
 
 use std::{
     os::unix::fs::PermissionsExt,

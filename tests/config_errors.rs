@@ -1,6 +1,6 @@
 //! A bad configuration is refused at start with exit code 78 (EX_CONFIG),
 //! naming the file, the key and the reason.
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -3,7 +3,7 @@
 //! READ_ONLY refused), every action in the audit log with its caller, the
 //! live feed of a task, HTTPS with the daemon's certificate, and `[web]`
 //! configuration errors that exit 78 naming the key.
-mod common;
+use crate::common;
 
 use std::{process::Command, sync::Arc};
 

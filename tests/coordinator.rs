@@ -1,6 +1,6 @@
 //! The coordinator runs the console's cluster operations across real agents
 //! as tasks you can watch, cancel, retry and resume.
-mod common;
+use crate::common;
 
 use common::{
     alive,

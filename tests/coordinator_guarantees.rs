@@ -2,7 +2,7 @@
 //! answers costs `status_timeout`, never a hang; one request id makes one task however many
 //! callers race with it; a cancel holds across a coordinator restart; and every watcher of a
 //! task sees every change, or is told how far it fell behind.
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! agent, so this cost times 10,000 is a large coordinator's footprint: with h2's
 //! per-connection buffers it was about 23 KiB an agent (over 200 MiB at 10,000); the
 //! streams' own HTTP/2 holds a few KiB.
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! end the daemon with exit 0; a panic in any thread (signals, spawner,
 //! supervisor, a coordinator task) ends the whole process with a line saying
 //! where, and obproxy, which outlives the agent, is re-adopted by the next.
-mod common;
+use crate::common;
 
 use std::{
     io::{BufRead, BufReader},

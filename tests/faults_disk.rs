@@ -3,7 +3,7 @@
 //! obproxy or any agent is touched, reads go on, nothing is left half
 //! written, and everything resumes once the disk takes writes again. Each
 //! test mounts its own small tmpfs (root only).
-mod common;
+use crate::common;
 
 use std::path::Path;
 

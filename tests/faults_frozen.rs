@@ -3,7 +3,7 @@
 //! operation without running it again; a coordinator frozen mid-task picks
 //! it up where it was; an agent frozen past a drain deadline enforces it as
 //! soon as it runs again.
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -5,7 +5,7 @@
 //! within the configured timeouts, the failure budget holds, and once the
 //! link is healed RetryTask finishes it without running anything twice.
 //! Needs root, `ip` and `tc` (iproute2).
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! stalls is dropped after 10 s, request headers over 16 KiB are refused, and a call is
 //! answered without waiting for the client's delayed ACK (TCP_NODELAY on accepted
 //! connections).
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 //! The agent driven by the real grpcurl, through server reflection only, in plain text and
 //! over mutual TLS (with odpctl beside it).
-mod common;
+use crate::common;
 
 use std::process::Command;
 

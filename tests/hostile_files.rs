@@ -4,7 +4,7 @@
 //! swapped inside upgrade_dir never runs a binary from outside, and
 //! configurations others may write or keys others may read are refused at
 //! start (exit 78).
-mod common;
+use crate::common;
 
 use std::{
     os::unix::{

@@ -3,7 +3,7 @@
 //! beside one real agent: the coordinator still answers GetClusterStatus within
 //! `status_timeout`, shows each hostile address unavailable with a reason and the real
 //! agent running, and its memory does not grow with what they send.
-mod common;
+use crate::common;
 
 use std::{
     sync::{

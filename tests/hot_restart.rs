@@ -1,6 +1,6 @@
 //! Hot restart: the new obproxy starts on the same listener while the old one
 //! serves; the old one drains only once the new one is ready.
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant, SystemTime};
 

@@ -2,8 +2,8 @@
 //! stand-in to a real backend while the agent hot-restarts it again and again, and not one
 //! connection is refused, reset or cut. `cargo test` runs three rounds under a lighter load;
 //! the README's twenty rounds (about ten seconds of flat-out load on two cores) are ignored
-//! by default: `cargo test --release --test hot_restart_load -- --ignored --nocapture`.
-mod common;
+//! by default: `cargo test --release --test agent hot_restart_load -- --ignored --nocapture`.
+use crate::common;
 
 use std::time::Duration;
 
@@ -42,7 +42,7 @@ async fn three_hot_restarts_under_load_drop_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "load test; run with: cargo test --release --test hot_restart_load -- --ignored"]
+#[ignore = "load test; run with: cargo test --release --test agent hot_restart_load -- --ignored"]
 async fn hot_restarts_under_load_drop_nothing() {
     hot_restarts_under_load(Shape {
         rounds: 20,

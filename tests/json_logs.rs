@@ -1,7 +1,7 @@
 //! With `--log-format json` every line is a JSON object, and every line
 //! logged while an operation runs carries its operation id, as a field or in
 //! its spans, so a collector can pull one operation's story out of the log.
-mod common;
+use crate::common;
 
 use common::{Agent, Options, agent_command};
 use serde_json::Value;

@@ -7,7 +7,7 @@
 //! - A balancer that cannot be reached fails the subtask before the ODP is touched.
 //! - A task resumed after the coordinator was killed puts back the server it left drained.
 //! - HOT restarts drain with `lb_drain`; a restart of every ODP at once drains none.
-mod common;
+use crate::common;
 
 use common::{
     balanced::{

@@ -4,7 +4,7 @@
 //! - The command kind runs its argv templates without a shell, in order per ODP, keeps their
 //!   output in the subtask, and a drain that outlasts `drain_timeout` says so.
 //! - A bad section is refused at start with exit 78, naming its key.
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -4,7 +4,7 @@
 //! them; uid 65534 cannot stop an ODP; odpctl and grpcurl work over the
 //! socket; a coordinator holding the agents' credentials must require
 //! credentials itself.
-mod common;
+use crate::common;
 
 use std::{os::unix::fs::MetadataExt, process::Command};
 

@@ -4,7 +4,7 @@
 //! one task across coordinators; a cancel asked of a follower is honoured; a runner whose lease token is no longer the
 //! leader's writes nothing more; a schema newer than the coordinator knows
 //! and a bad `[store]` are refused with exit 78.
-mod common;
+use crate::common;
 
 use std::{process::Command, time::Duration};
 

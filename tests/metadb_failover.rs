@@ -4,7 +4,7 @@
 //! one client request failed; a leader frozen (SIGSTOP) past its lease and
 //! then woken writes nothing; the metadb restarted mid-task holds the task,
 //! which then goes on. A real MariaDB, real coordinators, real agents.
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! `GET /metrics` on both daemons shows what happened: operations and
 //! drains on the agent, tasks and subtasks on the coordinator, scraped with
 //! a plain HTTP request as Prometheus would.
-mod common;
+use crate::common;
 
 use common::{
     Agent, Options,

@@ -1,7 +1,8 @@
 //! The break-restore list (`tests/mutants/mutants.toml`, run by `.ci/mutants`) cannot rot
 //! unseen: every text it replaces is in its file exactly once and every test it names exists,
-//! checked on every `cargo test` (the runner itself is slow and run on demand). And the runner
-//! refuses a list with an entry that does not match, before it builds anything.
+//! in a file some test binary compiles; checked on every `cargo test` (the runner itself is
+//! slow and run on demand). And the runner refuses a list with an entry that does not match,
+//! before it builds anything.
 use std::{path::Path, process::Command};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -42,6 +43,7 @@ fn every_entry_replaces_a_text_found_once_and_names_tests_that_exist() {
     let text = std::fs::read_to_string(Path::new(ROOT).join("tests/mutants/mutants.toml")).unwrap();
     let list: List = toml::from_str(&text).unwrap();
     assert!(list.mutant.len() >= 20, "{} entries", list.mutant.len());
+    let binaries = crate::test_layout::binaries();
     for m in &list.mutant {
         assert!(!m.edit.is_empty() && !m.tests.is_empty(), "{}", m.claim);
         for e in &m.edit {
@@ -62,6 +64,10 @@ fn every_entry_replaces_a_text_found_once_and_names_tests_that_exist() {
                 let file = unit_test_file(name).unwrap_or_else(|| panic!("{t}: no source file"));
                 (file, name.rsplit("::").next().unwrap())
             } else {
+                assert!(
+                    binaries.contains_key(target),
+                    "{t}: tests/{target}.rs is in no test binary"
+                );
                 (Path::new(ROOT).join(format!("tests/{target}.rs")), name)
             };
             let source = std::fs::read_to_string(&file)

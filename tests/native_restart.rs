@@ -3,7 +3,7 @@
 //! exactly one obproxy serves and a later Stop closes the port; Stop and FORCE
 //! end a native child the agent never adopted; and `restart_strategy =
 //! "native"` restarts under client load without a failed request.
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

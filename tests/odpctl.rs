@@ -1,5 +1,5 @@
 //! The operator's CLI against a real coordinator and real agents.
-mod common;
+use crate::common;
 
 use common::cluster::{CLUSTER, Cluster};
 use serde_json::Value;

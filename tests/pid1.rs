@@ -3,7 +3,7 @@
 //! to a parent that is not PID 1, so the agent forks and PID 1 stays a
 //! minimal init. Start and a hot restart must complete and serve, and a
 //! SIGTERM to PID 1 reaches the agent.
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -2,7 +2,7 @@
 //! its log, the state directory (state file, audit log), GetStatus and the
 //! operations' events, through a start, a hot and a force restart and a
 //! stop; nor a configuration error that quotes them.
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -2,7 +2,7 @@
 //! bearer tokens, the audit log of every mutating call, the safe default on a network address,
 //! and hostile input (oversized messages, a hot-upgrade binary outside the upgrade directory).
 //! Real binaries on loopback, certificates made fresh by rcgen (more in `security_roles.rs`).
-mod common;
+use crate::common;
 
 use std::{os::unix::fs::PermissionsExt, process::Command};
 

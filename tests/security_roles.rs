@@ -3,7 +3,7 @@
 //! subject CN), a valid certificate no rule names is refused, and a bearer token, when one is
 //! sent, decides alone over any certificate. Real agents over mutual TLS, certificates from
 //! rcgen (`tests/common/pki.rs`).
-mod common;
+use crate::common;
 
 use common::{Agent, Options, pki::Pki};
 use odp_agent::proto::agent::{self as pb, agent_client::AgentClient};

@@ -1,6 +1,6 @@
 //! The stand-in's admin SQL as obproxy's `root@proxysys` serves it, with the real `mysql` client (MariaDB's) and mysql_async: the login and its 1045, `ALTER proxyconfig` and `SHOW PROXYCONFIG LIKE` in each line's layout, `SHOW PROXYINFO BINARY`, and the drain window taken at the signal.
 
-mod common;
+use crate::common;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! obproxy's own restart as the stand-in does it, on each line: `ALTER proxyconfig SET proxy_local_cmd = 2` makes it fork `argv[0]` with no arguments and only the inherited fds in the environment; the child, configured from `etc/`, serves the same socket and its readiness drains the old process, which exits. A child that dies first, or never confirms, makes the old one accept again.
 
-mod common;
+use crate::common;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;

@@ -2,7 +2,7 @@
 //!
 //! Each behaviour traces to obproxy's source (see the stand-in's modules for file:line).
 
-mod common;
+use crate::common;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;

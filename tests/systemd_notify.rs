@@ -2,7 +2,7 @@
 //! answers, STOPPING=1 on SIGTERM, and WATCHDOG=1 again and again while the
 //! unit has a watchdog. The test plays systemd: a unix datagram socket in a
 //! temporary directory, given to the agent as `$NOTIFY_SOCKET`.
-mod common;
+use crate::common;
 
 use std::{
     os::unix::net::UnixDatagram,

@@ -2,7 +2,7 @@
 //! obd does: daemonized, in its home, binding its own port) keeps serving a
 //! client load while an agent with no state finds it, adopts it and then hot
 //! restarts it; no request fails.
-mod common;
+use crate::common;
 
 use std::{net::SocketAddr, path::Path, process::Command};
 

@@ -3,7 +3,7 @@
 //! on one host rolls back every ODP already moved; a binary that is not the
 //! same file on every host is refused before anything moves; and a rollback
 //! cut short by a coordinator crash is finished after its restart.
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! is drained before its move and set ready after, and when a move fails the
 //! rollback puts back the server the failed move left out, so every server
 //! ends READY on the binary it ran before.
-mod common;
+use crate::common;
 
 use common::{
     Agent, Options,

@@ -3,7 +3,7 @@
 //! "Version differences"). A cluster at 3.2.1 moves to 3.2.3 with HOT restarts under load
 //! without a failed request; a cluster with one ODP at 3.2.0 (before the Restart mode the
 //! console allows from 3.2.1 on) is refused before any ODP moves.
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

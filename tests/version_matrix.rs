@@ -3,7 +3,7 @@
 //! 4.3), a HOT restart under client load with not one failed request, a
 //! FORCE restart that refuses no connection, and Stop; a hot upgrade from
 //! 4.2 to 4.3 and back under load; IPv6 clients served after a HOT restart.
-mod common;
+use crate::common;
 
 use std::{net::SocketAddr, time::Duration};
 
