@@ -3,9 +3,10 @@
 //! reflection. Also turns `ODP_TEST_SKIP_ROOT=1` into the `skip_root` cfg,
 //! under which the tests that need root (a tmpfs, network namespaces) are
 //! ignored (and say why), and `ODP_TEST_SKIP_MARIADB=1` into `skip_mariadb`
-//! for the MariaDB tests. An optimised build (any `opt-level` but 0: a release,
-//! or CI's `ci` profile) gets the `optimized` cfg: the end-to-end tests, whose
-//! drain windows are timed, run only there.
+//! for the MariaDB tests. The end-to-end tests, whose drain windows are timed,
+//! run (the `e2e` cfg) in an optimised build (any `opt-level` but 0: a
+//! release), or where `ODP_TEST_E2E=1` says the dependencies are (CI's `ci`
+//! profile optimises them, not this package: see Cargo.toml).
 use std::{env, fs, path::PathBuf};
 
 use prost::Message;
@@ -24,6 +25,10 @@ const SKIP_ROOT: &str = "ODP_TEST_SKIP_ROOT";
 /// them are then built as ignored, with that reason, instead of failing.
 const SKIP_MARIADB: &str = "ODP_TEST_SKIP_MARIADB";
 
+/// Set to 1 where the dependencies are optimised though this package is not
+/// (CI's `ci` profile): the end-to-end tests are built to run.
+const E2E: &str = "ODP_TEST_E2E";
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {
         println!("cargo:rerun-if-changed=proto/{proto}");
@@ -38,9 +43,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if env::var(SKIP_MARIADB).as_deref() == Ok("1") {
         println!("cargo:rustc-cfg=skip_mariadb");
     }
-    println!("cargo:rustc-check-cfg=cfg(optimized)");
-    if env::var("OPT_LEVEL").is_ok_and(|level| level != "0") {
-        println!("cargo:rustc-cfg=optimized");
+    println!("cargo:rustc-check-cfg=cfg(e2e)");
+    println!("cargo:rerun-if-env-changed={E2E}");
+    if env::var("OPT_LEVEL").is_ok_and(|level| level != "0") || env::var(E2E).as_deref() == Ok("1")
+    {
+        println!("cargo:rustc-cfg=e2e");
     }
     let fds = protox::compile(PROTOS, ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);

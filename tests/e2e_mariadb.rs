@@ -16,7 +16,8 @@
 //! `bench_restart_all_under_sysbench` (ignored) prints transactions per second before, during
 //! and after HOT, FORCE and Stop All + Start All. Run the suite with
 //! `cargo test --release --test e2e_mariadb` (a debug build lists it as ignored: its drain
-//! windows are timed), the benchmark with
+//! windows are timed; CI's build, whose dependencies are optimised, sets `ODP_TEST_E2E=1`),
+//! the benchmark with
 //! `cargo test --release --test e2e_mariadb -- --ignored --nocapture bench`.
 //!
 //! Needs MariaDB and sysbench (Debian: `apt-get install -y mariadb-server mariadb-client
@@ -40,8 +41,8 @@ use odp_agent::proto::agent::RestartMode;
     ignore = "needs MariaDB and sysbench: built with ODP_TEST_SKIP_MARIADB=1"
 )]
 #[cfg_attr(
-    all(not(optimized), not(skip_mariadb)),
-    ignore = "timed drain windows: run in an optimised build, cargo test --release --test e2e_mariadb"
+    all(not(e2e), not(skip_mariadb)),
+    ignore = "timed drain windows: run in an optimised build (cargo test --release --test e2e_mariadb) or with ODP_TEST_E2E=1"
 )]
 async fn sysbench_fails_no_transaction_through_a_hot_restart_all() {
     let stack = Stack::start("10s").await;
@@ -163,8 +164,8 @@ fn field(line: &str, name: &str) -> u64 {
     ignore = "needs MariaDB and sysbench: built with ODP_TEST_SKIP_MARIADB=1"
 )]
 #[cfg_attr(
-    all(not(optimized), not(skip_mariadb)),
-    ignore = "timed drain windows: run in an optimised build, cargo test --release --test e2e_mariadb"
+    all(not(e2e), not(skip_mariadb)),
+    ignore = "timed drain windows: run in an optimised build (cargo test --release --test e2e_mariadb) or with ODP_TEST_E2E=1"
 )]
 async fn long_transactions_all_commit_when_the_window_outlasts_them_and_sessions_close_between() {
     let stack = Stack::start("8s").await;
@@ -232,8 +233,8 @@ async fn long_transactions_all_commit_when_the_window_outlasts_them_and_sessions
     ignore = "needs MariaDB and sysbench: built with ODP_TEST_SKIP_MARIADB=1"
 )]
 #[cfg_attr(
-    all(not(optimized), not(skip_mariadb)),
-    ignore = "timed drain windows: run in an optimised build, cargo test --release --test e2e_mariadb"
+    all(not(e2e), not(skip_mariadb)),
+    ignore = "timed drain windows: run in an optimised build (cargo test --release --test e2e_mariadb) or with ODP_TEST_E2E=1"
 )]
 async fn transactions_longer_than_a_short_window_are_cut_and_rolled_back_and_the_rest_commit() {
     let stack = Stack::start("1500ms").await;
@@ -330,8 +331,8 @@ async fn transactions_longer_than_a_short_window_are_cut_and_rolled_back_and_the
     ignore = "needs MariaDB and sysbench: built with ODP_TEST_SKIP_MARIADB=1"
 )]
 #[cfg_attr(
-    all(not(optimized), not(skip_mariadb)),
-    ignore = "timed drain windows: run in an optimised build, cargo test --release --test e2e_mariadb"
+    all(not(e2e), not(skip_mariadb)),
+    ignore = "timed drain windows: run in an optimised build (cargo test --release --test e2e_mariadb) or with ODP_TEST_E2E=1"
 )]
 async fn force_restart_all_cuts_sessions_and_queues_new_connections_refusing_none() {
     let stack = Stack::start("10s").await;

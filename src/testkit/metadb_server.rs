@@ -65,9 +65,14 @@ impl MetadbServer {
         } else {
             &[]
         };
+        // Its temporary tables in a directory of its own, not /tmp, where two
+        // servers bootstrapping at once fail on each other's temporary files.
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).map_err(io(&tmp))?;
         let out = Command::new(&install_db)
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
             .args(user)
             .output()
@@ -132,6 +137,7 @@ fn spawn(
         .arg(format!("--datadir={}", dir.join("data").display()))
         .arg(format!("--socket={}", dir.join("sock").display()))
         .arg(format!("--pid-file={}", dir.join("pid").display()))
+        .arg(format!("--tmpdir={}", dir.join("tmp").display()))
         .arg(format!("--port={port}"))
         .args([
             "--bind-address=127.0.0.1",

@@ -46,9 +46,15 @@ impl MariaDb {
         } else {
             &[]
         };
+        // Its temporary tables in a directory of its own, not /tmp: two servers
+        // bootstrapping at once there failed on each other's temporary files
+        // ("Could not remove temporary table ... error: 2").
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
         let installed = Command::new(install_db)
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
             // Passed on to the bootstrap server: the data is thrown away.
             .arg("--innodb-flush-log-at-trx-commit=0")
@@ -150,6 +156,7 @@ fn spawn(mariadbd: &std::path::Path, dir: &std::path::Path, port: u16, user: &[&
         .arg(format!("--datadir={}", data.display()))
         .arg(format!("--socket={}", dir.join("mysqld.sock").display()))
         .arg(format!("--pid-file={}", dir.join("mariadbd.pid").display()))
+        .arg(format!("--tmpdir={}", dir.join("tmp").display()))
         .arg(format!("--port={port}"))
         .args([
             "--bind-address=127.0.0.1",
