@@ -6,6 +6,7 @@ pub mod discovery;
 pub mod executable;
 pub mod launch;
 pub mod pidfd;
+pub mod posix_spawn;
 pub mod procfs;
 pub mod sock_diag;
 pub mod spawner;

@@ -1,15 +1,18 @@
-//! The long-lived thread every obproxy is forked from. obproxy sets
-//! `PR_SET_PDEATHSIG`, which fires when the *thread* that forked it exits, so
-//! spawning from a pooled thread would signal obproxy at random moments.
+//! The long-lived thread every obproxy is started from. obproxy sets
+//! `PR_SET_PDEATHSIG`, which fires when the *thread* that created it exits, so
+//! spawning from a pooled thread would signal obproxy at random moments. It
+//! starts obproxy with `posix_spawn` (see [`super::posix_spawn`]), or, where
+//! the thread cannot be prepared for that, with fork and exec.
 use std::{
-    os::unix::process::CommandExt,
+    ffi::OsStr,
+    os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::mpsc,
     time::SystemTime,
 };
 
-use super::{launch::LaunchSpec, pidfd::Pidfd};
+use super::{launch::LaunchSpec, pidfd::Pidfd, posix_spawn};
 use crate::security::files;
 
 #[derive(Debug, thiserror::Error)]
@@ -59,9 +62,16 @@ impl Spawner {
         std::thread::Builder::new()
             .name("obproxy-spawner".into())
             .spawn(move || {
+                let method = match posix_spawn::prepare_thread() {
+                    Ok(()) => Method::PosixSpawn,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot give the spawner thread a umask of its own; obproxy is forked instead of spawned");
+                        Method::Fork
+                    }
+                };
                 for (spec, reply) in rx {
                     crate::common::panics::injected("spawner");
-                    reply(spawn(&spec, &names));
+                    reply(spawn(&spec, &names, method));
                 }
             })?;
         Ok(Self { tx })
@@ -79,18 +89,22 @@ impl Spawner {
     }
 }
 
-fn spawn(spec: &LaunchSpec, names: &Path) -> Result<Spawned, SpawnError> {
+/// How the thread starts obproxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    /// `posix_spawn`, from a thread [`posix_spawn::prepare_thread`] prepared.
+    PosixSpawn,
+    /// fork and exec, the child doing the preparation itself.
+    Fork,
+}
+
+fn spawn(spec: &LaunchSpec, names: &Path, method: Method) -> Result<Spawned, SpawnError> {
     // obproxy echoes its argv (secrets in -o included) to stderr: 0600, and
     // never through a symlink planted in its place.
     let out = files::append_private(&spec.output).map_err(|e| SpawnError::Output {
         path: spec.output.display().to_string(),
         source: std::io::Error::other(crate::common::error_chain::describe(&e)),
     })?;
-    let err = out.try_clone().map_err(|source| SpawnError::Output {
-        path: spec.output.display().to_string(),
-        source,
-    })?;
-    let fds = spec.inherit_fds.clone();
     // The very file that was opened (and whose version was read) is what
     // runs; argv[0] keeps its path.
     let (by_fd, exe_fd) = spec.binary.program();
@@ -99,33 +113,71 @@ fn spawn(spec: &LaunchSpec, names: &Path) -> Result<Spawned, SpawnError> {
             "cannot link obproxy's name; it runs as /proc/self/fd/{exe_fd} and ps shows it as {exe_fd}");
         by_fd
     });
+    let exec_error = |source| SpawnError::Exec {
+        binary: spec.binary.path().display().to_string(),
+        source,
+    };
+    let started_at = SystemTime::now();
+    let pid = match method {
+        Method::PosixSpawn => {
+            let mut keep = vec![exe_fd];
+            keep.extend(&spec.inherit_fds);
+            let mut argv = vec![spec.binary.path().as_os_str()];
+            argv.extend(spec.args.iter().map(OsStr::new));
+            // The child changes directory before the exec.
+            let program = std::path::absolute(&program).map_err(exec_error)?;
+            posix_spawn::spawn(&posix_spawn::Child {
+                program: &program,
+                argv,
+                env: &spec.env,
+                home: &spec.home,
+                umask: spec.umask,
+                output: out.as_raw_fd(),
+                keep,
+            })
+            .map_err(exec_error)?
+        }
+        Method::Fork => fork(spec, program, exe_fd, out).map_err(exec_error)?,
+    };
+    // The child is unreaped until we wait for it, so the pid cannot have been
+    // reused yet: this pidfd names exactly our child.
+    let pidfd = Pidfd::open(pid).map_err(|source| SpawnError::Pidfd { pid, source })?;
+    Ok(Spawned { pidfd, started_at })
+}
+
+/// fork and exec with [`Command`], the child clearing the ambient
+/// capabilities, setting the umask and clearing close-on-exec itself; the
+/// new process's pid.
+fn fork(
+    spec: &LaunchSpec,
+    program: PathBuf,
+    exe_fd: i32,
+    out: std::fs::File,
+) -> std::io::Result<u32> {
+    let err = out.try_clone()?;
+    let fds = spec.inherit_fds.clone();
     let umask = spec.umask;
     let mut cmd = Command::new(program);
     cmd.arg0(spec.binary.path())
         .args(&spec.args)
         .current_dir(&spec.home)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        // systemd's notify socket and watchdog are the agent's, not obproxy's.
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("WATCHDOG_PID")
-        .env_remove("WATCHDOG_USEC")
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
         // Its own process group: a Ctrl-C meant for an agent run by hand
         // must not reach obproxy, which outlives the agent by design.
         .process_group(0);
+    for k in posix_spawn::NOT_INHERITED {
+        cmd.env_remove(k);
+    }
     // SAFETY: only async-signal-safe fcntl and prctl calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             // The unit grants the agent CAP_SYS_PTRACE as an ambient
             // capability (to take listeners back from a running obproxy);
-            // obproxy must not inherit it. Fails only on kernels without
-            // ambient capabilities, which then have nothing to clear.
-            // The kernel reads the variadic arguments as unsigned longs.
-            let (clear, zero): (libc::c_ulong, libc::c_ulong) =
-                (libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0);
-            libc::prctl(libc::PR_CAP_AMBIENT, clear, zero, zero, zero);
+            // obproxy must not inherit it.
+            posix_spawn::clear_ambient_capabilities();
             libc::umask(umask as libc::mode_t);
             // An interpreter (#!) opens the script by its /proc/self/fd name
             // after exec, so this one descriptor must survive it.
@@ -142,16 +194,7 @@ fn spawn(spec: &LaunchSpec, names: &Path) -> Result<Spawned, SpawnError> {
             Ok(())
         });
     }
-    let started_at = SystemTime::now();
-    let child = cmd.spawn().map_err(|source| SpawnError::Exec {
-        binary: spec.binary.path().display().to_string(),
-        source,
-    })?;
-    let pid = child.id();
-    // The child is unreaped until we wait for it, so the pid cannot have been
-    // reused yet: this pidfd names exactly our child.
-    let pidfd = Pidfd::open(pid).map_err(|source| SpawnError::Pidfd { pid, source })?;
-    Ok(Spawned { pidfd, started_at })
+    Ok(cmd.spawn()?.id())
 }
 
 /// What to exec so that obproxy runs the very file the agent opened and is
@@ -190,6 +233,7 @@ fn named_program(names: &Path, binary: &Path, fd: i32) -> std::io::Result<PathBu
 mod tests {
     use super::*;
     use crate::agent::obproxy::executable::Executable;
+    use std::os::fd::AsRawFd;
 
     /// A copy of `sleep` named `name` in `dir`: a real ELF binary to exec.
     fn binary(dir: &Path, name: &str) -> PathBuf {
@@ -219,13 +263,6 @@ mod tests {
         nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None).unwrap();
     }
 
-    fn comm(pid: u32) -> String {
-        std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .unwrap()
-            .trim_end()
-            .to_string()
-    }
-
     #[test]
     fn obproxy_is_named_after_its_binary_and_runs_the_file_opened() {
         let dir = tempfile::tempdir().unwrap();
@@ -236,10 +273,15 @@ mod tests {
         // opened one runs.
         std::fs::rename(&path, dir.path().join("moved")).unwrap();
         std::fs::write(&path, "#!/bin/sh\nexit 3\n").unwrap();
-        for _ in 0..2 {
-            let child = spawn(&spec, &names).unwrap();
+        posix_spawn::prepare_thread().unwrap();
+        for method in [Method::PosixSpawn, Method::Fork, Method::PosixSpawn] {
+            let child = spawn(&spec, &names, method).unwrap();
             let pid = child.pidfd.pid();
-            assert_eq!(comm(pid), "obproxy", "ps, top, pgrep -x and pidof see this");
+            assert_eq!(
+                posix_spawn::comm_once_execd(pid, "obproxy"),
+                "obproxy",
+                "{method:?}: ps, top, pgrep -x and pidof see this"
+            );
             let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
             assert_eq!(exe, dir.path().join("moved"));
             kill(child);
@@ -271,9 +313,71 @@ mod tests {
         // binary, by its descriptor.
         let blocked = dir.path().join("blocked");
         std::fs::write(&blocked, "").unwrap();
-        let child = spawn(&spec, &blocked).unwrap();
-        let pid = child.pidfd.pid();
-        assert_eq!(comm(pid), fd.to_string());
-        kill(child);
+        posix_spawn::prepare_thread().unwrap();
+        for method in [Method::PosixSpawn, Method::Fork] {
+            let child = spawn(&spec, &blocked, method).unwrap();
+            let pid = child.pidfd.pid();
+            let name = fd.to_string();
+            assert_eq!(posix_spawn::comm_once_execd(pid, &name), name, "{method:?}");
+            kill(child);
+        }
+    }
+
+    #[test]
+    #[cfg_attr(skip_root, ignore = "raises an ambient capability: needs root")]
+    fn neither_way_passes_on_the_agents_ambient_capability() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = binary(dir.path(), "obproxy");
+        let spec = spec(dir.path(), &path);
+        let names = dir.path().join("exec");
+        posix_spawn::raise_ambient_ptrace();
+        // The forked child clears it itself; the spawner thread is cleared
+        // once, when it is prepared.
+        let forked = spawn(&spec, &names, Method::Fork).unwrap();
+        posix_spawn::prepare_thread().unwrap();
+        let spawned = spawn(&spec, &names, Method::PosixSpawn).unwrap();
+        for child in [forked, spawned] {
+            let pid = child.pidfd.pid();
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            assert!(status.contains("CapAmb:\t0000000000000000"), "{status}");
+            kill(child);
+        }
+    }
+
+    #[test]
+    fn both_ways_hand_over_the_listeners_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = binary(dir.path(), "obproxy");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut spec = spec(dir.path(), &path);
+        spec.inherit_fds = vec![listener.as_raw_fd()];
+        spec.umask = 0o027;
+        posix_spawn::prepare_thread().unwrap();
+        for method in [Method::PosixSpawn, Method::Fork] {
+            let child = spawn(&spec, &dir.path().join("exec"), method).unwrap();
+            let pid = child.pidfd.pid();
+            let held = |fd: i32| {
+                std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                    .ok()
+                    .map(|l| l.to_string_lossy().into_owned())
+            };
+            let inode = |fd: i32| {
+                std::fs::read_link(format!("/proc/self/fd/{fd}"))
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+            };
+            let fd = listener.as_raw_fd();
+            assert_eq!(held(fd), Some(inode(fd)), "{method:?}: the listener");
+            assert_eq!(held(other.as_raw_fd()), None, "{method:?}: not asked for");
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            assert!(status.contains("Umask:\t0027"), "{method:?}: {status}");
+            kill(child);
+        }
+        // The agent's own descriptors keep close-on-exec.
+        // SAFETY: F_GETFD on a descriptor we own.
+        let flags = unsafe { libc::fcntl(listener.as_raw_fd(), libc::F_GETFD) };
+        assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
     }
 }

@@ -118,10 +118,13 @@ pub async fn probe(binary: &Executable, home: &Path) -> Result<String, VersionEr
     let name = binary.path().display().to_string();
     let (program, fd) = binary.program();
     let mut command = Command::new(program);
-    // SAFETY: only fcntl between fork and exec: the descriptor survives the
-    // exec, for an interpreter (#!) that opens the script by its name.
+    // SAFETY: only prctl and fcntl between fork and exec: no ambient
+    // capability of the agent's reaches the binary (obproxy never gets the
+    // agent's CAP_SYS_PTRACE, `-V` included), and the descriptor survives
+    // the exec, for an interpreter (#!) that opens the script by its name.
     unsafe {
         command.pre_exec(move || {
+            super::posix_spawn::clear_ambient_capabilities();
             if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -169,6 +172,26 @@ mod tests {
     async fn read(cache: &VersionCache, bin: &Path) -> String {
         let exe = Executable::open(bin).unwrap();
         cache.version(&exe, bin.parent().unwrap()).await.unwrap()
+    }
+
+    #[tokio::test]
+    #[cfg_attr(skip_root, ignore = "raises an ambient capability: needs root")]
+    async fn v_runs_without_the_agents_ambient_capability() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("obproxy");
+        std::fs::write(
+            &bin,
+            "#!/bin/sh\ngrep CapAmb /proc/self/status > capamb\n\
+             echo 'obproxy (OceanBase 4.3.1.0 1-x)' >&2\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // The current-thread runtime forks from this thread.
+        crate::agent::obproxy::posix_spawn::raise_ambient_ptrace();
+        assert_eq!(probe_path(&bin, dir.path()).await.unwrap(), "4.3.1.0");
+        let seen = std::fs::read_to_string(dir.path().join("capamb")).unwrap();
+        assert_eq!(seen.trim_end(), "CapAmb:\t0000000000000000");
     }
 
     #[tokio::test]
