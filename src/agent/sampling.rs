@@ -295,9 +295,12 @@ mod tests {
         for _ in 0..200 {
             sampler.sample(&t).await.unwrap();
         }
-        // One sample per MAX_AGE at most: one for all 400 callers, unless a
-        // busy machine stretched them over more than MAX_AGE.
-        let allowed = 1 + (began.elapsed().as_secs_f64() / MAX_AGE.as_secs_f64()) as usize;
+        // Shared, not one per caller: one sample per MAX_AGE, plus one for the
+        // callers that asked while the first was being taken (a sample taken
+        // before a caller asked is no answer to it, and the sampler thread
+        // can start on the first request while the others are still being
+        // made), more only if a busy machine stretched them over MAX_AGE.
+        let allowed = 2 + (began.elapsed().as_secs_f64() / MAX_AGE.as_secs_f64()) as usize;
         let shared = taken.load(Ordering::SeqCst);
         assert!(
             (1..=allowed).contains(&shared),
