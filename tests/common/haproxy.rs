@@ -117,6 +117,8 @@ impl HaProxy {
                 "HAProxy: no {what} within {PATIENCE:?}:\n{}",
                 self.log.lock().unwrap().join("\n")
             );
+            // HAProxy's server states are read from its admin socket and
+            // announce no change: this is the event's poll, not a fixed wait.
             std::thread::sleep(Duration::from_millis(50));
         }
     }
