@@ -187,6 +187,68 @@ async fn killing_the_agent_during_a_drain_keeps_the_drains_deadline() {
 }
 
 #[tokio::test]
+async fn a_promotion_only_in_the_journal_is_what_the_returning_agent_finds() {
+    let mut agent = Agent::start_with(Options {
+        exit_timeout: "30s",
+        ..Default::default()
+    })
+    .await;
+    let old = agent.start_proxy().await.pid;
+    let inode = agent.status().await.listeners[0].socket_inode;
+    let addr = agent.sql_addr().await;
+    // A session that never ends keeps the old process draining.
+    let mut session = common::connect(addr).await.unwrap();
+    echo(&mut session, b"held").await.unwrap();
+    // This agent ends right after the promotion's journal write: before the
+    // state file says it, before DRAINING, before the old process's SIGUSR1.
+    agent.kill9();
+    agent.restart_agent_with(|config| {
+        let mut command = common::agent_command(config);
+        command.env("ODP_DEBUG_PANIC", "state-journal-written");
+        command
+    });
+    let _ = agent.restart_with(hot(Duration::from_secs(20), "")).await;
+    let exit = common::wait_child(&mut agent.child);
+    assert!(!exit.success(), "{exit:?}");
+    let file: odp_agent::agent::state_file::AgentState =
+        serde_json::from_slice(&std::fs::read(agent.state.join("agent-state.json")).unwrap())
+            .unwrap();
+    let serving = |s: &odp_agent::agent::state_file::AgentState| {
+        s.processes
+            .iter()
+            .find(|p| p.role == odp_agent::agent::state_file::Role::Serving)
+            .map(|p| p.pid)
+    };
+    assert_eq!(serving(&file), Some(old), "the file still has the old one");
+
+    agent.restart_agent_with(common::agent_command);
+    let status = agent.status().await;
+    assert_eq!(status.state(), pb::ProxyState::Running, "{}", agent.logs());
+    assert_ne!(status.pid, old, "the new process serves: {}", agent.logs());
+    assert_eq!(status.listeners[0].socket_inode, inode);
+    assert_eq!(status.draining.len(), 1, "{}", agent.logs());
+    assert_eq!(status.draining[0].process.as_ref().unwrap().pid, old);
+    // The returning agent told the old process to drain.
+    agent.log.wait_for(|l| {
+        l.contains("re-adopted a draining obproxy") && l.contains(&format!("pid={old}"))
+    });
+    // obproxy's output is a file: nothing announces a new line.
+    wait_until(|| {
+        agent.obproxy_output().lines().any(|l| {
+            l.contains("drain begun")
+                && l.contains(&format!("pid={old}"))
+                && l.contains("signal=SIGUSR1")
+        })
+    });
+    let mut pids = agent.obproxy_pids();
+    pids.sort_unstable();
+    let mut want = vec![old, status.pid];
+    want.sort_unstable();
+    assert_eq!(pids, want);
+    common::round_trip(addr).await.unwrap();
+}
+
+#[tokio::test]
 async fn a_recorded_pid_now_used_by_another_process_is_neither_adopted_nor_signalled() {
     let mut agent = Agent::start().await;
     agent.start_proxy().await;

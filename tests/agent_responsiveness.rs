@@ -200,12 +200,17 @@ async fn obproxy_v_runs_once_per_binary_file() {
     assert_eq!(versions_read(&binary), 2);
 }
 
-/// Durable writes of the state file so far, from the agent's metrics.
-async fn state_writes(agent: &Agent) -> f64 {
+/// Durable writes of the state so far, from the agent's metrics: of the
+/// whole file, and into its journal.
+async fn state_writes(agent: &Agent) -> (f64, f64) {
     let (code, body) = common::http_get(agent.metrics_addr(), "/metrics").await;
     assert_eq!(code, 200, "{body}");
-    common::sample(&body, "odp_state_writes_total")
-        .unwrap_or_else(|| panic!("no odp_state_writes_total in:\n{body}"))
+    let sample =
+        |name: &str| common::sample(&body, name).unwrap_or_else(|| panic!("no {name} in:\n{body}"));
+    (
+        sample("odp_state_writes_total"),
+        sample("odp_state_journal_writes_total"),
+    )
 }
 
 #[tokio::test]
@@ -246,22 +251,24 @@ async fn a_hot_restart_writes_the_state_durably_once_before_the_new_process_serv
             serving.error
         );
         // The admission only checks that the disk takes writes (its intent,
-        // obproxy running, is on disk already); the promotion is the write.
-        assert_eq!(state_writes(&agent).await - before, 1.0, "{}", agent.logs());
-        let state: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(agent.state.join("agent-state.json")).unwrap())
-                .unwrap();
-        let roles: Vec<(u64, &str)> = state["processes"]
-            .as_array()
+        // obproxy running, is on disk already); the promotion is the write,
+        // into the journal. The whole file follows once DRAINING is
+        // published (it may or may not have been written by now).
+        let (files, journal) = state_writes(&agent).await;
+        assert_eq!(journal - before.1, 1.0, "{}", agent.logs());
+        assert!(files - before.0 <= 1.0, "{}", agent.logs());
+        // What a restarted agent reads has the new process serving.
+        let state = odp_agent::agent::state_file::load(&agent.state)
             .unwrap()
-            .iter()
-            .map(|p| (p["pid"].as_u64().unwrap(), p["role"].as_str().unwrap()))
-            .collect();
+            .unwrap();
+        let roles: Vec<(u32, _)> = state.processes.iter().map(|p| (p.pid, p.role)).collect();
         assert!(
-            roles.contains(&(u64::from(agent.status().await.pid), "serving")),
+            roles.contains(&(
+                agent.status().await.pid,
+                odp_agent::agent::state_file::Role::Serving
+            )),
             "{roles:?}"
         );
-        assert!(!agent.state.join("agent-state.json.tmp").exists());
         let done = agent.wait_op(&op.id).await;
         assert_eq!(
             done.state(),

@@ -64,6 +64,7 @@ pub struct AgentMetrics {
     operations: Family<OperationLabels, Counter>,
     drain_duration: Histogram,
     state_writes: Counter,
+    state_journal_writes: Counter,
 }
 
 impl Default for AgentMetrics {
@@ -122,6 +123,12 @@ impl AgentMetrics {
             "Durable writes of the agent's state file (each an fsync of the file and one of its directory)",
             state_writes.clone(),
         );
+        let state_journal_writes = Counter::default();
+        registry.register(
+            "odp_state_journal_writes",
+            "Durable writes of the agent's state into its journal (a promotion: one fdatasync in place)",
+            state_journal_writes.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             state,
@@ -131,12 +138,18 @@ impl AgentMetrics {
             operations,
             drain_duration,
             state_writes,
+            state_journal_writes,
         }
     }
 
     /// Hook: the state file was written, durably.
     pub fn state_written(&self) {
         self.state_writes.inc();
+    }
+
+    /// Hook: the state was written durably into the journal.
+    pub fn state_journaled(&self) {
+        self.state_journal_writes.inc();
     }
 
     /// Hook: an operation ended (the supervisor's `Finish`).

@@ -1,7 +1,8 @@
 //! The agent's state on disk: what it means obproxy to be (running or
 //! stopped), the listeners it holds, and every obproxy it owns with the facts
 //! that identify it. Written atomically (temp file, fsync, rename) at every
-//! change, so an agent that is killed finds it all again. Written only into
+//! change, so an agent that is killed finds it all again; a promotion goes
+//! into the journal first (see `state_journal`), and the file follows. Written only into
 //! a directory the agent owns and nobody else may write, as a 0600 file
 //! created afresh (a symlink planted in its place is removed, not followed):
 //! the next agent signals the pids it names.
@@ -90,6 +91,10 @@ pub struct RecordedListener {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AgentState {
+    /// Counts the agent's writes of its state: of the state file and the
+    /// journal (see `state_journal`), the newer one is the state.
+    #[serde(default)]
+    pub generation: u64,
     pub desired_running: bool,
     pub listeners: Vec<RecordedListener>,
     /// Where the listeners were last bound (a port 0 keeps its port).
@@ -125,10 +130,24 @@ pub fn path(dir: &Path) -> PathBuf {
     dir.join(FILE)
 }
 
-/// The state a previous agent left, if any.
-/// Only a file of the agent's own user that nobody else may write is
-/// believed (it names pids to signal); a symlink is not followed.
+/// The state a previous agent left, if any: the state file, or the
+/// journal's newest entry where that is newer (a promotion written there
+/// just before the agent stopped). Without a state file there is no state:
+/// the journal is made after the file, and whoever removed the file meant
+/// the agent to start afresh.
+/// Only files of the agent's own user that nobody else may write are
+/// believed (they name pids to signal); a symlink is not followed.
 pub fn load(dir: &Path) -> Result<Option<AgentState>, StateFileError> {
+    let Some(file) = load_file(dir)? else {
+        return Ok(None);
+    };
+    Ok(Some(match super::state_journal::newest(dir)? {
+        Some(j) if j.generation > file.generation => j,
+        _ => file,
+    }))
+}
+
+fn load_file(dir: &Path) -> Result<Option<AgentState>, StateFileError> {
     use std::{
         io::Read,
         os::unix::fs::{MetadataExt, OpenOptionsExt},
@@ -240,6 +259,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(load(dir.path()).unwrap(), None);
         let state = AgentState {
+            generation: 4,
             desired_running: true,
             listeners: vec![RecordedListener {
                 bound: "127.0.0.1:2883".parse().unwrap(),
@@ -268,6 +288,28 @@ mod tests {
         };
         save(dir.path(), &state).unwrap();
         assert_eq!(load(dir.path()).unwrap(), Some(state));
+    }
+
+    #[test]
+    fn the_journal_is_believed_where_it_is_newer_than_the_file() {
+        use crate::agent::state_journal::Journal;
+        let dir = tempfile::tempdir().unwrap();
+        let at = |generation, started_count| AgentState {
+            generation,
+            started_count,
+            ..AgentState::default()
+        };
+        save(dir.path(), &at(5, 1)).unwrap();
+        let mut journal = Journal::create(dir.path()).unwrap();
+        journal.write(dir.path(), &at(4, 2)).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Some(at(5, 1)));
+        journal.write(dir.path(), &at(6, 3)).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Some(at(6, 3)));
+        save(dir.path(), &at(7, 3)).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Some(at(7, 3)));
+        // Without the file, nothing: whoever removed it meant a fresh start.
+        std::fs::remove_file(path(dir.path())).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), None);
     }
 
     #[test]

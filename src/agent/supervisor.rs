@@ -96,6 +96,12 @@ pub struct Supervisor {
     respawn: respawn::Backoff,
     /// The state on disk is behind (a write failed): operations are refused.
     unrecorded: Option<persist::Unrecorded>,
+    /// The generation of the last state written (see `state_journal`).
+    generation: u64,
+    /// Where a promotion is written (see `state_journal`); made after the
+    /// first full write of the state file, None until then or after a
+    /// failed write into it.
+    journal: Option<crate::agent::state_journal::Journal>,
     /// Counts what only the supervisor sees end: operations and drains.
     metrics: Arc<AgentMetrics>,
     /// SHOW PROXYINFO BINARY asked of the serving process: when, and how
@@ -154,6 +160,8 @@ impl Supervisor {
             listener_problem: None,
             respawn: respawn::Backoff::default(),
             unrecorded: None,
+            generation: 0,
+            journal: None,
             metrics,
             proxyinfo: proxyinfo::Asking::default(),
             outside_holders: Vec::new(),
@@ -430,7 +438,10 @@ impl Supervisor {
         });
     }
 
-    fn promote(&mut self, pid: u32, drain: Option<Drain>) -> Option<u32> {
+    /// Makes `pid` serve and writes that down durably (see
+    /// `record_promotion`); returns the process that served before, and
+    /// whether the state file is still owed the write.
+    fn promote(&mut self, pid: u32, drain: Option<Drain>) -> (Option<u32>, bool) {
         let deadline = drain.map(|d| SystemTime::now() + d.kill_after);
         let promotion = self.processes.promote(pid, deadline, Instant::now());
         let previous = promotion.previous;
@@ -457,7 +468,6 @@ impl Supervisor {
             };
         }
         self.release_unused_rpc();
-        self.persist();
-        previous
+        (previous, self.record_promotion())
     }
 }

@@ -298,6 +298,22 @@ pub enum Step {
         drain: Option<Drain>,
         reply: oneshot::Sender<Option<u32>>,
     },
+    /// A HOT restart's handover in one step, so that nothing waits between
+    /// its parts: `pid` promoted (the previous process, or `old` if none
+    /// was serving any more, drains with `drain`), the operation's DRAINING
+    /// phase published with `note(old)`, and SIGUSR1 sent to the old process
+    /// (one that is gone already is not an error). Answers with the old pid;
+    /// `exit` is sent its exit (waited for from before the signal, so an
+    /// exit that comes at once is not missed).
+    Handover {
+        op: String,
+        pid: u32,
+        old: u32,
+        drain: Drain,
+        note: Box<dyn FnOnce(u32) -> String + Send>,
+        exit: oneshot::Sender<Exit>,
+        reply: oneshot::Sender<Result<u32, StepError>>,
+    },
     Facts {
         pid: u32,
         reply: oneshot::Sender<Option<ProcessFacts>>,

@@ -15,6 +15,7 @@ mod take_over;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use nix::sys::signal::Signal;
+use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use crate::{
@@ -265,6 +266,32 @@ impl Ctl {
             .step(|reply| Step::Promote { pid, drain, reply })
             .await
             .ok_or(Error::Gone)
+    }
+
+    /// A HOT restart's handover (see [`Step::Handover`]): returns the old
+    /// process, now told to drain, and where its exit will be told.
+    async fn hand_over(
+        &self,
+        pid: u32,
+        old: u32,
+        drain: Drain,
+        note: impl FnOnce(u32) -> String + Send + 'static,
+    ) -> Result<(u32, oneshot::Receiver<Exit>), Error> {
+        let (exit, exited) = oneshot::channel();
+        let old = self
+            .sup
+            .step(|reply| Step::Handover {
+                op: self.id.clone(),
+                pid,
+                old,
+                drain,
+                note: Box::new(note),
+                exit,
+                reply,
+            })
+            .await
+            .ok_or(Error::Gone)??;
+        Ok((old, exited))
     }
 
     async fn facts(&self, pid: u32) -> Result<Option<ProcessFacts>, Error> {

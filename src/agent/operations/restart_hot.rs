@@ -3,8 +3,6 @@
 //! the new one is ready is the old one told to drain (SIGUSR1), with the
 //! window the request asked for (see `drain_window`). A new process that
 //! fails is killed and the old one never noticed anything.
-use nix::sys::signal::Signal;
-
 use super::{
     Ctl, Error,
     bring_up::{Probe, bring_up},
@@ -47,17 +45,19 @@ pub async fn run(ctl: &Ctl, request: &Request) -> Result<Option<u32>, Error> {
     // The new process serves from here on; the supervisor holds the old one's
     // drain deadline and SIGKILLs it there. (The process that served may have
     // changed meanwhile, if obproxy restarted itself and was adopted.)
-    let old = ctl.promote(new, Some(settled.drain)).await?.unwrap_or(old);
-    ctl.progress(
-        Phase::Draining,
-        format!(
-            "pid {new} serving; SIGUSR1 to pid {old} to drain within {} (SIGKILL at {})",
-            humantime::format_duration(window),
-            humantime::format_duration(settled.drain.kill_after)
-        ),
-    );
-    ctl.signal(old, Signal::SIGUSR1).await?;
-    let exit = ctl.wait_exit(old).await?;
+    // Promoted, DRAINING published and SIGUSR1 sent in one step of the
+    // supervisor's: nothing else runs between them.
+    let kill_after = settled.drain.kill_after;
+    let (old, exited) = ctl
+        .hand_over(new, old, settled.drain, move |old| {
+            format!(
+                "pid {new} serving; SIGUSR1 to pid {old} to drain within {} (SIGKILL at {})",
+                humantime::format_duration(window),
+                humantime::format_duration(kill_after)
+            )
+        })
+        .await?;
+    let exit = exited.await.map_err(|_| Error::Gone)?;
     ctl.progress(Phase::Done, format!("pid {old} {exit}"));
     Ok(Some(new))
 }

@@ -1,7 +1,10 @@
 //! Writing down what the supervisor owns (the state file), so that a new
 //! agent finds it all again. Each write is durable (fsync), so writes are
 //! kept to the moments a restarted agent would act on differently: the
-//! desire, the listeners, a promotion, an exit. A new process is not written
+//! desire, the listeners, a promotion, an exit. A promotion, on the path
+//! a HOT restart's caller waits on, is written into the journal (one
+//! `fdatasync` in place, see `state_journal`) and the whole file only once
+//! the caller has its answer. A new process is not written
 //! down for itself before its promotion: recovery kills one still starting
 //! whether it was recorded or not (one that holds our listener unrecorded is
 //! killed as a stray). And when the disk refuses: an
@@ -16,6 +19,7 @@ use crate::{
     agent::{
         operation_log::Kind,
         state_file::{self, AgentState, RecordedListener, StateFileError},
+        state_journal::Journal,
     },
     common::error_chain::describe,
 };
@@ -65,9 +69,20 @@ impl Supervisor {
 
     /// Writes the state file now, and says whether the disk took it.
     pub(super) fn record(&mut self) -> Result<(), StateFileError> {
+        self.generation += 1;
         match state_file::save(&self.config.state.dir, &self.state_to_record()) {
             Ok(()) => {
                 self.metrics.state_written();
+                if self.journal.is_none() {
+                    // Now that the file holds the newest state, whatever an
+                    // old journal held can go.
+                    match Journal::create(&self.config.state.dir) {
+                        Ok(j) => self.journal = Some(j),
+                        Err(e) => {
+                            tracing::warn!(error = %describe(&e), "no state journal: a promotion writes the whole state file");
+                        }
+                    }
+                }
                 if let Some(u) = self.unrecorded.take() {
                     tracing::info!(
                         since = %humantime::format_rfc3339_seconds(u.since),
@@ -96,6 +111,36 @@ impl Supervisor {
                 Err(e)
             }
         }
+    }
+
+    /// A promotion's write, the one a HOT restart makes before its new
+    /// process serves: into the journal (one `fdatasync` in place) when
+    /// there is one and the file is not behind, otherwise the whole file.
+    /// Says whether the state file is still owed the write: the caller
+    /// writes it (`persist`) once the caller of the restart has its answer.
+    pub(super) fn record_promotion(&mut self) -> bool {
+        if self.unrecorded.is_none() && self.journal.is_some() {
+            self.generation += 1;
+            let state = self.state_to_record();
+            let dir = self.config.state.dir.clone();
+            if let Some(j) = &mut self.journal {
+                match j.write(&dir, &state) {
+                    Ok(()) => {
+                        self.metrics.state_journaled();
+                        // Tests end the agent here: the promotion is only
+                        // in the journal (see `agent_recovery`).
+                        crate::common::panics::injected("state-journal-written");
+                        return true;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %describe(&e), "cannot write the state journal; writing the state file instead");
+                        self.journal = None;
+                    }
+                }
+            }
+        }
+        self.persist();
+        false
     }
 
     /// Admits an operation on the disk: its intent (obproxy meant to run, or
@@ -187,6 +232,7 @@ impl Supervisor {
 
     fn state_to_record(&self) -> AgentState {
         AgentState {
+            generation: self.generation,
             desired_running: self.desired_running,
             listeners: self
                 .listeners

@@ -34,6 +34,7 @@ impl Supervisor {
                 return;
             }
         };
+        self.generation = state.generation;
         self.desired_running = state.desired_running;
         self.started_count = state.started_count;
         self.last_exit = state.last_exit.clone();

@@ -71,23 +71,47 @@ impl Supervisor {
                 }
             }
             Step::Signal { pid, signal, reply } => {
-                let result = match self.processes.get_mut(pid) {
-                    None => Err(StepError::UnknownPid { pid }),
-                    Some(p) => {
-                        if matches!(signal, Signal::SIGTERM | Signal::SIGKILL | Signal::SIGINT) {
-                            p.ending = true;
-                        }
-                        p.pidfd.signal(signal).map_err(|source| StepError::Signal {
-                            pid,
-                            signal,
-                            source,
-                        })
-                    }
-                };
-                let _ = reply.send(result);
+                let _ = reply.send(self.signal_process(pid, signal));
             }
             Step::Promote { pid, drain, reply } => {
-                let _ = reply.send(self.promote(pid, drain));
+                let (previous, file_owed) = self.promote(pid, drain);
+                let _ = reply.send(previous);
+                if file_owed {
+                    self.persist();
+                }
+            }
+            Step::Handover {
+                op,
+                pid,
+                old,
+                drain,
+                note,
+                exit,
+                reply,
+            } => {
+                let (previous, file_owed) = self.promote(pid, Some(drain));
+                let old = previous.unwrap_or(old);
+                if self.processes.contains(old) {
+                    self.exit_waiters.entry(old).or_default().push(exit);
+                } else {
+                    let _ = exit.send(Exit::Unknown);
+                }
+                self.progress(&op, Phase::Draining, Some(note(old)));
+                let told = match self.signal_process(old, Signal::SIGUSR1) {
+                    Err(StepError::UnknownPid { .. }) => Ok(()),
+                    Err(StepError::Signal { source, .. })
+                        if source.raw_os_error() == Some(libc::ESRCH) =>
+                    {
+                        Ok(())
+                    }
+                    other => other,
+                };
+                let _ = reply.send(told.map(|()| old));
+                // The whole state file, now that the caller has its answer:
+                // the journal already holds the promotion.
+                if file_owed {
+                    self.persist();
+                }
             }
             Step::Facts { pid, reply } => {
                 let _ = reply.send(self.processes.get(pid).map(|p| ProcessFacts {
@@ -120,15 +144,7 @@ impl Supervisor {
                     by(Role::Starting),
                 ));
             }
-            Step::Progress { op, phase, note } => {
-                if let Some(n) = &note {
-                    tracing::info!(op_id = %op, ?phase, "{n}");
-                }
-                self.update_operation(&op, |o| {
-                    o.phase = phase;
-                    o.events.extend(note);
-                });
-            }
+            Step::Progress { op, phase, note } => self.progress(&op, phase, note),
             Step::Finish { op, result } => {
                 match &result {
                     Ok(pid) => tracing::info!(op_id = %op, pid = ?pid, "operation succeeded"),
@@ -161,6 +177,34 @@ impl Supervisor {
                 });
                 self.maybe_schedule_respawn();
                 self.ask_binary_info();
+            }
+        }
+    }
+}
+
+impl Supervisor {
+    fn progress(&mut self, op: &str, phase: Phase, note: Option<String>) {
+        if let Some(n) = &note {
+            tracing::info!(op_id = %op, ?phase, "{n}");
+        }
+        self.update_operation(op, |o| {
+            o.phase = phase;
+            o.events.extend(note);
+        });
+    }
+
+    fn signal_process(&mut self, pid: u32, signal: Signal) -> Result<(), StepError> {
+        match self.processes.get_mut(pid) {
+            None => Err(StepError::UnknownPid { pid }),
+            Some(p) => {
+                if matches!(signal, Signal::SIGTERM | Signal::SIGKILL | Signal::SIGINT) {
+                    p.ending = true;
+                }
+                p.pidfd.signal(signal).map_err(|source| StepError::Signal {
+                    pid,
+                    signal,
+                    source,
+                })
             }
         }
     }
