@@ -50,7 +50,7 @@ async fn a_getstatus_flood_never_holds_up_an_operators_stop() {
                 .take_while(|_| futures::future::ready(flooding.load(Ordering::Relaxed)))
                 .map(|_| {
                     let mut client = client.clone();
-                    async move { client.get_status(pb::GetStatusRequest {}).await }
+                    async move { client.get_status(pb::GetStatusRequest::default()).await }
                 })
                 .buffer_unordered(1000);
             calls
@@ -118,7 +118,7 @@ async fn status_calls_share_one_usage_sample() {
     while calls.len() < 300 || started.elapsed() < 2 * MAX_AGE {
         let asked = Instant::now();
         let status = client
-            .get_status(pb::GetStatusRequest {})
+            .get_status(pb::GetStatusRequest::default())
             .await
             .unwrap()
             .into_inner();
@@ -147,6 +147,54 @@ async fn status_calls_share_one_usage_sample() {
         "{} calls, {samples} samples",
         calls.len()
     );
+}
+
+#[tokio::test]
+async fn a_status_that_skips_the_sample_never_waits_for_one() {
+    let agent = Agent::start().await;
+    agent.start_proxy().await;
+    let mut client = agent.client().await;
+    let age = |s: &pb::ProxyStatus| {
+        s.usage_age
+            .map(|a| Duration::new(a.seconds as u64, a.nanos as u32))
+    };
+    let status = |skip_sample| {
+        let mut client = client.clone();
+        async move {
+            client
+                .get_status(pb::GetStatusRequest { skip_sample })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    // A sample to age: taken for a status that waits for one.
+    let first = age(&status(false).await).expect("a sampled status says its age");
+    assert!(first < MAX_AGE, "{first:?}");
+    // Asked without a sample until the one there is has aged past the
+    // maximum: every answer still has it (no call took a new one).
+    let started = Instant::now();
+    let mut calls = 0;
+    loop {
+        let s = status(true).await;
+        assert_eq!(s.state(), pb::ProxyState::Running);
+        let seen = age(&s).expect("the last sample, with its age");
+        assert!(seen >= first, "a newer sample ({seen:?} < {first:?})");
+        calls += 1;
+        if seen > MAX_AGE {
+            break;
+        }
+        assert!(started.elapsed() < PATIENCE, "the sample never aged");
+    }
+    assert!(calls > 1);
+    // A status that waits for a sample gets a new one.
+    let fresh = age(&client
+        .get_status(pb::GetStatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner())
+    .unwrap();
+    assert!(fresh < MAX_AGE, "{fresh:?}");
 }
 
 /// `bin/obproxy` as a wrapper that notes every `-V` in `bin/obproxy.versions`.

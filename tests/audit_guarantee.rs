@@ -33,7 +33,7 @@ async fn idle(agent: &Agent) -> pb::ProxyStatus {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let s = op
-            .get_status(pb::GetStatusRequest {})
+            .get_status(pb::GetStatusRequest::default())
             .await
             .unwrap()
             .into_inner();

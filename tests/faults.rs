@@ -75,7 +75,7 @@ async fn a_broken_log_stream_costs_the_agent_nothing_and_sigterm_still_ends_it()
     // what it could not log.
     let mut op = local::operator(&first).await;
     let status = op
-        .get_status(pb::GetStatusRequest {})
+        .get_status(pb::GetStatusRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -154,7 +154,7 @@ async fn a_panic_in_any_thread_ends_the_agent_and_obproxy_is_readopted() {
         // The first status the supervisor computes panics; the call fails.
         let _ = local::operator(a)
             .await
-            .get_status(pb::GetStatusRequest {})
+            .get_status(pb::GetStatusRequest::default())
             .await;
     };
     for (point, place, exit) in [

@@ -138,7 +138,7 @@ async fn cluster_status_after_cut(cluster: &Cluster, cut_odp: usize, cut: Instan
 async fn remote_status(cluster: &Cluster, pki: &Pki, i: usize) -> pb::ProxyStatus {
     client(&cluster.agents[i], pki)
         .await
-        .get_status(pb::GetStatusRequest {})
+        .get_status(pb::GetStatusRequest::default())
         .await
         .unwrap()
         .into_inner()

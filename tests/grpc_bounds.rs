@@ -33,12 +33,15 @@ async fn a_tls_handshake_that_stalls_is_dropped_after_ten_seconds() {
     );
     // Meanwhile, and after, the agent serves whoever completes theirs.
     let mut viewer = agent.tls_client(pki.client(Some("viewer"))).await.unwrap();
-    viewer.get_status(pb::GetStatusRequest {}).await.unwrap();
+    viewer
+        .get_status(pb::GetStatusRequest::default())
+        .await
+        .unwrap();
 }
 
 /// GetStatus with one extra header of `bytes` bytes.
 async fn status_with_header(agent: &Agent, bytes: usize) -> Result<pb::ProxyStatus, tonic::Status> {
-    let mut request = tonic::Request::new(pb::GetStatusRequest {});
+    let mut request = tonic::Request::new(pb::GetStatusRequest::default());
     request
         .metadata_mut()
         .insert("x-padding", "a".repeat(bytes).parse().unwrap());

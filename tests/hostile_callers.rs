@@ -116,7 +116,7 @@ async fn a_get_status_flood_does_not_keep_an_operator_from_stopping_obproxy() {
             let addr = agent.grpc;
             flood.push(tokio::spawn(async move {
                 while !stop.is_cancelled() {
-                    match client.get_status(pb::GetStatusRequest {}).await {
+                    match client.get_status(pb::GetStatusRequest::default()).await {
                         Ok(_) => {}
                         Err(e) if e.code() == Code::ResourceExhausted => {
                             shed.fetch_add(1, Ordering::Relaxed);
@@ -315,7 +315,7 @@ async fn connections_over_the_cap_are_refused_at_once_and_logged() {
     // The local socket has its own cap: the operator still gets in.
     local::operator(&agent)
         .await
-        .get_status(pb::GetStatusRequest {})
+        .get_status(pb::GetStatusRequest::default())
         .await
         .unwrap();
     // Slots come back when connections close.
@@ -324,7 +324,7 @@ async fn connections_over_the_cap_are_refused_at_once_and_logged() {
     while AgentClient::connect(format!("http://{}", agent.grpc))
         .await
         .unwrap()
-        .get_status(pb::GetStatusRequest {})
+        .get_status(pb::GetStatusRequest::default())
         .await
         .is_err()
     {
@@ -402,7 +402,7 @@ async fn short_of_descriptors_connections_are_refused_while_supervision_goes_on(
     let deadline = Instant::now() + PATIENCE;
     let respawned = loop {
         let s = op
-            .get_status(pb::GetStatusRequest {})
+            .get_status(pb::GetStatusRequest::default())
             .await
             .unwrap()
             .into_inner();

@@ -87,7 +87,7 @@ async fn mutual_tls_admits_the_operator_denies_the_viewer_and_audits_both() {
 
     let mut viewer = agent.tls_client(pki.client(Some("viewer"))).await.unwrap();
     let status = viewer
-        .get_status(pb::GetStatusRequest {})
+        .get_status(pb::GetStatusRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -186,7 +186,7 @@ role = "READ_ONLY"
     let mut client = agent.client().await;
 
     let none = client
-        .get_status(pb::GetStatusRequest {})
+        .get_status(pb::GetStatusRequest::default())
         .await
         .unwrap_err();
     assert_eq!(none.code(), Code::Unauthenticated, "{none:?}");
@@ -206,7 +206,7 @@ role = "READ_ONLY"
     assert_eq!(not_bearer.code(), Code::Unauthenticated, "{not_bearer:?}");
 
     client
-        .get_status(with_token(pb::GetStatusRequest {}, "just-look"))
+        .get_status(with_token(pb::GetStatusRequest::default(), "just-look"))
         .await
         .unwrap();
     let viewer = client
@@ -593,7 +593,7 @@ async fn status_over_tls(agent: &Agent, pki: &Pki) -> pb::ProxyStatus {
     let mut client: AgentClient<Channel> =
         agent.tls_client(pki.client(Some("viewer"))).await.unwrap();
     client
-        .get_status(pb::GetStatusRequest {})
+        .get_status(pb::GetStatusRequest::default())
         .await
         .unwrap()
         .into_inner()

@@ -81,7 +81,10 @@ async fn san_rules_match_dns_and_uri_sans_and_only_sans() {
 
     // URI SAN spiffe://odp/viewer: READ_ONLY.
     let mut uri = client_as(&agent, &pki, "san-uri").await;
-    let status = uri.get_status(pb::GetStatusRequest {}).await.unwrap();
+    let status = uri
+        .get_status(pb::GetStatusRequest::default())
+        .await
+        .unwrap();
     assert_eq!(status.into_inner().state(), pb::ProxyState::Running);
     let denied = uri
         .stop(pb::StopRequest {
@@ -101,7 +104,7 @@ async fn san_rules_match_dns_and_uri_sans_and_only_sans() {
     for (who, cn) in [("san-as-cn", "impostor"), ("stranger", "stranger")] {
         let refused = client_as(&agent, &pki, who)
             .await
-            .get_status(pb::GetStatusRequest {})
+            .get_status(pb::GetStatusRequest::default())
             .await
             .unwrap_err();
         assert_eq!(refused.code(), Code::PermissionDenied, "{who}: {refused:?}");
@@ -192,7 +195,7 @@ async fn a_bearer_token_decides_alone_even_with_a_good_certificate() {
 async fn serving_pid(agent: &Agent, pki: &Pki) -> u32 {
     client_as(agent, pki, "viewer")
         .await
-        .get_status(pb::GetStatusRequest {})
+        .get_status(pb::GetStatusRequest::default())
         .await
         .unwrap()
         .into_inner()

@@ -84,7 +84,7 @@ async fn an_obproxy_started_by_hand_is_taken_over_and_hot_restarted_under_load_w
     let op = agent
         .client()
         .await
-        .get_status(pb::GetStatusRequest {})
+        .get_status(pb::GetStatusRequest::default())
         .await
         .unwrap()
         .into_inner();

@@ -180,6 +180,7 @@ impl pb::agent_server::Agent for AgentService {
         request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::ProxyStatus>, Status> {
         self.guard.read(&request, "GetStatus")?;
+        let skip_sample = request.get_ref().skip_sample;
         // The serving binary's digest, read once per file: a new binary's
         // first status waits a little for it rather than show none (before
         // the status is taken, so the wait does not make it stale).
@@ -187,7 +188,11 @@ impl pb::agent_server::Agent for AgentService {
         if let Some(p) = serving {
             obproxy::digest::settle(&[&p.binary], DIGEST_WAIT).await;
         }
-        let report = self.reporter.report().await;
+        let report = if skip_sample {
+            self.reporter.report_now()
+        } else {
+            self.reporter.report().await
+        };
         Ok(Response::new(status_pb(&report)))
     }
 

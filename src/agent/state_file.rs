@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use crate::{common::error_chain::describe, security::files};
 
 const FILE: &str = "agent-state.json";
+/// Where [`probe`] writes.
+const PROBE: &str = "agent-state.probe";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateFileError {
@@ -226,13 +228,21 @@ pub fn save(dir: &Path, state: &AgentState) -> Result<(), StateFileError> {
 
 /// Whether the disk takes a write of `state` now (a full or read-only disk
 /// fails it with the error [`save`] would give), without replacing the file
-/// and without waiting for the disk: the temporary file is written, not
-/// synced, and removed. For an admission whose intent the file already
-/// holds: the request is still refused on a disk that cannot record, and no
-/// durable write is spent saying again what is on it.
+/// and without waiting for the disk: the body is written into a probe file,
+/// not synced, and cut back to nothing. For an admission whose intent the
+/// file already holds: the request is still refused on a disk that cannot
+/// record, and no durable write is spent saying again what is on it.
+///
+/// The probe file is kept (empty): a file created and removed at every
+/// admission would cost ext4 an inode allocation each time, and with many
+/// inodes freed in the last seconds (every restart frees some) it walks
+/// them all to avoid reusing one (`recently_deleted` in `perf`). Opened
+/// for writing anew each time, so a directory made read-only since fails
+/// the open (EROFS).
 pub fn probe(dir: &Path, state: &AgentState) -> Result<(), StateFileError> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let path = path(dir);
-    let tmp = dir.join(format!("{FILE}.tmp"));
+    let probe = dir.join(PROBE);
     let err = |source| StateFileError::Write {
         path: path.clone(),
         source,
@@ -243,11 +253,31 @@ pub fn probe(dir: &Path, state: &AgentState) -> Result<(), StateFileError> {
         other => err(std::io::Error::other(describe(&other))),
     };
     files::check_writable_dir(dir).map_err(unusable)?;
-    let written = files::create_private(&tmp)
-        .map_err(unusable)
-        .and_then(|mut f| f.write_all(&body).map_err(err));
-    let _ = std::fs::remove_file(&tmp);
-    written
+    let opened = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&probe);
+    let me = nix::unistd::geteuid().as_raw();
+    let mut f = match opened {
+        // Only a private regular file of ours is written into; anything
+        // else in its place (a symlink fails the open) is made afresh.
+        Ok(f)
+            if f.metadata().is_ok_and(|m| {
+                m.is_file() && m.uid() == me && m.mode() & 0o077 == 0 && m.nlink() == 1
+            }) =>
+        {
+            f
+        }
+        Ok(_) => files::create_private(&probe).map_err(unusable)?,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ELOOP)) => {
+            files::create_private(&probe).map_err(unusable)?
+        }
+        Err(e) => return Err(err(e)),
+    };
+    let written = f.write_all(&body).map_err(err);
+    // The space goes back whatever the write did.
+    let cut = f.set_len(0).map_err(err);
+    written.and(cut)
 }
 
 #[cfg(test)]
@@ -347,7 +377,8 @@ mod tests {
     }
 
     #[test]
-    fn a_probe_replaces_nothing_and_leaves_no_file() {
+    fn a_probe_replaces_nothing_and_leaves_one_empty_file() {
+        use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let state = AgentState {
             desired_running: true,
@@ -356,9 +387,14 @@ mod tests {
         probe(dir.path(), &state).unwrap();
         assert_eq!(load(dir.path()).unwrap(), None);
         save(dir.path(), &AgentState::default()).unwrap();
+        let first = std::fs::metadata(dir.path().join(PROBE)).unwrap();
         probe(dir.path(), &state).unwrap();
         assert_eq!(load(dir.path()).unwrap(), Some(AgentState::default()));
         assert!(!dir.path().join(format!("{FILE}.tmp")).exists());
+        // The same file each time (no inode made and freed), left empty.
+        let again = std::fs::metadata(dir.path().join(PROBE)).unwrap();
+        assert_eq!((again.ino(), again.len()), (first.ino(), 0));
+        assert_eq!(again.mode() & 0o777, 0o600);
         // What save refuses, a probe refuses too.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -367,6 +403,26 @@ mod tests {
             describe(&e).contains("refusing to write"),
             "{}",
             describe(&e)
+        );
+    }
+
+    #[test]
+    fn a_symlink_planted_as_the_probe_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "ROOT-OWNED ORIGINAL CONTENT").unwrap();
+        let state = dir.path().join("state");
+        files::private_dir(&state).unwrap();
+        std::os::unix::fs::symlink(&victim, state.join(PROBE)).unwrap();
+        probe(&state, &AgentState::default()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&victim).unwrap(),
+            "ROOT-OWNED ORIGINAL CONTENT"
+        );
+        assert!(
+            std::fs::symlink_metadata(state.join(PROBE))
+                .unwrap()
+                .is_file()
         );
     }
 

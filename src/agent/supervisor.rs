@@ -102,6 +102,8 @@ pub struct Supervisor {
     /// first full write of the state file, None until then or after a
     /// failed write into it.
     journal: Option<crate::agent::state_journal::Journal>,
+    /// The journal holds a newer state than the file (see `persist`).
+    file_behind: bool,
     /// Counts what only the supervisor sees end: operations and drains.
     metrics: Arc<AgentMetrics>,
     /// SHOW PROXYINFO BINARY asked of the serving process: when, and how
@@ -162,6 +164,7 @@ impl Supervisor {
             unrecorded: None,
             generation: 0,
             journal: None,
+            file_behind: false,
             metrics,
             proxyinfo: proxyinfo::Asking::default(),
             outside_holders: Vec::new(),
@@ -260,6 +263,7 @@ impl Supervisor {
             Msg::Respawn => self.on_respawn(),
             Msg::Sweep => self.reap_orphans(),
             Msg::RecordRetry => self.on_record_retry(),
+            Msg::Compact => self.on_compact(),
             Msg::Step(step) => self.on_step(step),
         }
     }

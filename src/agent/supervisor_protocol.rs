@@ -251,6 +251,9 @@ pub(crate) enum Msg {
     Sweep,
     /// Time to try a failed state write again.
     RecordRetry,
+    /// Time to write the whole state file after a promotion written only
+    /// into the journal (nothing to do if a write came since).
+    Compact,
     Step(Step),
 }
 

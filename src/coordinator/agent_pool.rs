@@ -166,17 +166,27 @@ impl AgentPool {
 
     /// The agent's status, or why it could not be had within the deadline.
     pub async fn status(&self, agent: &str) -> Result<pb::ProxyStatus, AgentError> {
+        self.status_with(agent, false).await
+    }
+
+    /// As [`AgentPool::status`], with `skip_sample`: the last usage sample
+    /// the agent has, however old, instead of a new one.
+    async fn status_with(
+        &self,
+        agent: &str,
+        skip_sample: bool,
+    ) -> Result<pb::ProxyStatus, AgentError> {
         let mut client = self.client(agent)?;
         let timeout = self.timeouts.status_timeout;
-        let result =
-            match tokio::time::timeout(timeout, client.get_status(pb::GetStatusRequest {})).await {
-                Ok(Ok(r)) => Ok(r.into_inner()),
-                Ok(Err(status)) => Err(AgentError::from_status(agent, status)),
-                Err(_) => Err(AgentError::Timeout {
-                    agent: agent.to_string(),
-                    timeout,
-                }),
-            };
+        let ask = client.get_status(pb::GetStatusRequest { skip_sample });
+        let result = match tokio::time::timeout(timeout, ask).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(status)) => Err(AgentError::from_status(agent, status)),
+            Err(_) => Err(AgentError::Timeout {
+                agent: agent.to_string(),
+                timeout,
+            }),
+        };
         self.settle(agent, result)
     }
 
@@ -199,6 +209,13 @@ impl AgentPool {
     /// Every agent's status, asked in parallel; the slowest bounds the call.
     pub async fn statuses(&self, agents: &[String]) -> Vec<Result<pb::ProxyStatus, AgentError>> {
         futures::future::join_all(agents.iter().map(|a| self.status(a))).await
+    }
+
+    /// Every agent's status of now for an admission check: its state and
+    /// processes asked afresh, the usage as last sampled (a new sample is a
+    /// socket dump per agent, and the rules read no usage).
+    pub async fn states(&self, agents: &[String]) -> Vec<Result<pb::ProxyStatus, AgentError>> {
+        futures::future::join_all(agents.iter().map(|a| self.status_with(a, true))).await
     }
 
     /// Submits `command` with `request_id` (a repeat returns the agent's

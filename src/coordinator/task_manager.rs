@@ -229,8 +229,8 @@ impl Tasks {
         }
         // Asked, not read from the live view: a rule checked against a status
         // a moment old could refuse (or admit) what the agents' state of now
-        // would not.
-        let statuses = self.pool.statuses(&cluster.agents).await;
+        // would not. The usage is not asked afresh: the rules read none.
+        let statuses = self.pool.states(&cluster.agents).await;
         let odps: Vec<Odp> = cluster
             .agents
             .iter()

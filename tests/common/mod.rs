@@ -215,7 +215,7 @@ dir = {state:?}
     pub async fn status(&self) -> pb::ProxyStatus {
         self.client()
             .await
-            .get_status(pb::GetStatusRequest {})
+            .get_status(pb::GetStatusRequest::default())
             .await
             .unwrap()
             .into_inner()

@@ -28,6 +28,10 @@ use crate::{
 /// (or is writable) again, the state is on it within this.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// How long the state file may stay behind the journal (see
+/// `schedule_compaction`).
+const COMPACT_AFTER: Duration = Duration::from_secs(1);
+
 /// The state on disk is behind: the last write failed and none has
 /// succeeded since.
 #[derive(Debug)]
@@ -73,6 +77,7 @@ impl Supervisor {
         match state_file::save(&self.config.state.dir, &self.state_to_record()) {
             Ok(()) => {
                 self.metrics.state_written();
+                self.file_behind = false;
                 if self.journal.is_none() {
                     // Now that the file holds the newest state, whatever an
                     // old journal held can go.
@@ -127,6 +132,7 @@ impl Supervisor {
                 match j.write(&dir, &state) {
                     Ok(()) => {
                         self.metrics.state_journaled();
+                        self.file_behind = true;
                         // Tests end the agent here: the promotion is only
                         // in the journal (see `agent_recovery`).
                         crate::common::panics::injected("state-journal-written");
@@ -189,6 +195,32 @@ impl Supervisor {
     pub(super) fn withdraw_intent(&mut self, intent: Intent) {
         if self.desired_running != intent.before {
             self.desired_running = intent.before;
+            self.persist();
+        }
+    }
+
+    /// The whole file, a little after a promotion written into the journal
+    /// only: by then a HOT restart's old process has usually exited, and the
+    /// write that records its exit records the promotion too (one full
+    /// write per restart instead of two: each is two fsyncs, and a new
+    /// inode for ext4 to find).
+    pub(super) fn schedule_compaction(&mut self) {
+        if self.shutdown.is_cancelled() {
+            self.persist();
+            return;
+        }
+        let tx = self.tx.clone();
+        let shutdown = self.shutdown.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(COMPACT_AFTER) => { let _ = tx.send(Msg::Compact); }
+            }
+        });
+    }
+
+    pub(super) fn on_compact(&mut self) {
+        if self.file_behind {
             self.persist();
         }
     }

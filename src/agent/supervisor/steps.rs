@@ -107,10 +107,10 @@ impl Supervisor {
                     other => other,
                 };
                 let _ = reply.send(told.map(|()| old));
-                // The whole state file, now that the caller has its answer:
-                // the journal already holds the promotion.
+                // The journal holds the promotion; the whole file follows,
+                // with the old process's exit if that comes soon.
                 if file_owed {
-                    self.persist();
+                    self.schedule_compaction();
                 }
             }
             Step::Facts { pid, reply } => {

@@ -112,7 +112,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut costs = Vec::new();
     for _ in 0..200 {
         let t = Instant::now();
-        client.get_status(apb::GetStatusRequest {}).await?;
+        client.get_status(apb::GetStatusRequest::default()).await?;
         costs.push(t.elapsed());
     }
     let cost = median(costs.iter().copied());

@@ -146,12 +146,12 @@ fn timed_calls(grpc: SocketAddr, calls: usize) -> anyhow::Result<Vec<Duration>> 
     runtime.block_on(async move {
         let mut client = AgentClient::connect(format!("http://{grpc}")).await?;
         for _ in 0..10 {
-            client.get_status(pb::GetStatusRequest {}).await?;
+            client.get_status(pb::GetStatusRequest::default()).await?;
         }
         let mut latencies = Vec::with_capacity(calls);
         for _ in 0..calls {
             let sent = Instant::now();
-            client.get_status(pb::GetStatusRequest {}).await?;
+            client.get_status(pb::GetStatusRequest::default()).await?;
             latencies.push(sent.elapsed());
         }
         Ok(latencies)

@@ -210,8 +210,10 @@ async fn one_run(args: &Args) -> anyhow::Result<(Duration, Vec<BatchRun>)> {
     let one = median(single);
     let mut runs = Vec::new();
     for &batch in &args.batches {
-        let t = Instant::now();
+        // Read before the clock starts: reading every process's /proc takes
+        // milliseconds of its own.
         let cpu_before = cluster_cpu(&cluster);
+        let t = Instant::now();
         let task = coord
             .restart_all(pb::RestartAllRequest {
                 cluster: cluster.name.clone(),

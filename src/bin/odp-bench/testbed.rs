@@ -183,7 +183,7 @@ dir = "state"
             bail!("Start failed: {}", op.error);
         }
         let status = client
-            .get_status(pb::GetStatusRequest {})
+            .get_status(pb::GetStatusRequest::default())
             .await?
             .into_inner();
         Ok(status

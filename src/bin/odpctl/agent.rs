@@ -26,7 +26,7 @@ pub(crate) async fn run(cmd: AgentCmd, tls: &TlsArgs, json_out: bool) -> Result<
     let op = match cmd {
         AgentCmd::Status(_) => {
             let s = c
-                .get_status(apb::GetStatusRequest {})
+                .get_status(apb::GetStatusRequest::default())
                 .await
                 .map_err(rpc_error)?
                 .into_inner();
