@@ -134,8 +134,8 @@ async fn a_forged_state_file_makes_the_agent_signal_nobody() {
         })
     };
     let forged = serde_json::json!({
-        // Newer than anything in the agent's journal, so this is the state.
-        "generation": 1_000_000,
+        // No generation: the agent's journal entries, written over the file
+        // this one replaced, are not read over it.
         "desired_running": false,
         "listeners": [],
         "last_bound": [],

@@ -133,20 +133,27 @@ pub fn path(dir: &Path) -> PathBuf {
 }
 
 /// The state a previous agent left, if any: the state file, or the
-/// journal's newest entry where that is newer (a promotion written there
-/// just before the agent stopped). Without a state file there is no state:
-/// the journal is made after the file, and whoever removed the file meant
-/// the agent to start afresh.
+/// journal's newest entry written over that very file, where it is newer (a
+/// promotion written there just before the agent stopped). Without a state
+/// file there is no state: the journal is made after the file, and whoever
+/// removed the file meant the agent to start afresh. A journal that cannot
+/// be read (or trusted) is left out, with a warning: the file is whole.
 /// Only files of the agent's own user that nobody else may write are
 /// believed (they name pids to signal); a symlink is not followed.
 pub fn load(dir: &Path) -> Result<Option<AgentState>, StateFileError> {
     let Some(file) = load_file(dir)? else {
         return Ok(None);
     };
-    Ok(Some(match super::state_journal::newest(dir)? {
-        Some(j) if j.generation > file.generation => j,
-        _ => file,
-    }))
+    Ok(Some(
+        match super::state_journal::newest_over(dir, file.generation) {
+            Ok(Some(newer)) => newer,
+            Ok(None) => file,
+            Err(e) => {
+                tracing::warn!(error = %describe(&e), "not reading the state journal; the state file is the state");
+                file
+            }
+        },
+    ))
 }
 
 fn load_file(dir: &Path) -> Result<Option<AgentState>, StateFileError> {
@@ -157,7 +164,8 @@ fn load_file(dir: &Path) -> Result<Option<AgentState>, StateFileError> {
     let path = path(dir);
     let opened = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        // Not a FIFO's reader either: checked below before it is read.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(&path);
     let mut file = match opened {
         Ok(f) => f,
@@ -255,12 +263,15 @@ pub fn probe(dir: &Path, state: &AgentState) -> Result<(), StateFileError> {
     files::check_writable_dir(dir).map_err(unusable)?;
     let opened = std::fs::OpenOptions::new()
         .write(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        // A FIFO planted there fails at once (ENXIO) instead of waiting.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(&probe);
     let me = nix::unistd::geteuid().as_raw();
     let mut f = match opened {
         // Only a private regular file of ours is written into; anything
-        // else in its place (a symlink fails the open) is made afresh.
+        // else in its place, or a file that cannot be opened (a symlink, a
+        // mode without write, a FIFO), is made afresh, which fails as a
+        // save would where the directory takes no new file.
         Ok(f)
             if f.metadata().is_ok_and(|m| {
                 m.is_file() && m.uid() == me && m.mode() & 0o077 == 0 && m.nlink() == 1
@@ -268,11 +279,7 @@ pub fn probe(dir: &Path, state: &AgentState) -> Result<(), StateFileError> {
         {
             f
         }
-        Ok(_) => files::create_private(&probe).map_err(unusable)?,
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ELOOP)) => {
-            files::create_private(&probe).map_err(unusable)?
-        }
-        Err(e) => return Err(err(e)),
+        _ => files::create_private(&probe).map_err(unusable)?,
     };
     let written = f.write_all(&body).map_err(err);
     // The space goes back whatever the write did.
@@ -331,15 +338,52 @@ mod tests {
         };
         save(dir.path(), &at(5, 1)).unwrap();
         let mut journal = Journal::create(dir.path()).unwrap();
-        journal.write(dir.path(), &at(4, 2)).unwrap();
+        journal.write(dir.path(), 5, &at(4, 2)).unwrap();
         assert_eq!(load(dir.path()).unwrap(), Some(at(5, 1)));
-        journal.write(dir.path(), &at(6, 3)).unwrap();
+        journal.write(dir.path(), 5, &at(6, 3)).unwrap();
         assert_eq!(load(dir.path()).unwrap(), Some(at(6, 3)));
         save(dir.path(), &at(7, 3)).unwrap();
         assert_eq!(load(dir.path()).unwrap(), Some(at(7, 3)));
+        // A file restored or edited since (any other generation): the
+        // entries written over the earlier file are not its.
+        journal.write(dir.path(), 7, &at(8, 4)).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Some(at(8, 4)));
+        save(dir.path(), &at(0, 9)).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Some(at(0, 9)));
         // Without the file, nothing: whoever removed it meant a fresh start.
         std::fs::remove_file(path(dir.path())).unwrap();
         assert_eq!(load(dir.path()).unwrap(), None);
+    }
+
+    #[test]
+    fn a_journal_that_cannot_be_read_leaves_the_file_the_state() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let at = AgentState {
+            generation: 3,
+            started_count: 2,
+            ..AgentState::default()
+        };
+        save(dir.path(), &at).unwrap();
+        let journal = crate::agent::state_journal::path(dir.path());
+        std::fs::write(&journal, "x").unwrap();
+        std::fs::set_permissions(&journal, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Some(at.clone()));
+        std::fs::remove_file(&journal).unwrap();
+        std::fs::create_dir(&journal).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Some(at));
+    }
+
+    #[test]
+    fn a_probe_refused_by_a_planted_fifo_or_an_unwritable_file_makes_its_file_afresh() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let probe_path = dir.path().join(PROBE);
+        nix::unistd::mkfifo(&probe_path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        probe(dir.path(), &AgentState::default()).unwrap();
+        assert!(std::fs::metadata(&probe_path).unwrap().is_file());
+        std::fs::set_permissions(&probe_path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        probe(dir.path(), &AgentState::default()).unwrap();
     }
 
     #[test]

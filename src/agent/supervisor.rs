@@ -98,6 +98,9 @@ pub struct Supervisor {
     unrecorded: Option<persist::Unrecorded>,
     /// The generation of the last state written (see `state_journal`).
     generation: u64,
+    /// The generation of the state file this agent last wrote: what a
+    /// journal entry is written over.
+    file_generation: u64,
     /// Where a promotion is written (see `state_journal`); made after the
     /// first full write of the state file, None until then or after a
     /// failed write into it.
@@ -163,6 +166,7 @@ impl Supervisor {
             respawn: respawn::Backoff::default(),
             unrecorded: None,
             generation: 0,
+            file_generation: 0,
             journal: None,
             file_behind: false,
             metrics,

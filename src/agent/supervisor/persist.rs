@@ -78,6 +78,7 @@ impl Supervisor {
             Ok(()) => {
                 self.metrics.state_written();
                 self.file_behind = false;
+                self.file_generation = self.generation;
                 if self.journal.is_none() {
                     // Now that the file holds the newest state, whatever an
                     // old journal held can go.
@@ -120,7 +121,8 @@ impl Supervisor {
 
     /// A promotion's write, the one a HOT restart makes before its new
     /// process serves: into the journal (one `fdatasync` in place) when
-    /// there is one and the file is not behind, otherwise the whole file.
+    /// there is one and the last write of the file succeeded (the entry
+    /// names that file's generation), otherwise the whole file.
     /// Says whether the state file is still owed the write: the caller
     /// writes it (`persist`) once the caller of the restart has its answer.
     pub(super) fn record_promotion(&mut self) -> bool {
@@ -128,8 +130,9 @@ impl Supervisor {
             self.generation += 1;
             let state = self.state_to_record();
             let dir = self.config.state.dir.clone();
+            let based_on = self.file_generation;
             if let Some(j) = &mut self.journal {
-                match j.write(&dir, &state) {
+                match j.write(&dir, based_on, &state) {
                     Ok(()) => {
                         self.metrics.state_journaled();
                         self.file_behind = true;

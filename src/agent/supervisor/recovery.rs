@@ -12,7 +12,7 @@ use crate::{
         adoption,
         listeners::Listeners,
         obproxy::{pidfd::Pidfd, procfs},
-        state_file,
+        state_file, state_journal,
     },
     common::error_chain::describe,
 };
@@ -20,6 +20,10 @@ use crate::{
 impl Supervisor {
     pub(super) fn recover(&mut self) {
         let dir = self.config.state.dir.clone();
+        // Generations go on rising across the agent's lives: an entry a
+        // journal still holds is never taken for one written over a file
+        // this agent writes (see `state_journal`).
+        self.generation = state_journal::max_generation(&dir);
         let state = match state_file::load(&dir) {
             Ok(Some(state)) => state,
             Ok(None) => {
@@ -34,7 +38,7 @@ impl Supervisor {
                 return;
             }
         };
-        self.generation = state.generation;
+        self.generation = self.generation.max(state.generation);
         self.desired_running = state.desired_running;
         self.started_count = state.started_count;
         self.last_exit = state.last_exit.clone();
