@@ -32,7 +32,6 @@ pub mod sampling;
 pub(crate) mod service;
 pub(crate) mod signals;
 pub mod state_file;
-pub mod state_journal;
 pub(crate) mod status_report;
 pub(crate) mod supervisor;
 pub(crate) mod supervisor_protocol;

@@ -2,7 +2,7 @@
 //! stopped), the listeners it holds, and every obproxy it owns with the facts
 //! that identify it. Written atomically (temp file, fsync, rename) at every
 //! change, so an agent that is killed finds it all again; a promotion goes
-//! into the journal first (see `state_journal`), and the file follows. Written only into
+//! into the journal first (see `state_file::journal`), and the file follows. Written only into
 //! a directory the agent owns and nobody else may write, as a 0600 file
 //! created afresh (a symlink planted in its place is removed, not followed):
 //! the next agent signals the pids it names.
@@ -16,6 +16,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{common::error_chain::describe, security::files};
+
+pub mod journal;
 
 const FILE: &str = "agent-state.json";
 /// Where [`probe`] writes.
@@ -94,7 +96,7 @@ pub struct RecordedListener {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AgentState {
     /// Counts the agent's writes of its state: of the state file and the
-    /// journal (see `state_journal`), the newer one is the state.
+    /// journal (see `state_file::journal`), the newer one is the state.
     #[serde(default)]
     pub generation: u64,
     pub desired_running: bool,
@@ -144,16 +146,14 @@ pub fn load(dir: &Path) -> Result<Option<AgentState>, StateFileError> {
     let Some(file) = load_file(dir)? else {
         return Ok(None);
     };
-    Ok(Some(
-        match super::state_journal::newest_over(dir, file.generation) {
-            Ok(Some(newer)) => newer,
-            Ok(None) => file,
-            Err(e) => {
-                tracing::warn!(error = %describe(&e), "not reading the state journal; the state file is the state");
-                file
-            }
-        },
-    ))
+    Ok(Some(match journal::newest_over(dir, file.generation) {
+        Ok(Some(newer)) => newer,
+        Ok(None) => file,
+        Err(e) => {
+            tracing::warn!(error = %describe(&e), "not reading the state journal; the state file is the state");
+            file
+        }
+    }))
 }
 
 fn load_file(dir: &Path) -> Result<Option<AgentState>, StateFileError> {
@@ -329,7 +329,7 @@ mod tests {
 
     #[test]
     fn the_journal_is_believed_where_it_is_newer_than_the_file() {
-        use crate::agent::state_journal::Journal;
+        use super::journal::Journal;
         let dir = tempfile::tempdir().unwrap();
         let at = |generation, started_count| AgentState {
             generation,
@@ -365,7 +365,7 @@ mod tests {
             ..AgentState::default()
         };
         save(dir.path(), &at).unwrap();
-        let journal = crate::agent::state_journal::path(dir.path());
+        let journal = journal::path(dir.path());
         std::fs::write(&journal, "x").unwrap();
         std::fs::set_permissions(&journal, std::fs::Permissions::from_mode(0o666)).unwrap();
         assert_eq!(load(dir.path()).unwrap(), Some(at.clone()));

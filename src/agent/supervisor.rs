@@ -96,15 +96,15 @@ pub struct Supervisor {
     respawn: respawn::Backoff,
     /// The state on disk is behind (a write failed): operations are refused.
     unrecorded: Option<persist::Unrecorded>,
-    /// The generation of the last state written (see `state_journal`).
+    /// The generation of the last state written (see `state_file::journal`).
     generation: u64,
     /// The generation of the state file this agent last wrote: what a
     /// journal entry is written over.
     file_generation: u64,
-    /// Where a promotion is written (see `state_journal`); made after the
+    /// Where a promotion is written (see `state_file::journal`); made after the
     /// first full write of the state file, None until then or after a
     /// failed write into it.
-    journal: Option<crate::agent::state_journal::Journal>,
+    journal: Option<crate::agent::state_file::journal::Journal>,
     /// The journal holds a newer state than the file (see `persist`).
     file_behind: bool,
     /// Counts what only the supervisor sees end: operations and drains.

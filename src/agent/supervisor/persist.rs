@@ -3,7 +3,7 @@
 //! kept to the moments a restarted agent would act on differently: the
 //! desire, the listeners, a promotion, an exit. A promotion, on the path
 //! a HOT restart's caller waits on, is written into the journal (one
-//! `fdatasync` in place, see `state_journal`) and the whole file only once
+//! `fdatasync` in place, see `state_file::journal`) and the whole file only once
 //! the caller has its answer. A new process is not written
 //! down for itself before its promotion: recovery kills one still starting
 //! whether it was recorded or not (one that holds our listener unrecorded is
@@ -18,8 +18,8 @@ use super::{Msg, Supervisor};
 use crate::{
     agent::{
         operation_log::Kind,
+        state_file::journal::Journal,
         state_file::{self, AgentState, RecordedListener, StateFileError},
-        state_journal::Journal,
     },
     common::error_chain::describe,
 };

@@ -12,7 +12,7 @@ use crate::{
         adoption,
         listeners::Listeners,
         obproxy::{pidfd::Pidfd, procfs},
-        state_file, state_journal,
+        state_file,
     },
     common::error_chain::describe,
 };
@@ -22,8 +22,8 @@ impl Supervisor {
         let dir = self.config.state.dir.clone();
         // Generations go on rising across the agent's lives: an entry a
         // journal still holds is never taken for one written over a file
-        // this agent writes (see `state_journal`).
-        self.generation = state_journal::max_generation(&dir);
+        // this agent writes (see `state_file::journal`).
+        self.generation = state_file::journal::max_generation(&dir);
         let state = match state_file::load(&dir) {
             Ok(Some(state)) => state,
             Ok(None) => {

@@ -32,7 +32,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::state_file::{AgentState, StateFileError};
+use super::{AgentState, StateFileError};
 use crate::{common::error_chain::describe, security::files};
 
 const FILE: &str = "agent-state.journal";
