@@ -157,25 +157,38 @@ pub fn load(dir: &Path) -> Result<Option<AgentState>, StateFileError> {
 }
 
 fn load_file(dir: &Path) -> Result<Option<AgentState>, StateFileError> {
+    let path = path(dir);
+    let Some(bytes) = read_trusted(&path)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|source| StateFileError::Corrupt { path, source })
+}
+
+/// The whole of the agent's file at `path` (None if there is none), read
+/// only if it is a regular file of the agent's user that nobody else may
+/// write: it names pids to signal. Not through a symlink, and not a FIFO's
+/// reader either (opened without waiting, checked before it is read).
+fn read_trusted(path: &Path) -> Result<Option<Vec<u8>>, StateFileError> {
     use std::{
         io::Read,
         os::unix::fs::{MetadataExt, OpenOptionsExt},
     };
-    let path = path(dir);
+    let read_err = |source| StateFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
     let opened = std::fs::OpenOptions::new()
         .read(true)
-        // Not a FIFO's reader either: checked below before it is read.
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(&path);
+        .open(path);
     let mut file = match opened {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(StateFileError::Read { path, source }),
+        Err(source) => return Err(read_err(source)),
     };
-    let meta = file.metadata().map_err(|source| StateFileError::Read {
-        path: path.clone(),
-        source,
-    })?;
+    let meta = file.metadata().map_err(read_err)?;
     let me = nix::unistd::geteuid().as_raw();
     if !meta.is_file() || meta.uid() != me || meta.mode() & 0o022 != 0 {
         return Err(StateFileError::Untrusted {
@@ -184,18 +197,12 @@ fn load_file(dir: &Path) -> Result<Option<AgentState>, StateFileError> {
                 meta.uid(),
                 meta.mode() & 0o7777
             ),
-            path,
+            path: path.to_path_buf(),
         });
     }
-    let mut text = String::new();
-    file.read_to_string(&mut text)
-        .map_err(|source| StateFileError::Read {
-            path: path.clone(),
-            source,
-        })?;
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|source| StateFileError::Corrupt { path, source })
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(read_err)?;
+    Ok(Some(bytes))
 }
 
 /// Replaces the state file so that a reader sees either the old or the new

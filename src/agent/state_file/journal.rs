@@ -24,8 +24,7 @@
 //! the old process's exit.
 use std::{
     fs::File,
-    io::Read,
-    os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt},
+    os::unix::fs::FileExt,
     path::{Path, PathBuf},
 };
 
@@ -152,34 +151,9 @@ fn checksum(json: &str) -> String {
 /// nobody else may write, not through a symlink (nor a FIFO: opened without
 /// waiting, and checked before it is read).
 pub fn entries(dir: &Path) -> Result<Vec<Entry>, StateFileError> {
-    let path = path(dir);
-    let opened = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(&path);
-    let mut file = match opened {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(StateFileError::Read { path, source }),
+    let Some(bytes) = super::read_trusted(&path(dir))? else {
+        return Ok(Vec::new());
     };
-    let meta = file.metadata().map_err(|source| StateFileError::Read {
-        path: path.clone(),
-        source,
-    })?;
-    let me = nix::unistd::geteuid().as_raw();
-    if !meta.is_file() || meta.uid() != me || meta.mode() & 0o022 != 0 {
-        return Err(StateFileError::Untrusted {
-            reason: format!(
-                "owner uid {} and mode {:o}; the agent (uid {me}) writes it 0600",
-                meta.uid(),
-                meta.mode() & 0o7777
-            ),
-            path,
-        });
-    }
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)
-        .map_err(|source| StateFileError::Read { path, source })?;
     Ok(bytes
         .split(|&b| b == b'\n')
         .filter_map(|line| {
