@@ -105,12 +105,19 @@ async fn killing_the_agent_before_the_new_process_is_ready_rolls_the_restart_bac
     assert_eq!((report.refused, report.failed), (0, 0), "{report:?}");
 }
 
-#[tokio::test]
-async fn killing_the_agent_during_a_drain_keeps_the_drains_deadline() {
-    // The old process's own window (30 s) outlasts the agent's deadline for it
-    // (the 4 s exit_timeout, enforced by SIGKILL without admin SQL): only the
-    // re-adopted agent's SIGKILL can end it in time.
-    let mut agent = Agent::start_with(Options {
+/// An agent whose obproxy serves with a 30 s window of its own, and a
+/// session on it that never ends (it keeps the process draining after a
+/// HOT restart).
+struct Serving {
+    agent: Agent,
+    old: u32,
+    inode: u64,
+    addr: std::net::SocketAddr,
+    session: tokio::net::TcpStream,
+}
+
+async fn serving_with_a_held_session() -> Serving {
+    let agent = Agent::start_with(Options {
         exit_timeout: "30s",
         ..Default::default()
     })
@@ -118,9 +125,29 @@ async fn killing_the_agent_during_a_drain_keeps_the_drains_deadline() {
     let old = agent.start_proxy().await.pid;
     let inode = agent.status().await.listeners[0].socket_inode;
     let addr = agent.sql_addr().await;
-    // A session that never ends keeps the old process draining.
     let mut session = common::connect(addr).await.unwrap();
     echo(&mut session, b"held").await.unwrap();
+    Serving {
+        agent,
+        old,
+        inode,
+        addr,
+        session,
+    }
+}
+
+#[tokio::test]
+async fn killing_the_agent_during_a_drain_keeps_the_drains_deadline() {
+    // The old process's own window (30 s) outlasts the agent's deadline for it
+    // (the 4 s exit_timeout, enforced by SIGKILL without admin SQL): only the
+    // re-adopted agent's SIGKILL can end it in time.
+    let Serving {
+        mut agent,
+        old,
+        inode,
+        addr,
+        mut session,
+    } = serving_with_a_held_session().await;
     let load = Load::start(addr);
 
     let op = agent
@@ -188,17 +215,14 @@ async fn killing_the_agent_during_a_drain_keeps_the_drains_deadline() {
 
 #[tokio::test]
 async fn a_promotion_only_in_the_journal_is_what_the_returning_agent_finds() {
-    let mut agent = Agent::start_with(Options {
-        exit_timeout: "30s",
-        ..Default::default()
-    })
-    .await;
-    let old = agent.start_proxy().await.pid;
-    let inode = agent.status().await.listeners[0].socket_inode;
-    let addr = agent.sql_addr().await;
-    // A session that never ends keeps the old process draining.
-    let mut session = common::connect(addr).await.unwrap();
-    echo(&mut session, b"held").await.unwrap();
+    let Serving {
+        mut agent,
+        old,
+        inode,
+        addr,
+        // Held to the end: it keeps the old process draining.
+        session: _session,
+    } = serving_with_a_held_session().await;
     // This agent ends right after the promotion's journal write: before the
     // state file says it, before DRAINING, before the old process's SIGUSR1.
     agent.kill9();

@@ -446,6 +446,20 @@ impl Supervisor {
         });
     }
 
+    /// Sends `msg` to the supervisor itself after `delay`, unless the agent
+    /// is shutting down by then: its timers (a respawn, a write retried or
+    /// owed).
+    fn send_later(&self, delay: std::time::Duration, msg: Msg) {
+        let tx = self.tx.clone();
+        let shutdown = self.shutdown.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(delay) => { let _ = tx.send(msg); }
+            }
+        });
+    }
+
     /// Makes `pid` serve and writes that down durably (see
     /// `record_promotion`); returns the process that served before, and
     /// whether the state file is still owed the write.

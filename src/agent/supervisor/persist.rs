@@ -212,14 +212,7 @@ impl Supervisor {
             self.persist();
             return;
         }
-        let tx = self.tx.clone();
-        let shutdown = self.shutdown.clone();
-        self.tracker.spawn(async move {
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = tokio::time::sleep(COMPACT_AFTER) => { let _ = tx.send(Msg::Compact); }
-            }
-        });
+        self.send_later(COMPACT_AFTER, Msg::Compact);
     }
 
     pub(super) fn on_compact(&mut self) {
@@ -255,14 +248,7 @@ impl Supervisor {
             return;
         }
         u.retry_pending = true;
-        let tx = self.tx.clone();
-        let shutdown = self.shutdown.clone();
-        self.tracker.spawn(async move {
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = tokio::time::sleep(RETRY) => { let _ = tx.send(Msg::RecordRetry); }
-            }
-        });
+        self.send_later(RETRY, Msg::RecordRetry);
     }
 
     fn state_to_record(&self) -> AgentState {

@@ -65,14 +65,7 @@ impl Supervisor {
         let delay = self.respawn.next_delay();
         self.respawn.pending = true;
         tracing::warn!(delay = %humantime::format_duration(delay), last_exit = ?self.last_exit, "obproxy is down; respawning");
-        let tx = self.tx.clone();
-        let shutdown = self.shutdown.clone();
-        self.tracker.spawn(async move {
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = tokio::time::sleep(delay) => { let _ = tx.send(Msg::Respawn); }
-            }
-        });
+        self.send_later(delay, Msg::Respawn);
     }
 
     pub(super) fn on_respawn(&mut self) {
